@@ -1,0 +1,239 @@
+"""Patient-wise one-class splits and the patient-leak check.
+
+:func:`one_class_split` follows the protocol of Tang et al. (2019) used by the
+paper on NIH: training holds normal images only (plus, with an anomaly ratio
+AR > 0, a controlled share of abnormal images), validation and test are mixed
+normal/abnormal, roughly balanced, and no patient appears in two splits.
+Every split function calls :func:`check_patient_disjoint` before returning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["PatientLeakError", "check_patient_disjoint", "one_class_split", "split_summary"]
+
+
+class PatientLeakError(ValueError):
+    """The same patient appears in two splits."""
+
+
+def check_patient_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
+    """Raise :class:`PatientLeakError` if any patient id occurs in two splits.
+
+    Args:
+        splits: split name -> patient ids of that split (repeats allowed;
+            ids are compared as str).
+
+    Raises:
+        PatientLeakError: names the first pair of splits that share patients,
+            how many they share and the first few ids.
+    """
+    sets = {name: {str(p) for p in ids} for name, ids in splits.items()}
+    names = list(sets)
+    for a_pos, a in enumerate(names):
+        for b in names[a_pos + 1 :]:
+            shared = sets[a] & sets[b]
+            if shared:
+                first = sorted(shared)[:5]
+                raise PatientLeakError(
+                    f"{len(shared)} patient(s) appear in both {a!r} and {b!r}: {first}"
+                    + (" ..." if len(shared) > 5 else "")
+                )
+
+
+def _take_until(order: np.ndarray, counts: pd.Series, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split patients in ``order`` into (first, rest): first = shortest prefix with >= target images."""
+    if target <= 0:
+        return order[:0], order
+    cumulative = counts.loc[order].to_numpy().cumsum()
+    cut = int(np.searchsorted(cumulative, target, side="left")) + 1
+    return order[:cut], order[cut:]
+
+
+def _rows(metadata: pd.DataFrame, patients: np.ndarray, label: int | None = None) -> np.ndarray:
+    mask = metadata["patient_id"].isin(set(patients)).to_numpy()
+    if label is not None:
+        mask = mask & (metadata["label"].to_numpy() == label)
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def one_class_split(
+    metadata: pd.DataFrame,
+    anomaly_ratio: float = 0.0,
+    val_fraction: float = 0.5,
+    seed: int = 0,
+    max_train: int = 0,
+) -> dict[str, np.ndarray]:
+    """Patient-wise one-class split (Tang et al. 2019 style).
+
+    Args:
+        metadata: one row per image with ``label`` (0/1) and ``patient_id``.
+        anomaly_ratio: AR, the share of ABNORMAL images in the training split
+            (0 <= AR < 1): ``n_abnormal_train / n_train == AR`` up to rounding.
+        val_fraction: share of the held-out patients that go to validation
+            (by image count); the rest is the test split.
+        seed: random seed of the patient shuffles.
+        max_train: cap on the number of training images (0 = no cap).
+
+    Returns:
+        ``{"train", "val", "test"}`` -> sorted ``np.int64`` row positions into
+        ``metadata``.
+
+    The rule, by patient (a patient with any abnormal image is an abnormal
+    patient; all images of a patient go to one split):
+
+    1. Normal patients are shuffled; the first ones holding half of the normal
+       images form the training pool (cut by ``max_train * (1 - AR)``), the rest
+       the held-out normal pool.
+    2. With AR > 0, abnormal patients are shuffled and ``round(AR / (1 - AR) *
+       n_normal_train)`` of their abnormal images join training (only the
+       abnormal images of those patients are used; their other images are left
+       out, never held out).
+    3. Held-out: the remaining abnormal patients and the held-out normal pool are
+       trimmed (whole patients, in shuffled order) so that held-out normal images
+       (normal-only patients plus the normal images of abnormal patients) about
+       equal held-out abnormal images; what is trimmed is unused. Each pool is
+       then divided ``val_fraction`` / rest between validation and test, so both
+       are roughly balanced.
+
+    Raises:
+        ValueError: a class is missing, there are too few patients for every
+            split to hold both classes, or an argument is out of range.
+        PatientLeakError: never expected; checked before returning.
+    """
+    if not 0.0 <= anomaly_ratio < 1.0:
+        raise ValueError(f"anomaly_ratio must be in [0, 1), got {anomaly_ratio}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if max_train < 0:
+        raise ValueError(f"max_train must be >= 0 (0 = no cap), got {max_train}")
+    for column in ("label", "patient_id"):
+        if column not in metadata.columns:
+            raise ValueError(f"metadata lacks column {column!r}; it has {list(metadata.columns)}")
+    meta = pd.DataFrame(
+        {"label": metadata["label"].to_numpy(np.int64), "patient_id": metadata["patient_id"].astype(str).to_numpy()}
+    )
+    n_normal_images = int((meta["label"] == 0).sum())
+    n_abnormal_images = int((meta["label"] == 1).sum())
+    if n_normal_images == 0:
+        raise ValueError("one_class_split: no normal images (label 0): a one-class split needs normal training data")
+    if n_abnormal_images == 0:
+        raise ValueError("one_class_split: no abnormal images (label 1): validation and test need both classes")
+
+    per_patient = meta.groupby("patient_id", sort=True)["label"]
+    is_abnormal_patient = per_patient.max() == 1
+    normal_patients = np.asarray(is_abnormal_patient.index[~is_abnormal_patient.to_numpy()], dtype=object)
+    abnormal_patients = np.asarray(is_abnormal_patient.index[is_abnormal_patient.to_numpy()], dtype=object)
+    if len(normal_patients) < 3:
+        raise ValueError(
+            f"one_class_split: {len(normal_patients)} patient(s) with only normal images; need at least 3 "
+            "(train, validation and test each need one)"
+        )
+    if len(abnormal_patients) < 2 + (anomaly_ratio > 0):
+        raise ValueError(
+            f"one_class_split: {len(abnormal_patients)} patient(s) with abnormal images; need at least "
+            f"{2 + (anomaly_ratio > 0)} (validation and test{' and training' if anomaly_ratio > 0 else ''})"
+        )
+    images_per_patient = per_patient.size()
+    abnormal_per_patient = per_patient.sum()
+
+    rng = np.random.default_rng(seed)
+    normal_order = rng.permutation(normal_patients)
+    abnormal_order = rng.permutation(abnormal_patients)
+
+    # 1. normal patients: half the normal images to the training pool, half held out
+    normal_counts = images_per_patient.loc[normal_patients]
+    normal_total = int(normal_counts.sum())
+    train_pool, held_normal = _take_until(normal_order, images_per_patient, normal_total / 2)
+    if len(held_normal) < 2:  # keep two held-out normal patients for validation and test
+        train_pool, held_normal = normal_order[:-2], normal_order[-2:]
+    if max_train > 0:
+        normal_cap = max(1, int(np.floor(max_train * (1.0 - anomaly_ratio))))
+        counts = images_per_patient.loc[train_pool].to_numpy().cumsum()
+        train_pool = train_pool[: max(1, int(np.searchsorted(counts, normal_cap, side="right")))]
+    train_rows = _rows(meta, train_pool)
+    n_normal_train = len(train_rows)
+
+    # 2. contamination: exactly round(AR/(1-AR) * n_normal_train) abnormal images
+    n_abnormal_train = int(round(anomaly_ratio / (1.0 - anomaly_ratio) * n_normal_train))
+    contaminating, held_abnormal = _take_until(abnormal_order, abnormal_per_patient, n_abnormal_train)
+    if len(held_abnormal) < 2:
+        raise ValueError(
+            f"one_class_split: anomaly_ratio={anomaly_ratio} needs {n_abnormal_train} abnormal training images, "
+            f"leaving fewer than 2 abnormal patients for validation and test; lower the ratio or max_train"
+        )
+    if n_abnormal_train > 0:
+        candidates = _rows(meta, contaminating, label=1)
+        # the last patient may contribute only part of its abnormal images
+        by_patient_order = {p: k for k, p in enumerate(contaminating)}
+        rank = np.array([by_patient_order[p] for p in meta["patient_id"].to_numpy()[candidates]])
+        candidates = candidates[np.argsort(rank, kind="stable")][:n_abnormal_train]
+        train_rows = np.concatenate([train_rows, np.sort(candidates)])
+
+    # 3. held-out: balance the classes (counting the normal images of abnormal
+    #    patients too), whole patients, at least two per pool (validation + test)
+    abnormal_cum = abnormal_per_patient.loc[held_abnormal].to_numpy().cumsum()
+    normal_in_abnormal_cum = (images_per_patient - abnormal_per_patient).loc[held_abnormal].to_numpy().cumsum()
+    normal_pool_total = int(images_per_patient.loc[held_normal].sum())
+    needed = abnormal_cum - normal_in_abnormal_cum  # normal-only images that balance each prefix
+    n_abnormal_kept = max(2, int(np.searchsorted(needed, normal_pool_total, side="right")))
+    held_abnormal = held_abnormal[:n_abnormal_kept]
+    normal_needed = max(0, int(needed[n_abnormal_kept - 1]))
+    held_normal = held_normal[: max(2, len(_take_until(held_normal, images_per_patient, normal_needed)[0]))]
+
+    splits: dict[str, list[np.ndarray]] = {"val": [], "test": []}
+    for pool, counts in ((held_normal, images_per_patient), (held_abnormal, abnormal_per_patient)):
+        total = int(counts.loc[pool].sum())
+        val_part, test_part = _take_until(pool, counts, val_fraction * total)
+        if len(test_part) == 0:  # keep one patient of each class for the test split
+            val_part, test_part = pool[:-1], pool[-1:]
+        if len(val_part) == 0:
+            val_part, test_part = pool[:1], pool[1:]
+        splits["val"].append(_rows(meta, val_part))
+        splits["test"].append(_rows(meta, test_part))
+
+    result = {
+        "train": np.sort(train_rows).astype(np.int64),
+        "val": np.sort(np.concatenate(splits["val"])).astype(np.int64),
+        "test": np.sort(np.concatenate(splits["test"])).astype(np.int64),
+    }
+    for name in ("val", "test"):
+        present = set(meta["label"].to_numpy()[result[name]].tolist())
+        if present != {0, 1}:
+            raise ValueError(f"one_class_split: split {name!r} lacks a class (labels present: {sorted(present)})")
+    pids = meta["patient_id"].to_numpy()
+    check_patient_disjoint({name: pids[rows] for name, rows in result.items()})
+    return result
+
+
+def split_summary(metadata: pd.DataFrame, splits: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Counts per split: images, normal, abnormal, patients, abnormal share.
+
+    Args:
+        metadata: the table the split positions index (needs ``label``, ``patient_id``).
+        splits: split name -> row positions.
+
+    Returns:
+        DataFrame indexed by split name.
+    """
+    rows = []
+    labels = metadata["label"].to_numpy(np.int64)
+    pids = metadata["patient_id"].astype(str).to_numpy()
+    for name, positions in splits.items():
+        positions = np.asarray(positions, dtype=np.int64)
+        n_abnormal = int(labels[positions].sum())
+        rows.append(
+            {
+                "split": name,
+                "images": len(positions),
+                "normal": len(positions) - n_abnormal,
+                "abnormal": n_abnormal,
+                "patients": len(set(pids[positions])),
+                "abnormal_share": n_abnormal / len(positions) if len(positions) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("split")
