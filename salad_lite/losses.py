@@ -1,0 +1,167 @@
+"""SALAD's losses, Eqs. 1-3 of the paper, plus the authors' code's anchor criterion.
+
+Notation: a batch of B images with latents ``z`` [B, d] (unit rows), the memory
+bank ``bank`` [N, d] (unit rows, no gradient), ``indices`` [B] = each image's bank
+row, temperature tau. All probabilities are
+
+    p_ij = exp(c_j . z_i / tau) / sum_k exp(c_k . z_i / tau)
+
+over a candidate set c. For Eq. 2 and the anchor criterion the candidates are
+the N memory entries. For Eq. 1 they are the N memory entries plus the batch's
+augmented-view latents, so that "the augmented views of image i" (AUG_i) can be
+positives next to its own memory slot; with no views Eq. 1 is exactly Wu et al.'s
+instance discrimination, ``-log p_ii``.
+
+The latent losses depend on ``z`` only, so they update the encoder only; the
+decoder's gradient comes from the reconstruction term alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from salad_lite.config import LossConfig, Reduction
+
+
+def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Pixel loss between reconstructions and inputs, both [B, 1, H, W] in [0, 1]; mean over pixels.
+
+    ``kind``: ``"mse"`` (paper), ``"l1"`` (authors' code) or ``"none"`` (the "w/o L_mse" ablation: 0).
+    """
+    if kind == "mse":
+        return F.mse_loss(x_hat.float(), x.float())
+    if kind == "l1":
+        return F.l1_loss(x_hat.float(), x.float())
+    if kind == "none":
+        return x_hat.new_zeros((), dtype=torch.float32)
+    raise ValueError(f"unknown reconstruction loss {kind!r}; choose mse, l1 or none")
+
+
+def _reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if per_sample.numel() == 0:
+        return per_sample.new_zeros(())
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"unknown reduction {reduction!r}; choose sum or mean")
+
+
+def instance_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, temperature: float = 0.1,
+                  views: torch.Tensor | None = None, reduction: Reduction = "sum") -> torch.Tensor:
+    """Eq. 1: ``L_ss = -sum_i log(sum_{j in AUG_i} p_ij)``.
+
+    Args:
+        z: [B, d] latents of the images.
+        indices: [B] their memory rows (own slot = positive).
+        bank: [N, d] memory (treated as a constant).
+        temperature: tau.
+        views: optional [B, V, d] latents of V augmented views per image; they join
+            the candidate set and view ``(i, v)`` is a positive of image i.
+        reduction: ``"sum"`` over the batch (paper) or ``"mean"``.
+    Returns:
+        scalar loss.
+    """
+    batch = z.shape[0]
+    candidates = bank.detach().to(z.dtype)  # [N, d]
+    n_bank = candidates.shape[0]
+    num_views = 0 if views is None else views.shape[1]
+    if num_views:
+        candidates = torch.cat([candidates, views.reshape(batch * num_views, -1)], dim=0)  # [N + B V, d]
+    log_p = torch.log_softmax(z @ candidates.T / temperature, dim=1)  # [B, N + B V]
+    positive_cols = [indices.to(z.device)[:, None]]  # own slot, [B, 1]
+    if num_views:
+        view_cols = n_bank + torch.arange(batch, device=z.device)[:, None] * num_views \
+            + torch.arange(num_views, device=z.device)[None, :]  # [B, V]
+        positive_cols.append(view_cols)
+    positives = log_p.gather(1, torch.cat(positive_cols, dim=1))  # [B, 1 + V]
+    return _reduce(-torch.logsumexp(positives, dim=1), reduction)
+
+
+def aggregation_loss(z: torch.Tensor, bank: torch.Tensor, neighbours: torch.Tensor, is_prototype: torch.Tensor,
+                     temperature: float = 0.1, reduction: Reduction = "sum") -> torch.Tensor:
+    """Eq. 2: ``L_agg = -sum_{i in B_ps} log(sum_{j in N_k(z_i)} p_ij)``, p over the N memory entries.
+
+    Args:
+        z: [B, d] latents.
+        bank: [N, d] memory (constant).
+        neighbours: [B, k] memory rows forming N_k(z_i) (fixed for the round).
+        is_prototype: [B] bool, membership of B_ps (the batch's prototypical samples).
+        temperature: tau.
+        reduction: ``"sum"`` over B_ps (paper) or ``"mean"``.
+    Returns:
+        scalar loss (0 when the batch has no prototypical sample).
+    """
+    mask = is_prototype.to(z.device).bool()
+    if not bool(mask.any()):
+        return z.sum() * 0.0  # keeps the graph, contributes nothing
+    z_ps = z[mask]  # [P, d]
+    log_p = torch.log_softmax(z_ps @ bank.detach().to(z.dtype).T / temperature, dim=1)  # [P, N]
+    in_neighbourhood = log_p.gather(1, neighbours.to(z.device)[mask])  # [P, k]
+    return _reduce(-torch.logsumexp(in_neighbourhood, dim=1), reduction)
+
+
+def anchor_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, neighbours: torch.Tensor,
+                is_anchor: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """The authors' public code's AND-style criterion, averaged over the batch.
+
+    Non-anchor i: ``-log p_ii``; anchor i: ``-log(p_ii + sum_{j in N(i)} p_ij)`` with N(i)
+    its most similar memory entries excluding itself.
+
+    Args:
+        z: [B, d]; indices: [B] own memory rows; bank: [N, d];
+        neighbours: [B, k] memory rows of N(i) (self excluded); is_anchor: [B] bool.
+    """
+    log_p = torch.log_softmax(z @ bank.detach().to(z.dtype).T / temperature, dim=1)  # [B, N]
+    own = log_p.gather(1, indices.to(z.device)[:, None])  # [B, 1]
+    around = log_p.gather(1, neighbours.to(z.device))  # [B, k]
+    with_neighbours = torch.logsumexp(torch.cat([own, around], dim=1), dim=1)  # [B]
+    per_sample = torch.where(is_anchor.to(z.device).bool(), with_neighbours, own[:, 0])
+    return -per_sample.mean()
+
+
+@dataclass
+class LossTerms:
+    """The terms of Eq. 3 for one batch (tensors with graph)."""
+
+    reconstruction: torch.Tensor
+    instance: torch.Tensor
+    aggregation: torch.Tensor
+    total: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {"loss": float(self.total.detach()), "loss_rec": float(self.reconstruction.detach()),
+                "loss_ss": float(self.instance.detach()), "loss_agg": float(self.aggregation.detach())}
+
+
+def salad_loss(cfg: LossConfig, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor, indices: torch.Tensor,
+               bank: torch.Tensor, views: torch.Tensor | None = None, neighbours: torch.Tensor | None = None,
+               is_prototype: torch.Tensor | None = None) -> LossTerms:
+    """Eq. 3: ``L = L_mse + lambda (L_ss + L_agg)``, with every term switchable by ``cfg``.
+
+    ``neighbours`` [B, k] and ``is_prototype`` [B] are None during pretraining (no
+    L_agg). With ``cfg.latent_objective == "anchors"`` the latent part is the
+    anchor criterion instead (``neighbours`` then exclude self; ``is_prototype``
+    marks anchors).
+    """
+    rec = reconstruction_loss(x_hat, x, cfg.reconstruction)
+    zero = z.sum() * 0.0
+    if cfg.latent_objective == "anchors":
+        instance = zero
+        if cfg.use_instance or cfg.use_aggregation:
+            if neighbours is None or is_prototype is None or not cfg.use_aggregation:
+                logits = z @ bank.detach().to(z.dtype).T / cfg.temperature
+                instance = F.cross_entropy(logits, indices.to(z.device))  # -log p_ii, batch mean
+            else:
+                instance = anchor_loss(z, indices, bank, neighbours, is_prototype, cfg.temperature)
+        return LossTerms(rec, instance, zero, rec + cfg.latent_weight * instance)
+    if cfg.latent_objective != "paper":
+        raise ValueError(f"unknown latent objective {cfg.latent_objective!r}; choose paper or anchors")
+    instance = instance_loss(z, indices, bank, cfg.temperature, views, cfg.reduction) if cfg.use_instance else zero
+    aggregation = zero
+    if cfg.use_aggregation and neighbours is not None and is_prototype is not None:
+        aggregation = aggregation_loss(z, bank, neighbours, is_prototype, cfg.temperature, cfg.reduction)
+    return LossTerms(rec, instance, aggregation, rec + cfg.latent_weight * (instance + aggregation))

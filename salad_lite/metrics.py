@@ -1,0 +1,54 @@
+"""Detection metrics (scikit-learn) and replicate summaries. Label 1 = abnormal, higher score = more abnormal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+
+def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels ({labels.shape[0]}) and scores ({scores.shape[0]}) differ in length")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} score(s) are NaN or inf")
+    present = set(np.unique(labels).tolist())
+    if present != {0, 1}:
+        raise ValueError(f"AUC needs both normal (0) and abnormal (1) labels; got classes {sorted(present)}")
+    return labels.astype(np.int64), scores
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve."""
+    return float(roc_auc_score(*_check(labels, scores)))
+
+
+def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision), abnormal = positive class."""
+    return float(average_precision_score(*_check(labels, scores)))
+
+
+def roc_curve_data(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC curve: ``{"fpr", "tpr", "thresholds"}`` arrays."""
+    fpr, tpr, thresholds = roc_curve(*_check(labels, scores))
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
+
+
+def pr_curve_data(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision-recall curve: ``{"precision", "recall", "thresholds"}`` arrays."""
+    precision, recall, thresholds = precision_recall_curve(*_check(labels, scores))
+    return {"precision": precision, "recall": recall, "thresholds": thresholds}
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% half-width ``1.96 * std`` over replicates (sample std, ddof=1).
+
+    The half-width is NaN for a single replicate: one run says nothing about spread.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    half = float(1.96 * arr.std(ddof=1)) if arr.size > 1 else float("nan")
+    return float(arr.mean()), half
