@@ -57,6 +57,7 @@ __all__ = [
     "CachedXrayDataset",
     "subset",
     "normalise_metadata",
+    "drop_missing_files",
     "CACHE_FORMAT_VERSION",
 ]
 
@@ -71,6 +72,7 @@ _NA_STRINGS = ["", "NA", "N/A", "NaN", "nan", "null", "None", "<NA>"]
 #: ``uint8`` 2-D array of any size, which is then resized and padded to ``[S, S]``.
 Preprocess = Callable[[np.ndarray], np.ndarray]
 OnError = Literal["raise", "skip"]
+OnMissing = Literal["drop", "raise"]
 
 
 def normalise_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +110,55 @@ def normalise_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
             rows = list(np.flatnonzero(empty.to_numpy())[:5])
             raise ValueError(f"column {column!r} is empty in rows {rows}")
     return meta
+
+
+def drop_missing_files(
+    metadata: pd.DataFrame,
+    exists: np.ndarray,
+    on_missing: OnMissing = "drop",
+    source: str = "the metadata",
+) -> pd.DataFrame:
+    """Apply the missing-file policy shared by the loaders.
+
+    Args:
+        metadata: one row per listed image.
+        exists: boolean ``[N]``, True where the listed file is on disk.
+        on_missing: ``"drop"`` removes the missing rows with ONE
+            :class:`DataWarning` giving their count and the first few names;
+            ``"raise"`` raises :class:`FileNotFoundError` on any missing file.
+        source: text naming where the list came from (used in messages).
+
+    Returns:
+        The rows whose file exists, index reset.
+
+    Raises:
+        FileNotFoundError: every listed file is missing (whatever the policy),
+            or any is missing with ``on_missing="raise"``.
+    """
+    if on_missing not in ("drop", "raise"):
+        raise ValueError(f"on_missing must be 'drop' or 'raise', got {on_missing!r}")
+    exists = np.asarray(exists, dtype=bool)
+    if exists.shape != (len(metadata),):
+        raise ValueError(f"exists must have shape ({len(metadata)},), got {exists.shape}")
+    n_missing = int((~exists).sum())
+    if n_missing == 0:
+        return metadata.reset_index(drop=True)
+    names = metadata["path"].to_numpy()[~exists][:3].tolist() if "path" in metadata else []
+    first = ", ".join(map(str, names)) + (", ..." if n_missing > 3 else "")
+    if n_missing == len(metadata):
+        raise FileNotFoundError(
+            f"none of the {len(metadata)} images listed in {source} exist on disk "
+            f"(first expected: {first}); is the root folder right?"
+        )
+    if on_missing == "raise":
+        raise FileNotFoundError(f"{n_missing} of {len(metadata)} images listed in {source} are missing: {first}")
+    warnings.warn(
+        f"dropped {n_missing} of {len(metadata)} images listed in {source} that are missing on disk "
+        f"(policy on_missing='drop'): {first}",
+        DataWarning,
+        stacklevel=3,
+    )
+    return metadata.loc[exists].reset_index(drop=True)
 
 
 def _as_str(value: Any) -> str:

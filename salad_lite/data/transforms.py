@@ -107,7 +107,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
             f"to_tensor expects a uint8 array [H, W] or [N, H, W]; got "
             f"{type(img).__name__} shape {getattr(img, 'shape', None)} dtype {getattr(img, 'dtype', None)}"
         )
-    tensor = torch.from_numpy(np.ascontiguousarray(img)).to(torch.float32).div_(255.0)
+    tensor = torch.from_numpy(img.astype(np.float32)).div_(255.0)  # a writable copy
     return tensor.unsqueeze(-3)  # [H,W] -> [1,H,W]; [N,H,W] -> [N,1,H,W]
 
 

@@ -1,0 +1,170 @@
+"""Loaders for your own radiographs: class folders or a CSV manifest.
+
+* :class:`ImageFolderXray`: ``root/normal/*.png`` and ``root/abnormal/*.png``
+  (searched recursively), or any folder names mapped to labels with
+  ``class_map={"NORMAL": 0, "PNEUMONIA": 1}``.
+* :class:`ManifestXray`: a CSV with columns ``file`` (path relative to ``root``)
+  and ``label`` (0 normal, 1 abnormal), optionally ``patient_id`` and
+  ``finding``.
+
+Patient ids: when none is given, each image is its own patient and its id is
+the file stem (``IM-0001-0001.png`` -> ``IM-0001-0001``). Splits are then
+image-wise, which leaks if one patient has several images: provide
+``patient_id`` (manifest column, or ``patient_id_fn`` for folders) when you know it.
+The finding defaults to the class folder name (folders) or ``"normal"`` /
+``"abnormal"`` (manifest).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from salad_lite.data.base import OnMissing, Preprocess, XrayDataset, drop_missing_files
+
+__all__ = ["IMAGE_SUFFIXES", "ImageFolderXray", "ManifestXray"]
+
+#: File suffixes (lower case) that count as images in class folders.
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+MANIFEST_COLUMNS: tuple[str, ...] = ("file", "label")
+
+
+def _stem(path: Path) -> str:
+    return path.stem
+
+
+class ImageFolderXray(XrayDataset):
+    """Images in one folder per class.
+
+    Args:
+        root: the folder holding the class folders.
+        class_map: folder name -> label (0/1). None means the folders
+            ``normal`` (0) and ``abnormal`` (1), matched case-insensitively.
+            Folders not named in the map are ignored.
+        image_size: side ``S`` of the returned images.
+        preprocess: optional ``uint8 [H, W] -> uint8`` step before resizing.
+        patient_id_fn: file path -> patient id (default: the file stem).
+
+    Raises:
+        FileNotFoundError: ``root`` or a mapped class folder does not exist.
+        ValueError: a class folder holds no image, a label is not 0/1, or the
+            map does not cover both labels.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        class_map: Mapping[str, int] | None = None,
+        image_size: int = 256,
+        preprocess: Preprocess | None = None,
+        patient_id_fn: Callable[[Path], str] | None = None,
+    ) -> None:
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise FileNotFoundError(f"image folder root {root_path} is not an existing folder")
+        folders = {p.name: p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+        if class_map is None:
+            lower = {name.lower(): name for name in folders}
+            if "normal" not in lower or "abnormal" not in lower:
+                raise FileNotFoundError(
+                    f"{root_path} needs class folders 'normal/' and 'abnormal/' (found {sorted(folders)}); "
+                    "or pass class_map={'FOLDER': 0 or 1, ...}"
+                )
+            class_map = {lower["normal"]: 0, lower["abnormal"]: 1}
+        bad_labels = {k: v for k, v in class_map.items() if v not in (0, 1)}
+        if bad_labels:
+            raise ValueError(f"class_map labels must be 0 (normal) or 1 (abnormal); got {bad_labels}")
+        if set(class_map.values()) != {0, 1}:
+            raise ValueError(f"class_map must map at least one folder to 0 and one to 1, got {dict(class_map)}")
+        id_of = patient_id_fn or _stem
+        rows = []
+        for folder_name, label in class_map.items():
+            folder = folders.get(folder_name)
+            if folder is None:
+                raise FileNotFoundError(
+                    f"class folder {root_path / folder_name} does not exist (found {sorted(folders)})"
+                )
+            files = sorted(
+                p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not files:
+                raise ValueError(
+                    f"class folder {folder} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            rows += [
+                {
+                    "path": p.relative_to(root_path).as_posix(),
+                    "label": int(label),
+                    "patient_id": str(id_of(p)),
+                    "finding": folder_name,
+                }
+                for p in files
+            ]
+        self.class_map = dict(class_map)
+        super().__init__(pd.DataFrame(rows), image_size=image_size, root=root_path, preprocess=preprocess)
+
+
+class ManifestXray(XrayDataset):
+    """Images listed in a CSV manifest.
+
+    Args:
+        csv: the manifest, columns ``file``, ``label`` [, ``patient_id``, ``finding``];
+            other columns are kept in ``.metadata``.
+        root: folder the ``file`` paths start from (default: the CSV's folder).
+        image_size: side ``S`` of the returned images.
+        preprocess: optional ``uint8 [H, W] -> uint8`` step before resizing.
+        on_missing: listed files absent on disk: ``"drop"`` (one counted
+            warning) or ``"raise"``; all absent is always an error.
+
+    Raises:
+        FileNotFoundError: the CSV or root does not exist, or no listed file does.
+        ValueError: a required column is missing (named), or a label is not 0/1.
+    """
+
+    def __init__(
+        self,
+        csv: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None = None,
+        image_size: int = 256,
+        preprocess: Preprocess | None = None,
+        on_missing: OnMissing = "drop",
+    ) -> None:
+        csv_path = Path(csv)
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"manifest {csv_path} not found")
+        root_path = Path(root) if root not in (None, "") else csv_path.parent
+        if not root_path.is_dir():
+            raise FileNotFoundError(f"manifest root {root_path} is not an existing folder")
+        table = pd.read_csv(csv_path, dtype={"file": str, "patient_id": str, "finding": str})
+        missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"manifest {csv_path} lacks column(s) {missing}; found {list(table.columns)}; "
+                "required: file, label (optional: patient_id, finding)"
+            )
+        if table["file"].isna().any():
+            rows = np.flatnonzero(table["file"].isna().to_numpy())[:5].tolist()
+            raise ValueError(f"manifest {csv_path}: empty 'file' in rows {rows}")
+        labels = pd.to_numeric(table["label"], errors="coerce")
+        if not labels.isin([0, 1]).all():
+            rows = np.flatnonzero(~labels.isin([0, 1]).to_numpy())[:5].tolist()
+            raise ValueError(
+                f"manifest {csv_path}: labels must be 0 or 1; rows {rows} hold {table['label'].iloc[rows].tolist()}"
+            )
+        meta = table.rename(columns={"file": "path"}).copy()
+        meta["label"] = labels.astype(np.int64)
+        stems = meta["path"].map(lambda f: Path(f).stem)
+        if "patient_id" in meta.columns:
+            meta["patient_id"] = meta["patient_id"].fillna(stems)
+        else:
+            meta["patient_id"] = stems
+        default_finding = meta["label"].map({0: "normal", 1: "abnormal"})
+        meta["finding"] = meta["finding"].fillna(default_finding) if "finding" in meta.columns else default_finding
+        exists = np.array([(root_path / f).is_file() for f in meta["path"]], dtype=bool)
+        meta = drop_missing_files(meta, exists, on_missing, source=str(csv_path))
+        self.csv_path = csv_path
+        super().__init__(meta, image_size=image_size, root=root_path, preprocess=preprocess)
