@@ -3,21 +3,36 @@
 Every dataset yields sample dicts ``{"image": FloatTensor[1, S, S] in [0, 1],
 "label": int, "index": int, "patient_id": str, "finding": str}`` and exposes
 ``.metadata`` / ``.labels`` (see :mod:`salad_lite.data.base`).
+:func:`load_splits` goes from a dataset name to cached train/val/test sets.
+The synthetic renderers and the MURA modules are imported on demand
+(``salad_lite.data.synth_chest``, ``.synth_limb``, ``.mura``, ``.mura_preprocess``).
 """
 
 from salad_lite.data.base import CachedXrayDataset, XrayDataset, subset
+from salad_lite.data.generic import ImageFolderXray, ManifestXray
 from salad_lite.data.io import DataWarning, ImageReadError, read_grayscale
+from salad_lite.data.nih import NIHChestXray, find_torchxrayvision_csv, load_nih_labels
+from salad_lite.data.registry import describe_splits, embedded_root, ensure_embedded, load_splits
 from salad_lite.data.splits import PatientLeakError, check_patient_disjoint, one_class_split
 from salad_lite.data.transforms import autocontrast, resize_pad, to_tensor
 
 __all__ = [
     "CachedXrayDataset",
     "DataWarning",
+    "ImageFolderXray",
     "ImageReadError",
+    "ManifestXray",
+    "NIHChestXray",
     "PatientLeakError",
     "XrayDataset",
     "autocontrast",
     "check_patient_disjoint",
+    "describe_splits",
+    "embedded_root",
+    "ensure_embedded",
+    "find_torchxrayvision_csv",
+    "load_nih_labels",
+    "load_splits",
     "one_class_split",
     "read_grayscale",
     "resize_pad",

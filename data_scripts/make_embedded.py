@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Render the embedded synthetic data sets (chest films in NIH layout, upper limbs in MURA layout).
+
+Example::
+
+    python data_scripts/make_embedded.py                 # both sets into data/embedded
+    python data_scripts/make_embedded.py --only nih --seed 1 --out /tmp/synth
+
+The default output folder is ``$SALAD_LITE_DATA`` or ``<repo>/data/embedded``,
+the place :func:`salad_lite.data.registry.load_splits` looks in; it gets
+``nih/`` (``Data_Entry_2017.csv`` + ``images/``) and ``mura/MURA-v1.1/``.
+Both renderers are deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from salad_lite.data.registry import embedded_root
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Render the synthetic chest (NIH layout) and limb (MURA layout) sets.")
+    parser.add_argument("--out", default=None, help="output root (default: $SALAD_LITE_DATA or <repo>/data/embedded)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of both renderers")
+    parser.add_argument("--only", choices=["nih", "mura", "both"], default="both", help="which set to render")
+    parser.add_argument("--nih-images", type=int, default=2400, help="chest images to render")
+    parser.add_argument("--abnormal-fraction", type=float, default=0.4, help="share of abnormal chest images")
+    parser.add_argument("--nih-size", type=int, default=256, help="chest image side in pixels")
+    parser.add_argument("--mura-patients", type=int, default=300, help="limb patients to render")
+    parser.add_argument("--workers", type=int, default=1, help="chest renderer worker processes")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out).expanduser() if args.out else embedded_root()
+    progress = not args.no_progress
+    if args.only in ("nih", "both"):
+        from salad_lite.data.synth_chest import render_chest_set
+
+        start = time.perf_counter()
+        csv = render_chest_set(
+            out / "nih", n_images=args.nih_images, abnormal_fraction=args.abnormal_fraction,
+            image_size=args.nih_size, seed=args.seed, progress=progress, workers=args.workers,
+        )
+        print(f"NIH-layout chest set: {csv} ({time.perf_counter() - start:.0f} s)")
+    if args.only in ("mura", "both"):
+        from salad_lite.data.synth_limb import render_limb_set
+
+        start = time.perf_counter()
+        mura_root = render_limb_set(out / "mura", n_patients=args.mura_patients, seed=args.seed, progress=progress)
+        print(f"MURA-layout limb set: {mura_root} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

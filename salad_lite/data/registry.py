@@ -1,0 +1,283 @@
+"""One call from a dataset name to cached train / validation / test sets.
+
+:func:`load_splits` is what the book uses::
+
+    splits = load_splits("nih", image_size=64, anomaly_ratio=0.05, seed=0)
+    splits["train"][0]["image"].shape   # torch.Size([1, 64, 64])
+
+Datasets:
+
+* ``"nih"``: NIH ChestX-ray14 layout (:class:`~salad_lite.data.nih.NIHChestXray`,
+  all views) + :func:`~salad_lite.data.splits.one_class_split`. Without
+  ``data_root`` the embedded synthetic chest set is used (rendered on first use).
+* ``"mura"``: MURA v1.1 layout (:class:`salad_lite.data.mura.MURA`, images
+  through ``preprocess_mura_image`` when available) +
+  ``salad_lite.data.mura.mura_group_split``. Without ``data_root`` the embedded
+  synthetic limb set is used.
+* ``"folder"``: your own images under ``data_root``: a CSV manifest (the file
+  itself, or ``manifest.csv`` inside the folder, preferred when present) or
+  ``normal/`` + ``abnormal/`` class folders; split like NIH.
+
+The preprocessed images of the whole dataset are cached once per image size
+under ``<data_root or embedded root>/_cache/`` (falling back to the embedded
+root's ``_cache`` when the data folder is read-only), so changing the anomaly
+ratio or the seed only recomputes the split. Unreadable images are skipped
+with one counted warning (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from salad_lite.data.base import CachedXrayDataset, XrayDataset, subset
+from salad_lite.data.generic import ImageFolderXray, ManifestXray
+from salad_lite.data.nih import NIHChestXray, find_nih_csv
+from salad_lite.data.splits import check_patient_disjoint, one_class_split
+
+__all__ = [
+    "DATASETS",
+    "EMBEDDED_ENV",
+    "cache_dir_for",
+    "cached_splits",
+    "describe_splits",
+    "embedded_root",
+    "ensure_embedded",
+    "load_splits",
+]
+
+DATASETS: tuple[str, ...] = ("nih", "mura", "folder")
+EMBEDDED_ENV = "SALAD_LITE_DATA"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_COMPLETE_MARKER = ".salad_lite_complete"
+#: mmap the cache instead of loading it when it is larger than this many bytes.
+_MMAP_BYTES = 2 * 1024**3
+
+
+def embedded_root() -> Path:
+    """Root of the embedded (synthetic) data: ``$SALAD_LITE_DATA`` or ``<repo>/data/embedded``."""
+    env = os.environ.get(EMBEDDED_ENV, "").strip()
+    return Path(env).expanduser() if env else _REPO_ROOT / "data" / "embedded"
+
+
+def _nih_set_complete(root: Path) -> bool:
+    """True when ``root`` holds a Data_Entry_2017 CSV whose every listed image exists."""
+    if (root / _COMPLETE_MARKER).is_file():
+        return True
+    try:
+        csv = find_nih_csv(root)
+        names = pd.read_csv(csv, usecols=["Image Index"])["Image Index"].astype(str)
+    except (OSError, ValueError):
+        return False
+    images = root / "images"
+    if len(names) == 0 or not images.is_dir():
+        return False
+    present = set(os.listdir(images))
+    return all(name in present for name in names)
+
+
+def ensure_embedded(dataset: str, progress: bool = True) -> Path:
+    """Return the embedded synthetic set of ``dataset``, rendering it on first use.
+
+    Args:
+        dataset: ``"nih"`` (synthetic chest films, NIH layout, about 2,400
+            images) or ``"mura"`` (synthetic upper limbs, MURA v1.1 layout).
+        progress: show the renderers' progress bars.
+
+    Returns:
+        ``nih``: the folder holding ``Data_Entry_2017.csv`` and ``images/``;
+        ``mura``: the ``MURA-v1.1`` folder.
+
+    Rendering takes minutes on a laptop CPU; a complete set is reused.
+    """
+    root = embedded_root()
+    if dataset == "nih":
+        out = root / "nih"
+        if not _nih_set_complete(out):
+            from salad_lite.data.synth_chest import render_chest_set
+
+            render_chest_set(out, progress=progress)
+            if not _nih_set_complete(out):
+                raise RuntimeError(f"render_chest_set did not produce a complete NIH-layout set in {out}")
+        (out / _COMPLETE_MARKER).touch()
+        return out
+    if dataset == "mura":
+        from salad_lite.data.synth_limb import render_limb_set
+
+        return Path(render_limb_set(root / "mura", progress=progress))  # reuses a complete set
+    raise ValueError(f"no embedded set for {dataset!r}; choose 'nih' or 'mura'")
+
+
+def cache_dir_for(data_root: Path) -> Path:
+    """``<data_root>/_cache``, or a per-root folder under the embedded root if that is not writable."""
+    preferred = Path(data_root) / "_cache"
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    tag = hashlib.sha256(str(Path(data_root).resolve()).encode()).hexdigest()[:12]
+    fallback = embedded_root() / "_cache" / f"{Path(data_root).name}-{tag}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def cached_splits(
+    dataset: XrayDataset,
+    cache_dir: Path,
+    cache_name: str,
+    split_fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]],
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, CachedXrayDataset]:
+    """Cache every image of ``dataset`` once, split its metadata, return the split views.
+
+    Args:
+        dataset: the lazy dataset (all images of all splits).
+        cache_dir: folder of the cache files.
+        cache_name: their file stem.
+        split_fn: metadata -> split name -> row positions (e.g. a partial of
+            :func:`one_class_split`).
+        progress: tqdm bar while caching.
+        workers: reading threads (default: CPU count, at most 8).
+
+    Returns:
+        split name -> :class:`CachedXrayDataset` (images ``uint8 [n, S, S]``),
+        after checking that no patient is in two splits.
+    """
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    size = dataset.image_size
+    mmap = len(dataset) * size * size > _MMAP_BYTES
+    full = CachedXrayDataset.from_dataset(
+        dataset, cache_dir=cache_dir, name=cache_name, progress=progress, on_error="skip",
+        workers=n_workers, mmap=mmap,
+    )
+    positions = split_fn(full.metadata)
+    result = {name: subset(full, np.asarray(rows, dtype=np.int64)) for name, rows in positions.items()}
+    check_patient_disjoint({name: ds.patient_ids for name, ds in result.items()})
+    return result
+
+
+def describe_splits(splits: Mapping[str, Any]) -> pd.DataFrame:
+    """Counts per split: images, normal, abnormal, patients, abnormal share (one row per split)."""
+    rows = []
+    for name, ds in splits.items():
+        labels = np.asarray(ds.labels, dtype=np.int64)
+        n_abnormal = int(labels.sum())
+        rows.append(
+            {
+                "split": name,
+                "images": len(labels),
+                "normal": len(labels) - n_abnormal,
+                "abnormal": n_abnormal,
+                "patients": len(set(ds.patient_ids)),
+                "abnormal_share": round(n_abnormal / len(labels), 4) if len(labels) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("split")
+
+
+def _folder_dataset(root: Path, image_size: int) -> XrayDataset:
+    if root.is_file():
+        return ManifestXray(root, image_size=image_size)
+    if (root / "manifest.csv").is_file():
+        return ManifestXray(root / "manifest.csv", image_size=image_size)
+    return ImageFolderXray(root, image_size=image_size)
+
+
+def _mura_preprocess(image_size: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``preprocess_mura_image`` bound to the output size, when that module provides it."""
+    try:
+        from salad_lite.data.mura_preprocess import preprocess_mura_image
+    except ImportError:
+        return None
+    parameters = inspect.signature(preprocess_mura_image).parameters
+    for name in ("size", "image_size", "output_size"):
+        if name in parameters:
+            return partial(preprocess_mura_image, **{name: image_size})
+    return preprocess_mura_image
+
+
+def _call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with the keyword arguments its signature accepts."""
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return fn(*args, **kwargs)
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in parameters})
+
+
+def load_splits(
+    dataset: str,
+    data_root: str = "",
+    image_size: int = 64,
+    anomaly_ratio: float = 0.05,
+    seed: int = 0,
+    max_train_images: int = 0,
+    progress: bool = True,
+    cache_dir: str = "",
+) -> dict[str, CachedXrayDataset]:
+    """Train / validation / test sets of a named dataset, cached in memory and on disk.
+
+    Args:
+        dataset: ``"nih"``, ``"mura"`` or ``"folder"``.
+        data_root: the data folder (NIH root, MURA root, or your folder /
+            manifest); empty uses the embedded synthetic set (nih, mura).
+        image_size: side ``S`` of the square images, in pixels.
+        anomaly_ratio: share of abnormal images in the training split (AR).
+        seed: split seed.
+        max_train_images: cap on training images (0 = none).
+        progress: tqdm bars (rendering, caching).
+        cache_dir: where the cache goes (default ``<data_root or embedded>/_cache``).
+
+    Returns:
+        ``{"train", "val", "test"}`` -> :class:`CachedXrayDataset`; items are
+        sample dicts with ``image`` ``FloatTensor [1, S, S]`` in ``[0, 1]``.
+        No patient appears in two splits (checked).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+    if dataset == "folder" and not data_root:
+        raise ValueError("dataset='folder' needs data_root (a folder of class folders or a manifest CSV)")
+    root = Path(data_root).expanduser() if data_root else None
+    if root is not None and not root.exists():
+        raise FileNotFoundError(f"data_root {root} does not exist")
+    base = (root if root is None or root.is_dir() else root.parent) if root is not None else embedded_root()
+    cache = Path(cache_dir) if cache_dir else cache_dir_for(base)
+    if dataset == "nih":
+        source = root if root is not None else ensure_embedded("nih", progress=progress)
+        lazy: XrayDataset = NIHChestXray(source, view="all", image_size=image_size)
+        name = f"nih_all_{image_size}px" if root is not None else f"embedded_nih_{image_size}px"
+        split_fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]] = partial(
+            one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images
+        )
+    elif dataset == "mura":
+        from salad_lite.data.mura import MURA, mura_group_split
+
+        source = root if root is not None else ensure_embedded("mura", progress=progress)
+        lazy = _call_with_supported(MURA, source, image_size=image_size, preprocess=_mura_preprocess(image_size))
+        name = f"mura_{image_size}px" if root is not None else f"embedded_mura_{image_size}px"
+
+        def split_fn(metadata: pd.DataFrame) -> Mapping[str, np.ndarray]:
+            return _call_with_supported(
+                mura_group_split, metadata, anomaly_ratio=anomaly_ratio, seed=seed,
+                max_train=max_train_images, max_train_images=max_train_images,
+            )
+    else:
+        assert root is not None
+        lazy = _folder_dataset(root, image_size)
+        name = f"folder_{root.stem}_{image_size}px"
+        split_fn = partial(one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
+    splits = cached_splits(lazy, cache, name, split_fn, progress=progress)
+    missing = {"train", "val", "test"} - set(splits)
+    if missing:
+        raise RuntimeError(f"split function for {dataset!r} returned {sorted(splits)}, lacking {sorted(missing)}")
+    return {key: splits[key] for key in ("train", "val", "test")}

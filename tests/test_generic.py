@@ -1,0 +1,119 @@
+"""Class-folder and manifest loaders, on the Kermany subset (when present) and tmp folders."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from salad_lite.data import DataWarning
+from salad_lite.data.generic import ImageFolderXray, ManifestXray
+from salad_lite.data.registry import load_splits
+from salad_lite.data.splits import check_patient_disjoint
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KERMANY = SHARED_DATA / "kermany_subset"
+needs_kermany = pytest.mark.skipif(not (KERMANY / "manifest.csv").is_file(), reason=f"{KERMANY} not present")
+
+
+def _png(path: Path, value: int = 100, shape: tuple[int, int] = (10, 14)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+@needs_kermany
+def test_kermany_manifest_matches_csv() -> None:
+    manifest = pd.read_csv(KERMANY / "manifest.csv")
+    ds = ManifestXray(KERMANY / "manifest.csv", image_size=16)
+    assert len(ds) == len(manifest)
+    assert ds.labels.tolist() == manifest["label"].tolist()
+    assert list(ds.patient_ids) == manifest["patient_id"].astype(str).tolist()
+    assert ds.metadata["finding"].tolist() == manifest["finding"].tolist()
+    assert ds[5]["image"].shape == (1, 16, 16)
+
+
+@needs_kermany
+def test_kermany_class_folders_with_class_map() -> None:
+    ds = ImageFolderXray(KERMANY, class_map={"NORMAL": 0, "PNEUMONIA": 1}, image_size=16)
+    manifest = pd.read_csv(KERMANY / "manifest.csv")
+    assert sorted(ds.metadata["path"]) == sorted(manifest["file"])
+    by_file = dict(zip(manifest["file"], manifest["label"]))
+    assert all(by_file[p] == lab for p, lab in zip(ds.metadata["path"], ds.labels))
+    assert list(ds.patient_ids[:3]) == [Path(p).stem for p in ds.metadata["path"][:3]]  # stem default
+    with pytest.raises(FileNotFoundError, match="'normal/' and 'abnormal/'"):
+        ImageFolderXray(KERMANY)  # folders are NORMAL / PNEUMONIA: needs a class_map
+
+
+@needs_kermany
+def test_load_splits_folder_prefers_manifest(tmp_path: Path) -> None:
+    splits = load_splits("folder", data_root=str(KERMANY), image_size=8, anomaly_ratio=0.0,
+                         progress=False, cache_dir=str(tmp_path))
+    check_patient_disjoint({k: v.patient_ids for k, v in splits.items()})
+    assert splits["train"].labels.sum() == 0 and set(splits["test"].labels) == {0, 1}
+    total = sum(len(v) for v in splits.values())
+    assert 300 <= total <= 600
+    assert not (KERMANY / "_cache").exists()  # nothing written into the shared data
+
+
+def test_default_class_folders_and_stem_ids(tmp_path: Path) -> None:
+    _png(tmp_path / "Normal" / "a.png")
+    _png(tmp_path / "Normal" / "sub" / "b.jpg", 50)
+    _png(tmp_path / "abnormal" / "c.png", 200)
+    _png(tmp_path / "ignored" / "d.png")
+    (tmp_path / "Normal" / "notes.txt").write_text("not an image")
+    ds = ImageFolderXray(tmp_path, image_size=8)
+    assert ds.metadata["path"].tolist() == ["Normal/a.png", "Normal/sub/b.jpg", "abnormal/c.png"]
+    assert ds.labels.tolist() == [0, 0, 1]
+    assert list(ds.patient_ids) == ["a", "b", "c"]
+    assert ds.metadata["finding"].tolist() == ["Normal", "Normal", "abnormal"]
+    assert ds[2]["image"].shape == (1, 8, 8)
+    ids = ImageFolderXray(tmp_path, image_size=8, patient_id_fn=lambda p: p.stem.upper())
+    assert list(ids.patient_ids) == ["A", "B", "C"]
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    _png(tmp_path / "normal" / "a.png")
+    (tmp_path / "abnormal").mkdir()
+    with pytest.raises(ValueError, match="abnormal holds no image"):
+        ImageFolderXray(tmp_path)
+    with pytest.raises(FileNotFoundError, match="PNEUMONIA does not exist"):
+        ImageFolderXray(tmp_path, class_map={"normal": 0, "PNEUMONIA": 1})
+    with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+        ImageFolderXray(tmp_path, class_map={"normal": 0, "abnormal": 2})
+    with pytest.raises(ValueError, match="at least one folder to 0 and one to 1"):
+        ImageFolderXray(tmp_path, class_map={"normal": 0})
+    with pytest.raises(FileNotFoundError, match="not an existing folder"):
+        ImageFolderXray(tmp_path / "nope")
+
+
+def test_manifest_defaults_missing_files_and_errors(tmp_path: Path) -> None:
+    for name in ("x1.png", "x2.png", "x3.png"):
+        _png(tmp_path / "img" / name)
+    pd.DataFrame({"file": ["img/x1.png", "img/x2.png", "img/x3.png", "img/gone.png"], "label": [0, 1, 0, 1]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ManifestXray(tmp_path / "m.csv", image_size=8)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(messages) == 1 and "dropped 1 of 4" in messages[0] and "gone.png" in messages[0]
+    assert list(ds.patient_ids) == ["x1", "x2", "x3"]
+    assert ds.metadata["finding"].tolist() == ["normal", "abnormal", "normal"]
+    with pytest.raises(FileNotFoundError, match="1 of 4"):
+        ManifestXray(tmp_path / "m.csv", on_missing="raise")
+
+    pd.DataFrame({"path": ["img/x1.png"], "label": [0]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['file'\]"):
+        ManifestXray(tmp_path / "bad.csv")
+    pd.DataFrame({"file": ["img/x1.png", "img/x2.png"], "label": [0, 3]}).to_csv(tmp_path / "lab.csv", index=False)
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        ManifestXray(tmp_path / "lab.csv")
+    pd.DataFrame({"file": ["a.png", "b.png"], "label": [0, 1]}).to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(FileNotFoundError, match="none of the 2 images"):
+        ManifestXray(tmp_path / "none.csv")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ManifestXray(tmp_path / "absent.csv")

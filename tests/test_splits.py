@@ -1,0 +1,107 @@
+"""Patient-wise one-class split and the patient-leak check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salad_lite.data.splits import PatientLeakError, check_patient_disjoint, one_class_split, split_summary
+
+
+def _metadata(n_images: int = 1500, n_patients: int = 900, abnormal_share: float = 0.45, seed: int = 0) -> pd.DataFrame:
+    """Images with repeat patients; some patients mix normal and abnormal images."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "label": (rng.random(n_images) < abnormal_share).astype(np.int64),
+            "patient_id": [f"P{p:05d}" for p in rng.integers(0, n_patients, n_images)],
+        }
+    )
+
+
+def test_check_patient_disjoint_names_patients_and_splits() -> None:
+    check_patient_disjoint({"train": ["a", "b"], "val": ["c"], "test": ["d", "d"]})
+    with pytest.raises(PatientLeakError, match=r"'val' and 'test'.*\['c'\]"):
+        check_patient_disjoint({"train": ["a"], "val": ["b", "c"], "test": ["c", "d"]})
+    with pytest.raises(ValueError, match="2 patient"):  # PatientLeakError is a ValueError
+        check_patient_disjoint({"train": [1, 2, 3], "test": ["2", "3"]})  # ids compared as text
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("anomaly_ratio", [0.0, 0.05, 0.15])
+def test_one_class_split_protocol(seed: int, anomaly_ratio: float) -> None:
+    meta = _metadata(seed=seed)
+    splits = one_class_split(meta, anomaly_ratio=anomaly_ratio, seed=seed)
+    assert set(splits) == {"train", "val", "test"}
+    labels = meta["label"].to_numpy()
+    pids = meta["patient_id"].to_numpy()
+    for rows in splits.values():
+        assert rows.dtype == np.int64 and np.all(np.diff(rows) > 0)  # sorted, no repeats
+    all_rows = np.concatenate(list(splits.values()))
+    assert len(all_rows) == len(set(all_rows.tolist()))  # no image in two splits
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(pids[splits[a]]) & set(pids[splits[b]])
+
+    train_labels = labels[splits["train"]]
+    share = train_labels.mean()
+    if anomaly_ratio == 0:
+        assert share == 0.0
+    else:
+        expected = round(anomaly_ratio / (1 - anomaly_ratio) * (train_labels == 0).sum())
+        assert (train_labels == 1).sum() == expected
+        assert abs(share - anomaly_ratio) < 0.01
+    for name in ("val", "test"):
+        held = labels[splits[name]]
+        assert 0.4 <= held.mean() <= 0.6, (name, held.mean())  # roughly balanced
+    assert 0.35 <= len(splits["val"]) / (len(splits["val"]) + len(splits["test"])) <= 0.65
+
+
+def test_one_class_split_is_deterministic_and_seed_dependent() -> None:
+    meta = _metadata()
+    first, again = one_class_split(meta, seed=3), one_class_split(meta, seed=3)
+    other = one_class_split(meta, seed=4)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert not np.array_equal(first["train"], other["train"])
+
+
+def test_max_train_and_val_fraction() -> None:
+    meta = _metadata()
+    capped = one_class_split(meta, anomaly_ratio=0.1, max_train=100)
+    assert 85 <= len(capped["train"]) <= 101
+    assert abs(meta["label"].to_numpy()[capped["train"]].mean() - 0.1) < 0.02
+    # without contamination the cap does not move the held-out sets
+    np.testing.assert_array_equal(one_class_split(meta, max_train=50)["test"], one_class_split(meta)["test"])
+    small_val = one_class_split(meta, val_fraction=0.2)
+    ratio = len(small_val["val"]) / (len(small_val["val"]) + len(small_val["test"]))
+    assert 0.15 <= ratio <= 0.3
+
+
+def test_split_summary_counts() -> None:
+    meta = _metadata()
+    splits = one_class_split(meta, anomaly_ratio=0.05)
+    table = split_summary(meta, splits)
+    assert table.loc["train", "images"] == len(splits["train"])
+    assert table.loc["val", "abnormal"] == meta["label"].to_numpy()[splits["val"]].sum()
+    assert (table["normal"] + table["abnormal"] == table["images"]).all()
+
+
+def test_one_class_split_errors() -> None:
+    meta = _metadata(n_images=200, n_patients=100)
+    with pytest.raises(ValueError, match="no abnormal images"):
+        one_class_split(meta.assign(label=0))
+    with pytest.raises(ValueError, match="no normal images"):
+        one_class_split(meta.assign(label=1))
+    with pytest.raises(ValueError, match="anomaly_ratio"):
+        one_class_split(meta, anomaly_ratio=1.0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        one_class_split(meta, val_fraction=0.0)
+    with pytest.raises(ValueError, match="patient_id"):
+        one_class_split(meta.drop(columns="patient_id"))
+    two_normal = pd.DataFrame({"label": [0, 0, 1, 1, 1], "patient_id": ["a", "b", "c", "d", "e"]})
+    with pytest.raises(ValueError, match="2 patient\\(s\\) with only normal images; need at least 3"):
+        one_class_split(two_normal)
+    few_abnormal = pd.DataFrame({"label": [0] * 10 + [1] * 3, "patient_id": list("abcdefghij") + ["x", "y", "z"]})
+    with pytest.raises(ValueError, match="abnormal patients for validation and test"):
+        one_class_split(few_abnormal, anomaly_ratio=0.3)
