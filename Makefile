@@ -24,3 +24,35 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# ---------------------------------------------------------------- the book
+# make data                    render the embedded synthetic data (data/embedded or $SALAD_LITE_DATA)
+# make chapters                execute every chapter of _toc.yml (papermill) into _build/executed/
+# make chapter NB=book/06_eval_nih.ipynb PROFILE=full DATASET=nih DATA_ROOT=/data/nih DEVICE=cuda
+# make html                    build _build/html from the executed chapters (execution off, warnings = errors)
+# Chapter 7 (MURA) reads MURA_ROOT; DATASET / DATA_ROOT steer the other chapters.
+MURA_ROOT ?=
+NB ?=
+BOOK_SCRIPT := $(PY) scripts/build_book.py
+CHAPTER_ARGS = --profile '$(PROFILE)' --dataset '$(DATASET)' --data-root '$(DATA_ROOT)' \
+	--mura-root '$(MURA_ROOT)' --run-dir '$(RUN_DIR)' --device '$(DEVICE)'
+
+.PHONY: chapter
+
+data: setup
+	$(PY) data_scripts/make_embedded.py
+
+chapters: setup
+	$(BOOK_SCRIPT) chapters $(CHAPTER_ARGS)
+
+chapter: setup
+	@test -n "$(NB)" || { echo "usage: make chapter NB=book/06_eval_nih.ipynb [PROFILE=full DATASET=nih DATA_ROOT=/data/nih DEVICE=cuda]"; exit 2; }
+	$(BOOK_SCRIPT) chapters --only $(NB) $(CHAPTER_ARGS)
+
+html: setup
+	$(BOOK_SCRIPT) html
+
+book: setup
+	$(MAKE) data
+	$(MAKE) chapters
+	$(MAKE) html

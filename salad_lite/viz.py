@@ -1,0 +1,494 @@
+"""Figures for the book: matplotlib for static plots, plotly for interactive ones.
+
+Conventions
+- Matplotlib functions return a closed :class:`matplotlib.figure.Figure`; a notebook
+  shows it when it is the last expression of a cell (it is never shown twice).
+- Plotly functions return a :class:`plotly.graph_objects.Figure`; show it with
+  :func:`show_plotly`, which emits HTML that the static book can render with the
+  local copy of plotly.js (jupyter-book 1.x drops plotly's own mime type).
+- Images are arrays ``[H, W]`` (or tensors ``[1, H, W]`` / ``[H, W]``) with
+  intensities in ``[0, 1]`` (0 = black); uint8 arrays are shown on ``[0, 255]``.
+- Label 0 = normal, 1 = abnormal, everywhere; scores: higher = more abnormal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
+
+NORMAL_COLOUR = "#2b83ba"
+ABNORMAL_COLOUR = "#d7191c"
+LABEL_NAMES = {0: "normal", 1: "abnormal"}
+LABEL_COLOURS = {0: NORMAL_COLOUR, 1: ABNORMAL_COLOUR}
+
+__all__ = [
+    "ABNORMAL_COLOUR", "NORMAL_COLOUR", "draw_salad_pipeline", "image_grid", "plot_bar_counts",
+    "plot_cluster_formation", "plot_loss_curves", "plot_roc_pr", "plot_score_histogram",
+    "plotly_html", "show_plotly", "umap_rounds_figure",
+]
+
+
+# --------------------------------------------------------------------------- plotly output
+def plotly_html(fig: go.Figure, *, div_id: str | None = None) -> str:
+    """The figure as an HTML fragment (a ``<div>`` and a ``<script>``) without plotly.js.
+
+    The page must load plotly.js itself (the book adds its local copy once per page).
+    Animation frames and sliders are kept. ``div_id`` fixes the div's id (default:
+    a random UUID, as plotly does).
+    """
+    return fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, auto_play=False,
+                       config={"displaylogo": False, "responsive": True})
+
+
+def show_plotly(fig: go.Figure) -> None:
+    """Display a plotly figure so that it survives the static book build.
+
+    Emits one output with two representations: ``text/html`` (the fragment of
+    :func:`plotly_html`, which jupyter-book 1.x renders with the local plotly.js)
+    and plotly's own ``application/vnd.plotly.v1+json`` (which JupyterLab, Notebook 7
+    and VS Code render live). Returns ``None`` so that the figure is never shown twice.
+    """
+    from IPython.display import display
+
+    bundle = {"text/html": plotly_html(fig), "application/vnd.plotly.v1+json": fig.to_plotly_json()}
+    display(_json_safe(bundle), raw=True)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON types only (numpy arrays/scalars become lists/numbers), for notebook outputs."""
+    import json
+
+    from plotly.utils import PlotlyJSONEncoder
+
+    return json.loads(json.dumps(obj, cls=PlotlyJSONEncoder))
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_image(img: Any) -> np.ndarray:
+    """An ``[H, W]`` numpy image from an array or a torch tensor ``[H, W]`` / ``[1, H, W]``."""
+    if hasattr(img, "detach"):  # torch tensor, without importing torch here
+        img = img.detach().cpu().numpy()
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a grayscale image [H, W] or [1, H, W], got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _finish(fig: Figure) -> Figure:
+    """Close the figure in pyplot (so the inline backend does not show it a second time)."""
+    plt.close(fig)
+    return fig
+
+
+def _records(history: Any) -> list[dict[str, Any]]:
+    """History as a list of dicts: accepts a list of dicts, a dict of lists, or a DataFrame."""
+    if hasattr(history, "to_dict") and hasattr(history, "columns"):  # pandas DataFrame
+        return list(history.to_dict("records"))
+    if isinstance(history, Mapping):
+        lengths = {len(v) for v in history.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"history columns differ in length: {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        return [{k: v[i] for k, v in history.items()} for i in range(n)]
+    return [dict(r) for r in history]
+
+
+# --------------------------------------------------------------------------- matplotlib figures
+def image_grid(images: Sequence[Any], titles: Sequence[str] | None = None, ncols: int = 4, *,
+               size: float = 2.2, cmap: str = "gray", suptitle: str | None = None,
+               title_colours: Sequence[str] | None = None) -> Figure:
+    """A grid of grayscale images.
+
+    ``images``: sequence of ``[H, W]`` arrays (or ``[1, H, W]`` tensors), or one array
+    ``[B, H, W]`` / ``[B, 1, H, W]``. Float images are drawn on ``[0, 1]``, uint8 on
+    ``[0, 255]``. ``size`` is the side of one panel in inches.
+    """
+    if hasattr(images, "detach"):
+        images = images.detach().cpu().numpy()
+    items = [_as_image(im) for im in images]
+    if not items:
+        raise ValueError("image_grid needs at least one image")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"{len(titles)} titles for {len(items)} images")
+    ncols = max(1, min(ncols, len(items)))
+    nrows = -(-len(items) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= len(items):
+            continue
+        img = items[i]
+        vmax = 255 if img.dtype == np.uint8 else 1.0
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        if titles is not None:
+            colour = title_colours[i] if title_colours is not None else "black"
+            ax.set_title(titles[i], fontsize=9, color=colour)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def plot_bar_counts(counts: Mapping[str, int] | Any, *, title: str = "", xlabel: str = "images",
+                    highlight: Sequence[str] = (), log: bool = False) -> Figure:
+    """Horizontal bar chart of counts (a dict or a pandas Series), largest on top.
+
+    Bars named in ``highlight`` are drawn in the normal colour, the rest in the abnormal one.
+    """
+    items = sorted(dict(counts).items(), key=lambda kv: kv[1])
+    names = [str(k) for k, _ in items]
+    values = [int(v) for _, v in items]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
+    colours = [NORMAL_COLOUR if n in highlight else ABNORMAL_COLOUR for n in names]
+    ax.barh(names, values, color=colours)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:,}", va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    if log:
+        ax.set_xscale("log")
+    ax.set_title(title)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def plot_loss_curves(history: Any, keys: Sequence[str] | None = None, *, x: str = "epoch",
+                     title: str = "Training curves", log: bool = False) -> Figure:
+    """One panel per loss term over epochs, with a dashed line where each progressive round starts.
+
+    ``history``: the trainer's records (list of dicts with ``epoch``, ``round`` and loss
+    terms), a dict of lists, or a DataFrame. ``keys``: which numeric entries to plot
+    (default: every numeric entry except ``epoch``, ``round``, ``seconds``).
+    """
+    records = _records(history)
+    if not records:
+        raise ValueError("history is empty: nothing to plot")
+    skip = {x, "round", "seconds", "neighbours", "prototype_fraction"}
+    if keys is None:
+        keys = [k for k in records[0] if k not in skip and isinstance(records[0][k], (int, float, np.floating))]
+    keys = list(keys)
+    if not keys:
+        raise ValueError(f"no numeric entries to plot in history keys {sorted(records[0])}")
+    xs = np.array([r.get(x, i) for i, r in enumerate(records)], dtype=float)
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.8 * nrows), squeeze=False)
+    rounds = [r.get("round") for r in records]
+    starts = [xs[i] for i in range(1, len(records)) if rounds[i] is not None and rounds[i] != rounds[i - 1]]
+    for ax, key in zip(axes.flat, keys):
+        ys = np.array([r.get(key, np.nan) for r in records], dtype=float)
+        ok = np.isfinite(ys)
+        ax.plot(xs[ok], ys[ok], marker="o", markersize=3, color="#444")
+        for s in starts:
+            ax.axvline(s - 0.5, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel(x)
+        if log:
+            ax.set_yscale("log")
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def _curve_arrays(value: Any) -> dict[str, Any]:
+    """ROC and PR arrays from either precomputed curves or ``(labels, scores)``."""
+    if isinstance(value, Mapping):
+        missing = {"fpr", "tpr", "precision", "recall"} - set(value)
+        if missing:
+            raise ValueError(f"curve dict lacks {sorted(missing)}; give fpr/tpr/precision/recall or (labels, scores)")
+        return dict(value)
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    labels, scores = (np.asarray(a).ravel() for a in value)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall,
+            "auc": float(roc_auc_score(labels, scores)), "auprc": float(average_precision_score(labels, scores)),
+            "prevalence": float(np.mean(labels == 1))}
+
+
+def plot_roc_pr(curves: Mapping[str, Any], *, title: str = "") -> Figure:
+    """ROC (left) and precision-recall (right) curves of several methods or runs.
+
+    ``curves`` maps a name to either ``(labels [N], scores [N])`` (curves are computed
+    here, higher score = more abnormal) or a dict with ``fpr``, ``tpr``, ``precision``,
+    ``recall`` arrays and optional ``auc`` / ``auprc`` / ``prevalence`` floats (as
+    returned by :mod:`salad_lite.metrics`). The legend shows AUC / AUPRC when known.
+    """
+    if not curves:
+        raise ValueError("plot_roc_pr needs at least one curve")
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.3))
+    prevalence = None
+    for name, value in curves.items():
+        c = _curve_arrays(value)
+        roc_label = f"{name} (AUC {c['auc']:.3f})" if "auc" in c else name
+        pr_label = f"{name} (AUPRC {c['auprc']:.3f})" if "auprc" in c else name
+        ax_roc.plot(c["fpr"], c["tpr"], label=roc_label)
+        ax_pr.step(c["recall"], c["precision"], where="post", label=pr_label)
+        prevalence = c.get("prevalence", prevalence)
+    ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    if prevalence is not None:
+        ax_pr.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax_roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    ax_pr.set(xlabel="recall (abnormal)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+    for ax in (ax_roc, ax_pr):
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+        ax.set_aspect("equal")
+        ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def plot_score_histogram(scores: Any, labels: Any, *, bins: int = 40, threshold: float | None = None,
+                         title: str = "Anomaly scores", xlabel: str = "anomaly score A(x)") -> Figure:
+    """Overlaid, density-normalised histograms of the scores of normal and abnormal images.
+
+    ``scores`` ``[N]`` (higher = more abnormal), ``labels`` ``[N]`` in {0, 1}. An optional
+    ``threshold`` is drawn as a vertical line.
+    """
+    scores = np.asarray(scores, dtype=float).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores ({scores.size}) and labels ({labels.size}) differ in length")
+    edges = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=bins)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for label in (0, 1):
+        part = scores[labels == label]
+        if part.size:
+            ax.hist(part, bins=edges, density=True, alpha=0.55, color=LABEL_COLOURS[label],
+                    label=f"{LABEL_NAMES[label]} (n={part.size})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+    ax.set(xlabel=xlabel, ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def plot_cluster_formation(rounds: Sequence[int], metrics: Mapping[str, Sequence[float]], *,
+                           title: str = "Cluster formation over progressive rounds",
+                           xlabel: str = "round") -> Figure:
+    """One small line plot per metric against the progressive round.
+
+    ``rounds`` ``[R]``; ``metrics`` maps a name (e.g. ``"neighbour purity"``,
+    ``"memory entropy"``, ``"prototypical fraction"``) to ``R`` values.
+    """
+    rounds = list(rounds)
+    if not metrics:
+        raise ValueError("plot_cluster_formation needs at least one metric")
+    for name, values in metrics.items():
+        if len(values) != len(rounds):
+            raise ValueError(f"metric {name!r} has {len(values)} values for {len(rounds)} rounds")
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, (name, values) in zip(axes.flat, metrics.items()):
+        ax.plot(rounds, values, marker="o", color="#444")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_xticks(rounds)
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+# --------------------------------------------------------------------------- plotly figures
+def umap_rounds_figure(embeddings_per_round: Sequence[np.ndarray], labels: Any,
+                       findings: Sequence[str] | None = None, titles: Sequence[str] | None = None, *,
+                       marker_size: int = 5, height: int = 560) -> go.Figure:
+    """2-D embeddings of the same N images after each round, with a slider (and play button) over rounds.
+
+    ``embeddings_per_round``: R arrays ``[N, 2]`` whose coordinates are already aligned
+    across rounds (e.g. ``umap.AlignedUMAP`` or one projection reused with ``transform``);
+    ``labels`` ``[N]`` in {0, 1}; ``findings`` ``[N]`` strings shown on hover;
+    ``titles`` R slider labels (default ``"round 0" ..``). Axis ranges are fixed over
+    all rounds so that movement is real movement. Works in the static book: the frames
+    and the slider are plain plotly.js.
+    """
+    coords = [np.asarray(e, dtype=float) for e in embeddings_per_round]
+    if not coords:
+        raise ValueError("umap_rounds_figure needs at least one round")
+    labels = np.asarray(labels).ravel()
+    n = labels.size
+    for r, c in enumerate(coords):
+        if c.shape != (n, 2):
+            raise ValueError(f"round {r}: embedding shape {c.shape}, expected ({n}, 2) to match the labels")
+    titles = list(titles) if titles is not None else [f"round {r}" for r in range(len(coords))]
+    if len(titles) != len(coords):
+        raise ValueError(f"{len(titles)} titles for {len(coords)} rounds")
+    hover = np.asarray(findings if findings is not None else [LABEL_NAMES.get(int(l), str(l)) for l in labels])
+    if hover.size != n:
+        raise ValueError(f"{hover.size} findings for {n} labels")
+    index = np.arange(n)
+    present = [lab for lab in (0, 1) if np.any(labels == lab)]
+
+    def traces(c: np.ndarray) -> list[go.Scatter]:
+        out = []
+        for lab in present:
+            m = labels == lab
+            out.append(go.Scatter(
+                x=c[m, 0], y=c[m, 1], mode="markers", name=LABEL_NAMES[lab],
+                marker={"size": marker_size, "color": LABEL_COLOURS[lab], "opacity": 0.75},
+                customdata=np.stack([index[m], hover[m]], axis=1),
+                hovertemplate="#%{customdata[0]}<br>%{customdata[1]}<extra></extra>"))
+        return out
+
+    stacked = np.concatenate(coords)
+    lo, hi = stacked.min(axis=0), stacked.max(axis=0)
+    pad = 0.05 * np.maximum(hi - lo, 1e-9)
+    frames = [go.Frame(data=traces(c), name=str(r), layout={"title": {"text": titles[r]}})
+              for r, c in enumerate(coords)]
+    steps = [{"label": titles[r], "method": "animate",
+              "args": [[str(r)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
+                                  "transition": {"duration": 0}}]} for r in range(len(coords))]
+    fig = go.Figure(data=traces(coords[0]), frames=frames)
+    fig.update_layout(
+        title={"text": titles[0]}, height=height, template="plotly_white",
+        xaxis={"range": [lo[0] - pad[0], hi[0] + pad[0]], "title": "UMAP 1", "zeroline": False},
+        yaxis={"range": [lo[1] - pad[1], hi[1] + pad[1]], "title": "UMAP 2", "zeroline": False},
+        legend={"itemsizing": "constant"},
+        sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "shown: "}, "x": 0.12, "len": 0.88,
+                  "xanchor": "left", "y": 0, "yanchor": "top", "pad": {"t": 50, "b": 10}}],
+        updatemenus=[{"type": "buttons", "showactive": False, "x": 0.1, "y": 0, "xanchor": "right",
+                      "yanchor": "top", "pad": {"t": 75, "r": 10}, "direction": "left",
+                      "buttons": [{"label": "play", "method": "animate",
+                                   "args": [None, {"frame": {"duration": 900, "redraw": True},
+                                                   "fromcurrent": True, "transition": {"duration": 300}}]}]}],
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- the SALAD pipeline (paper Fig. 1)
+def _box(ax: Any, xy: tuple[float, float], w: float, h: float, text: str, colour: str,
+         fontsize: float = 10.5) -> tuple[float, float, float, float]:
+    ax.add_patch(FancyBboxPatch(xy, w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                facecolor=colour, edgecolor="#333", linewidth=1))
+    ax.text(xy[0] + w / 2, xy[1] + h / 2, text, ha="center", va="center", fontsize=fontsize, wrap=True)
+    return xy[0], xy[1], w, h
+
+
+def _arrow(ax: Any, start: tuple[float, float], end: tuple[float, float], text: str = "",
+           colour: str = "#333", style: str = "-|>", rad: float = 0.0, text_offset: tuple[float, float] = (0, 0.12),
+           linestyle: str = "-") -> None:
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=12, color=colour,
+                                 linewidth=1.3, connectionstyle=f"arc3,rad={rad}", linestyle=linestyle))
+    if text:
+        mx, my = (start[0] + end[0]) / 2 + text_offset[0], (start[1] + end[1]) / 2 + text_offset[1]
+        ax.text(mx, my, text, ha="center", va="center", fontsize=9.5, color=colour)
+
+
+def _toy_xray(size: int = 48, lesion: bool = False, seed: int = 0) -> np.ndarray:
+    """A tiny drawn chest-like image [size, size] in [0, 1] (two dark lungs in a bright body)."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    body = np.exp(-(((xx - 0.5) / 0.42) ** 6 + ((yy - 0.55) / 0.5) ** 6))
+    lungs = sum(np.exp(-(((xx - cx) / 0.15) ** 2 + ((yy - 0.5) / 0.28) ** 2)) for cx in (0.32, 0.68))
+    img = 0.75 * body - 0.55 * lungs * body + 0.08 * np.exp(-((xx - 0.5) / 0.05) ** 2)
+    if lesion:
+        img += 0.45 * np.exp(-(((xx - 0.7) / 0.07) ** 2 + ((yy - 0.45) / 0.07) ** 2))
+    img += 0.03 * np.random.default_rng(seed).standard_normal(img.shape)
+    return np.clip(img, 0, 1)
+
+
+def draw_salad_pipeline() -> Figure:
+    """The SALAD method as a diagram (after Fig. 1 of Bozorgtabar et al., MICCAI 2020).
+
+    Top row: training. X-rays pass an encoder to unit latents on a hypersphere; a
+    decoder reconstructs them (L_mse); a memory bank keeps one slot per training
+    image, updated with momentum; instance discrimination (L_ss) separates every
+    image from the others, neighbourhood aggregation (L_agg) pulls prototypical
+    images towards their memory neighbours, with neighbourhoods that grow over the
+    progressive rounds. Bottom row: inference scores a test image by its mean
+    angular distance to its K nearest normal memory entries (Eq. 4).
+    """
+    fig, ax = plt.subplots(figsize=(10, 5.4))
+    ax.set_xlim(0, 12)
+    ax.set_ylim(0, 6.4)
+    ax.set_axis_off()
+    enc_c, lat_c, mem_c, loss_c, inf_c = "#cfe2f3", "#fff2cc", "#d9ead3", "#f4cccc", "#ead1dc"
+
+    # input and reconstruction thumbnails
+    for k, (x0, y0) in enumerate([(0.15, 4.45), (0.35, 4.25), (0.55, 4.05)]):
+        ax.imshow(_toy_xray(lesion=(k == 1), seed=k), cmap="gray", vmin=0, vmax=1,
+                  extent=(x0, x0 + 1.1, y0, y0 + 1.1), zorder=2 + k)
+    ax.text(0.95, 3.8, "unlabelled training\nX-rays $x$ (mostly normal)", ha="center", va="top", fontsize=9.5)
+    ax.imshow(_toy_xray(seed=5), cmap="gray", vmin=0, vmax=1, extent=(10.6, 11.7, 4.3, 5.4))
+    ax.text(11.15, 4.15, r"reconstruction $\hat{x}$", ha="center", va="top", fontsize=9.5)
+
+    _box(ax, (2.0, 4.35), 1.6, 0.95, r"encoder" "\n" r"$f_{\mathrm{enc}}$", enc_c)
+    _box(ax, (8.3, 4.35), 1.6, 0.95, r"decoder" "\n" r"$g_{\mathrm{dec}}$", enc_c)
+    _arrow(ax, (1.7, 4.8), (2.0, 4.8))
+    _arrow(ax, (9.9, 4.8), (10.55, 4.8))
+
+    # latent hypersphere with clusters
+    cx, cy, r = 5.95, 4.8, 0.95
+    ax.add_patch(Circle((cx, cy), r, facecolor=lat_c, edgecolor="#333", linewidth=1))
+    rng = np.random.default_rng(3)
+    for (ax_c, ay_c), colour in [((-0.45, 0.3), NORMAL_COLOUR), ((0.35, 0.35), NORMAL_COLOUR),
+                                 ((0.0, -0.45), NORMAL_COLOUR)]:
+        pts = rng.normal(scale=0.1, size=(9, 2)) + (ax_c, ay_c)
+        ax.scatter(cx + pts[:, 0], cy + pts[:, 1], s=9, color=colour, zorder=3)
+    ax.scatter([cx + 0.55], [cy - 0.2], s=22, color=ABNORMAL_COLOUR, marker="x", zorder=3)
+    ax.text(cx, cy + r + 0.25, r"latent $z$ on the unit sphere ($d = 200$)", ha="center", fontsize=9.5)
+    _arrow(ax, (3.6, 4.8), (cx - r, 4.8), r"$z = f_{\mathrm{enc}}(x)$" "\n" r"$\Vert z \Vert = 1$", text_offset=(0, 0.32))
+    _arrow(ax, (cx + r, 4.8), (8.3, 4.8))
+    _box(ax, (8.45, 5.55), 1.3, 0.55, r"$L_{\mathrm{mse}}(x, \hat{x})$", loss_c, 10)
+    _arrow(ax, (9.1, 5.3), (9.1, 5.55), style="-")
+
+    # memory bank
+    bank_x, bank_y, bank_w, bank_h = 4.6, 1.95, 2.7, 1.35
+    _box(ax, (bank_x, bank_y), bank_w, bank_h, "", mem_c)
+    for i in range(9):
+        ax.add_patch(FancyBboxPatch((bank_x + 0.2 + i * 0.265, bank_y + 0.42), 0.18, 0.5,
+                                    boxstyle="square,pad=0", facecolor="white", edgecolor="#666", linewidth=0.6))
+    ax.text(bank_x + bank_w / 2, bank_y + 1.13, r"memory bank $M$", ha="center", va="center", fontsize=10)
+    ax.text(bank_x + bank_w / 2, bank_y + 0.2, r"one slot $m_i$ per training image", ha="center", va="center",
+            fontsize=9)
+    _arrow(ax, (cx, cy - r), (cx, bank_y + bank_h), r"$m_i \leftarrow \mathrm{norm}((1-t)\, m_i + t\, z_i)$",
+           text_offset=(1.25, 0.0))
+
+    # latent losses
+    _box(ax, (1.0, 1.95), 2.9, 1.35, r"instance discrimination $L_{\mathrm{ss}}$" "\n" r"(Eq. 1): each $z_i$ close to" "\n"
+         "its own slot and augmented\nviews, far from the others", loss_c, 9.5)
+    _box(ax, (8.0, 1.95), 3.1, 1.35, r"neighbourhood aggregation $L_{\mathrm{agg}}$" "\n" r"(Eq. 2): prototypical $z_i$ pulled" "\n"
+         r"to their $k$ nearest slots;" "\n" r"rounds $r = 1..R$ grow $k$ and the" "\n" "prototypical set", loss_c, 9.5)
+    _arrow(ax, (bank_x, bank_y + 0.68), (3.9, bank_y + 0.68), style="<|-|>")
+    _arrow(ax, (bank_x + bank_w, bank_y + 0.68), (8.0, bank_y + 0.68), style="<|-|>")
+    ax.text(6.0, 1.65, r"$L = L_{\mathrm{mse}} + \lambda\,(L_{\mathrm{ss}} + L_{\mathrm{agg}}),\ \lambda = 0.25;\quad "
+            r"p_{ij} = \mathrm{softmax}_j(z_i \cdot m_j / \tau)$",
+            ha="center", fontsize=10.5, style="italic")
+
+    # inference row
+    ax.plot([0.2, 11.8], [1.3, 1.3], color="#999", linewidth=0.8, linestyle="--")
+    ax.text(0.25, 1.12, "inference", fontsize=10.5, weight="bold", va="top")
+    ax.imshow(_toy_xray(lesion=True, seed=9), cmap="gray", vmin=0, vmax=1, extent=(1.4, 2.2, 0.15, 0.95))
+    ax.text(1.8, 0.05, r"test $x$", ha="center", va="top", fontsize=9.5)
+    _box(ax, (2.8, 0.3), 1.3, 0.55, r"$f_{\mathrm{enc}}$", enc_c, 10)
+    _box(ax, (4.8, 0.3), 3.6, 0.55, r"$K$ nearest normal memory slots", mem_c, 10)
+    _box(ax, (9.0, 0.2), 2.7, 0.75, r"$A(x)$ = mean angle to" "\n" r"those $K$ slots (Eq. 4)", inf_c, 10)
+    _arrow(ax, (2.25, 0.57), (2.8, 0.57))
+    _arrow(ax, (4.1, 0.57), (4.8, 0.57), r"$z$")
+    _arrow(ax, (8.4, 0.57), (9.0, 0.57))
+    ax.text(10.35, 1.1, "high = abnormal", ha="center", fontsize=9.5, color=ABNORMAL_COLOUR)
+    fig.tight_layout()
+    return _finish(fig)

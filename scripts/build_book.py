@@ -1,0 +1,295 @@
+"""Execute the book's chapters with papermill and build the static HTML book with jupyter-book 1.x.
+
+Commands (run from anywhere; paths are relative to the repository root):
+
+    python scripts/build_book.py toc
+        print the chapter files in _toc.yml order
+    python scripts/build_book.py chapters [--only book/06_eval_nih.ipynb ...]
+            [--profile default] [--dataset nih] [--data-root ""] [--mura-root ""]
+            [--run-dir runs/default] [--device auto]
+        execute the chapters into _build/executed/book/ (papermill, no progress bar, log level ERROR)
+    python scripts/build_book.py html [--allow-missing] [--no-strict]
+        stage the executed chapters with _config.yml, _toc.yml and book/_static, copy plotly.min.js
+        from the installed plotly package, and build _build/html (execution off, warnings are errors)
+
+Which data a chapter gets: every chapter receives --dataset / --data-root, except a chapter whose
+own ``parameters`` cell pins ``dataset = "mura"`` (the MURA evaluation): it keeps ``mura`` with
+--mura-root, unless --dataset is ``mura`` too. An empty data root means the embedded synthetic data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_NAME = Path("_build") / "executed"  # executed notebooks + config: the source tree of the HTML build
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+PARAMETER_NAMES = ("profile", "dataset", "data_root", "run_dir", "device")
+
+
+def toc_chapters(toc_path: Path) -> list[str]:
+    """Chapter paths without suffix (e.g. ``book/02_data``), root first, in reading order."""
+    import yaml
+
+    toc = yaml.safe_load(toc_path.read_text())
+    if not isinstance(toc, dict) or "root" not in toc:
+        raise ValueError(f"{toc_path}: expected a jb-book table of contents with a 'root' entry")
+    entries = [toc["root"]]
+
+    def walk(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if "file" in item:
+                entries.append(item["file"])
+            for key in ("chapters", "sections"):
+                walk(item.get(key, []))
+            for part in item.get("parts", []):
+                walk(part.get("chapters", []))
+
+    walk(toc.get("chapters", []))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    return [str(Path(e).with_suffix("")) if Path(e).suffix in (".ipynb", ".md") else e for e in entries]
+
+
+def chapter_source(chapter: str, root: Path) -> Path:
+    """The file behind a toc entry: ``<chapter>.ipynb`` or ``<chapter>.md``."""
+    for suffix in (".ipynb", ".md"):
+        path = root / f"{chapter}{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"_toc.yml names {chapter!r} but neither {chapter}.ipynb nor {chapter}.md exists in {root}")
+
+
+def notebook_defaults(path: Path) -> dict[str, Any]:
+    """The literal assignments of the notebook's first code cell if it is tagged ``parameters``."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if not code or "parameters" not in code[0].metadata.get("tags", []):
+        return {}
+    values: dict[str, Any] = {}
+    for node in ast.parse(code[0].source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+def chapter_parameters(defaults: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Parameters papermill injects into one chapter (see the module docstring for the data rule)."""
+    params: dict[str, Any] = {"profile": args.profile, "run_dir": args.run_dir, "device": args.device}
+    if defaults.get("dataset") == "mura" and args.dataset != "mura":
+        params.update(dataset="mura", data_root=args.mura_root)
+    else:
+        params.update(dataset=args.dataset, data_root=args.data_root)
+    return {k: v for k, v in params.items() if k in defaults or not defaults}
+
+
+def run_chapters(args: argparse.Namespace) -> int:
+    """Execute the chapters (or ``args.only``) into ``<root>/_build/executed``; 0 on success."""
+    import papermill as pm
+
+    root, stage = args.root, args.root / STAGE_NAME
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # = papermill --log-level ERROR
+    if not args.progress_bars:
+        os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no progress bars in the static pages
+    if args.only:
+        sources = [Path(p).resolve() for p in args.only]
+        for path in sources:
+            if not path.exists():
+                raise FileNotFoundError(f"no such chapter notebook: {path}")
+    else:
+        sources = []
+        for chapter in toc_chapters(root / "_toc.yml"):
+            try:
+                sources.append(chapter_source(chapter, root))
+            except FileNotFoundError as err:
+                if not args.allow_missing:
+                    raise
+                print(f"[chapters] WARNING: skipped, {err}", file=sys.stderr)
+    notebooks = [p for p in sources if p.suffix == ".ipynb"]
+    for path in notebooks:
+        out = stage / path.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        params = chapter_parameters(notebook_defaults(path), args)
+        shown = " ".join(f"{k}={v!r}" for k, v in params.items())
+        print(f"[chapters] {path.relative_to(root)}  ({shown})", flush=True)
+        started = time.perf_counter()
+        try:
+            pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(root), kernel_name=args.kernel,
+                                progress_bar=False, log_output=False, request_save_on_cell_execute=True)
+        except pm.PapermillExecutionError as err:
+            print(f"[chapters] FAILED {path.relative_to(root)} at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                  f"           the partly executed notebook is {out.relative_to(root)}", file=sys.stderr)
+            return 1
+        hide_default_parameters(out)
+        print(f"[chapters]   done in {time.perf_counter() - started:.1f} s -> {out.relative_to(root)}", flush=True)
+    return 0
+
+
+def hide_default_parameters(path: Path) -> None:
+    """Tag the notebook's default ``parameters`` cell ``remove-cell`` when papermill injected the real values.
+
+    The page then shows the values the chapter actually ran with (papermill's
+    ``injected-parameters`` cell) and not the defaults they replaced.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tags_of = [c.metadata.get("tags", []) for c in nb.cells]
+    if not any("injected-parameters" in tags for tags in tags_of):
+        return
+    for cell, tags in zip(nb.cells, tags_of):
+        if "parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
+
+
+def plotly_js_path() -> Path:
+    """``plotly.min.js`` shipped inside the installed plotly package (no CDN)."""
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.exists():
+        raise FileNotFoundError(f"the installed plotly package has no {path}; reinstall plotly")
+    return path
+
+
+def stage_book(root: Path, allow_missing: bool = False) -> list[str]:
+    """Prepare ``<root>/_build/executed`` as the HTML build's source tree; returns the chapters left out."""
+    import yaml
+
+    stage = root / STAGE_NAME
+    stage.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / "_config.yml", stage / "_config.yml")
+    static = stage / "book" / "_static"
+    if static.exists():
+        shutil.rmtree(static)
+    shutil.copytree(root / "book" / "_static", static, ignore=shutil.ignore_patterns("*.js"))
+    shutil.copy2(plotly_js_path(), static / "plotly.min.js")  # the only .js file: loaded once per page
+
+    missing = []
+    for chapter in toc_chapters(root / "_toc.yml"):
+        try:
+            source = chapter_source(chapter, root)
+        except FileNotFoundError:
+            if not allow_missing:
+                raise
+            missing.append(chapter)
+            continue
+        staged = stage / source.relative_to(root)
+        if source.suffix == ".md":
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, staged)
+        elif not staged.exists():
+            missing.append(chapter)
+        else:
+            drop_plotly_json(staged)
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    if missing:
+        if not allow_missing:
+            raise FileNotFoundError(f"not executed yet: {missing}; run `make chapters` (or pass --allow-missing)")
+        if toc["root"] in missing:
+            raise FileNotFoundError(f"the root chapter {toc['root']} is not executed; run `make chapters`")
+        print(f"[html] WARNING: {len(missing)} chapter(s) not executed, left out of the book: {missing}",
+              file=sys.stderr)
+        kept = [c for c in toc.get("chapters", []) if str(Path(c["file"]).with_suffix("")) not in missing]
+        if kept:
+            toc["chapters"] = kept
+        else:
+            toc.pop("chapters", None)  # jupyter-book rejects an empty list
+    (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    return missing
+
+
+def drop_plotly_json(path: Path) -> int:
+    """Remove ``application/vnd.plotly.v1+json`` from outputs that also carry ``text/html``; returns the count.
+
+    ``salad_lite.viz.show_plotly`` emits both: the JSON for live Jupyter, the HTML for
+    the book. myst-nb warns about every plotly JSON it meets (it cannot render it),
+    so the JSON goes where HTML stands beside it. A plotly figure shown without
+    ``show_plotly`` keeps its lone JSON and still fails the strict build, as it should:
+    it would be missing from the page.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    dropped = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_MIME in data and "text/html" in data:
+                del data[PLOTLY_MIME]
+                dropped += 1
+    if dropped:
+        nbformat.write(nb, path)
+    return dropped
+
+
+def build_html(args: argparse.Namespace) -> int:
+    stage_book(args.root, args.allow_missing)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(args.root / STAGE_NAME), "--path-output", str(args.root),
+           "--builder", "html", "--all", "--keep-going"]
+    if args.strict:
+        cmd.append("-W")
+    print("[html] " + " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, cwd=args.root, text=True, capture_output=True)
+    log = result.stdout + result.stderr
+    (args.root / "_build" / "html_build.log").write_text(log)
+    warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+    for line in warnings:
+        print(f"[html] {line}", file=sys.stderr)
+    if result.returncode != 0:
+        print(log[-4000:], file=sys.stderr)
+        print(f"[html] jupyter-book failed (exit {result.returncode}); full log in _build/html_build.log",
+              file=sys.stderr)
+        return result.returncode
+    index = args.root / "_build" / "html" / "index.html"
+    print(f"[html] built {index} with {len(warnings)} warning(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=REPO,
+                        help="book root holding _config.yml, _toc.yml and book/ (default: this repository)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("toc", help="print the chapter files in reading order")
+    run = sub.add_parser("chapters", help="execute the chapters with papermill")
+    run.add_argument("--only", nargs="+", help="these notebooks only (default: every chapter of _toc.yml)")
+    run.add_argument("--profile", default="default", choices=["smoke", "default", "full"])
+    run.add_argument("--dataset", default="nih", choices=["nih", "mura", "folder"])
+    run.add_argument("--data-root", default="", help="real data folder ('' = embedded synthetic data)")
+    run.add_argument("--mura-root", default="", help="data folder of chapters pinned to MURA ('' = embedded)")
+    run.add_argument("--run-dir", default="runs/default", help="checkpoints and caches, relative to the repo root")
+    run.add_argument("--device", default="auto")
+    run.add_argument("--kernel", default="python3")
+    run.add_argument("--allow-missing", action="store_true", help="skip _toc.yml entries whose file does not exist")
+    run.add_argument("--progress-bars", action="store_true", help="keep tqdm bars (they clutter the static pages)")
+    html = sub.add_parser("html", help="build _build/html from the executed chapters")
+    html.add_argument("--allow-missing", action="store_true", help="leave chapters that were not executed out")
+    html.add_argument("--no-strict", dest="strict", action="store_false", help="do not turn warnings into errors")
+    args = parser.parse_args(argv)
+    args.root = args.root.resolve()
+    if args.command == "toc":
+        for chapter in toc_chapters(args.root / "_toc.yml"):
+            print(chapter_source(chapter, args.root).relative_to(args.root))
+        return 0
+    if args.command == "chapters":
+        return run_chapters(args)
+    return build_html(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Open built book pages in headless Chromium: screenshot them and check that the plotly figures rendered.
+
+    python scripts/check_pages.py _build/html/book/04_aggregation.html --out _build/page_checks \\
+        --min-plotly 1 --min-sliders 1
+
+For every page it
+1. reads the HTML file: lists ``<script src>`` / stylesheet links that leave the
+   machine (http, https or protocol-relative URLs: the book must work offline);
+2. runs ``chromium --headless --dump-dom --screenshot`` with the network blocked, and
+   counts in the rendered DOM the plotly containers (``plotly-graph-div``, present in
+   the HTML), the figures that plotly.js actually drew (``js-plotly-plot`` and
+   ``main-svg``, added by plotly.js in the browser) and the slider groups
+   (``slider-container``);
+3. writes ``<out>/<page>.png`` and ``<out>/<page>.dom.html``.
+
+Exit status 0 when every page meets the ``--min-*`` expectations and loads nothing
+from the network, 1 otherwise, 2 when no Chromium is installed (install it with
+``apt-get install chromium``; this script installs nothing). A JSON summary goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: the page must be offline-safe
+)
+_EXTERNAL = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""", re.I)
+
+
+@dataclass
+class PageReport:
+    page: str
+    external_resources: list[str] = field(default_factory=list)
+    plotly_divs: int = 0  # elements with class plotly-graph-div (in the HTML)
+    plotly_rendered: int = 0  # elements with class js-plotly-plot (added by plotly.js)
+    plotly_svgs: int = 0  # main-svg layers drawn by plotly.js
+    sliders: int = 0  # slider-container groups drawn by plotly.js
+    screenshot: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def find_browser() -> str | None:
+    """Path of an installed Chromium/Chrome, or None."""
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def external_resources(html: str) -> list[str]:
+    """Script and stylesheet URLs of the page that point off the machine."""
+    return sorted(set(_EXTERNAL.findall(html)))
+
+
+def _class_count(dom: str, name: str) -> int:
+    """Number of elements whose class attribute contains the class ``name``."""
+    pattern = re.compile(r"""\bclass\s*=\s*["']([^"']*)["']""", re.I)
+    return sum(1 for classes in pattern.findall(dom) if name in classes.split())
+
+
+def analyse_dom(dom: str) -> dict[str, int]:
+    """Counts of plotly elements in a rendered DOM (see the module docstring)."""
+    return {
+        "plotly_divs": _class_count(dom, "plotly-graph-div"),
+        "plotly_rendered": _class_count(dom, "js-plotly-plot"),
+        "plotly_svgs": _class_count(dom, "main-svg"),
+        "sliders": _class_count(dom, "slider-container"),
+    }
+
+
+def render(browser: str, page: Path, screenshot: Path, window: str, budget_ms: int, timeout_s: float) -> str:
+    """Rendered DOM of ``page``; writes its screenshot. Raises RuntimeError when Chromium fails."""
+    with tempfile.TemporaryDirectory(prefix="check_pages_") as profile:
+        cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window}",
+               f"--virtual-time-budget={budget_ms}", f"--screenshot={screenshot}", "--dump-dom",
+               page.resolve().as_uri()]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if result.returncode != 0 or "<html" not in result.stdout.lower():
+        tail = "\n".join(result.stderr.splitlines()[-5:])
+        raise RuntimeError(f"{browser} failed on {page} (exit {result.returncode}): {tail}")
+    return result.stdout
+
+
+def check_page(browser: str, page: Path, out_dir: Path, *, min_plotly: int = 0, min_sliders: int = 0,
+               window: str = "1280,2400", budget_ms: int = 8000, timeout_s: float = 120) -> PageReport:
+    """Screenshot ``page`` and check it (see the module docstring)."""
+    report = PageReport(page=str(page))
+    if not page.is_file():
+        report.problems.append(f"no such page: {page}")
+        return report
+    report.external_resources = external_resources(page.read_text(errors="replace"))
+    if report.external_resources:
+        report.problems.append(f"loads {len(report.external_resources)} resource(s) from the network: "
+                               f"{report.external_resources}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shot = out_dir / f"{page.stem}.png"
+    try:
+        dom = render(browser, page, shot, window, budget_ms, timeout_s)
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        report.problems.append(str(err))
+        return report
+    (out_dir / f"{page.stem}.dom.html").write_text(dom)
+    report.screenshot = str(shot) if shot.is_file() else ""
+    if not report.screenshot:
+        report.problems.append("no screenshot was written")
+    for key, value in analyse_dom(dom).items():
+        setattr(report, key, value)
+    if report.plotly_divs < min_plotly:
+        report.problems.append(f"{report.plotly_divs} plotly figure div(s), expected at least {min_plotly}")
+    if report.plotly_rendered < report.plotly_divs or report.plotly_rendered < min_plotly:
+        report.problems.append(f"plotly.js drew {report.plotly_rendered} of {report.plotly_divs} figure(s); "
+                               "is _static/plotly.min.js loaded?")
+    if report.sliders < min_sliders:
+        report.problems.append(f"{report.sliders} plotly slider(s), expected at least {min_sliders}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pages", nargs="+", type=Path, help="built HTML pages")
+    parser.add_argument("--out", type=Path, default=Path("_build/page_checks"), help="screenshots and DOM dumps")
+    parser.add_argument("--min-plotly", type=int, default=0, help="plotly figures every page must have")
+    parser.add_argument("--min-sliders", type=int, default=0, help="plotly sliders every page must have")
+    parser.add_argument("--window", default="1280,2400", help="browser window WIDTH,HEIGHT in pixels")
+    parser.add_argument("--budget-ms", type=int, default=8000, help="virtual time the page may run its scripts")
+    args = parser.parse_args(argv)
+    browser = find_browser()
+    if browser is None:
+        print(f"no Chromium found (looked for {', '.join(BROWSERS)}); install it, e.g. apt-get install chromium",
+              file=sys.stderr)
+        return 2
+    reports = [check_page(browser, page, args.out, min_plotly=args.min_plotly, min_sliders=args.min_sliders,
+                          window=args.window, budget_ms=args.budget_ms) for page in args.pages]
+    print(json.dumps([{**asdict(r), "ok": r.ok} for r in reports], indent=2))
+    for r in reports:
+        for problem in r.problems:
+            print(f"{r.page}: {problem}", file=sys.stderr)
+    return 0 if all(r.ok for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

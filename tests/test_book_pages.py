@@ -1,0 +1,109 @@
+"""The book pipeline end to end on a one-page book: papermill -> jupyter-book -> headless Chromium.
+
+The page holds a plotly figure with a round slider (``viz.umap_rounds_figure``)
+shown through ``viz.show_plotly``. Checks: the page loads the local plotly.js
+exactly once and nothing from a CDN, and in a real browser (network blocked)
+plotly.js draws the figure and its slider. Skips without Chromium or jupyter-book.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import check_pages  # noqa: E402
+
+PARAMETERS = 'profile = "default"\ndataset = "nih"\ndata_root = ""\nrun_dir = "runs/default"\ndevice = "auto"'
+FIGURE = """\
+import numpy as np
+from salad_lite import viz
+
+rng = np.random.default_rng(0)
+labels = (rng.random(60) < 0.2).astype(int)
+rounds = [rng.normal(size=(60, 2)) * (1.0 - 0.3 * r) for r in range(3)]
+fig = viz.umap_rounds_figure(rounds, labels, findings=np.where(labels == 1, "Mass", "No Finding"))
+viz.show_plotly(fig)"""
+
+
+def _make_book(root: Path) -> None:
+    """A one-chapter book that uses the repository's real _config.yml and static files."""
+    (root / "book").mkdir(parents=True)
+    shutil.copy2(REPO / "_config.yml", root / "_config.yml")
+    shutil.copytree(REPO / "book" / "_static", root / "book" / "_static", ignore=shutil.ignore_patterns("*.js"))
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/01_plotly\n")
+    param_cell = new_code_cell(PARAMETERS)
+    param_cell.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[new_markdown_cell("# Plotly page"), param_cell, new_code_cell(FIGURE)],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, root / "book" / "01_plotly.ipynb")
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "build_book.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def built_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not Path(sys.executable).with_name("jupyter-book").exists() and shutil.which("jupyter-book") is None:
+        pytest.skip("jupyter-book is not installed")
+    if importlib.util.find_spec("papermill") is None:
+        pytest.skip("papermill is not installed")
+    root = tmp_path_factory.mktemp("book")
+    _make_book(root)
+    executed = _run("--root", str(root), "chapters", "--profile", "smoke", "--run-dir", "runs/test-run",
+                    cwd=root)
+    assert executed.returncode == 0, executed.stdout + executed.stderr
+    built = _run("--root", str(root), "html", cwd=root)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return root / "_build" / "html" / "book" / "01_plotly.html"
+
+
+def test_page_uses_local_plotly_once_and_no_cdn(built_page: Path) -> None:
+    html = built_page.read_text()
+    assert html.count('src="../_static/plotly.min.js') == 1, "plotly.js must be loaded exactly once"
+    assert "cdn.plot.ly" not in html and "cdn.jsdelivr" not in html
+    assert check_pages.external_resources(html) == []
+    assert html.count('class="plotly-graph-div"') == 1
+    assert "Plotly.newPlot" in html and "Plotly.addFrames" in html  # the slider's frames reach the page
+    local_js = built_page.parents[1] / "_static" / "plotly.min.js"
+    import plotly
+
+    shipped = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    assert local_js.stat().st_size == shipped.stat().st_size
+    # the default parameters cell is removed, papermill's injected values are shown
+    assert "runs/test-run" in html and "runs/default" not in html
+
+
+def test_plotly_figure_and_slider_render_in_chromium(built_page: Path, tmp_path: Path) -> None:
+    browser = check_pages.find_browser()
+    if browser is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    report = check_pages.check_page(browser, built_page, tmp_path, min_plotly=1, min_sliders=1,
+                                    window="1100,1400", budget_ms=5000)
+    assert report.ok, report.problems
+    assert report.plotly_rendered == 1 and report.sliders >= 1 and report.plotly_svgs >= 1
+    assert Path(report.screenshot).stat().st_size > 10_000
+
+
+def test_analyse_dom_counts_classes() -> None:
+    dom = ('<div class="plotly-graph-div js-plotly-plot" id="a"><svg class="main-svg"></svg>'
+           '<g class="slider-container"></g></div><div class="plotly-graph-div"></div>'
+           '<div class="not-plotly-graph-div"></div>')
+    assert check_pages.analyse_dom(dom) == {"plotly_divs": 2, "plotly_rendered": 1, "plotly_svgs": 1, "sliders": 1}
+
+
+def test_external_resources_flags_cdn_scripts_only() -> None:
+    html = ('<script src="https://cdn.plot.ly/plotly-2.js"></script><script src="_static/plotly.min.js"></script>'
+            '<link rel="stylesheet" href="//fonts.example.org/a.css"><a href="https://example.org">link</a>'
+            '<script>const URL = "https://unpkg.com/x.js"</script>')
+    assert check_pages.external_resources(html) == ["//fonts.example.org/a.css", "https://cdn.plot.ly/plotly-2.js"]
