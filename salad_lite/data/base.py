@@ -236,14 +236,24 @@ class _XrayBase(Dataset):
     def __len__(self) -> int:
         return len(self._metadata)
 
+    def _columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, patient ids, findings) as arrays, rebuilt when ``_metadata`` is replaced."""
+        cached = self.__dict__.get("_column_cache")
+        if cached is None or cached[0] is not self._metadata:
+            meta = self._metadata
+            cached = (meta, meta["label"].to_numpy(np.int64), meta["patient_id"].to_numpy(object),
+                      meta["finding"].to_numpy(object))
+            self._column_cache = cached
+        return cached[1], cached[2], cached[3]
+
     def _sample(self, i: int, image: np.ndarray) -> dict[str, Any]:
-        row = self._metadata.iloc[i]
+        labels, patients, findings = self._columns()
         return {
             "image": to_tensor(image),  # [1, S, S] float32 in [0, 1]
-            "label": int(row["label"]),
+            "label": int(labels[i]),
             "index": i,
-            "patient_id": str(row["patient_id"]),
-            "finding": str(row["finding"]),
+            "patient_id": str(patients[i]),
+            "finding": str(findings[i]),
         }
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -439,15 +449,15 @@ class CachedXrayDataset(_XrayBase):
             cached = _load_if_fresh(files, key, on_error, mmap, dataset.root)
             if cached is not None:
                 return cached
-        images, keep, skipped = _read_all(dataset, progress, on_error, workers)
+        built, keep, skipped = _build(dataset, files, progress, on_error, workers)
         meta = dataset.metadata.iloc[keep].reset_index(drop=True)
         if skipped:
             _warn_skipped(skipped, len(dataset))
         if files is None:
-            return cls(images, meta, root=dataset.root)
-        _save_cache(files, images, meta, key, skipped)
-        if mmap:
-            images = np.load(files["npy"], mmap_mode="r")
+            assert isinstance(built, np.ndarray)
+            return cls(built, meta, root=dataset.root)
+        _save_cache(files, Path(built), meta, key, skipped)
+        images = np.load(files["npy"], mmap_mode="r" if mmap else None)
         return cls(images, meta, root=dataset.root)
 
     @classmethod
@@ -521,28 +531,63 @@ def _load_if_fresh(
 
 
 def _save_cache(
-    files: dict[str, Path], images: np.ndarray, meta: pd.DataFrame, key: dict[str, Any], skipped: list[str]
+    files: dict[str, Path], built_npy: Path, meta: pd.DataFrame, key: dict[str, Any], skipped: list[str]
 ) -> None:
-    """Write npy + csv, then the JSON key last (it marks a complete cache); atomic renames."""
-    files["npy"].parent.mkdir(parents=True, exist_ok=True)
+    """Move the built ``.npy`` in place, write the csv, then the JSON key last (it marks a complete cache)."""
     files["json"].unlink(missing_ok=True)  # an interrupted rewrite must not look fresh
-    tmp_npy = files["npy"].with_name(files["npy"].name + ".tmp.npy")
-    np.save(tmp_npy, images)
-    os.replace(tmp_npy, files["npy"])
+    os.replace(built_npy, files["npy"])
     tmp_csv = files["csv"].with_name(files["csv"].name + ".tmp")
     meta.to_csv(tmp_csv, index=False)
     os.replace(tmp_csv, files["csv"])
     tmp_json = files["json"].with_name(files["json"].name + ".tmp")
-    tmp_json.write_text(json.dumps({"key": key, "num_images": int(images.shape[0]), "skipped": skipped}, indent=1))
+    tmp_json.write_text(json.dumps({"key": key, "num_images": len(meta), "skipped": skipped}, indent=1))
     os.replace(tmp_json, files["json"])
 
 
-def _read_all(
-    dataset: XrayDataset, progress: bool, on_error: str, workers: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read every item: images ``uint8 [N', S, S]``, kept positions, skipped file names."""
+def _build(
+    dataset: XrayDataset, files: dict[str, Path] | None, progress: bool, on_error: str, workers: int
+) -> tuple[np.ndarray | Path, np.ndarray, list[str]]:
+    """Read every item into memory (no ``files``) or straight into a ``.npy`` on disk.
+
+    Returns (images ``uint8 [N', S, S]`` or the path of the built ``.npy``,
+    kept positions, skipped file names). Writing to disk through a memmap keeps
+    large sets (full NIH at 256 px: 7 GB) out of RAM.
+    """
     n, size = len(dataset), dataset.image_size
-    images = np.zeros((n, size, size), dtype=np.uint8)
+    if files is None:
+        buffer = np.zeros((n, size, size), dtype=np.uint8)
+        ok, skipped = _read_into(dataset, buffer, progress, on_error, workers)
+        keep = np.flatnonzero(ok)
+        return (buffer if ok.all() else buffer[keep]), keep, skipped
+    files["npy"].parent.mkdir(parents=True, exist_ok=True)
+    building = files["npy"].with_name(files["npy"].name + ".building.npy")
+    compacted = files["npy"].with_name(files["npy"].name + ".compact.npy")
+    try:
+        buffer = np.lib.format.open_memmap(building, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        ok, skipped = _read_into(dataset, buffer, progress, on_error, workers)
+        keep = np.flatnonzero(ok)
+        if not ok.all():  # drop the skipped rows, block by block
+            out = np.lib.format.open_memmap(compacted, mode="w+", dtype=np.uint8, shape=(len(keep), size, size))
+            for start in range(0, len(keep), 1024):
+                out[start : start + 1024] = buffer[keep[start : start + 1024]]
+            out.flush()
+            del out, buffer
+            os.replace(compacted, building)
+        else:
+            buffer.flush()
+            del buffer
+    except BaseException:
+        building.unlink(missing_ok=True)
+        compacted.unlink(missing_ok=True)
+        raise
+    return building, keep, skipped
+
+
+def _read_into(
+    dataset: XrayDataset, out: np.ndarray, progress: bool, on_error: str, workers: int, block: int = 256
+) -> tuple[np.ndarray, list[str]]:
+    """Fill ``out[i]`` (``uint8 [S, S]``) with item i; returns (ok mask ``[N]``, skipped file names)."""
+    n, size = len(dataset), dataset.image_size
     ok = np.ones(n, dtype=bool)
     skipped: list[str] = []
 
@@ -552,32 +597,28 @@ def _read_all(
         except ImageReadError as exc:
             return i, None, exc
 
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     bar = tqdm(total=n, desc=f"caching {size}px images", unit="img", disable=not progress)
     try:
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = pool.map(read, range(n), chunksize=1)
-                _collect(results, images, ok, skipped, on_error, bar, dataset)
-        else:
-            _collect(map(read, range(n)), images, ok, skipped, on_error, bar, dataset)
+        for start in range(0, n, block):  # blocks: an error stops the work within one block
+            indices = range(start, min(n, start + block))
+            results = pool.map(read, indices) if pool is not None else map(read, indices)
+            for i, image, error in results:
+                if error is not None:
+                    if on_error == "raise":
+                        raise error
+                    ok[i] = False
+                    skipped.append(str(dataset.image_path(i)))
+                else:
+                    out[i] = image
+                bar.update(1)
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if n and not ok.any():
         raise ImageReadError(f"none of the {n} images could be read; first failures: {skipped[:3]}")
-    keep = np.flatnonzero(ok)
-    return (images if ok.all() else images[keep]), keep, skipped
-
-
-def _collect(results, images, ok, skipped, on_error, bar, dataset) -> None:
-    for i, image, error in results:
-        if error is not None:
-            if on_error == "raise":
-                raise error
-            ok[i] = False
-            skipped.append(str(dataset.image_path(i)))
-        else:
-            images[i] = image
-        bar.update(1)
+    return ok, skipped
 
 
 def _warn_skipped(skipped: list[str], total: int) -> None:

@@ -57,7 +57,6 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("nih", "mura", "folder")
 EMBEDDED_ENV = "SALAD_LITE_DATA"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-_COMPLETE_MARKER = ".salad_lite_complete"
 #: mmap the cache instead of loading it when it is larger than this many bytes.
 _MMAP_BYTES = 2 * 1024**3
 
@@ -70,8 +69,6 @@ def embedded_root() -> Path:
 
 def _nih_set_complete(root: Path) -> bool:
     """True when ``root`` holds a Data_Entry_2017 CSV whose every listed image exists."""
-    if (root / _COMPLETE_MARKER).is_file():
-        return True
     try:
         csv = find_nih_csv(root)
         names = pd.read_csv(csv, usecols=["Image Index"])["Image Index"].astype(str)
@@ -104,10 +101,9 @@ def ensure_embedded(dataset: str, progress: bool = True) -> Path:
         if not _nih_set_complete(out):
             from salad_lite.data.synth_chest import render_chest_set
 
-            render_chest_set(out, progress=progress)
+            render_chest_set(out, progress=progress, workers=min(8, os.cpu_count() or 1))
             if not _nih_set_complete(out):
                 raise RuntimeError(f"render_chest_set did not produce a complete NIH-layout set in {out}")
-        (out / _COMPLETE_MARKER).touch()
         return out
     if dataset == "mura":
         from salad_lite.data.synth_limb import render_limb_set

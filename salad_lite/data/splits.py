@@ -84,21 +84,23 @@ def one_class_split(
         ``metadata``.
 
     The rule, by patient (a patient with any abnormal image is an abnormal
-    patient; all images of a patient go to one split):
+    patient; all images of a patient go to one split; the two groups of
+    patients are shuffled with ``seed``):
 
-    1. Normal patients are shuffled; the first ones holding half of the normal
-       images form the training pool (cut by ``max_train * (1 - AR)``), the rest
-       the held-out normal pool.
-    2. With AR > 0, abnormal patients are shuffled and ``round(AR / (1 - AR) *
-       n_normal_train)`` of their abnormal images join training (only the
-       abnormal images of those patients are used; their other images are left
-       out, never held out).
-    3. Held-out: the remaining abnormal patients and the held-out normal pool are
-       trimmed (whole patients, in shuffled order) so that held-out normal images
-       (normal-only patients plus the normal images of abnormal patients) about
-       equal held-out abnormal images; what is trimmed is unused. Each pool is
-       then divided ``val_fraction`` / rest between validation and test, so both
-       are roughly balanced.
+    1. With AR > 0, the first abnormal patients are reserved for training,
+       enough for the largest possible training set.
+    2. Held-out: the remaining abnormal patients and normal-only patients (taken
+       from the first half of the normal-only images) are trimmed, whole
+       patients in shuffled order, so that held-out normal images (including
+       the normal images of abnormal patients) about equal held-out abnormal
+       images; validation and test are therefore roughly balanced. Each pool is
+       divided ``val_fraction`` / rest between validation and test.
+    3. Training: all other normal-only patients (cut at ``max_train * (1 - AR)``
+       images) plus exactly ``round(AR / (1 - AR) * n_normal_train)`` abnormal
+       images of the reserved patients (only their abnormal images).
+
+    Images of trimmed or unneeded reserved patients are left unused. Without
+    contamination (AR = 0) the held-out sets do not depend on ``max_train``.
 
     Raises:
         ValueError: a class is missing, there are too few patients for every
@@ -145,45 +147,49 @@ def one_class_split(
     normal_order = rng.permutation(normal_patients)
     abnormal_order = rng.permutation(abnormal_patients)
 
-    # 1. normal patients: half the normal images to the training pool, half held out
-    normal_counts = images_per_patient.loc[normal_patients]
-    normal_total = int(normal_counts.sum())
-    train_pool, held_normal = _take_until(normal_order, images_per_patient, normal_total / 2)
-    if len(held_normal) < 2:  # keep two held-out normal patients for validation and test
-        train_pool, held_normal = normal_order[:-2], normal_order[-2:]
-    if max_train > 0:
-        normal_cap = max(1, int(np.floor(max_train * (1.0 - anomaly_ratio))))
-        counts = images_per_patient.loc[train_pool].to_numpy().cumsum()
-        train_pool = train_pool[: max(1, int(np.searchsorted(counts, normal_cap, side="right")))]
-    train_rows = _rows(meta, train_pool)
-    n_normal_train = len(train_rows)
+    normal_total = int(images_per_patient.loc[normal_patients].sum())
+    normal_cap = normal_total if max_train == 0 else max(1, int(np.floor(max_train * (1.0 - anomaly_ratio))))
+    ratio = anomaly_ratio / (1.0 - anomaly_ratio)  # abnormal per normal training image
 
-    # 2. contamination: exactly round(AR/(1-AR) * n_normal_train) abnormal images
-    n_abnormal_train = int(round(anomaly_ratio / (1.0 - anomaly_ratio) * n_normal_train))
-    contaminating, held_abnormal = _take_until(abnormal_order, abnormal_per_patient, n_abnormal_train)
+    # 1. reserve abnormal patients for contamination, enough for the largest possible training set
+    reserve = int(round(ratio * min(normal_cap, normal_total)))
+    contaminating, held_abnormal = _take_until(abnormal_order, abnormal_per_patient, reserve)
     if len(held_abnormal) < 2:
         raise ValueError(
-            f"one_class_split: anomaly_ratio={anomaly_ratio} needs {n_abnormal_train} abnormal training images, "
+            f"one_class_split: anomaly_ratio={anomaly_ratio} needs up to {reserve} abnormal training images, "
             f"leaving fewer than 2 abnormal patients for validation and test; lower the ratio or max_train"
         )
+
+    # 2. held-out: balance the classes (counting the normal images of abnormal patients
+    #    too) using at most the first half of the normal-only images; whole patients,
+    #    at least two per pool (one for validation, one for test)
+    held_normal_candidates, _ = _take_until(normal_order, images_per_patient, normal_total / 2)
+    if len(normal_order) - len(held_normal_candidates) < 1 or len(held_normal_candidates) < 2:
+        held_normal_candidates = normal_order[:2]  # >= 3 normal-only patients: one stays for training
+    abnormal_cum = abnormal_per_patient.loc[held_abnormal].to_numpy().cumsum()
+    normal_in_abnormal_cum = (images_per_patient - abnormal_per_patient).loc[held_abnormal].to_numpy().cumsum()
+    candidates_total = int(images_per_patient.loc[held_normal_candidates].sum())
+    needed = abnormal_cum - normal_in_abnormal_cum  # normal-only images that balance each prefix
+    n_abnormal_kept = max(2, int(np.searchsorted(needed, candidates_total, side="right")))
+    held_abnormal = held_abnormal[:n_abnormal_kept]
+    normal_needed = max(0, int(needed[n_abnormal_kept - 1]))
+    n_held_normal = max(2, len(_take_until(held_normal_candidates, images_per_patient, normal_needed)[0]))
+    held_normal = held_normal_candidates[:n_held_normal]
+
+    # 3. training: every other normal-only patient (up to the cap) ...
+    train_pool = normal_order[n_held_normal:]
+    counts = images_per_patient.loc[train_pool].to_numpy().cumsum()
+    train_pool = train_pool[: max(1, int(np.searchsorted(counts, normal_cap, side="right")))]
+    train_rows = _rows(meta, train_pool)
+    # ... plus exactly round(AR / (1 - AR) * n_normal_train) abnormal images
+    n_abnormal_train = int(round(ratio * len(train_rows)))
     if n_abnormal_train > 0:
         candidates = _rows(meta, contaminating, label=1)
-        # the last patient may contribute only part of its abnormal images
+        # in patient order; the last patient may contribute only part of its abnormal images
         by_patient_order = {p: k for k, p in enumerate(contaminating)}
         rank = np.array([by_patient_order[p] for p in meta["patient_id"].to_numpy()[candidates]])
         candidates = candidates[np.argsort(rank, kind="stable")][:n_abnormal_train]
         train_rows = np.concatenate([train_rows, np.sort(candidates)])
-
-    # 3. held-out: balance the classes (counting the normal images of abnormal
-    #    patients too), whole patients, at least two per pool (validation + test)
-    abnormal_cum = abnormal_per_patient.loc[held_abnormal].to_numpy().cumsum()
-    normal_in_abnormal_cum = (images_per_patient - abnormal_per_patient).loc[held_abnormal].to_numpy().cumsum()
-    normal_pool_total = int(images_per_patient.loc[held_normal].sum())
-    needed = abnormal_cum - normal_in_abnormal_cum  # normal-only images that balance each prefix
-    n_abnormal_kept = max(2, int(np.searchsorted(needed, normal_pool_total, side="right")))
-    held_abnormal = held_abnormal[:n_abnormal_kept]
-    normal_needed = max(0, int(needed[n_abnormal_kept - 1]))
-    held_normal = held_normal[: max(2, len(_take_until(held_normal, images_per_patient, normal_needed)[0]))]
 
     splits: dict[str, list[np.ndarray]] = {"val": [], "test": []}
     for pool, counts in ((held_normal, images_per_patient), (held_abnormal, abnormal_per_patient)):
