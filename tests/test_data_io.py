@@ -70,6 +70,16 @@ def test_la_rgb_and_palette(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_grayscale(tmp_path / "pal.png"), gray)
 
 
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = np.zeros((10, 20), np.uint8)
+    img[:, :2] = 255  # bright left edge
+    exif = Image.Image().getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    Image.fromarray(img).save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=100)
+    out = read_grayscale(tmp_path / "rot.jpg")
+    assert out.shape == (20, 10) and out[:2].mean() > 200  # the left edge is now on top
+
+
 @pytest.mark.parametrize("max_value, bits", [(4095, 12), (65535, 16), (1000, 10)])
 def test_16bit_png_rescaled_by_its_bit_depth(tmp_path: Path, max_value: int, bits: int) -> None:
     data = np.linspace(0, max_value, 64 * 48).reshape(48, 64).astype(np.uint16)

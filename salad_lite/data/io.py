@@ -37,6 +37,9 @@ from PIL import Image, ImageOps
 __all__ = ["DataWarning", "ImageReadError", "read_grayscale", "to_uint8_gray"]
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
 class ImageReadError(ValueError, OSError):
     """An image file is missing, truncated, corrupt or in an unusable format.
 
@@ -70,7 +73,8 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with Image.open(file) as img:
             img.load()  # force the full decode: truncated files fail here
-            img = ImageOps.exif_transpose(img) or img
+            if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                img = ImageOps.exif_transpose(img)
             return to_uint8_gray(img)
     except ImageReadError:
         raise
