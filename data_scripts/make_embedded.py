@@ -15,6 +15,7 @@ Both renderers are deterministic for a given seed.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--abnormal-fraction", type=float, default=0.4, help="share of abnormal chest images")
     parser.add_argument("--nih-size", type=int, default=256, help="chest image side in pixels")
     parser.add_argument("--mura-patients", type=int, default=300, help="limb patients to render")
-    parser.add_argument("--workers", type=int, default=1, help="chest renderer worker processes")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="chest renderer worker processes (default: CPU count, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
