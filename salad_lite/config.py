@@ -101,9 +101,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Anomaly scoring (Eq. 4). ``rule="code"`` is the authors' code's mean of the K smallest angles / pi."""
+    """Anomaly scoring (Eq. 4). ``rule="code"`` is the authors' code's mean of the K smallest angles / pi.
+
+    ``bank="memory"`` scores against the momentum memory bank (paper);
+    ``"embeddings"`` re-embeds the training set with the current encoder in eval
+    mode. Short runs leave the memory stale and built with train-mode BatchNorm
+    statistics, so the CPU profiles use ``"embeddings"``.
+    """
 
     k: int = 100
+    bank: Literal["memory", "embeddings"] = "memory"
     discard_anomalous: bool = True
     rule: ScoreRule = "paper"
     chunk_size: int = 4096
@@ -202,7 +209,7 @@ def profile_config(profile: Profile, dataset: DatasetName = "nih", data_root: st
             model={"image_size": size, "width": 16},
             train={"pretrain_epochs": 6, "rounds": 3, "epochs_per_round": 3, "batch_size": 32,
                    "lr": 1e-3, "neighbours_start": 5, "neighbours_end": 10, "progress": True},
-            score={"k": 20},
+            score={"k": 20, "bank": "embeddings"},
             data={"replicates": 2, "max_train_images": 1500},
         )
     if profile == "smoke":
@@ -210,7 +217,7 @@ def profile_config(profile: Profile, dataset: DatasetName = "nih", data_root: st
             model={"image_size": 32, "width": 8},
             train={"pretrain_epochs": 1, "rounds": 2, "epochs_per_round": 1, "batch_size": 32,
                    "lr": 1e-3, "neighbours_start": 3, "neighbours_end": 5, "progress": False},
-            score={"k": 10},
+            score={"k": 10, "bank": "embeddings"},
             data={"replicates": 1, "max_train_images": 200},
         )
     raise ValueError(f"unknown profile {profile!r}; choose smoke, default or full")

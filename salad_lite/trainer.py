@@ -69,7 +69,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[n
     order = torch.randperm(n, generator=generator).numpy()
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
     return batches
 
 
@@ -236,9 +237,15 @@ class SaladTrainer:
                 out.append(self.model.encode(self._to_device(gather_images(dataset, indices))).float().cpu())
         return torch.cat(out)
 
+    def scoring_bank(self) -> torch.Tensor:
+        """The rows Eq. 4 scores against: the memory bank, or fresh training embeddings (``cfg.score.bank``), [N, d]."""
+        if self.cfg.score.bank == "embeddings":
+            return self.embed(self.train_set)
+        return self.memory.bank.detach().cpu()
+
     def scorer(self) -> SaladScorer:
-        """A scorer fitted on the current memory bank with the training labels."""
-        return SaladScorer.from_config(self.cfg.score).fit(self.memory.bank, self.train_labels)
+        """A scorer fitted on :meth:`scoring_bank` with the training labels."""
+        return SaladScorer.from_config(self.cfg.score).fit(self.scoring_bank(), self.train_labels)
 
     def validate(self) -> dict[str, float]:
         """Validation AUC/AUPRC of the current model and memory."""

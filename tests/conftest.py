@@ -1,0 +1,53 @@
+"""Shared test fixtures: a tiny in-memory dataset with the package's sample-dict contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """uint8 images [N, S, S] + labels, with sample dicts and an aligned metadata table."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.metadata = pd.DataFrame({"label": self.labels, "patient_id": [f"p{i}" for i in range(len(labels))]})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.from_numpy(self.images[i])[None].float() / 255.0, "label": int(self.labels[i]),
+                "index": i, "patient_id": f"p{i}", "finding": "Lesion" if self.labels[i] else "No Finding"}
+
+
+def blob_images(labels: np.ndarray, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Normal: one soft ellipse of random size and place. Abnormal: the same plus a bright planted disk."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    images = np.zeros((len(labels), size, size), np.float32)
+    for i, label in enumerate(labels):
+        cy, cx = rng.uniform(0.4, 0.6, 2)
+        ry, rx = rng.uniform(0.25, 0.35, 2)
+        body = np.clip(1.0 - ((yy - cy) / ry) ** 2 - ((xx - cx) / rx) ** 2, 0, 1) ** 0.5
+        image = 0.15 + 0.5 * body + rng.normal(0, 0.03, (size, size))
+        if label:
+            py, px = rng.uniform(0.3, 0.7, 2)
+            image[((yy - py) ** 2 + (xx - px) ** 2) < 0.15 ** 2] = 1.0  # a bright planted disk
+        images[i] = image
+    return (np.clip(images, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def blob_splits() -> dict[str, ArrayDataset]:
+    train_labels = np.zeros(240, dtype=np.int64)
+    val_labels = np.r_[np.zeros(40), np.ones(40)].astype(np.int64)
+    return {"train": ArrayDataset(blob_images(train_labels, seed=1), train_labels),
+            "val": ArrayDataset(blob_images(val_labels, seed=2), val_labels)}
