@@ -28,8 +28,8 @@ LABEL_NAMES = {0: "normal", 1: "abnormal"}
 LABEL_COLOURS = {0: NORMAL_COLOUR, 1: ABNORMAL_COLOUR}
 
 __all__ = [
-    "ABNORMAL_COLOUR", "NORMAL_COLOUR", "draw_salad_pipeline", "image_grid", "plot_bar_counts",
-    "plot_cluster_formation", "plot_loss_curves", "plot_roc_pr", "plot_score_histogram",
+    "ABNORMAL_COLOUR", "MURA_STEPS", "NORMAL_COLOUR", "draw_salad_pipeline", "image_grid", "plot_bar_counts",
+    "plot_cluster_formation", "plot_loss_curves", "plot_mura_steps", "plot_roc_pr", "plot_score_histogram",
     "plotly_html", "show_plotly", "umap_rounds_figure",
 ]
 
@@ -311,6 +311,54 @@ def plot_cluster_formation(rounds: Sequence[int], metrics: Mapping[str, Sequence
     fig.suptitle(title)
     fig.tight_layout()
     return _finish(fig)
+
+
+#: Steps of ``preprocess_mura_image(..., return_steps=True)`` shown by :func:`plot_mura_steps`, with titles.
+MURA_STEPS: tuple[tuple[str, str], ...] = (
+    ("input", "1 input + plate corners"), ("edges", "2 Canny edges"), ("warped", "3 plate, warped"),
+    ("equalized", "4 equalised"), ("hysteresis", "5 hysteresis"), ("mask", "6 body-part mask"),
+    ("autocontrast", "7 autocontrast"), ("output", "8 resized, padded, masked"),
+)
+
+
+def _as_uint8(img: Any) -> np.ndarray:
+    """uint8 ``[H, W]`` view of a step image: masks (bool) become 0/255, floats in [0, 1] are scaled."""
+    arr = np.asarray(img)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return arr.astype(np.uint8)
+
+
+def plot_mura_steps(steps: Mapping[str, Any], true_corners: Any | None = None, *, ncols: int = 4,
+                    size: float = 2.4, title: str = "") -> Figure:
+    """The MURA preprocessing of one image, step by step.
+
+    ``steps``: the dict returned by ``preprocess_mura_image(img, return_steps=True)``
+    (images ``[H, W]``; ``corners`` ``[4, 2]`` pixel ``(x, y)`` or None). The detected
+    plate is outlined on the input (solid), and ``true_corners`` ``[4, 2]`` (e.g. the
+    synthetic set's ground truth) dashed.
+    """
+    keys = [(k, t) for k, t in MURA_STEPS if steps.get(k) is not None]
+    images = [_as_uint8(steps[k]) for k, _ in keys]
+    titles = [t for _, t in keys]
+    if steps.get("mask_fallback"):
+        titles[[k for k, _ in keys].index("mask")] += " (fallback: all)"
+    if not steps.get("carrier_found", True):
+        titles[0] = "1 input (no plate found)"
+    fig = image_grid(images, titles, ncols=ncols, size=size, suptitle=title or None)
+    ax = fig.axes[0]
+    for corners, style, label in ((steps.get("corners"), "-", "detected"), (true_corners, "--", "true")):
+        if corners is None:
+            continue
+        c = np.asarray(corners, dtype=float)
+        closed = np.vstack([c, c[:1]])
+        ax.plot(closed[:, 0], closed[:, 1], style, color="#ffb000" if label == "detected" else "#00c8ff",
+                linewidth=1.4, label=label)
+    if ax.lines:
+        ax.legend(fontsize=7, loc="lower right", framealpha=0.7)
+    return fig
 
 
 # --------------------------------------------------------------------------- plotly figures

@@ -135,3 +135,17 @@ def test_pipeline_diagram_draws() -> None:
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
     assert "memory bank" in texts and "Eq. 4" in texts
     assert len(fig.axes[0].images) >= 5  # training stack, reconstruction, test image
+
+
+def test_mura_steps_outline_corners_and_flag_fallbacks() -> None:
+    img = np.zeros((20, 16), dtype=np.uint8)
+    corners = np.array([[1, 1], [14, 1], [14, 18], [1, 18]], dtype=float)
+    steps = {"input": img, "edges": img, "corners": corners, "carrier_found": True, "warped": img,
+             "equalized": img, "hysteresis": img > 0, "mask": np.ones((20, 16), bool), "mask_fallback": True,
+             "autocontrast": img, "output": img}
+    fig = viz.plot_mura_steps(steps, true_corners=corners + 0.5)
+    axes = _image_axes(fig)
+    assert len(axes) == len(viz.MURA_STEPS)
+    assert len(axes[0].lines) == 2  # detected (solid) and true (dashed) plate outlines
+    assert axes[5].get_title() == "6 body-part mask (fallback: all)"
+    assert axes[5].images[0].get_array().max() == 255  # boolean mask drawn as 0/255
