@@ -117,3 +117,52 @@ def test_manifest_defaults_missing_files_and_errors(tmp_path: Path) -> None:
         ManifestXray(tmp_path / "none.csv")
     with pytest.raises(FileNotFoundError, match="not found"):
         ManifestXray(tmp_path / "absent.csv")
+
+
+# ------------------------------------------------------------------ registry on tmp folders
+def _tiny_mura(root: Path) -> Path:
+    """A MURA-v1.1 folder: 4 normal and 3 abnormal wrist patients, 2 images each."""
+    folder = root / "MURA-v1.1"
+    paths, studies = [], []
+    rng = np.random.default_rng(0)
+    for p in range(7):
+        label = int(p >= 4)
+        study = f"MURA-v1.1/train/XR_WRIST/patient{p:05d}/study1_{'positive' if label else 'negative'}"
+        studies.append(f"{study}/,{label}")
+        for k in (1, 2):
+            image = rng.integers(0, 60, (40, 30), dtype=np.uint8)
+            image[8:32, 10:20] = 200  # a bright "bone" on a dark plate
+            (root / study).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / study / f"image{k}.png")
+            paths.append(f"{study}/image{k}.png")
+    (folder / "train_image_paths.csv").write_text("\n".join(paths) + "\n")
+    (folder / "train_labeled_studies.csv").write_text("\n".join(studies) + "\n")
+    (folder / "valid_image_paths.csv").write_text(paths[0].replace("train", "valid") + "\n")
+    (folder / "valid_labeled_studies.csv").write_text(studies[0].replace("train", "valid") + "\n")
+    valid_study = root / studies[0].split(",")[0].replace("train", "valid")
+    valid_study.mkdir(parents=True)
+    Image.fromarray(np.full((40, 30), 30, np.uint8)).save(valid_study / "image1.png")
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_load_splits_mura_and_folder_on_tmp_data(tmp_path: Path) -> None:
+    pytest.importorskip("salad_lite.data.mura")
+    folder = _tiny_mura(tmp_path / "mura")
+    splits = load_splits("mura", data_root=str(folder), image_size=16, anomaly_ratio=0.0, progress=False)
+    assert set(splits) == {"train", "val", "test"}
+    assert splits["train"].labels.sum() == 0 and splits["test"][0]["image"].shape == (1, 16, 16)
+    check_patient_disjoint({k: v.patient_ids for k, v in splits.items()})
+    assert (folder / "_cache" / "mura_16px.npy").is_file()  # <data_root>/_cache by default
+
+    for label, name in ((0, "normal"), (1, "abnormal")):
+        for k in range(4):
+            _png(tmp_path / "own" / name / f"{name}{k}.png", 40 + 50 * label)
+    own = load_splits("folder", data_root=str(tmp_path / "own"), image_size=8, anomaly_ratio=0.0, progress=False)
+    assert sum(len(v) for v in own.values()) <= 8 and own["train"].labels.sum() == 0
+    with pytest.raises(ValueError, match="needs data_root"):
+        load_splits("folder")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_splits("chexpert", data_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_splits("nih", data_root=str(tmp_path / "absent"))

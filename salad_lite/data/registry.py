@@ -11,8 +11,8 @@ Datasets:
   all views) + :func:`~salad_lite.data.splits.one_class_split`. Without
   ``data_root`` the embedded synthetic chest set is used (rendered on first use).
 * ``"mura"``: MURA v1.1 layout (:class:`salad_lite.data.mura.MURA`, images
-  through ``preprocess_mura_image`` when available) +
-  ``salad_lite.data.mura.mura_group_split``. Without ``data_root`` the embedded
+  through the paper's pipeline ``preprocess_mura_image``) +
+  ``salad_lite.data.mura.mura_group_split`` (groups = patient + body part). Without ``data_root`` the embedded
   synthetic limb set is used.
 * ``"folder"``: your own images under ``data_root``: a CSV manifest (the file
   itself, or ``manifest.csv`` inside the folder, preferred when present) or
@@ -28,7 +28,6 @@ with one counted warning (``on_error="skip"``).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -190,27 +189,6 @@ def _folder_dataset(root: Path, image_size: int) -> XrayDataset:
     return ImageFolderXray(root, image_size=image_size)
 
 
-def _mura_preprocess(image_size: int) -> Callable[[np.ndarray], np.ndarray] | None:
-    """``preprocess_mura_image`` bound to the output size, when that module provides it."""
-    try:
-        from salad_lite.data.mura_preprocess import preprocess_mura_image
-    except ImportError:
-        return None
-    parameters = inspect.signature(preprocess_mura_image).parameters
-    for name in ("size", "image_size", "output_size"):
-        if name in parameters:
-            return partial(preprocess_mura_image, **{name: image_size})
-    return preprocess_mura_image
-
-
-def _call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` with the keyword arguments its signature accepts."""
-    parameters = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in parameters})
-
-
 def load_splits(
     dataset: str,
     data_root: str = "",
@@ -259,14 +237,9 @@ def load_splits(
         from salad_lite.data.mura import MURA, mura_group_split
 
         source = root if root is not None else ensure_embedded("mura", progress=progress)
-        lazy = _call_with_supported(MURA, source, image_size=image_size, preprocess=_mura_preprocess(image_size))
+        lazy = MURA(source, image_size=image_size)  # the paper's pipeline (preprocess_mura_image)
         name = f"mura_{image_size}px" if root is not None else f"embedded_mura_{image_size}px"
-
-        def split_fn(metadata: pd.DataFrame) -> Mapping[str, np.ndarray]:
-            return _call_with_supported(
-                mura_group_split, metadata, anomaly_ratio=anomaly_ratio, seed=seed,
-                max_train=max_train_images, max_train_images=max_train_images,
-            )
+        split_fn = partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
     else:
         assert root is not None
         lazy = _folder_dataset(root, image_size)
