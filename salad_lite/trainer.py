@@ -217,6 +217,9 @@ class SaladTrainer:
             record["seconds"] = time.perf_counter() - started
             self.history.append(record)
             self.epoch += 1
+            if self.epoch < self.total_epochs and self.round_of_epoch(self.epoch) != round_index \
+                    or self.epoch == self.total_epochs:
+                self._snapshot(round_index)
             self._checkpoint(record)
             if bar is not None:
                 bar.update(1)
@@ -279,6 +282,20 @@ class SaladTrainer:
             tensors["round.prototypes"] = self.round_prototypes.to(torch.uint8)
         meta["optimizer"] = _optimizer_meta(self.optimizer)
         save_checkpoint(self.run_dir / "last", tensors, meta)
+
+    def _snapshot(self, round_index: int) -> None:
+        """At the end of pretraining (round 0) and of each round, keep the memory and validation latents.
+
+        Written to ``run_dir/snapshots/round{r}.safetensors`` (``memory`` [N, d], ``val`` [M, d]);
+        the book draws its per-round UMAP views from them.
+        """
+        if self.run_dir is None:
+            return
+        tensors = {"memory": self.memory.bank}
+        if self.val_set is not None:
+            tensors["val"] = self.embed(self.val_set)
+        save_checkpoint(self.run_dir / "snapshots" / f"round{round_index}", tensors,
+                        {"round": round_index, "epoch": self.epoch})
 
     def _restore(self, stem: Path) -> None:
         tensors, meta = load_checkpoint(stem, self.device)
