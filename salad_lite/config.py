@@ -125,6 +125,7 @@ class DataConfig:
     anomaly_ratio: float = 0.05  # AR: share of abnormal images placed in training
     max_train_images: int = 0  # 0 = all
     replicates: int = 4
+    embedded_scale: Literal["default", "small"] = "default"  # size of the embedded set (no data_root)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,6 @@ def profile_config(profile: Profile, dataset: DatasetName = "nih", data_root: st
             train={"pretrain_epochs": 1, "rounds": 2, "epochs_per_round": 1, "batch_size": 32,
                    "lr": 1e-3, "neighbours_start": 3, "neighbours_end": 5, "progress": False},
             score={"k": 10, "bank": "embeddings"},
-            data={"replicates": 1, "max_train_images": 200},
+            data={"replicates": 1, "max_train_images": 200, "embedded_scale": "small"},
         )
     raise ValueError(f"unknown profile {profile!r}; choose smoke, default or full")

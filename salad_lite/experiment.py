@@ -120,3 +120,12 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def splits_for(cfg: SaladConfig, progress: bool = True) -> dict[str, Any]:
+    """The cached train / val / test splits that ``cfg.data`` and ``cfg.model.image_size`` describe (split seed 0)."""
+    from salad_lite.data.registry import load_splits
+
+    return load_splits(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
+                       anomaly_ratio=cfg.data.anomaly_ratio, seed=0, max_train_images=cfg.data.max_train_images,
+                       progress=progress, embedded_scale=cfg.data.embedded_scale)

@@ -80,13 +80,22 @@ def _nih_set_complete(root: Path) -> bool:
     return all(name in present for name in names)
 
 
-def ensure_embedded(dataset: str, progress: bool = True) -> Path:
+#: embedded set sizes: ``default`` for the book, ``small`` for the CI smoke run
+EMBEDDED_SCALES: dict[str, dict[str, int]] = {
+    "default": {"nih_images": 2400, "mura_patients": 300},
+    "small": {"nih_images": 360, "mura_patients": 40},
+}
+
+
+def ensure_embedded(dataset: str, progress: bool = True, scale: str = "default") -> Path:
     """Return the embedded synthetic set of ``dataset``, rendering it on first use.
 
     Args:
         dataset: ``"nih"`` (synthetic chest films, NIH layout, about 2,400
             images) or ``"mura"`` (synthetic upper limbs, MURA v1.1 layout).
         progress: show the renderers' progress bars.
+        scale: ``"default"`` or ``"small"`` (a few hundred images, for CI), see
+            :data:`EMBEDDED_SCALES`; each scale has its own folder.
 
     Returns:
         ``nih``: the folder holding ``Data_Entry_2017.csv`` and ``images/``;
@@ -94,20 +103,26 @@ def ensure_embedded(dataset: str, progress: bool = True) -> Path:
 
     Rendering takes minutes on a laptop CPU; a complete set is reused.
     """
+    if scale not in EMBEDDED_SCALES:
+        raise ValueError(f"unknown embedded scale {scale!r}; choose one of {sorted(EMBEDDED_SCALES)}")
     root = embedded_root()
+    sizes = EMBEDDED_SCALES[scale]
+    suffix = "" if scale == "default" else f"-{scale}"
     if dataset == "nih":
-        out = root / "nih"
+        out = root / f"nih{suffix}"
         if not _nih_set_complete(out):
             from salad_lite.data.synth_chest import render_chest_set
 
-            render_chest_set(out, progress=progress, workers=min(8, os.cpu_count() or 1))
+            render_chest_set(out, n_images=sizes["nih_images"], progress=progress,
+                             workers=min(8, os.cpu_count() or 1))
             if not _nih_set_complete(out):
                 raise RuntimeError(f"render_chest_set did not produce a complete NIH-layout set in {out}")
         return out
     if dataset == "mura":
         from salad_lite.data.synth_limb import render_limb_set
 
-        return Path(render_limb_set(root / "mura", progress=progress))  # reuses a complete set
+        return Path(render_limb_set(root / f"mura{suffix}", n_patients=sizes["mura_patients"],
+                                    progress=progress))  # reuses a complete set
     raise ValueError(f"no embedded set for {dataset!r}; choose 'nih' or 'mura'")
 
 
@@ -198,6 +213,7 @@ def load_splits(
     max_train_images: int = 0,
     progress: bool = True,
     cache_dir: str = "",
+    embedded_scale: str = "default",
 ) -> dict[str, CachedXrayDataset]:
     """Train / validation / test sets of a named dataset, cached in memory and on disk.
 
@@ -211,6 +227,8 @@ def load_splits(
         max_train_images: cap on training images (0 = none).
         progress: tqdm bars (rendering, caching).
         cache_dir: where the cache goes (default ``<data_root or embedded>/_cache``).
+        embedded_scale: size of the embedded set used without ``data_root``
+            (``"default"`` or ``"small"``).
 
     Returns:
         ``{"train", "val", "test"}`` -> :class:`CachedXrayDataset`; items are
@@ -227,18 +245,18 @@ def load_splits(
     base = (root if root is None or root.is_dir() else root.parent) if root is not None else embedded_root()
     cache = Path(cache_dir) if cache_dir else cache_dir_for(base)
     if dataset == "nih":
-        source = root if root is not None else ensure_embedded("nih", progress=progress)
+        source = root if root is not None else ensure_embedded("nih", progress=progress, scale=embedded_scale)
         lazy: XrayDataset = NIHChestXray(source, view="all", image_size=image_size)
-        name = f"nih_all_{image_size}px" if root is not None else f"embedded_nih_{image_size}px"
+        name = f"nih_all_{image_size}px" if root is not None else f"embedded_nih{embedded_scale}_{image_size}px"
         split_fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]] = partial(
             one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images
         )
     elif dataset == "mura":
         from salad_lite.data.mura import MURA, mura_group_split
 
-        source = root if root is not None else ensure_embedded("mura", progress=progress)
+        source = root if root is not None else ensure_embedded("mura", progress=progress, scale=embedded_scale)
         lazy = MURA(source, image_size=image_size)  # the paper's pipeline (preprocess_mura_image)
-        name = f"mura_{image_size}px" if root is not None else f"embedded_mura_{image_size}px"
+        name = f"mura_{image_size}px" if root is not None else f"embedded_mura{embedded_scale}_{image_size}px"
         split_fn = partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
     else:
         assert root is not None
