@@ -20,6 +20,7 @@ import build_book  # noqa: E402
 
 NOTEBOOKS = sorted((REPO / "book").glob("*.ipynb"))
 PARAMETER_NAMES = set(build_book.PARAMETER_NAMES)  # profile, dataset, data_root, run_dir, device
+MAX_CODE_LINE = 80
 #: Code that belongs in the package, not in a chapter.
 FORBIDDEN = {
     r"^\s*class\s+\w+": "a class definition",
@@ -83,6 +84,14 @@ def test_no_method_code_in_chapters(path: Path) -> None:
         for pattern, what in FORBIDDEN.items():
             assert not re.search(pattern, cell.source, re.M), (
                 f"{path.name}, code cell {i}: {what}; method code belongs in salad_lite, chapters only call it")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_code_lines_fit_the_page(path: Path) -> None:
+    """The book's text column shows about 80 characters of code; longer lines are cut off."""
+    long = [(i, len(line)) for i, cell in enumerate(_code_cells(nbformat.read(path, as_version=4)))
+            for line in cell.source.splitlines() if len(line) > MAX_CODE_LINE]
+    assert not long, f"{path.name}: (code cell, length) of lines over {MAX_CODE_LINE} characters: {long}"
 
 
 def test_every_notebook_is_in_the_toc_in_order() -> None:
