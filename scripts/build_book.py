@@ -108,6 +108,8 @@ def run_chapters(args: argparse.Namespace) -> int:
         for path in sources:
             if not path.exists():
                 raise FileNotFoundError(f"no such chapter notebook: {path}")
+            if not path.is_relative_to(root):
+                raise ValueError(f"{path} lies outside the book root {root}")
     else:
         sources = []
         for chapter in toc_chapters(root / "_toc.yml"):
@@ -236,7 +238,22 @@ def drop_plotly_json(path: Path) -> int:
     return dropped
 
 
+def check_extensions(config_path: Path) -> None:
+    """Fail early, naming the pip package, when a Sphinx extension listed in ``_config.yml`` is not installed."""
+    import importlib.util
+
+    import yaml
+
+    extensions = (yaml.safe_load(config_path.read_text()).get("sphinx") or {}).get("extra_extensions") or []
+    absent = [name for name in extensions if importlib.util.find_spec(name) is None]
+    if absent:
+        raise ModuleNotFoundError(f"{config_path} needs the Sphinx extension(s) {absent}; "
+                                  f"install them with: pip install {' '.join(absent)}")
+
+
 def build_html(args: argparse.Namespace) -> int:
+    """Stage the executed chapters and run jupyter-book on them; 0 on success."""
+    check_extensions(args.root / "_config.yml")
     stage_book(args.root, args.allow_missing)
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(args.root / STAGE_NAME), "--path-output", str(args.root),
@@ -282,13 +299,20 @@ def main(argv: list[str] | None = None) -> int:
     html.add_argument("--no-strict", dest="strict", action="store_false", help="do not turn warnings into errors")
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
-    if args.command == "toc":
-        for chapter in toc_chapters(args.root / "_toc.yml"):
-            print(chapter_source(chapter, args.root).relative_to(args.root))
-        return 0
-    if args.command == "chapters":
-        return run_chapters(args)
-    return build_html(args)
+    try:
+        if args.command == "toc":
+            for chapter in toc_chapters(args.root / "_toc.yml"):
+                try:
+                    print(chapter_source(chapter, args.root).relative_to(args.root))
+                except FileNotFoundError:
+                    print(f"{chapter}  (missing)")
+            return 0
+        if args.command == "chapters":
+            return run_chapters(args)
+        return build_html(args)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError) as err:
+        print(f"{Path(__file__).name}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -107,3 +107,44 @@ def test_external_resources_flags_cdn_scripts_only() -> None:
             '<link rel="stylesheet" href="//fonts.example.org/a.css"><a href="https://example.org">link</a>'
             '<script>const URL = "https://unpkg.com/x.js"</script>')
     assert check_pages.external_resources(html) == ["//fonts.example.org/a.css", "https://cdn.plot.ly/plotly-2.js"]
+
+
+# ----------------------------------------------------------------- build_book.py units (no browser, no kernel)
+import argparse  # noqa: E402
+
+import build_book  # noqa: E402
+
+
+def _args(**kw: str) -> argparse.Namespace:
+    base = {"profile": "smoke", "run_dir": "runs/x", "device": "cpu", "dataset": "nih", "data_root": "/nih",
+            "mura_root": "/mura"}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_chapter_parameters_route_mura_chapters_to_mura_root() -> None:
+    chest = dict.fromkeys(build_book.PARAMETER_NAMES, "") | {"dataset": "nih"}
+    mura = dict.fromkeys(build_book.PARAMETER_NAMES, "") | {"dataset": "mura"}
+    assert build_book.chapter_parameters(chest, _args()) == {
+        "profile": "smoke", "run_dir": "runs/x", "device": "cpu", "dataset": "nih", "data_root": "/nih"}
+    assert build_book.chapter_parameters(mura, _args())["data_root"] == "/mura"
+    assert build_book.chapter_parameters(mura, _args(dataset="folder"))["dataset"] == "mura"
+    explicit = build_book.chapter_parameters(mura, _args(dataset="mura", data_root="/my-mura"))
+    assert explicit["dataset"] == "mura" and explicit["data_root"] == "/my-mura"
+    assert "dataset" not in build_book.chapter_parameters({"profile": "x"}, _args())  # only names it declares
+
+
+def test_toc_order_and_plotly_json_is_dropped_only_beside_html(tmp_path: Path) -> None:
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/01_a\nparts:\n  - chapters:\n"
+                                       "    - file: book/02_b.ipynb\n      sections:\n        - file: book/03_c\n")
+    assert build_book.toc_chapters(tmp_path / "_toc.yml") == ["book/01_a", "book/02_b", "book/03_c"]
+    nb = new_notebook(cells=[new_code_cell("a"), new_code_cell("b")])
+    plotly_json = {"data": [], "layout": {}}
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data={
+        "text/html": "<div></div>", build_book.PLOTLY_MIME: plotly_json})]
+    nb.cells[1].outputs = [nbformat.v4.new_output("display_data", data={build_book.PLOTLY_MIME: plotly_json})]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert build_book.drop_plotly_json(path) == 1
+    cells = nbformat.read(path, as_version=4).cells
+    assert set(cells[0].outputs[0].data) == {"text/html"}
+    assert build_book.PLOTLY_MIME in cells[1].outputs[0].data  # a lone plotly output stays: the strict build flags it
