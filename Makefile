@@ -40,7 +40,7 @@ CHAPTER_ARGS = --profile '$(PROFILE)' --dataset '$(DATASET)' --data-root '$(DATA
 .PHONY: chapter
 
 data: setup
-	$(PY) data_scripts/make_embedded.py
+	$(PY) data_scripts/make_embedded.py --cache-profile $(if $(DATA_ROOT),none,$(PROFILE))
 
 chapters: setup
 	$(BOOK_SCRIPT) chapters $(CHAPTER_ARGS)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="chest renderer worker processes (default: CPU count, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--cache-profile", choices=["none", "smoke", "default", "full"], default="none",
+                        help="also preprocess and cache the images at this book profile's resolution "
+                             "(only with the default --out), so the chapters start at once")
     return parser
 
 
@@ -56,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         mura_root = render_limb_set(out / "mura", n_patients=args.mura_patients, seed=args.seed, progress=progress)
         print(f"MURA-layout limb set: {mura_root} ({time.perf_counter() - start:.0f} s)")
+    if args.cache_profile != "none":
+        if args.out:
+            raise SystemExit("--cache-profile works with the default --out only (the book reads the default root)")
+        from salad_lite.config import profile_config
+        from salad_lite.data.registry import describe_splits
+        from salad_lite.experiment import splits_for
+
+        for dataset in (("nih", "mura") if args.only == "both" else (args.only,)):
+            start = time.perf_counter()
+            splits = splits_for(profile_config(args.cache_profile, dataset), progress=progress)
+            print(f"{dataset} cache at the {args.cache_profile} profile ({time.perf_counter() - start:.0f} s):")
+            print(describe_splits(splits).to_string())
     return 0
 
 
