@@ -109,14 +109,13 @@ def ensure_embedded(dataset: str, progress: bool = True, scale: str = "default")
     sizes = EMBEDDED_SCALES[scale]
     suffix = "" if scale == "default" else f"-{scale}"
     if dataset == "nih":
-        out = root / f"nih{suffix}"
-        if not _nih_set_complete(out):
-            from salad_lite.data.synth_chest import render_chest_set
+        from salad_lite.data.synth_chest import render_chest_set
 
-            render_chest_set(out, n_images=sizes["nih_images"], progress=progress,
-                             workers=min(8, os.cpu_count() or 1))
-            if not _nih_set_complete(out):
-                raise RuntimeError(f"render_chest_set did not produce a complete NIH-layout set in {out}")
+        out = root / f"nih{suffix}"
+        # reuses a complete set rendered with the same parameters and renderer version (its manifest)
+        render_chest_set(out, n_images=sizes["nih_images"], progress=progress, workers=min(8, os.cpu_count() or 1))
+        if not _nih_set_complete(out):
+            raise RuntimeError(f"render_chest_set did not produce a complete NIH-layout set in {out}")
         return out
     if dataset == "mura":
         from salad_lite.data.synth_limb import render_limb_set
@@ -124,6 +123,11 @@ def ensure_embedded(dataset: str, progress: bool = True, scale: str = "default")
         return Path(render_limb_set(root / f"mura{suffix}", n_patients=sizes["mura_patients"],
                                     progress=progress))  # reuses a complete set
     raise ValueError(f"no embedded set for {dataset!r}; choose 'nih' or 'mura'")
+
+
+def _render_tag(manifest: Path) -> str:
+    """Short hash of an embedded set's render manifest: a re-rendered set gets a fresh cache."""
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:10] if manifest.is_file() else "unversioned"
 
 
 def cache_dir_for(data_root: Path) -> Path:
@@ -247,7 +251,8 @@ def load_splits(
     if dataset == "nih":
         source = root if root is not None else ensure_embedded("nih", progress=progress, scale=embedded_scale)
         lazy: XrayDataset = NIHChestXray(source, view="all", image_size=image_size)
-        name = f"nih_all_{image_size}px" if root is not None else f"embedded_nih{embedded_scale}_{image_size}px"
+        name = (f"nih_all_{image_size}px" if root is not None else
+                f"embedded_nih{embedded_scale}_{_render_tag(source / 'synth_chest_manifest.json')}_{image_size}px")
         split_fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]] = partial(
             one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images
         )
@@ -256,7 +261,8 @@ def load_splits(
 
         source = root if root is not None else ensure_embedded("mura", progress=progress, scale=embedded_scale)
         lazy = MURA(source, image_size=image_size)  # the paper's pipeline (preprocess_mura_image)
-        name = f"mura_{image_size}px" if root is not None else f"embedded_mura{embedded_scale}_{image_size}px"
+        name = (f"mura_{image_size}px" if root is not None else
+                f"embedded_mura{embedded_scale}_{_render_tag(source.parent / 'synth_limb_manifest.json')}_{image_size}px")
         split_fn = partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
     else:
         assert root is not None
