@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	SALAD_LITE_PROFILE=smoke $(PY) -m pytest -q tests book --nbval-lax -p no:cacheprovider
 
 # ---------------------------------------------------------------- the book
 # make data                    render the embedded synthetic data (data/embedded or $SALAD_LITE_DATA)
