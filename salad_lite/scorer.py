@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from salad_lite.config import ScoreConfig, ScoreRule
-from salad_lite.memory import DEFAULT_BLOCK_ELEMENTS, similarity_blocks
+from salad_lite.memory import DEFAULT_BLOCK_ELEMENTS, cpu_block_search, similarity_blocks
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -47,39 +47,68 @@ def eq4_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, rule: ScoreRul
     ``exclude`` ([M] bank row per query, optional) leaves one bank row out per
     query (leave-one-out scores of the bank itself).
     """
+    return eq4_search(queries, bank, k, rule, block_elements, exclude)[0]
+
+
+@torch.no_grad()
+def eq4_search(queries: torch.Tensor, bank: torch.Tensor, k: int, rule: ScoreRule = "paper",
+               block_elements: int = DEFAULT_BLOCK_ELEMENTS, exclude: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 4 scores and the neighbours they use: (scores [M], cosines [M, K] descending, bank rows [M, K]).
+
+    On the CPU one pass over each block of similarities yields both the top-K and the
+    sum of arccos over all N rows (see :func:`salad_lite.memory.cpu_block_search`);
+    equal cosines rank by ascending bank row. Elsewhere (CUDA) torch ops do the same
+    block by block. Memory stays bounded for any N.
+    """
+    if rule not in ("paper", "code"):
+        raise ValueError(f"unknown score rule {rule!r}; choose paper or code")
     n = bank.shape[0] - (1 if exclude is not None else 0)
     if not 1 <= k <= n:
         raise ValueError(f"K must lie in 1..{n}, got {k}")
     q = F.normalize(queries.float(), dim=1)  # [M, d]
     keys = F.normalize(bank.float().to(q.device), dim=1)  # [N, d]
+    if q.device.type == "cpu":
+        skip = None if exclude is None else exclude.cpu().numpy()
+        best, rows, angle_sum = cpu_block_search(q.numpy(), keys.numpy(), k, rule == "paper", skip, block_elements)
+        angle_sum_t = None if angle_sum is None else torch.from_numpy(angle_sum)  # [M] float64, radians
+    else:
+        best, rows, angle_sum_t = _eq4_search_torch(q, keys, k, rule, block_elements, exclude)
+    nearest_angles = torch.arccos(best.double().clamp(-1.0, 1.0))  # [M, K], radians
+    if rule == "paper":
+        # a query identical to every bank row has all angles 0: define its score as 0, not 0/0
+        angle_sum_t = angle_sum_t.to(nearest_angles.device)
+        safe_sum = torch.where(angle_sum_t > 0, angle_sum_t, torch.ones_like(angle_sum_t))
+        scores = nearest_angles.sum(dim=1) / safe_sum / k
+    else:
+        scores = nearest_angles.mean(dim=1) / math.pi
+    return scores.float(), best, rows
+
+
+def _eq4_search_torch(q: torch.Tensor, keys: torch.Tensor, k: int, rule: ScoreRule, block_elements: int,
+                      exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The device-agnostic path of :func:`eq4_search` (used off the CPU): top-K and angle sums in torch."""
     m = q.shape[0]
-    best = torch.full((m, k), -2.0, device=q.device)  # top-K cosines so far (below any real cosine)
-    angle_sum = torch.zeros(m, dtype=torch.float64, device=q.device)  # sum_j arccos(d(z_i, m_j)), radians
+    best = torch.full((m, k), -3.0, device=q.device)  # top-K cosines so far (below any real cosine)
+    best_rows = torch.full((m, k), -1, dtype=torch.long, device=q.device)
+    angle_sum = torch.zeros(m, dtype=torch.float64, device=q.device) if rule == "paper" else None
     for q_start, k_start, sims in similarity_blocks(q, keys, block_elements):
         rows = slice(q_start, q_start + sims.shape[0])
-        sims.clamp_(-1.0, 1.0)
         if exclude is not None:
             local = exclude[rows].to(sims.device) - k_start
             hit = (local >= 0) & (local < sims.shape[1])
-            sims[hit.nonzero(as_tuple=True)[0], local[hit]] = -2.0  # marked; removed from both sums
-            angles = torch.where(sims < -1.5, torch.zeros_like(sims), torch.arccos(sims.clamp(-1.0, 1.0)))
-        else:
-            angles = torch.arccos(sims)
-        if rule == "paper":
-            angle_sum[rows] += angles.sum(dim=1, dtype=torch.float64)
-        take = min(k, sims.shape[1])
-        merged = torch.cat([best[rows], sims.topk(take, dim=1).values], dim=1)
-        best[rows] = merged.topk(k, dim=1).values
-    nearest_angles = torch.arccos(best.clamp(-1.0, 1.0)).double()  # [M, K], radians
-    if rule == "paper":
-        # a query identical to every bank row has all angles 0: define its score as 0, not 0/0
-        safe_sum = torch.where(angle_sum > 0, angle_sum, torch.ones_like(angle_sum))
-        scores = nearest_angles.sum(dim=1) / safe_sum / k
-    elif rule == "code":
-        scores = nearest_angles.mean(dim=1) / math.pi
-    else:
-        raise ValueError(f"unknown score rule {rule!r}; choose paper or code")
-    return scores.float()
+            hit_rows, hit_cols = hit.nonzero(as_tuple=True)[0], local[hit]
+            sims[hit_rows, hit_cols] = 1.0  # arccos 0: adds nothing to the sum; masked below for the top-K
+        if angle_sum is not None:
+            angle_sum[rows] += torch.arccos(sims.clamp(-1.0, 1.0)).sum(dim=1, dtype=torch.float64)
+        if exclude is not None:
+            sims[hit_rows, hit_cols] = -2.0  # below every cosine: never among the top-K
+        values, cols = sims.topk(min(k, sims.shape[1]), dim=1)
+        merged = torch.cat([best[rows], values], dim=1)
+        merged_rows = torch.cat([best_rows[rows], cols + k_start], dim=1)
+        order = merged.topk(k, dim=1).indices
+        best[rows], best_rows[rows] = merged.gather(1, order), merged_rows.gather(1, order)
+    return best, best_rows, angle_sum
 
 
 class SaladScorer:
