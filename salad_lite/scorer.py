@@ -174,7 +174,7 @@ class SaladScorer:
         self.threshold_ = self._default_threshold()
         return self
 
-    def _default_threshold(self, max_rows: int = 10_000) -> float:
+    def _default_threshold(self, max_rows: int = 256) -> float:
         """(1 - contamination) quantile of leave-one-out scores of (up to max_rows of) the bank."""
         n = self.bank_.shape[0]
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_rows].to(self.bank_.device)
