@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	SALAD_LITE_PROFILE=smoke $(PY) -m pytest -q tests book --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest -q tests -p no:cacheprovider  # includes nbval over book/ at the smoke profile (tests/test_chapters_smoke.py)
 
 # ---------------------------------------------------------------- the book
 # make data                    render the embedded synthetic data (data/embedded or $SALAD_LITE_DATA)

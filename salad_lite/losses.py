@@ -65,13 +65,24 @@ def instance_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, te
     Returns:
         scalar loss.
     """
-    batch = z.shape[0]
-    candidates = bank.detach().to(z.dtype)  # [N, d]
-    n_bank = candidates.shape[0]
+    return _instance_from_logits(_bank_logits(z, bank, temperature), z, indices, temperature, views, reduction)
+
+
+def _bank_logits(z: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``z . m_j / tau`` for every memory entry: [B, N]; the bank is a constant."""
+    return z @ bank.detach().to(z.dtype).T / temperature
+
+
+def _instance_from_logits(bank_logits: torch.Tensor, z: torch.Tensor, indices: torch.Tensor, temperature: float,
+                          views: torch.Tensor | None, reduction: Reduction) -> torch.Tensor:
+    """Eq. 1 from the memory logits [B, N] (shared with Eq. 2): the views' logits are appended, not the bank copied."""
+    batch, n_bank = bank_logits.shape
     num_views = 0 if views is None else views.shape[1]
+    logits = bank_logits
     if num_views:
-        candidates = torch.cat([candidates, views.reshape(batch * num_views, -1)], dim=0)  # [N + B V, d]
-    log_p = torch.log_softmax(z @ candidates.T / temperature, dim=1)  # [B, N + B V]
+        view_logits = z @ views.reshape(batch * num_views, -1).T / temperature  # [B, B V]
+        logits = torch.cat([bank_logits, view_logits], dim=1)  # [B, N + B V]
+    log_p = torch.log_softmax(logits, dim=1)  # [B, N + B V]
     positive_cols = [indices.to(z.device)[:, None]]  # own slot, [B, 1]
     if num_views:
         view_cols = n_bank + torch.arange(batch, device=z.device)[:, None] * num_views \
@@ -98,9 +109,15 @@ def aggregation_loss(z: torch.Tensor, bank: torch.Tensor, neighbours: torch.Tens
     mask = is_prototype.to(z.device).bool()
     if not bool(mask.any()):
         return z.sum() * 0.0  # keeps the graph, contributes nothing
-    z_ps = z[mask]  # [P, d]
-    log_p = torch.log_softmax(z_ps @ bank.detach().to(z.dtype).T / temperature, dim=1)  # [P, N]
-    in_neighbourhood = log_p.gather(1, neighbours.to(z.device)[mask])  # [P, k]
+    return _aggregation_from_logits(_bank_logits(z[mask], bank, temperature), neighbours.to(z.device)[mask],
+                                    reduction)
+
+
+def _aggregation_from_logits(prototype_logits: torch.Tensor, prototype_neighbours: torch.Tensor,
+                             reduction: Reduction) -> torch.Tensor:
+    """Eq. 2 from the prototypical samples' memory logits [P, N] and their neighbourhoods [P, k]."""
+    log_p = torch.log_softmax(prototype_logits, dim=1)  # [P, N]
+    in_neighbourhood = log_p.gather(1, prototype_neighbours)  # [P, k]
     return _reduce(-torch.logsumexp(in_neighbourhood, dim=1), reduction)
 
 
@@ -160,8 +177,15 @@ def salad_loss(cfg: LossConfig, x: torch.Tensor, x_hat: torch.Tensor, z: torch.T
         return LossTerms(rec, instance, zero, rec + cfg.latent_weight * instance)
     if cfg.latent_objective != "paper":
         raise ValueError(f"unknown latent objective {cfg.latent_objective!r}; choose paper or anchors")
-    instance = instance_loss(z, indices, bank, cfg.temperature, views, cfg.reduction) if cfg.use_instance else zero
+    # Eqs. 1 and 2 share the memory logits z . m_j / tau: one [B, N] product (and one backward) per step
+    wants_aggregation = cfg.use_aggregation and neighbours is not None and is_prototype is not None
+    mask = is_prototype.to(z.device).bool() if wants_aggregation else None
+    wants_aggregation = wants_aggregation and bool(mask.any())
+    bank_logits = _bank_logits(z, bank, cfg.temperature) if cfg.use_instance or wants_aggregation else None
+    instance = zero
+    if cfg.use_instance:
+        instance = _instance_from_logits(bank_logits, z, indices, cfg.temperature, views, cfg.reduction)
     aggregation = zero
-    if cfg.use_aggregation and neighbours is not None and is_prototype is not None:
-        aggregation = aggregation_loss(z, bank, neighbours, is_prototype, cfg.temperature, cfg.reduction)
+    if wants_aggregation:
+        aggregation = _aggregation_from_logits(bank_logits[mask], neighbours.to(z.device)[mask], cfg.reduction)
     return LossTerms(rec, instance, aggregation, rec + cfg.latent_weight * (instance + aggregation))

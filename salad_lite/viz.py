@@ -540,3 +540,197 @@ def draw_salad_pipeline() -> Figure:
     ax.text(10.35, 1.1, "high = abnormal", ha="center", fontsize=9.5, color=ABNORMAL_COLOUR)
     fig.tight_layout()
     return _finish(fig)
+
+
+# --------------------------------------------------------------------------- chapters 3-7: training, scoring, evaluation
+def reconstruction_grid(inputs: Any, reconstructions: Any, *, size: float = 1.7,
+                        title: str = "Inputs (top) and reconstructions (bottom)") -> Figure:
+    """Two rows: images ``[B, 1, H, W]`` (or ``[B, H, W]``) in [0, 1] above their reconstructions.
+
+    Each reconstruction is titled with its mean squared error per pixel.
+    """
+    xs = [_as_image(x) for x in inputs]
+    ys = [_as_image(y) for y in reconstructions]
+    if len(xs) != len(ys) or not xs:
+        raise ValueError(f"need as many reconstructions as inputs (>= 1), got {len(xs)} and {len(ys)}")
+    mse = [float(np.mean((x.astype(float) - y.astype(float)) ** 2)) for x, y in zip(xs, ys)]
+    titles = ["input"] * len(xs) + [f"MSE {m:.4f}" for m in mse]
+    return image_grid([*xs, *ys], titles, ncols=len(xs), size=size, suptitle=title)
+
+
+def neighbour_rows(query: Any, rows: Mapping[str, tuple[Sequence[Any], Sequence[float]]], *,
+                   size: float = 1.6, title: str = "") -> Figure:
+    """The query image, then one row of neighbour images per named state (e.g. before / after training).
+
+    ``query``: image ``[H, W]`` / ``[1, H, W]``; ``rows``: name -> (k images, k cosine
+    similarities), nearest first. Every row starts with the query (framed) so that
+    rows can be compared at a glance.
+    """
+    if not rows:
+        raise ValueError("neighbour_rows needs at least one row")
+    lengths = {name: len(images) for name, (images, _) in rows.items()}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise ValueError(f"every row needs the same number (>= 1) of neighbours, got {lengths}")
+    for name, (images, sims) in rows.items():
+        if len(sims) != len(images):
+            raise ValueError(f"row {name!r}: {len(sims)} similarities for {len(images)} images")
+    k = next(iter(lengths.values()))
+    q = _as_image(query)
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(size * (k + 1), size * len(rows) + 0.5), squeeze=False)
+    for r, (name, (images, sims)) in enumerate(rows.items()):
+        for c, ax in enumerate(axes[r]):
+            img = q if c == 0 else _as_image(images[c - 1])
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255 if img.dtype == np.uint8 else 1.0,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=10)
+                ax.set_title("query", fontsize=9)
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("#ffb000")
+                    spine.set_linewidth(2.5)
+            else:
+                ax.set_title(f"cos {float(sims[c - 1]):.2f}", fontsize=9)
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def plot_k_grid(grid: Sequence[Mapping[str, Any]], *, chosen_k: int | None = None,
+                chosen_discard: bool | None = None, metric: str = "val_auc",
+                title: str = "Scoring choices on the validation split") -> Figure:
+    """Validation metric against K (log axis), one line per bank policy (discard abnormal rows or keep them).
+
+    ``grid``: rows with ``k``, ``discard_anomalous`` and ``metric`` (the ``"grid"`` of
+    :func:`salad_lite.experiment.select_scoring`). The chosen pair is ringed.
+    """
+    rows = list(grid)
+    if not rows:
+        raise ValueError("plot_k_grid needs at least one grid row")
+    missing = {"k", "discard_anomalous", metric} - set(rows[0])
+    if missing:
+        raise ValueError(f"grid rows lack {sorted(missing)}; expected select_scoring()['grid']")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    styles = {True: ("discard abnormal bank rows", NORMAL_COLOUR, "-"),
+              False: ("keep every bank row", "#7b3294", "--")}
+    for discard, (label, colour, line) in styles.items():
+        part = sorted((r for r in rows if bool(r["discard_anomalous"]) == discard), key=lambda r: r["k"])
+        if part:
+            ax.plot([r["k"] for r in part], [r[metric] for r in part], marker="o", color=colour,
+                    linestyle=line, label=label)
+    if chosen_k is not None:
+        hit = [r for r in rows if r["k"] == chosen_k
+               and (chosen_discard is None or bool(r["discard_anomalous"]) == chosen_discard)]
+        if hit:
+            ax.scatter([chosen_k], [hit[0][metric]], s=180, facecolors="none", edgecolors="black",
+                       linewidths=1.6, zorder=5, label=f"chosen: K = {chosen_k}")
+    ax.set_xscale("log")
+    ks = sorted({int(r["k"]) for r in rows})
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set(xlabel="K (nearest bank entries)", ylabel=metric.replace("_", " "), title=title)
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def summary_curves(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """ROC and PR arrays of replicate 0 from ``evaluate_replicates``' summary, ready for :func:`plot_roc_pr`."""
+    try:
+        roc, pr = summary["curves_seed0"]["roc"], summary["curves_seed0"]["pr"]
+        first = summary["per_replicate"][0]
+    except (KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
+    return {"fpr": np.asarray(roc["fpr"]), "tpr": np.asarray(roc["tpr"]),
+            "precision": np.asarray(pr["precision"]), "recall": np.asarray(pr["recall"]),
+            "auc": float(first["test_auc"]), "auprc": float(first["test_auprc"]),
+            "prevalence": float(np.asarray(pr["precision"])[0])}
+
+
+#: Table 1 of Bozorgtabar et al. (MICCAI 2020): test AUC / AUPRC, anomaly ratio AR in % of training images.
+PAPER_TABLE1: tuple[dict[str, Any], ...] = (
+    {"method": "MemDAE", "AR %": 0, "nih_auc": 0.8778, "nih_auprc": 0.9198, "mura_auc": 0.7660, "mura_auprc": 0.8823},
+    {"method": "SALAD w/o L_mse", "AR %": 5, "nih_auc": 0.8693, "nih_auprc": 0.9121, "mura_auc": 0.7765,
+     "mura_auprc": 0.8892},
+    {"method": "SALAD w/o L_agg", "AR %": 5, "nih_auc": 0.8824, "nih_auprc": 0.9332, "mura_auc": 0.7923,
+     "mura_auprc": 0.9128},
+    {"method": "SALAD", "AR %": 5, "nih_auc": 0.9091, "nih_auprc": 0.9552, "mura_auc": 0.8117, "mura_auprc": 0.9419},
+    {"method": "SALAD", "AR %": 10, "nih_auc": 0.9167, "nih_auprc": 0.9674, "mura_auc": 0.8195, "mura_auprc": 0.9502},
+    {"method": "SALAD", "AR %": 15, "nih_auc": 0.9189, "nih_auprc": 0.9705, "mura_auc": 0.8245, "mura_auprc": 0.9582},
+)
+
+
+def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str = "this run") -> Any:
+    """The paper's Table 1 rows for ``dataset`` with this run's mean test AUC / AUPRC (and 95% CI) below.
+
+    ``summary``: the dict of :func:`salad_lite.experiment.evaluate_replicates`. Returns a
+    pandas DataFrame with columns ``method``, ``AR %``, ``AUC``, ``AUPRC``, ``AUC 95% CI``,
+    ``AUPRC 95% CI``, ``replicates`` and ``source``.
+    """
+    import pandas as pd
+
+    if dataset not in ("nih", "mura"):
+        raise ValueError(f"Table 1 has NIH and MURA columns only, not {dataset!r}")
+    rows = [{"method": r["method"], "AR %": r["AR %"], "AUC": r[f"{dataset}_auc"], "AUPRC": r[f"{dataset}_auprc"],
+             "AUC 95% CI": np.nan, "AUPRC 95% CI": np.nan, "replicates": 4, "source": "paper, Table 1"}
+            for r in PAPER_TABLE1]
+    ar = float(summary["config"]["data"]["anomaly_ratio"]) * 100
+    rows.append({"method": "SALAD (salad_lite)", "AR %": round(ar, 1), "AUC": summary["test_auc"]["mean"],
+                 "AUPRC": summary["test_auprc"]["mean"], "AUC 95% CI": summary["test_auc"]["ci95"],
+                 "AUPRC 95% CI": summary["test_auprc"]["ci95"], "replicates": int(summary["replicates"]),
+                 "source": label})
+    return pd.DataFrame(rows)
+
+
+def differences_from_paper(cfg: Any, splits: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> Any:
+    """What separates this run from the paper's experiment: one row per aspect, columns ``paper`` and ``this run``.
+
+    ``cfg``: the run's :class:`~salad_lite.config.SaladConfig`; ``splits``: its
+    train / val / test datasets (with ``labels``); ``summary``: optional
+    ``evaluate_replicates`` result (for the chosen K values).
+    """
+    import pandas as pd
+
+    from salad_lite.config import paper_config
+
+    dataset = cfg.data.dataset
+    paper = paper_config(dataset if dataset in ("nih", "mura") else "nih")
+    t, pt = cfg.train, paper.train
+
+    def counts(name: str) -> str:
+        labels = np.asarray(splits[name].labels)
+        return f"{len(labels):,} ({int((labels == 0).sum()):,} normal, {int(labels.sum()):,} abnormal)"
+
+    paper_data = {"nih": "NIH ChestX-ray14, real PA films (Tang et al. subset)",
+                  "mura": "MURA v1.1, real upper-limb films"}.get(dataset, "NIH ChestX-ray14")
+    paper_train = {"nih": "4,261 normal + AR% abnormal", "mura": "50% of normal patient/body-part groups + AR%"}
+    paper_test = {"nih": "1,706 (849 normal, 857 abnormal)", "mura": "half of the remaining groups"}
+    ks = sorted({int(r["k"]) for r in summary["per_replicate"]}) if summary else []
+    rows = {
+        "data": (paper_data, cfg.data.data_root or f"embedded synthetic {dataset} set (rendered, not real X-rays)"),
+        "training images": (paper_train.get(dataset, "?"), counts("train")),
+        "validation images": ("none reported (selection on the test set in the public code)", counts("val")),
+        "test images": (paper_test.get(dataset, "?"), counts("test")),
+        "resolution (px)": (paper.model.image_size, cfg.model.image_size),
+        "autoencoder": (f"{paper.model.arch}", f"{cfg.model.arch}" + (f", first-layer width {cfg.model.width}"
+                                                                      if cfg.model.arch == "conv" else "")),
+        "epochs": (f"{pt.pretrain_epochs} + {pt.rounds} rounds x {pt.epochs_per_round}",
+                   f"{t.pretrain_epochs} + {t.rounds} rounds x {t.epochs_per_round}"),
+        "batch size, learning rate": (f"{pt.batch_size}, {pt.lr:g}", f"{t.batch_size}, {t.lr:g}"),
+        "anomaly ratio AR": (f"{paper.data.anomaly_ratio:.0%} (also 10%, 15%)", f"{cfg.data.anomaly_ratio:.0%}"),
+        "K (Eq. 4)": (paper.score.k, f"chosen on validation: {', '.join(map(str, ks))}" if ks else cfg.score.k),
+        "scoring bank": (paper.score.bank, cfg.score.bank),
+        "model selection": ("best test epoch (public code)", "best validation epoch"),
+        "replicates": (paper.data.replicates, cfg.data.replicates),
+    }
+    return pd.DataFrame([{"aspect": k, "paper": str(v[0]), "this run": str(v[1])} for k, v in rows.items()]
+                        ).set_index("aspect")
+
+
+__all__ += ["PAPER_TABLE1", "differences_from_paper", "neighbour_rows", "plot_k_grid", "reconstruction_grid",
+            "results_table", "summary_curves"]
