@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -409,9 +410,11 @@ _POOL: dict = {}
 
 
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    pool = _POOL.get(workers)
+    """A process-wide pool of ``workers`` search threads (a new one after a fork: threads do not survive it)."""
+    key = (os.getpid(), workers)
+    pool = _POOL.get(key)
     if pool is None:
-        pool = _POOL[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="salad-search")
+        pool = _POOL[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="salad-search")
     return pool
 
 
