@@ -1367,8 +1367,9 @@ def render_chest_set(out_dir: Path, n_images: int = 2400, abnormal_fraction: flo
                 rows.append(_render_and_save(spec))
                 bar.update()
         else:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            # spawn, never fork: a forked child of a process whose OpenCV/OpenMP thread pools
+            # already ran (a Jupyter kernel) can deadlock in cv2.setNumThreads
+            context = multiprocessing.get_context("spawn")
             with context.Pool(n_workers, initializer=_init_worker,
                               initargs=(str(cache), str(out_dir), image_size)) as pool:
                 for row in pool.imap(_render_and_save, specs, chunksize=8):
