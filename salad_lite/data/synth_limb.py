@@ -56,6 +56,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -838,7 +839,8 @@ def render_limb_set(out_dir: Path, n_patients: int = 300, seed: int = 0, progres
             rows.append(_render_and_save(job))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        # spawn, never fork: a forked child of a process whose OpenCV/OpenMP pools already ran can deadlock
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for row in pool.map(_render_and_save, jobs, chunksize=8):
                 rows.append(row)
                 bar.update()
