@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from salad_lite.memory import MemoryBank, cosine_topk
+from salad_lite.memory import MemoryBank, cosine_topk, cpu_block_search
 
 
 def test_init_is_seeded_unit_vectors():
@@ -53,6 +53,35 @@ def test_chunked_topk_equals_brute_force(block_elements):
     ref_sims, ref_idx = full.topk(5, dim=1)
     assert torch.allclose(sims, ref_sims, atol=1e-6)
     assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("block_elements", [3, 8, 1 << 20])
+def test_equal_similarities_rank_by_ascending_key_across_blocks(block_elements):
+    """Ties (duplicated keys) come out in ascending key order, whichever block saw them first."""
+    gen = torch.Generator().manual_seed(5)
+    base = F.normalize(torch.randn(4, 6, generator=gen), dim=1)
+    keys = base[torch.tensor([2, 0, 1, 0, 3, 0, 2, 0, 1, 0, 0, 3])]  # row 0 of base at keys 1,3,5,7,9,10
+    sims, idx = cosine_topk(base[:1], keys, 6, block_elements=block_elements)
+    assert idx[0].tolist() == [1, 3, 5, 7, 9, 10]
+    assert torch.allclose(sims, torch.ones_like(sims), atol=1e-6)
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+def test_few_queries_split_the_keys_between_threads(queries):
+    """With fewer query chunks than threads the keys are split; the merged top-k and angle sums are exact."""
+    gen = torch.Generator().manual_seed(6)
+    q = F.normalize(torch.randn(queries, 5, generator=gen), dim=1).numpy()
+    keys = F.normalize(torch.randn(300, 5, generator=gen), dim=1).numpy()
+    keys[[17, 150, 299]] = q[0]  # exact ties that land in different key parts
+    exclude = np.full(queries, 150)
+    sims, idx, angle_sum = cpu_block_search(q, keys, 7, with_angles=True, exclude=exclude, block_elements=16, threads=3)
+    one_sims, one_idx, one_angles = cpu_block_search(q, keys, 7, with_angles=True, exclude=exclude, threads=1)
+    assert torch.equal(idx, one_idx) and torch.allclose(sims, one_sims)
+    assert idx[0, :2].tolist() == [17, 299]  # the excluded copy is left out, ties ascending
+    full = np.clip(q.astype(np.float64) @ keys.T.astype(np.float64), -1, 1)
+    full[:, 150] = 1.0  # excluded: contributes arccos(1) = 0
+    np.testing.assert_allclose(angle_sum, np.arccos(full).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(one_angles, angle_sum, rtol=1e-6)
 
 
 def test_topk_exclude_self_and_k_errors():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from salad_lite.scorer import SaladScorer, eq4_scores, min_max_normalise
+from salad_lite.scorer import SaladScorer, _eq4_search_torch, eq4_scores, eq4_search, min_max_normalise
 
 
 def unit(n, d, seed):
@@ -28,6 +28,22 @@ def test_eq4_matches_loop_reference(block_elements):
     got = eq4_scores(queries, bank, 4, block_elements=block_elements)
     for i in range(6):
         assert float(got[i]) == pytest.approx(eq4_reference(queries[i], bank, 4), abs=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["paper", "code"])
+def test_torch_path_matches_cpu_path(rule):
+    """The torch search (used on CUDA) gives the CPU kernel's neighbours, cosines and scores."""
+    queries, bank = unit(9, 6, 7), unit(60, 6, 8)
+    exclude = torch.arange(9) * 5
+    scores, best, rows = eq4_search(queries, bank, 4, rule=rule, block_elements=40, exclude=exclude)
+    t_best, t_rows, t_angles = _eq4_search_torch(queries, bank, 4, rule, 40, exclude)
+    assert torch.equal(rows, t_rows) and torch.allclose(best, t_best, atol=1e-6)
+    if rule == "paper":
+        t_scores = torch.arccos(t_best.double().clamp(-1, 1)).sum(1) / t_angles / 4
+        assert torch.allclose(scores.double(), t_scores, atol=1e-6)
+        for i in range(9):
+            kept = torch.cat([bank[:5 * i], bank[5 * i + 1:]])
+            assert float(scores[i]) == pytest.approx(eq4_reference(queries[i], kept, 4), abs=1e-5)
 
 
 def test_code_rule_is_mean_of_smallest_angles_over_pi():
