@@ -45,7 +45,7 @@ import pandas as pd
 from salad_lite.data.base import OnMissing, XrayDataset, _check_index, drop_missing_files
 from salad_lite.data.io import DataWarning, read_grayscale
 from salad_lite.data.mura_preprocess import preprocess_mura_image
-from salad_lite.data.splits import check_patient_disjoint
+from salad_lite.data.splits import check_patient_disjoint, check_split_arguments
 from salad_lite.data.transforms import resize_pad
 
 __all__ = [
@@ -275,12 +275,7 @@ def mura_group_split(
         PatientLeakError: a group in two splits (checked by
             :func:`~salad_lite.data.splits.check_patient_disjoint`).
     """
-    if not 0.0 <= anomaly_ratio < 1.0:
-        raise ValueError(f"anomaly_ratio must be in [0, 1), got {anomaly_ratio}")
-    if not 0.0 < normal_train_fraction < 1.0:
-        raise ValueError(f"normal_train_fraction must be in (0, 1), got {normal_train_fraction}")
-    if max_train < 0:
-        raise ValueError(f"max_train must be >= 0 (0 = no cap), got {max_train}")
+    check_split_arguments(anomaly_ratio, max_train, normal_train_fraction=normal_train_fraction)
     table = group_table(metadata, group_column)
     normal = table.index[table["kind"] == "normal"].to_numpy(dtype=object)
     abnormal = table.index[table["kind"] != "normal"].to_numpy(dtype=object)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["PatientLeakError", "check_patient_disjoint", "one_class_split", "split_summary"]
+__all__ = ["PatientLeakError", "check_patient_disjoint", "check_split_arguments", "one_class_split", "split_summary"]
 
 
 class PatientLeakError(ValueError):
@@ -59,6 +59,17 @@ def _rows(metadata: pd.DataFrame, patients: np.ndarray, label: int | None = None
     if label is not None:
         mask = mask & (metadata["label"].to_numpy() == label)
     return np.flatnonzero(mask).astype(np.int64)
+
+
+def check_split_arguments(anomaly_ratio: float, max_train: int, **fractions: float) -> None:
+    """Raise ``ValueError`` naming the bad value: AR in [0, 1), ``max_train`` >= 0, each fraction in (0, 1)."""
+    if not 0.0 <= anomaly_ratio < 1.0:
+        raise ValueError(f"anomaly_ratio must be in [0, 1), got {anomaly_ratio}")
+    for name, value in fractions.items():
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    if max_train < 0:
+        raise ValueError(f"max_train must be >= 0 (0 = no cap), got {max_train}")
 
 
 def one_class_split(
@@ -107,12 +118,7 @@ def one_class_split(
             split to hold both classes, or an argument is out of range.
         PatientLeakError: never expected; checked before returning.
     """
-    if not 0.0 <= anomaly_ratio < 1.0:
-        raise ValueError(f"anomaly_ratio must be in [0, 1), got {anomaly_ratio}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if max_train < 0:
-        raise ValueError(f"max_train must be >= 0 (0 = no cap), got {max_train}")
+    check_split_arguments(anomaly_ratio, max_train, val_fraction=val_fraction)
     for column in ("label", "patient_id"):
         if column not in metadata.columns:
             raise ValueError(f"metadata lacks column {column!r}; it has {list(metadata.columns)}")
