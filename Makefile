@@ -11,7 +11,7 @@ DATA_ROOT ?=
 DEVICE ?= auto
 RUN_DIR ?= runs/$(PROFILE)
 
-.PHONY: setup test book data chapters html clean
+.PHONY: setup test book data chapters html pages clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,7 @@ test: setup
 # make chapters                execute every chapter of _toc.yml (papermill) into _build/executed/
 # make chapter NB=book/06_eval_nih.ipynb PROFILE=full DATASET=nih DATA_ROOT=/data/nih DEVICE=cuda
 # make html                    build _build/html from the executed chapters (execution off, warnings = errors)
+# make pages                   open the built pages in headless Chromium: screenshots in _build/page_checks/
 # Chapter 7 (MURA) reads MURA_ROOT; DATASET / DATA_ROOT steer the other chapters.
 MURA_ROOT ?=
 NB ?=
@@ -52,7 +53,15 @@ chapter: setup
 html: setup
 	$(BOOK_SCRIPT) html
 
+pages: setup
+	$(PY) scripts/check_pages.py _build/html/book/04_aggregation.html --min-plotly 1 --min-sliders 1 >/dev/null
+	$(PY) scripts/check_pages.py _build/html/book/0[1-7]_*.html --min-images 1 --window 1280,9000 >/dev/null
+	@echo "pages OK: screenshots in _build/page_checks/"
+
 book: setup
 	$(MAKE) data
 	$(MAKE) chapters
 	$(MAKE) html
+
+clean:  # the built book and executed chapters; keeps data/ and runs/
+	rm -rf _build

@@ -156,7 +156,7 @@ class SaladScorer:
         if self.discard_anomalous:
             if labels is None:
                 raise ValueError("discard_anomalous=True needs the training labels: fit(bank, labels)")
-            labels_t = torch.as_tensor(np.asarray(labels)).view(-1)
+            labels_t = torch.tensor(np.asarray(labels)).view(-1)  # a copy: read-only label arrays are fine
             if labels_t.shape[0] != bank_t.shape[0]:
                 raise ValueError(f"labels has {labels_t.shape[0]} entries but the bank has {bank_t.shape[0]} rows")
             keep = labels_t.cpu() == 0

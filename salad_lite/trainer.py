@@ -18,6 +18,7 @@ reproduces the uninterrupted one on the CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,9 @@ class SaladTrainer:
         t = self.cfg.train
         n = len(self.train_set)
         bar = None
-        if t.progress and tqdm is not None and self.epoch < stop:
+        # TQDM_DISABLE=1 (set by scripts/build_book.py for the static pages) is not honoured by tqdm.notebook
+        bars_off = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+        if t.progress and not bars_off and tqdm is not None and self.epoch < stop:
             bar = tqdm(total=stop, initial=self.epoch, desc="SALAD epochs", unit="epoch")
         while self.epoch < stop:
             started = time.perf_counter()
@@ -239,6 +242,23 @@ class SaladTrainer:
             with self._autocast():
                 out.append(self.model.encode(self._to_device(gather_images(dataset, indices))).float().cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def reconstruction_errors(self, dataset: Any, batch_size: int = 256) -> np.ndarray:
+        """Mean squared pixel error [N] of the autoencoder on every image of ``dataset`` (eval mode).
+
+        The plain "Deep AE" anomaly score (higher = more abnormal), reported beside
+        Eq. 4 as a baseline from the same trained model. Pixels are in [0, 1].
+        """
+        self.model.eval()
+        out = []
+        for start in range(0, len(dataset), batch_size):
+            indices = np.arange(start, min(start + batch_size, len(dataset)))
+            x = self._to_device(gather_images(dataset, indices))  # [B, 1, S, S]
+            with self._autocast():
+                _, x_hat = self.model(x)
+            out.append((x_hat.float() - x.float()).pow(2).mean(dim=(1, 2, 3)).cpu())  # [B]
+        return torch.cat(out).numpy().astype(np.float64)
 
     def scoring_bank(self) -> torch.Tensor:
         """The rows Eq. 4 scores against: the memory bank, or fresh training embeddings (``cfg.score.bank``), [N, d]."""

@@ -668,6 +668,8 @@ PAPER_TABLE1: tuple[dict[str, Any], ...] = (
 def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str = "this run") -> Any:
     """The paper's Table 1 rows for ``dataset`` with this run's mean test AUC / AUPRC (and 95% CI) below.
 
+    When ``summary`` has them, a last row scores the same models by reconstruction error.
+
     ``summary``: the dict of :func:`salad_lite.experiment.evaluate_replicates`. Returns a
     pandas DataFrame with columns ``method``, ``AR %``, ``AUC``, ``AUPRC``, ``AUC 95% CI``,
     ``AUPRC 95% CI``, ``replicates`` and ``source``.
@@ -684,6 +686,11 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
                  "AUPRC": summary["test_auprc"]["mean"], "AUC 95% CI": summary["test_auc"]["ci95"],
                  "AUPRC 95% CI": summary["test_auprc"]["ci95"], "replicates": int(summary["replicates"]),
                  "source": label})
+    if "reconstruction_test_auc" in summary:
+        auc_s, auprc_s = summary["reconstruction_test_auc"], summary["reconstruction_test_auprc"]
+        rows.append({"method": "same AE, reconstruction error (baseline)", "AR %": round(ar, 1),
+                     "AUC": auc_s["mean"], "AUPRC": auprc_s["mean"], "AUC 95% CI": auc_s["ci95"],
+                     "AUPRC 95% CI": auprc_s["ci95"], "replicates": int(summary["replicates"]), "source": label})
     return pd.DataFrame(rows)
 
 

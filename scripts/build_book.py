@@ -33,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 STAGE_NAME = Path("_build") / "executed"  # executed notebooks + config: the source tree of the HTML build
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 PARAMETER_NAMES = ("profile", "dataset", "data_root", "run_dir", "device")
 
 
@@ -197,6 +198,7 @@ def stage_book(root: Path, allow_missing: bool = False) -> list[str]:
             missing.append(chapter)
         else:
             drop_plotly_json(staged)
+            drop_widgets(staged)
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     if missing:
         if not allow_missing:
@@ -234,6 +236,35 @@ def drop_plotly_json(path: Path) -> int:
                 del data[PLOTLY_MIME]
                 dropped += 1
     if dropped:
+        nbformat.write(nb, path)
+    return dropped
+
+
+def drop_widgets(path: Path) -> int:
+    """Remove Jupyter widget outputs and the notebook's widget state; returns the outputs removed.
+
+    A widget (a tqdm.notebook bar run with ``--progress-bars``, or one a reader adds)
+    makes myst-nb load the widget manager and require.js from a CDN, which breaks the
+    offline book; its ``text/plain`` fallback, if any, stays as text.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    dropped = 0
+    for cell in nb.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                del data[WIDGET_MIME]
+                dropped += 1
+                if not data:
+                    continue
+            kept.append(output)
+        if "outputs" in cell:
+            cell.outputs = kept
+    had_state = nb.metadata.pop("widgets", None) is not None
+    if dropped or had_state:
         nbformat.write(nb, path)
     return dropped
 

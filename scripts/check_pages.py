@@ -1,7 +1,8 @@
-"""Open built book pages in headless Chromium: screenshot them and check that the plotly figures rendered.
+"""Open built book pages in headless Chromium: screenshot them and check that their figures rendered.
 
     python scripts/check_pages.py _build/html/book/04_aggregation.html --out _build/page_checks \\
         --min-plotly 1 --min-sliders 1
+    python scripts/check_pages.py _build/html/book/06_eval_nih.html --min-images 2 --window 1280,9000
 
 For every page it
 1. reads the HTML file: lists ``<script src>`` / stylesheet links that leave the
@@ -9,8 +10,8 @@ For every page it
 2. runs ``chromium --headless --dump-dom --screenshot`` with the network blocked, and
    counts in the rendered DOM the plotly containers (``plotly-graph-div``, present in
    the HTML), the figures that plotly.js actually drew (``js-plotly-plot`` and
-   ``main-svg``, added by plotly.js in the browser) and the slider groups
-   (``slider-container``);
+   ``main-svg``, added by plotly.js in the browser), the slider groups
+   (``slider-container``) and the ``<img>`` figures, whose local files must exist;
 3. writes ``<out>/<page>.png`` and ``<out>/<page>.dom.html``.
 
 Exit status 0 when every page meets the ``--min-*`` expectations and loads nothing
@@ -36,6 +37,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
     "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: the page must be offline-safe
 )
+_IMG_SRC = re.compile(r"""<img\b[^>]*?\bsrc\s*=\s*["']([^"']+)["']""", re.I)
 _EXTERNAL = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""", re.I)
 
 
@@ -47,6 +49,8 @@ class PageReport:
     plotly_rendered: int = 0  # elements with class js-plotly-plot (added by plotly.js)
     plotly_svgs: int = 0  # main-svg layers drawn by plotly.js
     sliders: int = 0  # slider-container groups drawn by plotly.js
+    images: int = 0  # <img> elements (matplotlib figures, diagrams)
+    broken_images: list[str] = field(default_factory=list)  # local <img src> files that do not exist
     screenshot: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -75,9 +79,18 @@ def _class_count(dom: str, name: str) -> int:
     return sum(1 for classes in pattern.findall(dom) if name in classes.split())
 
 
+def missing_images(dom: str, page: Path) -> list[str]:
+    """``<img src>`` paths of the page that point at local files which do not exist (data: URIs are inline)."""
+    sources = [src for src in _IMG_SRC.findall(dom) if not src.startswith("data:")]
+    local = [src.removeprefix("file://") for src in sources if not re.match(r"(?:https?:)?//", src)]
+    return sorted({src for src in local if not (page.parent / src.split("#")[0].split("?")[0]).exists()
+                   and not Path(src).exists()})
+
+
 def analyse_dom(dom: str) -> dict[str, int]:
-    """Counts of plotly elements in a rendered DOM (see the module docstring)."""
+    """Counts of plotly elements and images in a rendered DOM (see the module docstring)."""
     return {
+        "images": len(_IMG_SRC.findall(dom)),
         "plotly_divs": _class_count(dom, "plotly-graph-div"),
         "plotly_rendered": _class_count(dom, "js-plotly-plot"),
         "plotly_svgs": _class_count(dom, "main-svg"),
@@ -99,6 +112,7 @@ def render(browser: str, page: Path, screenshot: Path, window: str, budget_ms: i
 
 
 def check_page(browser: str, page: Path, out_dir: Path, *, min_plotly: int = 0, min_sliders: int = 0,
+               min_images: int = 0,
                window: str = "1280,2400", budget_ms: int = 8000, timeout_s: float = 120) -> PageReport:
     """Screenshot ``page`` and check it (see the module docstring)."""
     report = PageReport(page=str(page))
@@ -129,6 +143,11 @@ def check_page(browser: str, page: Path, out_dir: Path, *, min_plotly: int = 0, 
                                "is _static/plotly.min.js loaded?")
     if report.sliders < min_sliders:
         report.problems.append(f"{report.sliders} plotly slider(s), expected at least {min_sliders}")
+    if report.images < min_images:
+        report.problems.append(f"{report.images} image(s), expected at least {min_images}")
+    report.broken_images = missing_images(dom, page)
+    if report.broken_images:
+        report.problems.append(f"{len(report.broken_images)} image file(s) missing: {report.broken_images}")
     return report
 
 
@@ -138,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("_build/page_checks"), help="screenshots and DOM dumps")
     parser.add_argument("--min-plotly", type=int, default=0, help="plotly figures every page must have")
     parser.add_argument("--min-sliders", type=int, default=0, help="plotly sliders every page must have")
+    parser.add_argument("--min-images", type=int, default=0, help="<img> figures every page must have")
     parser.add_argument("--window", default="1280,2400", help="browser window WIDTH,HEIGHT in pixels")
     parser.add_argument("--budget-ms", type=int, default=8000, help="virtual time the page may run its scripts")
     args = parser.parse_args(argv)
@@ -147,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     reports = [check_page(browser, page, args.out, min_plotly=args.min_plotly, min_sliders=args.min_sliders,
-                          window=args.window, budget_ms=args.budget_ms) for page in args.pages]
+                          min_images=args.min_images, window=args.window, budget_ms=args.budget_ms) for page in args.pages]
     print(json.dumps([{**asdict(r), "ok": r.ok} for r in reports], indent=2))
     for r in reports:
         for problem in r.problems:

@@ -32,6 +32,11 @@ labels = (rng.random(60) < 0.2).astype(int)
 rounds = [rng.normal(size=(60, 2)) * (1.0 - 0.3 * r) for r in range(3)]
 fig = viz.umap_rounds_figure(rounds, labels, findings=np.where(labels == 1, "Mass", "No Finding"))
 viz.show_plotly(fig)"""
+MATPLOTLIB = """\
+import matplotlib.pyplot as plt
+
+plt.plot([0, 1], [0, 1])
+plt.show()"""
 
 
 def _make_book(root: Path) -> None:
@@ -42,7 +47,8 @@ def _make_book(root: Path) -> None:
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/01_plotly\n")
     param_cell = new_code_cell(PARAMETERS)
     param_cell.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[new_markdown_cell("# Plotly page"), param_cell, new_code_cell(FIGURE)],
+    cells = [new_markdown_cell("# Plotly page"), param_cell, new_code_cell(FIGURE), new_code_cell(MATPLOTLIB)]
+    nb = new_notebook(cells=cells,
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(nb, root / "book" / "01_plotly.ipynb")
 
@@ -88,9 +94,12 @@ def test_plotly_figure_and_slider_render_in_chromium(built_page: Path, tmp_path:
     browser = check_pages.find_browser()
     if browser is None:
         pytest.skip("no Chromium installed (apt-get install chromium)")
-    report = check_pages.check_page(browser, built_page, tmp_path, min_plotly=1, min_sliders=1,
+    report = check_pages.check_page(browser, built_page, tmp_path, min_plotly=1, min_sliders=1, min_images=1,
                                     window="1100,1400", budget_ms=5000)
     assert report.ok, report.problems
+    assert report.images >= 1 and report.broken_images == []
+    missing = check_pages.check_page(browser, built_page, tmp_path, min_images=5, window="800,600", budget_ms=2000)
+    assert not missing.ok and "expected at least 5" in " ".join(missing.problems)
     assert report.plotly_rendered == 1 and report.sliders >= 1 and report.plotly_svgs >= 1
     assert Path(report.screenshot).stat().st_size > 10_000
 
@@ -98,8 +107,19 @@ def test_plotly_figure_and_slider_render_in_chromium(built_page: Path, tmp_path:
 def test_analyse_dom_counts_classes() -> None:
     dom = ('<div class="plotly-graph-div js-plotly-plot" id="a"><svg class="main-svg"></svg>'
            '<g class="slider-container"></g></div><div class="plotly-graph-div"></div>'
-           '<div class="not-plotly-graph-div"></div>')
-    assert check_pages.analyse_dom(dom) == {"plotly_divs": 2, "plotly_rendered": 1, "plotly_svgs": 1, "sliders": 1}
+           '<div class="not-plotly-graph-div"></div><img alt="" src="../_images/fig.png">')
+    assert check_pages.analyse_dom(dom) == {"images": 1, "plotly_divs": 2, "plotly_rendered": 1, "plotly_svgs": 1,
+                                            "sliders": 1}
+
+
+def test_missing_images_names_local_files_that_do_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "_images").mkdir()
+    (tmp_path / "_images" / "here.png").write_bytes(b"png")
+    page = tmp_path / "book" / "page.html"
+    page.parent.mkdir()
+    dom = ('<img src="../_images/here.png"><img src="../_images/gone.png"><img src="data:image/png;base64,AAAA">'
+           '<img src="https://example.org/remote.png">')
+    assert check_pages.missing_images(dom, page) == ["../_images/gone.png"]
 
 
 def test_external_resources_flags_cdn_scripts_only() -> None:
@@ -148,3 +168,21 @@ def test_toc_order_and_plotly_json_is_dropped_only_beside_html(tmp_path: Path) -
     cells = nbformat.read(path, as_version=4).cells
     assert set(cells[0].outputs[0].data) == {"text/html"}
     assert build_book.PLOTLY_MIME in cells[1].outputs[0].data  # a lone plotly output stays: the strict build flags it
+
+
+def test_widget_outputs_and_state_are_dropped(tmp_path: Path) -> None:
+    widget = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    nb = new_notebook(cells=[new_code_cell("bar"), new_code_cell("only widget"), new_code_cell("print")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data={
+        build_book.WIDGET_MIME: widget, "text/plain": "epochs: 0%| 0/15"})]
+    nb.cells[1].outputs = [nbformat.v4.new_output("display_data", data={build_book.WIDGET_MIME: widget})]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    path = tmp_path / "w.ipynb"
+    nbformat.write(nb, path)
+    assert build_book.drop_widgets(path) == 2
+    out = nbformat.read(path, as_version=4)
+    assert "widgets" not in out.metadata
+    assert set(out.cells[0].outputs[0].data) == {"text/plain"}  # the text fallback stays
+    assert out.cells[1].outputs == [] and out.cells[2].outputs[0].text == "kept\n"
+    assert build_book.drop_widgets(path) == 0

@@ -19,6 +19,10 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     aucs = [r["test_auc"] for r in summary["per_replicate"]]
     assert summary["test_auc"]["mean"] == np.mean(aucs)
     assert summary["test_auc"]["ci95"] == 1.96 * np.std(aucs, ddof=1)
+    for row in summary["per_replicate"]:  # the reconstruction-error baseline of the same model, beside Eq. 4
+        assert 0.0 <= row["reconstruction_test_auc"] <= 1.0 and 0.0 < row["reconstruction_test_auprc"] <= 1.0
+    recon = [r["reconstruction_test_auc"] for r in summary["per_replicate"]]
+    assert summary["reconstruction_test_auc"]["mean"] == np.mean(recon)
     seed0 = replicate_dir(tmp_path, cfg, 0)
     selection = json.loads((seed0 / "selection.json").read_text())
     assert {"k", "discard_anomalous", "grid"} <= set(selection)

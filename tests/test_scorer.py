@@ -1,6 +1,7 @@
 """Eq. 4 against a loop reference, chunking, and the scorer's edge cases."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -92,6 +93,15 @@ def test_discard_anomalous_drops_abnormal_rows():
         SaladScorer(k=2).fit(bank)
     with pytest.raises(ValueError, match="every bank row is labelled abnormal"):
         SaladScorer(k=2).fit(bank, np.ones(10))
+
+
+def test_read_only_labels_fit_without_warnings():
+    labels = np.r_[np.zeros(8), np.ones(2)].astype(np.int64)
+    labels.setflags(write=False)  # as the cached datasets hand them out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scorer = SaladScorer(k=3).fit(unit(10, 4, 12), labels)
+    assert scorer.bank_.shape == (8, 4)
 
 
 def test_nan_inputs_are_rejected():

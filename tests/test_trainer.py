@@ -158,3 +158,17 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     SaladTrainer(tiny_cfg(), data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
     with pytest.raises(ValueError, match="different configuration"):
         SaladTrainer(tiny_cfg(lr=0.5), data, None, run_dir=tmp_path, device="cpu")
+
+
+def test_reconstruction_errors_match_a_per_image_reference():
+    labels = np.zeros(7, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, seed=9), labels)
+    trainer = SaladTrainer(tiny_cfg(), data, None, device="cpu")
+    errors = trainer.reconstruction_errors(data, batch_size=3)  # batches of 3, 3 and 1
+    trainer.model.eval()
+    with torch.no_grad():
+        for i in range(len(data)):
+            x = data[i]["image"][None].float()  # [1, 1, S, S]
+            _, x_hat = trainer.model(x)
+            assert errors[i] == pytest.approx(float(((x_hat - x) ** 2).mean()), rel=1e-5)
+    assert errors.shape == (7,) and errors.dtype == np.float64

@@ -77,6 +77,12 @@ def test_summary_curves_and_results_table() -> None:
     assert table["AUC"].iloc[3] == 0.8117  # SALAD, AR 5 %, MURA
     ours = table.iloc[-1]
     assert ours["AUC"] == pytest.approx(0.75) and ours["AR %"] == 5.0 and ours["replicates"] == 2
+    baseline = {"reconstruction_test_auc": {"mean": 0.6, "ci95": 0.02},
+                "reconstruction_test_auprc": {"mean": 0.55, "ci95": 0.03}}
+    with_baseline = viz.results_table({**summary, **baseline}, "mura")
+    assert len(with_baseline) == len(table) + 1
+    assert with_baseline.iloc[-1]["method"].startswith("same AE, reconstruction error")
+    assert with_baseline.iloc[-1]["AUC"] == 0.6 and with_baseline.iloc[-2]["AUC"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="NIH and MURA"):
         viz.results_table(summary, "folder")
     with pytest.raises(ValueError, match="evaluate_replicates"):
