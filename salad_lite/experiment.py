@@ -25,6 +25,9 @@ from salad_lite.scorer import SaladScorer
 from salad_lite.trainer import SaladTrainer
 
 DEFAULT_K_GRID = (1, 5, 10, 20, 50, 100)
+RESULT_KEYS = frozenset({"seed", "k", "discard_anomalous", "val_auc", "selected_epoch", "selected_round", "test_auc",
+                         "test_auprc", "reconstruction_test_auc", "reconstruction_test_auprc", "test_scores",
+                         "test_labels"})
 
 
 def replicate_dir(run_dir: str | Path, cfg: SaladConfig, seed: int | None = None) -> Path:
@@ -80,7 +83,10 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
     out_dir = replicate_dir(run_dir, cfg)
     result_path = out_dir / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        cached = json.loads(result_path.read_text())
+        if RESULT_KEYS <= cached.keys():
+            return cached
+        # written by an older salad_lite without some metric: recompute it with the same model and selection
     trainer = train_or_load(cfg, splits, run_dir, device)
     selection = select_scoring(trainer)
     (out_dir / "selection.json").write_text(json.dumps(selection, indent=2))

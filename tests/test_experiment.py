@@ -36,3 +36,14 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
 
     monkeypatch.setattr(experiment, "score_split", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rescored")))
     assert evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")["test_auc"] == summary["test_auc"]
+
+    # a result.json written before a metric existed is recomputed (same model, same selection), not trusted
+    monkeypatch.undo()
+    result_path = seed0 / "result.json"
+    stale = json.loads(result_path.read_text())
+    stale.pop("reconstruction_test_auc")
+    result_path.write_text(json.dumps(stale))
+    again = evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")
+    assert again["test_auc"] == summary["test_auc"]
+    assert again["reconstruction_test_auc"] == summary["reconstruction_test_auc"]
+    assert "reconstruction_test_auc" in json.loads(result_path.read_text())
