@@ -62,6 +62,18 @@ def dataset_labels(dataset: Any) -> np.ndarray:
     return np.array([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
 
 
+# Settings that do not change what a replicate learns: how many replicates the book runs, progress bars.
+_NOT_TRAINING = {("data", "replicates"), ("train", "progress")}
+
+
+def config_changes(stored: SaladConfig, current: SaladConfig) -> list[str]:
+    """``"section.field: stored -> current"`` for every training-relevant setting that differs."""
+    before, after = stored.to_dict(), current.to_dict()
+    return [f"{section}.{name}: {value!r} -> {after[section][name]!r}"
+            for section, fields in before.items() for name, value in fields.items()
+            if (section, name) not in _NOT_TRAINING and after[section][name] != value]
+
+
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
     """A seeded permutation of ``range(n)`` cut into batches; a last batch of one joins the previous batch.
 
@@ -319,8 +331,9 @@ class SaladTrainer:
 
     def _restore(self, stem: Path) -> None:
         tensors, meta = load_checkpoint(stem, self.device)
-        if SaladConfig.from_dict(meta["config"]) != self.cfg:
-            raise ValueError(f"{stem}.json holds a different configuration than this run; "
+        changed = config_changes(SaladConfig.from_dict(meta["config"]), self.cfg)
+        if changed:
+            raise ValueError(f"{stem}.json was trained with another configuration ({'; '.join(changed)}); "
                              "use another run_dir or the same config")
         self.load_state_tensors(tensors)
         _load_optimizer(self.optimizer, tensors, meta["optimizer"])
@@ -377,9 +390,3 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
              for pid, names in meta["tensor_names"].items()}
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def build_trainer(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path | None,
-                  device: str = "auto") -> SaladTrainer:
-    """Convenience: a trainer on ``splits["train"]`` validated on ``splits["val"]``."""
-    return SaladTrainer(cfg, splits["train"], splits.get("val"), run_dir=run_dir, device=device)

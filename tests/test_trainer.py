@@ -156,8 +156,11 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     labels = np.zeros(20, dtype=np.int64)
     data = ArrayDataset(blob_images(labels, seed=9), labels)
     SaladTrainer(tiny_cfg(), data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(train.lr: 0.001 -> 0.5\)"):
         SaladTrainer(tiny_cfg(lr=0.5), data, None, run_dir=tmp_path, device="cpu")
+    # the number of replicates and progress bars do not change what a replicate learns: the run resumes
+    same_run = tiny_cfg(progress=True).replace(data={"replicates": 4})
+    assert SaladTrainer(same_run, data, None, run_dir=tmp_path, device="cpu").epoch == 1
 
 
 def test_reconstruction_errors_match_a_per_image_reference():
