@@ -668,7 +668,8 @@ PAPER_TABLE1: tuple[dict[str, Any], ...] = (
 def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str = "this run") -> Any:
     """The paper's Table 1 rows for ``dataset`` with this run's mean test AUC / AUPRC (and 95% CI) below.
 
-    When ``summary`` has them, a last row scores the same models by reconstruction error.
+    When ``summary`` has them, two baseline rows follow: the same models scored by
+    reconstruction error, and the raw-pixel PCA reconstruction (deterministic: one run).
 
     ``summary``: the dict of :func:`salad_lite.experiment.evaluate_replicates`. Returns a
     pandas DataFrame with columns ``method``, ``AR %``, ``AUC``, ``AUPRC``, ``AUC 95% CI``,
@@ -691,6 +692,11 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
         rows.append({"method": "same AE, reconstruction error (baseline)", "AR %": round(ar, 1),
                      "AUC": auc_s["mean"], "AUPRC": auprc_s["mean"], "AUC 95% CI": auc_s["ci95"],
                      "AUPRC 95% CI": auprc_s["ci95"], "replicates": int(summary["replicates"]), "source": label})
+    if "pca_baseline" in summary:
+        pca = summary["pca_baseline"]
+        rows.append({"method": f"raw pixels, PCA-{pca['n_components']} reconstruction (baseline)",
+                     "AR %": round(ar, 1), "AUC": pca["test_auc"], "AUPRC": pca["test_auprc"],
+                     "AUC 95% CI": np.nan, "AUPRC 95% CI": np.nan, "replicates": 1, "source": label})
     return pd.DataFrame(rows)
 
 

@@ -23,6 +23,8 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
         assert 0.0 <= row["reconstruction_test_auc"] <= 1.0 and 0.0 < row["reconstruction_test_auprc"] <= 1.0
     recon = [r["reconstruction_test_auc"] for r in summary["per_replicate"]]
     assert summary["reconstruction_test_auc"]["mean"] == np.mean(recon)
+    assert summary["pca_baseline"]["test_auc"] > 0.9  # the raw-pixel reference sees the planted disks
+    assert (tmp_path / "nih" / "pca_baseline.json").exists()
     seed0 = replicate_dir(tmp_path, cfg, 0)
     selection = json.loads((seed0 / "selection.json").read_text())
     assert {"k", "discard_anomalous", "grid"} <= set(selection)

@@ -79,10 +79,13 @@ def test_summary_curves_and_results_table() -> None:
     assert ours["AUC"] == pytest.approx(0.75) and ours["AR %"] == 5.0 and ours["replicates"] == 2
     baseline = {"reconstruction_test_auc": {"mean": 0.6, "ci95": 0.02},
                 "reconstruction_test_auprc": {"mean": 0.55, "ci95": 0.03}}
-    with_baseline = viz.results_table({**summary, **baseline}, "mura")
-    assert len(with_baseline) == len(table) + 1
-    assert with_baseline.iloc[-1]["method"].startswith("same AE, reconstruction error")
-    assert with_baseline.iloc[-1]["AUC"] == 0.6 and with_baseline.iloc[-2]["AUC"] == pytest.approx(0.75)
+    pca = {"pca_baseline": {"n_components": 50, "test_auc": 0.7, "test_auprc": 0.65}}
+    with_baseline = viz.results_table({**summary, **baseline, **pca}, "mura")
+    assert len(with_baseline) == len(table) + 2
+    assert with_baseline.iloc[-2]["method"].startswith("same AE, reconstruction error")
+    assert with_baseline.iloc[-2]["AUC"] == 0.6 and with_baseline.iloc[-3]["AUC"] == pytest.approx(0.75)
+    assert with_baseline.iloc[-1]["method"] == "raw pixels, PCA-50 reconstruction (baseline)"
+    assert with_baseline.iloc[-1]["AUC"] == 0.7 and with_baseline.iloc[-1]["replicates"] == 1
     with pytest.raises(ValueError, match="NIH and MURA"):
         viz.results_table(summary, "folder")
     with pytest.raises(ValueError, match="evaluate_replicates"):
