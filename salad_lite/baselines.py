@@ -1,10 +1,10 @@
 """A raw-pixel reference for the evaluation chapters: PCA reconstruction error.
 
-No network, no training: each image is area-downsampled to at most ``max_size``
-pixels a side, centred and scaled to unit L2 norm (so exposure does not count),
-and scored by the squared distance to its projection on the top principal
-components of the normal training images. If SALAD's latent does not beat this,
-it has learned nothing the pixels did not already show.
+No network and no gradient descent: each image is area-downsampled to at most
+``max_size`` pixels a side, centred and scaled to unit L2 norm (so exposure does
+not count), and scored by the squared distance to its projection on the top
+principal components of the normal training images. Where SALAD does not beat
+this, its latent says no more about abnormality than a linear model of the pixels.
 PyOD convention: higher scores mean more abnormal.
 """
 
