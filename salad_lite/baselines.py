@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from salad_lite.metrics import auc, auprc
-from salad_lite.trainer import dataset_labels, gather_images
+from salad_lite.trainer import dataset_labels, image_batches
 
 DEFAULT_COMPONENT_GRID = (10, 50, 100)
 
@@ -26,8 +26,7 @@ DEFAULT_COMPONENT_GRID = (10, 50, 100)
 def pixel_vectors(dataset: Any, max_size: int = 64, batch_size: int = 512) -> torch.Tensor:
     """Every image of ``dataset`` as a centred unit vector [N, s*s], s = min(image size, ``max_size``)."""
     rows = []
-    for start in range(0, len(dataset), batch_size):
-        x = gather_images(dataset, np.arange(start, min(start + batch_size, len(dataset))))  # [B, 1, S, S]
+    for x in image_batches(dataset, batch_size):  # [B, 1, S, S]
         if x.shape[-1] > max_size:
             x = F.adaptive_avg_pool2d(x, max_size)  # [B, 1, s, s]
         v = x.flatten(1)  # [B, s*s]

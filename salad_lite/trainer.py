@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,12 @@ def gather_images(dataset: Any, indices: np.ndarray) -> torch.Tensor:
     if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3:
         return torch.from_numpy(images[indices]).unsqueeze(1).float().div_(255.0)
     return torch.stack([dataset[int(i)]["image"] for i in indices]).float()
+
+
+def image_batches(dataset: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """Every image of ``dataset`` in order, as float batches [B, 1, S, S] in [0, 1] on the CPU."""
+    for start in range(0, len(dataset), batch_size):
+        yield gather_images(dataset, np.arange(start, min(start + batch_size, len(dataset))))
 
 
 def dataset_labels(dataset: Any) -> np.ndarray:
@@ -249,10 +256,9 @@ class SaladTrainer:
         """Unit latents [N, d] of every image of ``dataset`` (eval mode), on the CPU."""
         self.model.eval()
         out = []
-        for start in range(0, len(dataset), batch_size):
-            indices = np.arange(start, min(start + batch_size, len(dataset)))
+        for batch in image_batches(dataset, batch_size):
             with self._autocast():
-                out.append(self.model.encode(self._to_device(gather_images(dataset, indices))).float().cpu())
+                out.append(self.model.encode(self._to_device(batch)).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -264,9 +270,8 @@ class SaladTrainer:
         """
         self.model.eval()
         out = []
-        for start in range(0, len(dataset), batch_size):
-            indices = np.arange(start, min(start + batch_size, len(dataset)))
-            x = self._to_device(gather_images(dataset, indices))  # [B, 1, S, S]
+        for batch in image_batches(dataset, batch_size):
+            x = self._to_device(batch)  # [B, 1, S, S]
             with self._autocast():
                 _, x_hat = self.model(x)
             out.append((x_hat.float() - x.float()).pow(2).mean(dim=(1, 2, 3)).cpu())  # [B]
