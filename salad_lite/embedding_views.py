@@ -197,12 +197,12 @@ def cluster_formation(latents_per_round: Mapping[int, Any], labels: Any, k: int 
     rows = []
     for r, latents in sorted(latents_per_round.items()):
         arr = _as_array(latents, f"round {r}")
-        _, idx = _neighbours(arr, k)
+        sims, idx = _neighbours(arr, k)  # one k-NN search serves purity and neighbour cosine
         same = lab[idx] == lab[:, None]  # [M, k]
         normal = lab == 0
         rows.append({"round": r, "knn_purity": float(same.mean()), "chance_purity": chance,
                      "normal_knn_purity": float(same[normal].mean()) if normal.any() else float("nan"),
-                     "silhouette": silhouette(arr, lab), "neighbour_cosine": neighbour_similarity(arr, k)})
+                     "silhouette": silhouette(arr, lab), "neighbour_cosine": float(sims.mean())})
     return pd.DataFrame(rows).set_index("round")
 
 
