@@ -679,24 +679,26 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
 
     if dataset not in ("nih", "mura"):
         raise ValueError(f"Table 1 has NIH and MURA columns only, not {dataset!r}")
-    rows = [{"method": r["method"], "AR %": r["AR %"], "AUC": r[f"{dataset}_auc"], "AUPRC": r[f"{dataset}_auprc"],
-             "AUC 95% CI": np.nan, "AUPRC 95% CI": np.nan, "replicates": 4, "source": "paper, Table 1"}
-            for r in PAPER_TABLE1]
-    ar = float(summary["config"]["data"]["anomaly_ratio"]) * 100
-    rows.append({"method": "SALAD (salad_lite)", "AR %": round(ar, 1), "AUC": summary["test_auc"]["mean"],
-                 "AUPRC": summary["test_auprc"]["mean"], "AUC 95% CI": summary["test_auc"]["ci95"],
-                 "AUPRC 95% CI": summary["test_auprc"]["ci95"], "replicates": int(summary["replicates"]),
-                 "source": label})
+
+    def row(method: str, ar_percent: float, auc_value: float, auprc_value: float, auc_ci: float = np.nan,
+            auprc_ci: float = np.nan, replicates: int = 1, source: str = label) -> dict[str, Any]:
+        return {"method": method, "AR %": ar_percent, "AUC": auc_value, "AUPRC": auprc_value,
+                "AUC 95% CI": auc_ci, "AUPRC 95% CI": auprc_ci, "replicates": replicates, "source": source}
+
+    rows = [row(r["method"], r["AR %"], r[f"{dataset}_auc"], r[f"{dataset}_auprc"], replicates=4,
+                source="paper, Table 1") for r in PAPER_TABLE1]
+    ar = round(float(summary["config"]["data"]["anomaly_ratio"]) * 100, 1)
+    reps = int(summary["replicates"])
+    auc_s, auprc_s = summary["test_auc"], summary["test_auprc"]
+    rows.append(row("SALAD (salad_lite)", ar, auc_s["mean"], auprc_s["mean"], auc_s["ci95"], auprc_s["ci95"], reps))
     if "reconstruction_test_auc" in summary:
         auc_s, auprc_s = summary["reconstruction_test_auc"], summary["reconstruction_test_auprc"]
-        rows.append({"method": "same AE, reconstruction error (baseline)", "AR %": round(ar, 1),
-                     "AUC": auc_s["mean"], "AUPRC": auprc_s["mean"], "AUC 95% CI": auc_s["ci95"],
-                     "AUPRC 95% CI": auprc_s["ci95"], "replicates": int(summary["replicates"]), "source": label})
+        rows.append(row("same AE, reconstruction error (baseline)", ar, auc_s["mean"], auprc_s["mean"],
+                        auc_s["ci95"], auprc_s["ci95"], reps))
     if "pca_baseline" in summary:
         pca = summary["pca_baseline"]
-        rows.append({"method": f"raw pixels, PCA-{pca['n_components']} reconstruction (baseline)",
-                     "AR %": round(ar, 1), "AUC": pca["test_auc"], "AUPRC": pca["test_auprc"],
-                     "AUC 95% CI": np.nan, "AUPRC 95% CI": np.nan, "replicates": 1, "source": label})
+        rows.append(row(f"raw pixels, PCA-{pca['n_components']} reconstruction (baseline)", ar, pca["test_auc"],
+                        pca["test_auprc"]))
     return pd.DataFrame(rows)
 
 
