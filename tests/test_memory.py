@@ -1,4 +1,4 @@
-"""Memory bank: init, momentum update, chunked top-k and entropy against plain references."""
+"""Memory bank: init, momentum update, neighbours and entropy against plain references (search: test_knn.py)."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from salad_lite.memory import MemoryBank, cosine_topk, cpu_block_search
+from salad_lite.memory import MemoryBank
 
 
 def test_init_is_seeded_unit_vectors():
@@ -42,46 +42,23 @@ def test_update_has_no_gradient_and_rejects_bad_shapes():
     assert not memory.bank.requires_grad
     with pytest.raises(ValueError, match="update expects"):
         memory.update(torch.tensor([0]), torch.randn(1, 4))
+    with pytest.raises(ValueError, match="update expects"):
+        memory.update(torch.tensor([0, 1, 2]), torch.randn(2, 3))
 
 
-@pytest.mark.parametrize("block_elements", [7, 50, 1 << 20])
-def test_chunked_topk_equals_brute_force(block_elements):
-    gen = torch.Generator().manual_seed(3)
-    queries, keys = torch.randn(13, 6, generator=gen), torch.randn(40, 6, generator=gen)
-    sims, idx = cosine_topk(queries, keys, 5, block_elements=block_elements)
-    full = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).T
-    ref_sims, ref_idx = full.topk(5, dim=1)
-    assert torch.allclose(sims, ref_sims, atol=1e-6)
-    assert torch.equal(idx, ref_idx)
-
-
-@pytest.mark.parametrize("block_elements", [3, 8, 1 << 20])
-def test_equal_similarities_rank_by_ascending_key_across_blocks(block_elements):
-    """Ties (duplicated keys) come out in ascending key order, whichever block saw them first."""
-    gen = torch.Generator().manual_seed(5)
-    base = F.normalize(torch.randn(4, 6, generator=gen), dim=1)
-    keys = base[torch.tensor([2, 0, 1, 0, 3, 0, 2, 0, 1, 0, 0, 3])]  # row 0 of base at keys 1,3,5,7,9,10
-    sims, idx = cosine_topk(base[:1], keys, 6, block_elements=block_elements)
-    assert idx[0].tolist() == [1, 3, 5, 7, 9, 10]
-    assert torch.allclose(sims, torch.ones_like(sims), atol=1e-6)
-
-
-@pytest.mark.parametrize("queries", [1, 2])
-def test_few_queries_split_the_keys_between_threads(queries):
-    """With fewer query chunks than threads the keys are split; the merged top-k and angle sums are exact."""
-    gen = torch.Generator().manual_seed(6)
-    q = F.normalize(torch.randn(queries, 5, generator=gen), dim=1).numpy()
-    keys = F.normalize(torch.randn(300, 5, generator=gen), dim=1).numpy()
-    keys[[17, 150, 299]] = q[0]  # exact ties that land in different key parts
-    exclude = np.full(queries, 150)
-    sims, idx, angle_sum = cpu_block_search(q, keys, 7, with_angles=True, exclude=exclude, block_elements=16, threads=3)
-    one_sims, one_idx, one_angles = cpu_block_search(q, keys, 7, with_angles=True, exclude=exclude, threads=1)
-    assert torch.equal(idx, one_idx) and torch.allclose(sims, one_sims)
-    assert idx[0, :2].tolist() == [17, 299]  # the excluded copy is left out, ties ascending
-    full = np.clip(q.astype(np.float64) @ keys.T.astype(np.float64), -1, 1)
-    full[:, 150] = 1.0  # excluded: contributes arccos(1) = 0
-    np.testing.assert_allclose(angle_sum, np.arccos(full).sum(1), rtol=1e-5)
-    np.testing.assert_allclose(one_angles, angle_sum, rtol=1e-6)
+def test_update_refuses_degenerate_latents_and_leaves_the_bank_alone():
+    memory = MemoryBank(6, 3, seed=2)
+    before = memory.bank.clone()
+    z = F.normalize(torch.randn(3, 3, generator=torch.Generator().manual_seed(3)), dim=1)
+    z[[0, 2]] = 0.0  # an encoder that collapsed: F.normalize hands out zero "unit" vectors
+    with pytest.raises(ValueError, match=r"z \(memory update\) has 2 zero-norm row\(s\) of 3"):
+        memory.update(torch.tensor([0, 1, 2]), z)
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or inf"):
+        memory.update(torch.tensor([0]), torch.tensor([[float("nan"), 0.0, 1.0]]))
+    opposite = -memory.bank[[4, 5]]  # (1 - t) m + t z = 0 at t = 0.5
+    with pytest.raises(ValueError, match=r"momentum mixture .* has 2 zero-norm row"):
+        memory.update(torch.tensor([4, 5]), opposite, momentum=0.5)
+    assert torch.equal(memory.bank, before)
 
 
 def test_topk_exclude_self_and_k_errors():
@@ -93,24 +70,9 @@ def test_topk_exclude_self_and_k_errors():
     assert torch.equal(with_self[:, 1:], without)
     with pytest.raises(ValueError, match="k must lie in 1..29"):
         memory.neighbours_of_entries(30, include_self=False)
-
-
-def test_topk_never_builds_full_matrix(monkeypatch):
-    """With a small block budget every similarity block stays small."""
-    import salad_lite.memory as memory_module
-
-    seen = []
-    original = memory_module.similarity_blocks
-
-    def spy(q, k, block_elements):
-        for block in original(q, k, block_elements):
-            seen.append(block[2].numel())
-            yield block
-
-    monkeypatch.setattr(memory_module, "similarity_blocks", spy)
-    keys = torch.randn(500, 4)
-    cosine_topk(keys, keys, 3, block_elements=1000)
-    assert max(seen) <= 1000 and len(seen) > 100
+    with pytest.raises(ValueError, match="k must lie in 1..30"):
+        memory.neighbours_of_entries(31, include_self=True)
+    assert torch.equal(memory.neighbours_of_entries(1), torch.arange(30)[:, None])
 
 
 def test_entropy_matches_loop_reference():
@@ -126,3 +88,5 @@ def test_entropy_matches_loop_reference():
         expected = -sum(pi * math.log(pi) for pi in p if pi > 0)
         assert float(got[i]) == pytest.approx(expected, abs=1e-4)
     assert np.all(got.numpy() <= math.log(8) + 1e-5)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        memory.entropy(0.0)

@@ -2,13 +2,19 @@
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from salad_lite.scorer import SaladScorer, _eq4_search_torch, eq4_scores, eq4_search, min_max_normalise
+from salad_lite.config import SaladConfig
+from salad_lite.experiment import select_scoring
+from salad_lite.knn import torch_block_search
+from salad_lite.metrics import auc
+from salad_lite.scorer import SaladScorer, eq4_scores, eq4_search, min_max_normalise
+from salad_lite.trainer import SaladTrainer
 
 
 def unit(n, d, seed):
@@ -37,7 +43,7 @@ def test_torch_path_matches_cpu_path(rule):
     queries, bank = unit(9, 6, 7), unit(60, 6, 8)
     exclude = torch.arange(9) * 5
     scores, best, rows = eq4_search(queries, bank, 4, rule=rule, block_elements=40, exclude=exclude)
-    t_best, t_rows, t_angles = _eq4_search_torch(queries, bank, 4, rule, 40, exclude)
+    t_best, t_rows, t_angles = torch_block_search(queries, bank, 4, rule == "paper", exclude, 40)
     assert torch.equal(rows, t_rows) and torch.allclose(best, t_best, atol=1e-6)
     if rule == "paper":
         t_scores = torch.arccos(t_best.double().clamp(-1, 1)).sum(1) / t_angles / 4
@@ -55,11 +61,31 @@ def test_code_rule_is_mean_of_smallest_angles_over_pi():
         assert float(got[i]) == pytest.approx(sum(angles[:3]) / 3 / math.pi, abs=1e-5)
 
 
-def test_identical_vectors_give_no_nan():
+@pytest.mark.parametrize("rule", ["paper", "code"])
+def test_identical_bank_gives_no_nan_and_a_documented_threshold(rule):
+    """All rows equal: leave-one-out scores have no spread, so the threshold goes just above them, with a warning."""
     bank = torch.ones(12, 4) / 2.0  # every row the same unit vector; cos may round past 1
-    scorer = SaladScorer(k=3, discard_anomalous=False).fit(bank)
+    with pytest.warns(UserWarning, match=r"degenerate threshold: 12 of the bank's 12 leave-one-out scores equal"):
+        scorer = SaladScorer(k=3, discard_anomalous=False, rule=rule).fit(bank)
     scores = scorer.decision_function(bank[:5] * 1.0000001)
     assert np.isfinite(scores).all() and np.allclose(scores, 0.0)
+    assert scorer.threshold_ == float(np.nextafter(np.float32(0.0), np.float32(1.0)))
+    assert scorer.predict(bank[:5]).tolist() == [0] * 5  # the bank itself is normal, not all abnormal
+    other = unit(4, 4, 30)
+    expected = 1.0 / 12 if rule == "paper" else None  # Eq. 4: K equal angles over N equal angles, / K
+    got = scorer.decision_function(other)
+    if expected is not None:
+        assert np.allclose(got, expected, rtol=1e-5)
+    assert scorer.predict(other).tolist() == [1] * 4
+
+
+def test_spread_bank_threshold_is_the_plain_quantile_without_warning():
+    bank = unit(40, 6, 31)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scorer = SaladScorer(k=3, discard_anomalous=False, contamination=0.2).fit(bank)
+    loo = eq4_scores(bank, bank, 3, exclude=torch.arange(40))
+    assert scorer.threshold_ == pytest.approx(float(torch.quantile(loo, 0.8)), rel=1e-6)
 
 
 def test_batch_of_one_and_single_vector():
@@ -71,13 +97,17 @@ def test_batch_of_one_and_single_vector():
     assert scorer.predict(unit(1, 6, 5)).shape == (1,)
 
 
-def test_k_larger_than_bank_is_clamped_with_warning():
+def test_k_larger_than_bank_is_clamped_silently_by_policy():
     bank = unit(8, 4, 6)
-    with pytest.warns(UserWarning, match="K=100 exceeds the 8 bank rows left; using K=7"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         scorer = SaladScorer(k=100, discard_anomalous=False).fit(bank)
-    assert scorer.k_ == 7
-    with pytest.raises(ValueError, match="K must lie in 1..8"):
-        eq4_scores(unit(2, 4, 7), bank, 9)
+    assert scorer.k == 100 and scorer.k_ == 7  # N' - 1: what a leave-one-out score of the bank can use
+    queries = unit(2, 4, 7)
+    assert np.allclose(scorer.decision_function(queries), eq4_scores(queries, bank, 7).numpy())
+    assert SaladScorer(k=5, discard_anomalous=False).fit(bank).k_ == 5
+    with pytest.raises(ValueError, match="k must lie in 1..8"):
+        eq4_scores(queries, bank, 9)
 
 
 def test_discard_anomalous_drops_abnormal_rows():
@@ -89,10 +119,20 @@ def test_discard_anomalous_drops_abnormal_rows():
     queries = unit(3, 4, 9)
     expected = eq4_scores(queries, bank[labels == 0], 2).numpy()
     assert np.allclose(scorer.decision_function(queries), expected, atol=1e-6)
-    with pytest.raises(ValueError, match="needs the training labels"):
-        SaladScorer(k=2).fit(bank)
     with pytest.raises(ValueError, match="every bank row is labelled abnormal"):
         SaladScorer(k=2).fit(bank, np.ones(10))
+    with pytest.raises(ValueError, match=r"training labels needs labels 0 \(normal\) and 1 \(abnormal\); got classes \[0, 2\]"):
+        SaladScorer(k=2).fit(bank, np.where(labels == 1, 2, 0))
+    with pytest.raises(ValueError, match="labels has 9 entries but the bank has 10 rows"):
+        SaladScorer(k=2, discard_anomalous=False).fit(bank, labels[:9])
+
+
+def test_fit_without_labels_keeps_every_row_even_when_discarding():
+    """PyOD's fit(X, y=None): with no labels nothing is known to be abnormal, so nothing is dropped."""
+    bank, queries = unit(10, 4, 8), unit(3, 4, 9)
+    scorer = SaladScorer(k=2, discard_anomalous=True).fit(bank)
+    assert scorer.bank_.shape[0] == 10 and scorer.kept_rows_.tolist() == list(range(10))
+    assert np.allclose(scorer.decision_function(queries), eq4_scores(queries, bank, 2).numpy(), atol=1e-6)
 
 
 def test_read_only_labels_fit_without_warnings():
@@ -113,6 +153,64 @@ def test_nan_inputs_are_rejected():
     scorer = SaladScorer(k=2, discard_anomalous=False).fit(bank)
     with pytest.raises(ValueError, match="NaN"):
         scorer.decision_function(bad)
+
+
+def test_zero_latents_are_refused_everywhere_with_a_count():
+    bank = unit(10, 4, 20)
+    zeros = bank.clone()
+    zeros[[2, 7]] = 0.0
+    with pytest.raises(ValueError, match=r"bank has 2 zero-norm row\(s\) of 10"):
+        SaladScorer(k=2, discard_anomalous=False).fit(zeros)
+    with pytest.raises(ValueError, match=r"bank has 2 zero-norm row"):
+        eq4_scores(unit(3, 4, 21), zeros, 2)
+    with pytest.raises(ValueError, match=r"queries has 2 zero-norm row"):
+        eq4_search(zeros, bank, 2)
+    scorer = SaladScorer(k=2, discard_anomalous=False).fit(bank)
+    with pytest.raises(ValueError, match=r"z has 2 zero-norm row\(s\) of 10 .*first: row 2"):
+        scorer.decision_function(zeros)
+    with pytest.raises(ValueError, match=r"z has 1 zero-norm row"):
+        scorer.predict(torch.zeros(4))
+
+
+def test_one_class_validation_is_refused_by_every_validation_choice():
+    """set_threshold, select_scoring and the trainer's per-epoch validation need both classes, as metrics.auc."""
+    bank, z_val = unit(20, 4, 22), unit(6, 4, 23)
+    scorer = SaladScorer(k=3, discard_anomalous=False).fit(bank)
+    for labels in (np.zeros(6), np.ones(6)):
+        with pytest.raises(ValueError, match=r"set_threshold .* needs both normal \(0\) and abnormal \(1\) labels"):
+            scorer.set_threshold(z_val, labels)
+    with pytest.raises(ValueError, match=r"got classes \[0, 2\]"):
+        scorer.set_threshold(z_val, np.array([0, 2, 0, 2, 0, 2]))
+    with pytest.raises(ValueError, match="y_val has 4 labels but z_val has 6 rows"):
+        scorer.set_threshold(z_val, np.array([0, 1, 0, 1]))
+    trainer = SimpleNamespace(val_labels=np.zeros(6, dtype=np.int64), cfg=SaladConfig())  # refused before any use
+    with pytest.raises(ValueError, match=r"select_scoring \(validation AUC\) needs both"):
+        select_scoring(trainer)
+    with pytest.raises(ValueError, match=r"checkpoint selection \(validation AUC\) needs both"):
+        SaladTrainer.validate(trainer)
+
+
+def test_set_threshold_warns_when_no_threshold_separates_the_classes():
+    bank = unit(20, 4, 24)
+    scorer = SaladScorer(k=3, discard_anomalous=False).fit(bank)
+    z_val = unit(1, 4, 25).repeat(6, 1)  # equal scores for both classes
+    with pytest.warns(UserWarning, match="do not separate the classes"):
+        threshold = scorer.set_threshold(z_val, np.array([0, 1, 0, 1, 0, 1]))
+    assert scorer.predict(z_val).sum() == 0 and threshold > scorer.decision_function(z_val).max()
+
+
+def test_select_scoring_takes_its_grid_from_the_config():
+    bank, val_z = unit(30, 4, 26), unit(12, 4, 27)
+    cfg = SaladConfig().replace(score={"k_grid": (1, 3, 29, 40), "discard_options": (False,)})
+    trainer = SimpleNamespace(cfg=cfg, val_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
+                              train_labels=np.zeros(30, dtype=np.int64), val_set=None,
+                              scoring_bank=lambda: bank, embed=lambda dataset: val_z)
+    selection = select_scoring(trainer)
+    assert [(row["k"], row["discard_anomalous"]) for row in selection["grid"]] == [(1, False), (3, False), (29, False)]
+    expected = eq4_scores(val_z, bank, 3).numpy()
+    row = selection["grid"][1]
+    assert row["val_auc"] == pytest.approx(auc(trainer.val_labels, expected))
+    assert selection["k"] in (1, 3, 29)
 
 
 def test_scores_rank_outliers_higher_and_threshold_on_validation():

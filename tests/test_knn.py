@@ -1,0 +1,168 @@
+"""k-NN engine (salad_lite.knn): exact top-k against brute force, ties, threads, memory bound, latent checks."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from salad_lite import knn
+from salad_lite.knn import (block_search, check_latents, cosine_topk, cpu_block_search, excluded_cells, merge_topk,
+                            torch_block_search, unit_rows)
+
+
+def unit(n, d, seed):
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+@pytest.mark.parametrize("block_elements", [7, 50, 1 << 20])
+def test_chunked_topk_equals_brute_force(block_elements):
+    gen = torch.Generator().manual_seed(3)
+    queries, keys = torch.randn(13, 6, generator=gen), torch.randn(40, 6, generator=gen)
+    sims, idx = cosine_topk(queries, keys, 5, block_elements=block_elements)
+    full = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).T
+    ref_sims, ref_idx = full.topk(5, dim=1)
+    assert torch.allclose(sims, ref_sims, atol=1e-6)
+    assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("block_elements", [3, 8, 1 << 20])
+def test_equal_similarities_rank_by_ascending_key_across_blocks(block_elements):
+    """Ties (duplicated keys) come out in ascending key order, whichever block saw them first."""
+    gen = torch.Generator().manual_seed(5)
+    base = F.normalize(torch.randn(4, 6, generator=gen), dim=1)
+    keys = base[torch.tensor([2, 0, 1, 0, 3, 0, 2, 0, 1, 0, 0, 3])]  # row 0 of base at keys 1,3,5,7,9,10
+    sims, idx = cosine_topk(base[:1], keys, 6, block_elements=block_elements)
+    assert idx[0].tolist() == [1, 3, 5, 7, 9, 10]
+    assert torch.allclose(sims, torch.ones_like(sims), atol=1e-6)
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+def test_few_queries_split_the_keys_between_threads(queries):
+    """With fewer query chunks than threads the keys are split; the merged top-k and angle sums are exact."""
+    gen = torch.Generator().manual_seed(6)
+    q = F.normalize(torch.randn(queries, 5, generator=gen), dim=1).numpy()
+    keys = F.normalize(torch.randn(300, 5, generator=gen), dim=1).numpy()
+    keys[[17, 150, 299]] = q[0]  # exact ties that land in different key parts
+    exclude = np.full(queries, 150)
+    sims, idx, angle_sum = cpu_block_search(q, keys, 7, with_angles=True, exclude=exclude, block_elements=16, threads=3)
+    one_sims, one_idx, one_angles = cpu_block_search(q, keys, 7, with_angles=True, exclude=exclude, threads=1)
+    assert torch.equal(idx, one_idx) and torch.allclose(sims, one_sims)
+    assert idx[0, :2].tolist() == [17, 299]  # the excluded copy is left out, ties ascending
+    full = np.clip(q.astype(np.float64) @ keys.T.astype(np.float64), -1, 1)
+    full[:, 150] = 1.0  # excluded: contributes arccos(1) = 0
+    np.testing.assert_allclose(angle_sum, np.arccos(full).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(one_angles, angle_sum, rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_angles", [True, False])
+def test_torch_engine_matches_cpu_engine_with_exclusion(with_angles):
+    """The torch engine (used off the CPU) gives the numba engine's neighbours, cosines and angle sums."""
+    queries, keys = unit(9, 6, 7), unit(60, 6, 8)
+    exclude = torch.arange(9) * 5
+    c_sims, c_idx, c_angles = cpu_block_search(queries.numpy(), keys.numpy(), 4, with_angles, exclude.numpy(), 40)
+    t_sims, t_idx, t_angles = torch_block_search(queries, keys, 4, with_angles, exclude, 40)
+    assert torch.equal(c_idx, t_idx) and torch.allclose(c_sims, t_sims, atol=1e-6)
+    assert not (t_idx == exclude[:, None]).any()
+    if with_angles:
+        full = (queries.double() @ keys.double().T).clamp(-1, 1)
+        full[torch.arange(9), exclude] = 1.0
+        assert torch.allclose(t_angles, torch.arccos(full).sum(1), rtol=1e-6)
+        np.testing.assert_allclose(c_angles, t_angles.numpy(), rtol=1e-5)
+    else:
+        assert c_angles is None and t_angles is None
+
+
+def test_block_search_dispatches_cpu_tensors_to_the_numba_engine(monkeypatch):
+    calls = []
+    original = knn.cpu_block_search
+    monkeypatch.setattr(knn, "cpu_block_search", lambda *a, **k: calls.append(1) or original(*a, **k))
+    sims, idx, angles = block_search(unit(3, 4, 1), unit(20, 4, 2), 2, True)
+    assert calls == [1] and sims.shape == (3, 2) and idx.dtype == torch.int64 and angles.dtype == torch.float64
+
+
+def test_merge_topk_ranks_by_value_then_ascending_index():
+    values = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.9, 0.5]])
+    indices = torch.tensor([[8, 6, 2, 0, 3, 5]])
+    best, rows = merge_topk(values, indices, 4)
+    assert rows.tolist() == [[3, 6, 2, 5]]  # 0.9 (3 before 6), then 0.5 (2 before 5; 8 cut)
+    assert best[0].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.5])
+
+
+def test_excluded_cells_finds_the_left_out_key_in_its_block_only():
+    exclude = torch.tensor([4, 0, 9, 6])
+    rows, cols = excluded_cells(exclude, slice(1, 4), 4, 4)  # queries 1..3, keys 4..7
+    assert rows.tolist() == [2] and cols.tolist() == [2]  # query 3 leaves out key 6 = column 2
+    rows, cols = excluded_cells(exclude, slice(0, 4), 0, 4)  # keys 0..3
+    assert rows.tolist() == [1] and cols.tolist() == [0]
+
+
+def test_topk_never_builds_full_matrix(monkeypatch):
+    """Every matrix product makes a small block, and the peak numpy memory stays far below one N x N matrix."""
+    seen = []
+    original = np.matmul
+
+    def spy(a, b, out=None):
+        seen.append(a.shape[0] * b.shape[1])
+        return original(a, b, out=out)
+
+    monkeypatch.setattr(np, "matmul", spy)
+    keys = torch.randn(500, 4)
+    cosine_topk(keys, keys, 3, block_elements=1000)
+    assert max(seen) <= 1000 and len(seen) > 100
+    monkeypatch.undo()
+
+    n = 4000  # a full float32 similarity matrix would be 64 MB
+    keys = unit(n, 8, 9)
+    cosine_topk(keys[:300], keys[:600], 5)  # compile (or load) the kernels before measuring
+    tracemalloc.start()
+    try:
+        cosine_topk(keys, keys, 5, exclude=torch.arange(n))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n * n * 4 / 8
+
+
+def test_unit_rows_is_f_normalize_bit_for_bit():
+    x = torch.randn(50, 7, generator=torch.Generator().manual_seed(1)) * 3.0
+    assert torch.equal(unit_rows(x, "x"), F.normalize(x, dim=1))
+    assert torch.equal(check_latents(x.double(), "x"), x)
+
+
+def test_zero_nan_and_overflowing_rows_are_refused_and_counted():
+    x = unit(6, 4, 2)
+    x[[1, 4]] = 0.0
+    with pytest.raises(ValueError, match=r"keys has 2 zero-norm row\(s\) of 6 .*first: row 1"):
+        cosine_topk(unit(2, 4, 3), x, 2)
+    with pytest.raises(ValueError, match=r"queries has 2 zero-norm row"):
+        cosine_topk(x, unit(5, 4, 3), 2)
+    tiny = unit(3, 4, 4) * 1e-13
+    with pytest.raises(ValueError, match="3 zero-norm"):
+        unit_rows(tiny, "z")
+    bad = unit(5, 4, 5)
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or inf \(first: row 3\)"):
+        check_latents(bad, "z")
+    huge = torch.full((2, 4), 3e38)
+    with pytest.raises(ValueError, match="2 row.* norm overflows"):
+        check_latents(huge, "z")
+    with pytest.raises(ValueError, match="2-D"):
+        check_latents(torch.ones(4), "z")
+
+
+def test_search_arguments_are_checked():
+    keys = unit(10, 4, 6).numpy()
+    with pytest.raises(ValueError, match=r"k must lie in 1..9 .*one left out per query.*got k=10"):
+        cpu_block_search(keys[:2], keys, 10, False, exclude=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"k must lie in 1..10 .*got k=0"):
+        torch_block_search(torch.from_numpy(keys), torch.from_numpy(keys), 0, False)
+    with pytest.raises(ValueError, match=r"exclude must hold one key row per query, shape \(2,\)"):
+        cpu_block_search(keys[:2], keys, 3, False, exclude=np.array([0]))
+    with pytest.raises(ValueError, match=r"must share d, got shapes \(2, 4\) and \(10, 3\)"):
+        cpu_block_search(keys[:2], keys[:, :3], 3, False)
+    with pytest.raises(ValueError, match=r"must share d"):
+        cosine_topk(torch.ones(2, 5), torch.from_numpy(keys), 3)
+    with pytest.raises(ValueError, match=r"exclude must hold key rows in 0..9, got 0..10"):
+        torch_block_search(torch.from_numpy(keys[:2]), torch.from_numpy(keys), 3, False, torch.tensor([0, 10]))
