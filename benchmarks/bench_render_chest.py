@@ -1,4 +1,4 @@
-"""Throughput of the synthetic chest renderer (:mod:`salad_lite.data.synth_chest`).
+"""Throughput of the synthetic chest renderer (:mod:`salad_lite.synth.chest`).
 
 Renders ``--n`` images of the default mix (40 % abnormal) at ``--size`` px into a
 temporary folder with :func:`render_chest_set` for each worker count, after the
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from salad_lite.data.synth_chest import ChestRenderer, render_chest_set
+from salad_lite.synth.chest import ChestRenderer, render_chest_set
 
 TARGET_IMAGES_PER_S = 20.0
 

@@ -9,7 +9,14 @@ Example::
 The default output folder is ``$SALAD_LITE_DATA`` or ``<repo>/data/embedded``,
 the place :func:`salad_lite.data.registry.load_splits` looks in; it gets
 ``nih/`` (``Data_Entry_2017.csv`` + ``images/``) and ``mura/MURA-v1.1/``.
-Both renderers are deterministic for a given seed.
+Both renderers (:mod:`salad_lite.synth`) are deterministic for a given seed;
+the default sizes are the ``default`` scale of :data:`salad_lite.synth.EMBEDDED_SCALES`.
+The chest renderer's caches (CT wheel, phantom, pose bank) go to
+``<embedded root>/_cache`` whatever ``--out`` is.
+
+A data problem (a folder the renderers refuse to overwrite, a corrupt manifest,
+the CT wheel unavailable) prints ``error: ...`` and exits with status 2
+(:func:`salad_lite.cli_errors.data_script`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ import os
 import time
 from pathlib import Path
 
-from salad_lite.data.registry import embedded_root
+from salad_lite.cli_errors import data_script
+from salad_lite.data.registry import embedded_cache_dir, embedded_root
+from salad_lite.synth import EMBEDDED_SCALES
+
+_DEFAULT = EMBEDDED_SCALES["default"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output root (default: $SALAD_LITE_DATA or <repo>/data/embedded)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of both renderers")
     parser.add_argument("--only", choices=["nih", "mura", "both"], default="both", help="which set to render")
-    parser.add_argument("--nih-images", type=int, default=2400, help="chest images to render")
-    parser.add_argument("--abnormal-fraction", type=float, default=0.4, help="share of abnormal chest images")
+    parser.add_argument("--nih-images", type=int, default=_DEFAULT.nih_images, help="chest images to render")
+    parser.add_argument("--abnormal-fraction", type=float, default=_DEFAULT.nih_abnormal_fraction,
+                        help="share of abnormal chest images")
     parser.add_argument("--nih-size", type=int, default=256, help="chest image side in pixels")
-    parser.add_argument("--mura-patients", type=int, default=300, help="limb patients to render")
+    parser.add_argument("--mura-patients", type=int, default=_DEFAULT.mura_patients, help="limb patients to render")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="chest renderer worker processes (default: CPU count, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -40,28 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@data_script
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cache_profile != "none" and args.out:
+        parser.error("--cache-profile works with the default --out only (the book reads the default root)")
     out = Path(args.out).expanduser() if args.out else embedded_root()
     progress = not args.no_progress
     if args.only in ("nih", "both"):
-        from salad_lite.data.synth_chest import render_chest_set
+        from salad_lite.synth.chest import render_chest_set
 
         start = time.perf_counter()
         csv = render_chest_set(
             out / "nih", n_images=args.nih_images, abnormal_fraction=args.abnormal_fraction,
             image_size=args.nih_size, seed=args.seed, progress=progress, workers=args.workers,
+            cache_dir=embedded_cache_dir(),
         )
         print(f"NIH-layout chest set: {csv} ({time.perf_counter() - start:.0f} s)")
     if args.only in ("mura", "both"):
-        from salad_lite.data.synth_limb import render_limb_set
+        from salad_lite.synth.limb import render_limb_set
 
         start = time.perf_counter()
         mura_root = render_limb_set(out / "mura", n_patients=args.mura_patients, seed=args.seed, progress=progress)
         print(f"MURA-layout limb set: {mura_root} ({time.perf_counter() - start:.0f} s)")
     if args.cache_profile != "none":
-        if args.out:
-            raise SystemExit("--cache-profile works with the default --out only (the book reads the default root)")
         from salad_lite.config import profile_config
         from salad_lite.data.registry import describe_splits
         from salad_lite.experiment import splits_for

@@ -17,16 +17,20 @@ often the pipeline fell back (no carrier found, segmentation discarded).
 
 ``--synthetic N`` first renders the synthetic MURA-like set (N patients) into
 ``--root`` (a quick way to try the whole path without the real data).
+
+A data problem (wrong root, malformed CSV rows, a set that cannot be split...)
+prints ``error: ...`` and exits with status 2; nothing is cached then
+(:func:`salad_lite.cli_errors.data_script`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
-from salad_lite.data.mura import MURA, MuraFormatError, mura_group_split
+from salad_lite.cli_errors import data_script
+from salad_lite.data.mura import MURA, mura_group_split
 from salad_lite.data.registry import cache_dir_for, cached_splits, describe_splits
 
 
@@ -56,20 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@data_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = Path(args.root).expanduser()
     if args.synthetic > 0:
-        from salad_lite.data.synth_limb import render_limb_set
+        from salad_lite.synth.limb import render_limb_set
 
         root = render_limb_set(root, n_patients=args.synthetic, progress=not args.no_progress)
         print(f"synthetic set: {root}")
-    try:
-        dataset = MURA(root, split_files=args.split_files, image_size=args.image_size, preprocess=args.preprocess,
-                       body_parts=args.body_parts, on_missing="raise" if args.strict else "drop")
-    except (FileNotFoundError, MuraFormatError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dataset = MURA(root, split_files=args.split_files, image_size=args.image_size, preprocess=args.preprocess,
+                   body_parts=args.body_parts, on_missing="raise" if args.strict else "drop")
     meta = dataset.metadata
     print(f"{dataset} from {dataset.folder}")
     print("images per body part and label (0 normal, 1 abnormal):")
@@ -79,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"mura_{args.preprocess}_{parts}_{'-'.join(args.split_files)}_{args.image_size}px"
     split_fn = partial(mura_group_split, anomaly_ratio=args.anomaly_ratio, seed=args.seed,
                        group_column=args.group_by, max_train=args.max_train)
-    try:
-        splits = cached_splits(dataset, cache_dir, name, split_fn, progress=not args.no_progress, workers=args.workers)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    splits = cached_splits(dataset, cache_dir, name, split_fn, progress=not args.no_progress, workers=args.workers)
     print(f"cache: {cache_dir / name}.npy")
     counts = dataset.fallback_counts
     if counts["processed"]:

@@ -10,15 +10,19 @@ layout; the Kaggle ``images_0XX/images`` layout works too). The preprocessed
 images are cached as ``.npy`` under ``<root>/_cache`` (or ``--cache-dir``), so
 later runs and ``salad_lite.data.registry.load_splits("nih", data_root=...)``
 start at once. Prints images / normal / abnormal / patients per split.
+
+A data problem (wrong root, a label not understood, a set without abnormal
+images...) prints ``error: ...`` and exits with status 2; nothing is cached
+then (:func:`salad_lite.cli_errors.data_script`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
+from salad_lite.cli_errors import data_script
 from salad_lite.data.nih import NIHChestXray
 from salad_lite.data.registry import cache_dir_for, cached_splits, describe_splits
 from salad_lite.data.splits import one_class_split
@@ -42,14 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@data_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = Path(args.root).expanduser()
-    try:
-        dataset = NIHChestXray(root, csv_path=args.csv, view=args.view, image_size=args.image_size)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dataset = NIHChestXray(root, csv_path=args.csv, view=args.view, image_size=args.image_size)
     print(f"{dataset} from {dataset.csv_path}")
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_dir_for(root)
     split_fn = partial(one_class_split, anomaly_ratio=args.anomaly_ratio, seed=args.seed, max_train=args.max_train)

@@ -24,6 +24,7 @@ from salad_lite.data import (
     to_tensor,
 )
 from salad_lite.data.transforms import standard_preprocess
+from salad_lite.files import CorruptFileError
 
 
 def _gradient(height: int = 20, width: int = 30) -> np.ndarray:
@@ -204,9 +205,13 @@ def test_cache_round_trip_and_stale_rebuild(tmp_path: Path) -> None:
     # stale: another size
     smaller = XrayDataset(meta, image_size=8, root=tmp_path / "src")
     assert CachedXrayDataset.from_dataset(smaller, cache_dir=cache, name="demo", progress=False).image_size == 8
-    # a damaged key file -> rebuilt, not a crash
+    # a damaged key file -> an error naming it (not a silent rebuild); deleting it rebuilds
     (cache / "demo.json").write_text("{broken")
+    with pytest.raises(CorruptFileError, match=r"demo\.json.*delete it to rebuild"):
+        CachedXrayDataset.from_dataset(smaller, cache_dir=cache, name="demo", progress=False)
+    (cache / "demo.json").unlink()
     assert len(CachedXrayDataset.from_dataset(smaller, cache_dir=cache, name="demo", progress=False)) == 12
+    assert {p.name for p in cache.iterdir()} == {"demo.npy", "demo.csv", "demo.json"}  # no temporary file left
     loaded = CachedXrayDataset.load(cache, "demo", mmap=True)
     assert loaded.image_size == 8 and len(loaded) == 12
 

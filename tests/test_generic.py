@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from salad_lite.data import DataWarning
+from salad_lite.data import DataWarning, LabelError
 from salad_lite.data.generic import ImageFolderXray, ManifestXray
 from salad_lite.data.registry import load_splits
 from salad_lite.data.splits import check_patient_disjoint
@@ -110,7 +110,7 @@ def test_manifest_defaults_missing_files_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['file'\]"):
         ManifestXray(tmp_path / "bad.csv")
     pd.DataFrame({"file": ["img/x1.png", "img/x2.png"], "label": [0, 3]}).to_csv(tmp_path / "lab.csv", index=False)
-    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+    with pytest.raises(LabelError, match=r"lab\.csv: 1 label\(s\) not understood.*row 1 \(line 3\): '3'"):
         ManifestXray(tmp_path / "lab.csv")
     pd.DataFrame({"file": ["a.png", "b.png"], "label": [0, 1]}).to_csv(tmp_path / "none.csv", index=False)
     with pytest.raises(FileNotFoundError, match="none of the 2 images"):

@@ -26,7 +26,7 @@ from salad_lite.data.mura_preprocess import (
     warp_to_carrier,
 )
 from salad_lite.data.splits import PatientLeakError, check_patient_disjoint
-from salad_lite.data.synth_limb import read_annotations, render_limb_set
+from salad_lite.synth.limb import read_annotations, render_limb_set
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from salad_lite.data.splits import PatientLeakError, check_patient_disjoint, one_class_split, split_summary
+from salad_lite.data import CachedXrayDataset, subset
+from salad_lite.data.registry import describe_splits
+from salad_lite.data.splits import PatientLeakError, check_patient_disjoint, one_class_split, patient_ids_of
 
 
 def _metadata(n_images: int = 1500, n_patients: int = 900, abnormal_share: float = 0.45, seed: int = 0) -> pd.DataFrame:
@@ -78,13 +81,56 @@ def test_max_train_and_val_fraction() -> None:
     assert 0.15 <= ratio <= 0.3
 
 
-def test_split_summary_counts() -> None:
+def _cached(meta: pd.DataFrame) -> CachedXrayDataset:
+    n = len(meta)
+    return CachedXrayDataset(np.zeros((n, 2, 2), np.uint8),
+                             meta.assign(path=[f"{i}.png" for i in range(n)], finding="x"))
+
+
+def test_describe_splits_counts() -> None:
     meta = _metadata()
     splits = one_class_split(meta, anomaly_ratio=0.05)
-    table = split_summary(meta, splits)
+    full = _cached(meta)
+    table = describe_splits({name: subset(full, rows) for name, rows in splits.items()})
     assert table.loc["train", "images"] == len(splits["train"])
     assert table.loc["val", "abnormal"] == meta["label"].to_numpy()[splits["val"]].sum()
+    assert table.loc["test", "patients"] == len(set(meta["patient_id"].to_numpy()[splits["test"]]))
     assert (table["normal"] + table["abnormal"] == table["images"]).all()
+    with pytest.raises(TypeError, match="split 'train'.*without .labels"):
+        describe_splits({"train": [1, 2]})
+
+
+class _ArrayDataset(torch.utils.data.Dataset):
+    """Like the trainer tests' datasets: patient ids only in ``.metadata``."""
+
+    def __init__(self, patients: list[str]) -> None:
+        self.metadata = pd.DataFrame({"patient_id": patients, "label": [0] * len(patients)})
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"patient_id": self.metadata["patient_id"].iloc[i]}
+
+
+def test_check_patient_disjoint_accepts_datasets_subsets_and_ids() -> None:
+    meta = pd.DataFrame({"label": [0, 0, 1, 1], "patient_id": ["0007", "p2", "p3", "p4"]})
+    cached = _cached(meta)
+    hand_made = {"train": _ArrayDataset(["7", "p9"]), "val": subset(cached, [0, 2]),
+                 "test": torch.utils.data.Subset(_ArrayDataset(["p3", "p8", "p4"]), [1])}
+    check_patient_disjoint(hand_made)  # "7" and "0007" are different ids: text stays text
+    assert patient_ids_of(hand_made["test"]) == ["p8"]
+    leaking = {"train": _ArrayDataset(["p1", "0007", "p3"]), "val": cached,
+               "test": torch.utils.data.Subset(_ArrayDataset(["p3", "p8"]), [0])}
+    with pytest.raises(PatientLeakError) as caught:
+        check_patient_disjoint(leaking)
+    message = str(caught.value)
+    assert "'train' and 'val'" in message and "['0007', 'p3']" in message
+    assert "'train' and 'test'" in message and "'val' and 'test'" in message  # every leaking pair is named
+    with pytest.raises(TypeError, match="split 'val'.*string"):
+        check_patient_disjoint({"train": ["a"], "val": "abc"})
+    with pytest.raises(TypeError, match="split 'val' is a dict without patient ids"):
+        check_patient_disjoint({"train": ["a"], "val": {"a": 1}})
 
 
 def test_one_class_split_errors() -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from salad_lite.data import synth_chest as sc
+from salad_lite.synth import chest as sc
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGE_RE = re.compile(r"^\d{8}_\d{3}\.png$")

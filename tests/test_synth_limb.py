@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from salad_lite.data.synth_limb import (
+from salad_lite.synth.limb import (
     MANIFEST_NAME,
     Lesion,
     plan_limb_set,

@@ -25,6 +25,17 @@ Unreadable images while building a cache: ``on_error="raise"`` (default) stops
 with :class:`~salad_lite.data.io.ImageReadError` naming the file;
 ``on_error="skip"`` drops them and emits ONE :class:`~salad_lite.data.io.DataWarning`
 giving their count and the first few file names.
+
+Labels are parsed strictly (:func:`parse_binary_labels`): 0 / 1 (also written
+``0.0`` / ``1.0``) and nothing else; any other value is a :class:`LabelError`
+naming the file or table, the row and the value. Text columns (``path``,
+``patient_id``, ``finding``) stay text: ``0007`` stays ``0007`` and ``NA`` stays
+``NA``.
+
+Cache files are written atomically (:mod:`salad_lite.files`), the JSON key
+last. A cache whose key differs is rebuilt; a cache file that cannot be read
+(corrupt JSON, a damaged ``.npy`` or ``.csv``) is a
+:class:`~salad_lite.files.CorruptFileError` naming the file: delete it to rebuild.
 """
 
 from __future__ import annotations
@@ -32,11 +43,10 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -49,15 +59,21 @@ from tqdm.auto import tqdm
 
 from salad_lite.data.io import DataWarning, ImageReadError, read_grayscale
 from salad_lite.data.transforms import resize_pad, to_tensor
+from salad_lite.files import TEMP_SUFFIX, CorruptFileError, atomic_write, read_json, write_json_atomic
 
 __all__ = [
     "REQUIRED_COLUMNS",
+    "LabelError",
     "Preprocess",
     "XrayDataset",
     "CachedXrayDataset",
     "subset",
     "normalise_metadata",
     "drop_missing_files",
+    "parse_binary_labels",
+    "label_error",
+    "read_text_csv",
+    "text_to_numbers",
     "CACHE_FORMAT_VERSION",
 ]
 
@@ -66,7 +82,10 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "finding")
 CACHE_FORMAT_VERSION = 1
 _STRING_COLUMNS = ("path", "patient_id", "finding")
-_NA_STRINGS = ["", "NA", "N/A", "NaN", "nan", "null", "None", "<NA>"]
+#: Number columns of the loaders' metadata, converted explicitly when a cached table is read back.
+_INTEGER_COLUMNS = ("label", "orig_index")
+_NUMBER_COLUMNS = ("follow_up", "age")
+_LABEL_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 
 #: A dataset-specific step applied to the raw ``uint8 [H, W]`` image; it returns a
 #: ``uint8`` 2-D array of any size, which is then resized and padded to ``[S, S]``.
@@ -75,16 +94,102 @@ OnError = Literal["raise", "skip"]
 OnMissing = Literal["drop", "raise"]
 
 
-def normalise_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
-    """Check and clean a metadata table: required columns, 0/1 labels, string ids.
+class LabelError(ValueError):
+    """A label that is not understood; the message names the file (or table), the rows and the values."""
 
-    Returns a copy with a fresh ``RangeIndex``; ``label`` as int64, ``path``,
-    ``patient_id`` and ``finding`` as Python str (a missing finding becomes "").
-    Extra columns are kept.
+
+def label_error(
+    source: str, rows: Sequence[int], values: Sequence[Any], expected: str, first_line: int | None = None
+) -> LabelError:
+    """The :class:`LabelError` for labels not understood, naming ``source``, the rows and the values.
+
+    Args:
+        source: the file (or a description of the table) the labels came from.
+        rows: 0-based data rows of the bad values.
+        values: the values as found (shown with ``repr``), aligned with ``rows``.
+        expected: what a label may be (for the message).
+        first_line: the file line of data row 0 (2 for a CSV with a header);
+            None for a table that is not a file.
+    """
+    where = [f"row {r}" + (f" (line {r + first_line})" if first_line is not None else "") for r in rows]
+    shown = "; ".join(f"{w}: {v!r}" for w, v in zip(where[:5], values[:5]))
+    more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+    return LabelError(f"{source}: {len(rows)} label(s) not understood, {expected}: {shown}{more}")
+
+
+def parse_binary_labels(values: Iterable[Any], source: str, first_line: int | None = None) -> np.ndarray:
+    """Labels as ``np.int64 [N]`` of 0 (normal) / 1 (abnormal), parsed strictly.
+
+    Accepted: the integers 0 and 1 (Python or numpy, not bool), the floats 0.0
+    and 1.0, and the texts ``"0"``, ``"1"``, ``"0.0"``, ``"1.0"`` (surrounding
+    spaces ignored). Anything else (``2``, ``-1``, ``"yes"``, ``""``, NaN,
+    ``True``) is not understood.
+
+    Args:
+        values: one label per row.
+        source: the file or table, for the message.
+        first_line: file line of the first value (see :func:`label_error`).
 
     Raises:
-        ValueError: a required column is missing, a label is not 0/1, or a
-            path / patient id is empty.
+        LabelError: a value is not understood; the message names ``source``,
+            the rows (and lines) and the values.
+    """
+    items = list(values)
+    out = np.zeros(len(items), dtype=np.int64)
+    bad_rows: list[int] = []
+    for row, value in enumerate(items):
+        label: int | None = None
+        if isinstance(value, str):
+            label = _LABEL_TEXT.get(value.strip())
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            label = int(value) if value in (0, 1) else None
+        elif isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
+            label = int(value)
+        if label is None:
+            bad_rows.append(row)
+        else:
+            out[row] = label
+    if bad_rows:
+        raise label_error(source, bad_rows, [items[r] for r in bad_rows], "expected 0 (normal) or 1 (abnormal)",
+                          first_line)
+    return out
+
+
+def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs: Any) -> pd.DataFrame:
+    """Read a CSV with every cell as text: ids like ``0007`` and findings like ``NA`` or ``2.0`` stay as written.
+
+    Empty cells become ``""`` (never NaN). Numeric columns are converted by the
+    caller, explicitly. ``kwargs`` go to :func:`pandas.read_csv` (``usecols``, ``header``...).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CorruptFileError: pandas cannot parse it (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
+        raise CorruptFileError(f"{what} {path} cannot be read as CSV ({type(error).__name__}: {error})") from None
+
+
+def normalise_metadata(metadata: pd.DataFrame, source: str = "metadata table") -> pd.DataFrame:
+    """Check and clean a metadata table: required columns, 0/1 labels, string ids.
+
+    Args:
+        metadata: one row per image (see the module docstring).
+        source: names the table in messages (a file name when it was read from one).
+
+    Returns:
+        A copy with a fresh ``RangeIndex``; ``label`` as int64, ``path``,
+        ``patient_id`` and ``finding`` as Python str (a missing finding becomes
+        ""). Extra columns are kept.
+
+    Raises:
+        TypeError: ``metadata`` is not a DataFrame.
+        ValueError: a required column is missing, or a path / patient id is empty.
+        LabelError: a label is not 0/1 (:func:`parse_binary_labels`).
     """
     if not isinstance(metadata, pd.DataFrame):
         raise TypeError(f"metadata must be a pandas DataFrame, got {type(metadata).__name__}")
@@ -94,13 +199,7 @@ def normalise_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
             f"metadata lacks required column(s) {missing}; it has {list(metadata.columns)}"
         )
     meta = metadata.reset_index(drop=True).copy()
-    labels = pd.to_numeric(meta["label"], errors="coerce")
-    bad = ~labels.isin([0, 1])
-    if bad.any():
-        rows = list(np.flatnonzero(bad.to_numpy())[:5])
-        values = meta["label"].iloc[rows].tolist()
-        raise ValueError(f"labels must be 0 (normal) or 1 (abnormal); rows {rows} hold {values}")
-    meta["label"] = labels.astype(np.int64)
+    meta["label"] = parse_binary_labels(meta["label"].tolist(), source)
     meta["finding"] = meta["finding"].fillna("")
     for column in _STRING_COLUMNS:
         meta[column] = meta[column].map(_as_str).astype(object)
@@ -108,7 +207,7 @@ def normalise_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
         empty = meta[column] == ""
         if empty.any():
             rows = list(np.flatnonzero(empty.to_numpy())[:5])
-            raise ValueError(f"column {column!r} is empty in rows {rows}")
+            raise ValueError(f"{source}: column {column!r} is empty in rows {rows}")
     return meta
 
 
@@ -291,6 +390,12 @@ class XrayDataset(_XrayBase):
             zero-padded to ``[S, S]`` unless it already has that shape.
 
     ``dataset[i]["image"]`` is a ``FloatTensor [1, S, S]`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``image_size`` <= 0, or the metadata fails
+            :func:`normalise_metadata` (missing column, empty id).
+        LabelError: a label is not 0/1.
+        ImageReadError: (when an item is read) the file is missing or unreadable.
     """
 
     def __init__(
@@ -313,7 +418,13 @@ class XrayDataset(_XrayBase):
         return path if path.is_absolute() or self.root is None else self.root / path
 
     def load_image(self, i: int) -> np.ndarray:
-        """Item ``i`` as ``uint8 [S, S]`` (read, preprocess, resize + pad)."""
+        """Item ``i`` as ``uint8 [S, S]`` (read, preprocess, resize + pad).
+
+        Raises:
+            IndexError: ``i`` out of range.
+            ImageReadError: the file is missing or unreadable (named).
+            ValueError: ``preprocess`` returned something that is not a uint8 2-D array.
+        """
         path = self.image_path(i)
         image = read_grayscale(path)
         if self.preprocess is not None:
@@ -366,6 +477,11 @@ class CachedXrayDataset(_XrayBase):
         images: ``uint8 [N, S, S]`` preprocessed images (kept, not copied).
         metadata: aligned table (row i describes ``images[i]``), as for XrayDataset.
         root: where the source files live (informational).
+
+    Raises:
+        ValueError: ``images`` is not ``uint8 [N, S, S]`` square, or its length
+            differs from the metadata's; the metadata fails :func:`normalise_metadata`.
+        LabelError: a label is not 0/1.
     """
 
     def __init__(
@@ -440,6 +556,14 @@ class CachedXrayDataset(_XrayBase):
         ``dataset.cache_key()``, i.e. when the file list, labels, patient ids,
         findings, root, image size or preprocessing changed. Pixels edited in
         place under unchanged file names are not detected: pass ``rebuild=True``.
+
+        Raises:
+            ValueError: ``on_error`` is neither ``"raise"`` nor ``"skip"``, or the
+                cache name is not a plain file stem.
+            ImageReadError: an image cannot be read (``on_error="raise"``), or
+                none can (either policy).
+            CorruptFileError: an existing cache file cannot be read (named;
+                delete it to rebuild).
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -457,19 +581,25 @@ class CachedXrayDataset(_XrayBase):
             assert isinstance(built, np.ndarray)
             return cls(built, meta, root=dataset.root)
         _save_cache(files, Path(built), meta, key, skipped)
-        images = np.load(files["npy"], mmap_mode="r" if mmap else None)
+        images = _load_npy(files["npy"], mmap)
         return cls(images, meta, root=dataset.root)
 
     @classmethod
     def load(
         cls, cache_dir: str | os.PathLike[str], name: str = "dataset", mmap: bool = False
     ) -> CachedXrayDataset:
-        """Open an existing cache without checking its key (raises if files are missing)."""
+        """Open an existing cache without checking its key.
+
+        Raises:
+            FileNotFoundError: the ``.npy`` or ``.csv`` file is missing.
+            CorruptFileError: a cache file cannot be read (named).
+            LabelError: a cached label is not 0/1 (file, row and value named).
+        """
         files = _cache_files(cache_dir, name)
         for kind in ("npy", "csv"):
             if not files[kind].is_file():
                 raise FileNotFoundError(f"no cache file {files[kind]}")
-        images = np.load(files["npy"], mmap_mode="r" if mmap else None)
+        images = _load_npy(files["npy"], mmap)
         return cls(images, _read_metadata_csv(files["csv"]))
 
 
@@ -479,6 +609,11 @@ def subset(dataset: Any, indices: Iterable[int] | np.ndarray) -> Any:
     The metadata is reindexed so item ``j`` of the result is row ``indices[j]``
     of ``dataset``; its ``index`` field is renumbered ``0..n-1`` and the column
     ``orig_index`` keeps the row in the root dataset (subsets of subsets compose).
+
+    Raises:
+        TypeError: ``dataset`` has no ``.select`` (not a salad_lite dataset).
+        IndexError: an index is out of range.
+        ValueError: ``indices`` is neither 1-D ints nor a boolean mask of length N.
     """
     select = getattr(dataset, "select", None)
     if select is None:
@@ -495,34 +630,70 @@ def _cache_files(cache_dir: str | os.PathLike[str], name: str) -> dict[str, Path
 
 
 def _read_metadata_csv(path: Path) -> pd.DataFrame:
-    """Read a cached metadata CSV keeping ids and findings as text ("NA" stays "NA")."""
-    header = pd.read_csv(path, nrows=0).columns
-    na_values = {c: _NA_STRINGS for c in header if c not in _STRING_COLUMNS}
-    return pd.read_csv(
-        path, dtype={c: str for c in _STRING_COLUMNS}, keep_default_na=False, na_values=na_values
-    )
+    """Read a cached metadata CSV: text stays text ("NA" stays "NA", "0007" stays "0007"), numbers converted explicitly.
+
+    Raises:
+        CorruptFileError: the file cannot be parsed, or a number column holds a
+            value that is not a number (file, column, row and value named).
+        LabelError: a label is not 0/1 (file, row, line and value named).
+    """
+    table = read_text_csv(path, what="cached metadata")
+    if "label" in table.columns:
+        table["label"] = parse_binary_labels(table["label"].tolist(), str(path), first_line=2)
+    for column in _INTEGER_COLUMNS[1:] + _NUMBER_COLUMNS:
+        if column not in table.columns:
+            continue
+        numbers, bad = text_to_numbers(table[column], required=column in _INTEGER_COLUMNS)
+        if len(bad):
+            raise CorruptFileError(
+                f"cached metadata {path}: column {column!r} holds non-numbers in rows {bad[:3].tolist()} "
+                f"({table[column].iloc[bad[:3]].tolist()}); delete the cache to rebuild"
+            )
+        table[column] = numbers
+    return table
+
+
+def text_to_numbers(text: pd.Series, required: bool = False) -> tuple[pd.Series, np.ndarray]:
+    """Convert a text column to numbers explicitly; returns (numbers, positions of values that are not numbers).
+
+    Empty cells become NaN (an error position when ``required``). The result is
+    int64 when every value is a whole number and none is missing, else float64.
+    """
+    stripped = text.astype(str).str.strip()
+    empty = (stripped == "").to_numpy()
+    numbers = pd.to_numeric(stripped.mask(empty, np.nan), errors="coerce")
+    bad = numbers.isna().to_numpy() & (~empty | required)
+    return numbers, np.flatnonzero(bad)
 
 
 def _load_if_fresh(
     files: dict[str, Path], key: dict[str, Any], on_error: str, mmap: bool, root: Path | None
 ) -> CachedXrayDataset | None:
+    """The cached dataset when its key equals ``key``; None when absent, stale or built skipping files.
+
+    Raises:
+        CorruptFileError: a cache file exists but cannot be read (named).
+    """
     if not all(f.is_file() for f in files.values()):
         return None
-    try:
-        info = json.loads(files["json"].read_text())
-        if info.get("key") != key:
-            log.info("cache %s is stale (key changed): rebuilding", files["npy"])
-            return None
-        skipped = list(info.get("skipped", []))
-        if skipped and on_error == "raise":
-            log.info("cache %s was built skipping %d files; on_error='raise': rebuilding", files["npy"], len(skipped))
-            return None
-        images = np.load(files["npy"], mmap_mode="r" if mmap else None)
-        meta = _read_metadata_csv(files["csv"])
-        dataset = CachedXrayDataset(images, meta, root=root)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        log.warning("cache %s unreadable (%s): rebuilding", files["npy"], exc)
+    info = read_json(files["json"], what="cache key")
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"cache key {files['json']} is not a JSON object; delete it to rebuild")
+    if info.get("key") != key:
+        log.info("cache %s is stale (key changed): rebuilding", files["npy"])
         return None
+    skipped = list(info.get("skipped", []))
+    if skipped and on_error == "raise":
+        log.info("cache %s was built skipping %d files; on_error='raise': rebuilding", files["npy"], len(skipped))
+        return None
+    images = _load_npy(files["npy"], mmap)
+    meta = _read_metadata_csv(files["csv"])
+    try:
+        dataset = CachedXrayDataset(images, meta, root=root)
+    except ValueError as error:
+        raise CorruptFileError(
+            f"cache {files['npy']} does not match its metadata {files['csv']} ({error}); delete them to rebuild"
+        ) from None
     if dataset.image_size != key["image_size"]:
         return None
     if skipped:
@@ -530,18 +701,30 @@ def _load_if_fresh(
     return dataset
 
 
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """``np.load`` naming the file when it is damaged (truncated, not an array, a pickle).
+
+    Raises:
+        CorruptFileError: the file is not a readable ``.npy`` array.
+    """
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise CorruptFileError(f"cache {path} is not a readable .npy array ({error}); delete it to rebuild") from None
+
+
 def _save_cache(
     files: dict[str, Path], built_npy: Path, meta: pd.DataFrame, key: dict[str, Any], skipped: list[str]
 ) -> None:
-    """Move the built ``.npy`` in place, write the csv, then the JSON key last (it marks a complete cache)."""
+    """Move the built ``.npy`` in place, write the csv, then the JSON key last (it marks a complete cache).
+
+    Every file goes through :mod:`salad_lite.files` (no temporary file is left on failure).
+    """
     files["json"].unlink(missing_ok=True)  # an interrupted rewrite must not look fresh
     os.replace(built_npy, files["npy"])
-    tmp_csv = files["csv"].with_name(files["csv"].name + ".tmp")
-    meta.to_csv(tmp_csv, index=False)
-    os.replace(tmp_csv, files["csv"])
-    tmp_json = files["json"].with_name(files["json"].name + ".tmp")
-    tmp_json.write_text(json.dumps({"key": key, "num_images": len(meta), "skipped": skipped}, indent=1))
-    os.replace(tmp_json, files["json"])
+    with atomic_write(files["csv"], "w") as handle:
+        meta.to_csv(handle, index=False, lineterminator="\n")
+    write_json_atomic(files["json"], {"key": key, "num_images": len(meta), "skipped": skipped}, indent=1)
 
 
 def _build(
@@ -559,9 +742,12 @@ def _build(
         ok, skipped = _read_into(dataset, buffer, progress, on_error, workers)
         keep = np.flatnonzero(ok)
         return (buffer if ok.all() else buffer[keep]), keep, skipped
-    files["npy"].parent.mkdir(parents=True, exist_ok=True)
-    building = files["npy"].with_name(files["npy"].name + ".building.npy")
-    compacted = files["npy"].with_name(files["npy"].name + ".compact.npy")
+    folder = files["npy"].parent
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    # dot-files ending in TEMP_SUFFIX: salad_lite.files.remove_stale_temps clears them after a kill
+    building = folder / f".{files['npy'].name}.building{TEMP_SUFFIX}"
+    compacted = folder / f".{files['npy'].name}.compact{TEMP_SUFFIX}"
     try:
         buffer = np.lib.format.open_memmap(building, mode="w+", dtype=np.uint8, shape=(n, size, size))
         ok, skipped = _read_into(dataset, buffer, progress, on_error, workers)
@@ -579,6 +765,8 @@ def _build(
     except BaseException:
         building.unlink(missing_ok=True)
         compacted.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # failure leaves no litter: not even the empty cache folder
         raise
     return building, keep, skipped
 

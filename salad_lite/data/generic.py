@@ -12,7 +12,19 @@ the file stem (``IM-0001-0001.png`` -> ``IM-0001-0001``). Splits are then
 image-wise, which leaks if one patient has several images: provide
 ``patient_id`` (manifest column, or ``patient_id_fn`` for folders) when you know it.
 The finding defaults to the class folder name (folders) or ``"normal"`` /
-``"abnormal"`` (manifest).
+``"abnormal"`` (manifest, for an empty cell).
+
+Text stays text: the manifest is read as text, so ``file``, ``patient_id`` and
+``finding`` are kept exactly as written (``0007`` stays ``0007``, a finding
+``NA`` or ``2.0`` stays that text); only ``label`` is converted, strictly:
+``0`` / ``1`` (or ``0.0`` / ``1.0``) and nothing else, or a
+:class:`~salad_lite.data.base.LabelError` naming the manifest, the row, the line
+and the value. Empty ``patient_id`` / ``finding`` cells take the defaults above.
+
+Hidden and system files are never images
+(:func:`~salad_lite.data.io.is_hidden_or_system`): class folders are listed
+without them (macOS ``._a.png``, ``__MACOSX/``, ``Thumbs.db``...), and a manifest
+that lists one is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +36,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salad_lite.data.base import OnMissing, Preprocess, XrayDataset, drop_missing_files
+from salad_lite.data.base import (
+    OnMissing,
+    Preprocess,
+    XrayDataset,
+    drop_missing_files,
+    parse_binary_labels,
+    read_text_csv,
+)
+from salad_lite.data.io import is_hidden_or_system, list_files
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderXray", "ManifestXray"]
 
@@ -51,7 +71,8 @@ class ImageFolderXray(XrayDataset):
 
     Raises:
         FileNotFoundError: ``root`` or a mapped class folder does not exist.
-        ValueError: a class folder holds no image, a label is not 0/1, or the
+        ValueError: a class folder holds no image (hidden and system files do
+            not count), a label of ``class_map`` is not the int 0 or 1, or the
             map does not cover both labels.
     """
 
@@ -66,7 +87,10 @@ class ImageFolderXray(XrayDataset):
         root_path = Path(root)
         if not root_path.is_dir():
             raise FileNotFoundError(f"image folder root {root_path} is not an existing folder")
-        folders = {p.name: p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+        folders = {
+            p.name: p for p in root_path.iterdir()
+            if p.is_dir() and not p.name.startswith("_") and not is_hidden_or_system(p, root_path)
+        }
         if class_map is None:
             lower = {name.lower(): name for name in folders}
             if "normal" not in lower or "abnormal" not in lower:
@@ -75,7 +99,8 @@ class ImageFolderXray(XrayDataset):
                     "or pass class_map={'FOLDER': 0 or 1, ...}"
                 )
             class_map = {lower["normal"]: 0, lower["abnormal"]: 1}
-        bad_labels = {k: v for k, v in class_map.items() if v not in (0, 1)}
+        bad_labels = {k: v for k, v in class_map.items()
+                      if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v not in (0, 1)}
         if bad_labels:
             raise ValueError(f"class_map labels must be 0 (normal) or 1 (abnormal); got {bad_labels}")
         if set(class_map.values()) != {0, 1}:
@@ -88,9 +113,7 @@ class ImageFolderXray(XrayDataset):
                 raise FileNotFoundError(
                     f"class folder {root_path / folder_name} does not exist (found {sorted(folders)})"
                 )
-            files = sorted(
-                p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            files = list_files(folder, IMAGE_SUFFIXES)  # recursive; never hidden or system files
             if not files:
                 raise ValueError(
                     f"class folder {folder} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -122,7 +145,10 @@ class ManifestXray(XrayDataset):
 
     Raises:
         FileNotFoundError: the CSV or root does not exist, or no listed file does.
-        ValueError: a required column is missing (named), or a label is not 0/1.
+        ValueError: a required column is missing (named), a ``file`` cell is
+            empty, or it names a hidden or system file.
+        LabelError: a label is not 0/1 (manifest, row, line and value named).
+        CorruptFileError: the manifest cannot be parsed as CSV.
     """
 
     def __init__(
@@ -139,31 +165,32 @@ class ManifestXray(XrayDataset):
         root_path = Path(root) if root not in (None, "") else csv_path.parent
         if not root_path.is_dir():
             raise FileNotFoundError(f"manifest root {root_path} is not an existing folder")
-        table = pd.read_csv(csv_path, dtype={"file": str, "patient_id": str, "finding": str})
+        table = read_text_csv(csv_path, what="manifest")
         missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(
                 f"manifest {csv_path} lacks column(s) {missing}; found {list(table.columns)}; "
                 "required: file, label (optional: patient_id, finding)"
             )
-        if table["file"].isna().any():
-            rows = np.flatnonzero(table["file"].isna().to_numpy())[:5].tolist()
-            raise ValueError(f"manifest {csv_path}: empty 'file' in rows {rows}")
-        labels = pd.to_numeric(table["label"], errors="coerce")
-        if not labels.isin([0, 1]).all():
-            rows = np.flatnonzero(~labels.isin([0, 1]).to_numpy())[:5].tolist()
-            raise ValueError(
-                f"manifest {csv_path}: labels must be 0 or 1; rows {rows} hold {table['label'].iloc[rows].tolist()}"
-            )
+        table["file"] = table["file"].str.strip()
+        for problem, bad in (
+            ("empty 'file'", (table["file"] == "").to_numpy()),
+            ("'file' naming a hidden or system file (never an image)",
+             table["file"].map(lambda f: f != "" and is_hidden_or_system(Path(f))).to_numpy(bool)),
+        ):
+            if bad.any():
+                rows = np.flatnonzero(bad)[:5].tolist()
+                raise ValueError(f"manifest {csv_path}: {problem} in rows {rows} (lines {[r + 2 for r in rows]}): "
+                                 f"{table['file'].iloc[rows].tolist()}")
         meta = table.rename(columns={"file": "path"}).copy()
-        meta["label"] = labels.astype(np.int64)
+        meta["label"] = parse_binary_labels(table["label"].tolist(), f"manifest {csv_path}", first_line=2)
         stems = meta["path"].map(lambda f: Path(f).stem)
-        if "patient_id" in meta.columns:
-            meta["patient_id"] = meta["patient_id"].fillna(stems)
-        else:
-            meta["patient_id"] = stems
+        blank = pd.Series("", index=meta.index, dtype=object)
+        patients = meta["patient_id"].str.strip() if "patient_id" in meta.columns else blank
+        meta["patient_id"] = patients.where(patients != "", stems)
         default_finding = meta["label"].map({0: "normal", 1: "abnormal"})
-        meta["finding"] = meta["finding"].fillna(default_finding) if "finding" in meta.columns else default_finding
+        findings = meta["finding"] if "finding" in meta.columns else blank
+        meta["finding"] = findings.where(findings.str.strip() != "", default_finding)
         exists = np.array([(root_path / f).is_file() for f in meta["path"]], dtype=bool)
         meta = drop_missing_files(meta, exists, on_missing, source=str(csv_path))
         self.csv_path = csv_path

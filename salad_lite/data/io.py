@@ -24,17 +24,41 @@ Conversion policy, by Pillow mode:
   (``F``) are min-max stretched over their dynamic range. A constant image maps
   to 0.
 * Multi-frame files (TIFF, GIF): the first frame. EXIF orientation is applied.
+
+Hidden and system files are never images (:func:`is_hidden_or_system`, the one
+rule every loader and listing applies, through :func:`list_files` or directly):
+dot-files and dot-folders (``.DS_Store``, macOS AppleDouble ``._a.png``,
+``.Trashes``), ``__MACOSX`` folders of zip archives, Windows thumbnail and
+folder files (``Thumbs.db``, ``ehthumbs.db``, ``desktop.ini``, ``$RECYCLE.BIN``,
+``System Volume Information``), Office lock files (``~$...``) and the macOS
+custom-icon file ``Icon\r``. Listings skip them without a warning: they are
+not data.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["DataWarning", "ImageReadError", "read_grayscale", "to_uint8_gray"]
+__all__ = [
+    "SYSTEM_FILE_NAMES",
+    "DataWarning",
+    "ImageReadError",
+    "is_hidden_or_system",
+    "list_files",
+    "read_grayscale",
+    "to_uint8_gray",
+]
+
+#: Names (lower case) of operating-system metadata files and folders that are never data.
+SYSTEM_FILE_NAMES: frozenset[str] = frozenset({
+    "__macosx", "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r",
+    "$recycle.bin", "system volume information",
+})
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -50,6 +74,76 @@ class ImageReadError(ValueError, OSError):
 
 class DataWarning(UserWarning):
     """A documented data policy dropped or changed something (the message gives a count)."""
+
+
+def _is_hidden_name(name: str) -> bool:
+    if name in (".", ".."):
+        return False
+    return name.startswith((".", "~$")) or name.lower() in SYSTEM_FILE_NAMES
+
+
+def is_hidden_or_system(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> bool:
+    """True when ``path`` is a hidden or operating-system file, or lies in a hidden or system folder.
+
+    Args:
+        path: a file or folder.
+        root: the folder a listing started from. Every component of ``path``
+            below ``root`` is checked (``root/__MACOSX/normal/a.png`` is
+            hidden); folders above ``root`` are not (data under
+            ``~/.cache/xrays`` is fine). Without ``root``, a relative path is
+            checked in every component and an absolute one by its name only.
+
+    Returns:
+        True for dot-files and dot-folders (AppleDouble ``._*``, ``.DS_Store``),
+        ``__MACOSX``, ``Thumbs.db``, ``ehthumbs.db``, ``desktop.ini``,
+        ``Icon\r``, ``$RECYCLE.BIN``, ``System Volume Information`` and ``~$``
+        lock files (names compared case-insensitively); see :data:`SYSTEM_FILE_NAMES`.
+
+    Raises:
+        ValueError: ``path`` does not lie under ``root``.
+    """
+    path = Path(path)
+    if root is not None:
+        try:
+            parts = path.relative_to(root).parts
+        except ValueError:
+            raise ValueError(f"{path} does not lie under {root}") from None
+    else:
+        parts = (path.name,) if path.is_absolute() else path.parts
+    return any(_is_hidden_name(part) for part in parts)
+
+
+def list_files(
+    folder: str | os.PathLike[str], suffixes: Iterable[str] | None = None, recursive: bool = True
+) -> list[Path]:
+    """The files under ``folder``, sorted, without hidden or system files and folders.
+
+    Args:
+        folder: where to look.
+        suffixes: keep only these suffixes (``".png"``; compared in lower case); None keeps all.
+        recursive: descend into sub-folders (hidden and system folders are never entered).
+
+    Returns:
+        Paths under ``folder`` (``folder / relative``), sorted, for which
+        :func:`is_hidden_or_system` is False.
+
+    Raises:
+        NotADirectoryError: ``folder`` is not an existing folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not an existing folder")
+    wanted = None if suffixes is None else {s.lower() for s in suffixes}
+    found: list[Path] = []
+    for current, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden_name(d)) if recursive else []
+        for name in names:
+            if _is_hidden_name(name) or (wanted is not None and Path(name).suffix.lower() not in wanted):
+                continue
+            path = Path(current) / name
+            if path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:

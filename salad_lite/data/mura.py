@@ -16,10 +16,11 @@ is ``normal`` (all images normal), ``abnormal`` (all abnormal) or ``mixed``
 Policies (all errors name the offending file):
 
 * Wrong root: :class:`FileNotFoundError` listing the four expected CSV files.
-* Malformed CSV rows (wrong field count, label not 0/1, a path that does not
-  follow the layout above, duplicate studies with different labels, an image
-  whose study has no label): :class:`MuraFormatError` with the file, the line
-  numbers and the offending text. An empty CSV is malformed too.
+* Malformed CSV rows (wrong field count, label not exactly 0 or 1, a path that
+  does not follow the layout above, duplicate studies with different labels,
+  an image whose study has no label, an image that is a hidden or system file
+  such as ``._image1.png``): :class:`MuraFormatError` with the file, the line
+  numbers and the offending text. An empty or non-UTF-8 CSV is malformed too.
 * A study label that disagrees with its folder's ``_positive``/``_negative``
   suffix: the CSV label is used, one :class:`~salad_lite.data.io.DataWarning`
   gives the count.
@@ -43,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.data.base import OnMissing, XrayDataset, _check_index, drop_missing_files
-from salad_lite.data.io import DataWarning, read_grayscale
+from salad_lite.data.io import DataWarning, is_hidden_or_system, read_grayscale
 from salad_lite.data.mura_preprocess import preprocess_mura_image
 from salad_lite.data.splits import check_patient_disjoint, check_split_arguments
 from salad_lite.data.transforms import resize_pad
@@ -100,7 +101,10 @@ def find_mura_folder(root: str | os.PathLike[str], split_files: Sequence[str] = 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines of a CSV with their 1-based line numbers (BOM and whitespace stripped)."""
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise MuraFormatError(f"{path} is not UTF-8 text ({error})") from None
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise MuraFormatError(f"{path} is empty")
@@ -188,6 +192,9 @@ def read_mura_metadata(root: str | os.PathLike[str], split_files: Sequence[str] 
             if match["split"] != split:
                 bad.append((n, line, f"image of split {match['split']!r} listed in the {split!r} file"))
                 continue
+            if is_hidden_or_system(Path(match["image"])):
+                bad.append((n, line, "a hidden or system file (e.g. macOS '._' metadata) is never an image"))
+                continue
             study_id = f"{split}/XR_{match['part']}/{match['patient']}/{match['study']}"
             if study_id not in studies:
                 bad.append((n, line, f"its study {study_id}/ has no label in {studies_csv.name}"))
@@ -227,6 +234,9 @@ def group_table(metadata: pd.DataFrame, group_column: str = "patient_id") -> pd.
         metadata: one row per image with ``label`` and ``group_column``.
         group_column: ``patient_id`` (patient + body part, the paper) or
             ``patient`` (no patient in two splits even across body parts).
+
+    Raises:
+        ValueError: ``metadata`` lacks ``label`` or ``group_column``.
     """
     for column in ("label", group_column):
         if column not in metadata.columns:
@@ -349,6 +359,13 @@ class MURA(XrayDataset):
     ``dataset[i]`` is ``{"image": FloatTensor[1, S, S] in [0, 1], "label",
     "index", "patient_id", "finding"}``; ``dataset.metadata`` holds the columns
     of :func:`read_mura_metadata`.
+
+    Raises:
+        FileNotFoundError: wrong root (the expected CSV files are listed), or
+            listed images missing (all of them, or any with ``on_missing="raise"``).
+        MuraFormatError: malformed CSV rows (file, lines and text named).
+        ValueError: unknown body part, no image of the requested parts, or a
+            bad ``preprocess``.
     """
 
     def __init__(

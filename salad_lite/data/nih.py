@@ -1,14 +1,23 @@
 """NIH ChestX-ray14 (Wang et al., CVPR 2017): loader and label tables.
 
 Layout expected under ``root`` (the official download, or the synthetic set of
-:mod:`salad_lite.data.synth_chest`)::
+:mod:`salad_lite.synth.chest`)::
 
     root/Data_Entry_2017.csv        (any Data_Entry_2017*.csv / .csv.gz)
     root/images/00000001_000.png    (one flat folder)
 
 The Kaggle re-packaging (``root/images_001/images/*.png`` ... ``images_012``) is
-accepted too. Labels: ``"No Finding"`` -> 0 (normal), any of the 14 findings ->
-1 (abnormal). ``patient_id`` is the CSV's ``Patient ID`` as text.
+accepted too. Labels: ``"No Finding"`` -> 0 (normal), one or more of the 14
+findings joined by ``|`` -> 1 (abnormal). The labels are parsed strictly: names
+are matched ignoring case and surrounding spaces (``no finding`` is normal, and
+is stored as ``No Finding``); an unknown name, an empty cell, or ``No Finding``
+combined with a finding is a :class:`~salad_lite.data.base.LabelError` naming
+the CSV, the row, the line and the value. The CSV is read as text:
+``patient_id`` is the CSV's ``Patient ID`` exactly as written (``0007`` stays
+``0007``); ``Follow-up #`` and ``Patient Age`` are converted to numbers
+explicitly (an age written ``058Y`` is 58). Hidden and system files in the
+images folders (``._x.png``, ``Thumbs.db``) are never images
+(:func:`~salad_lite.data.io.is_hidden_or_system`).
 
 Missing files (policy ``on_missing="drop"``, the default): images listed in the
 CSV but absent from the images folder are dropped with ONE
@@ -27,7 +36,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salad_lite.data.base import OnMissing, Preprocess, XrayDataset, drop_missing_files
+from salad_lite.data.base import (
+    OnMissing,
+    Preprocess,
+    XrayDataset,
+    drop_missing_files,
+    label_error,
+    read_text_csv,
+    text_to_numbers,
+)
+from salad_lite.data.io import is_hidden_or_system, list_files
 
 __all__ = [
     "NIH_COLUMNS",
@@ -38,6 +56,7 @@ __all__ = [
     "finding_counts",
     "load_nih_labels",
     "nih_metadata",
+    "parse_finding_labels",
 ]
 
 #: CSV columns the loader needs.
@@ -48,6 +67,7 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
 )
 NORMAL_FINDING = "No Finding"
+_CANONICAL = {name.lower(): name for name in (*NIH_FINDINGS, NORMAL_FINDING)}
 _VIEWS = ("PA", "AP", "ALL")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -83,11 +103,12 @@ def find_nih_csv(root: str | os.PathLike[str]) -> Path:
     if not folder.is_dir():
         raise FileNotFoundError(f"NIH root {folder} is not an existing folder")
     candidates = sorted(
-        (p for p in folder.glob("Data_Entry_2017*.csv*") if p.name.endswith((".csv", ".csv.gz"))),
+        (p for p in folder.glob("Data_Entry_2017*.csv*")
+         if p.name.endswith((".csv", ".csv.gz")) and not is_hidden_or_system(p, folder)),
         key=lambda p: (len(p.name), p.name),
     )
     if not candidates:
-        listing = sorted(p.name for p in folder.iterdir())[:10]
+        listing = sorted(p.name for p in folder.iterdir() if not is_hidden_or_system(p, folder))[:10]
         raise FileNotFoundError(
             f"no Data_Entry_2017*.csv in NIH root {folder} (it holds {listing}); "
             "pass csv_path=... or point root at the folder holding the CSV and images/"
@@ -95,21 +116,75 @@ def find_nih_csv(root: str | os.PathLike[str]) -> Path:
     return candidates[0]
 
 
+def parse_finding_labels(findings: pd.Series, source: str = "the CSV", first_line: int | None = 2) -> pd.DataFrame:
+    """Parse NIH ``Finding Labels`` strictly into (canonical text, 0/1 label).
+
+    Args:
+        findings: one ``Finding Labels`` cell per row, as text.
+        source: the CSV, for the message.
+        first_line: file line of row 0 (2 below a header; None for a table).
+
+    Returns:
+        DataFrame aligned with ``findings``: ``finding`` (the names in NIH's
+        spelling, joined by ``|``) and ``label`` (int64: 0 for ``No Finding``,
+        1 for one or more of :data:`NIH_FINDINGS`).
+
+    Raises:
+        LabelError: an empty cell, an unknown name (``Fracture``, ``2``), or
+            ``No Finding`` combined with a finding; the message names
+            ``source``, the rows, lines and values.
+    """
+    texts = findings.astype(str).tolist()
+    canonical: list[str] = []
+    labels = np.zeros(len(texts), dtype=np.int64)
+    bad: list[int] = []
+    for row, text in enumerate(texts):
+        names = [_CANONICAL.get(part.strip().lower()) for part in text.split("|")]
+        if not text.strip() or None in names or (NORMAL_FINDING in names and len(names) > 1):
+            bad.append(row)
+            canonical.append(text)
+            continue
+        canonical.append("|".join(names))  # type: ignore[arg-type]
+        labels[row] = int(names != [NORMAL_FINDING])
+    if bad:
+        raise label_error(
+            source, bad, [texts[r] for r in bad],
+            f"expected {NORMAL_FINDING!r} or one or more of the 14 findings joined by '|'", first_line,
+        )
+    return pd.DataFrame({"finding": pd.Series(canonical, dtype=object), "label": labels})
+
+
+def _numbers(table: pd.DataFrame, column: str, source: str, strip: str = "") -> np.ndarray:
+    """A numeric CSV column converted explicitly (``strip``: unit letters to drop, e.g. ``Y`` of ``058Y``)."""
+    text = table[column].astype(str).str.strip().str.rstrip(strip) if strip else table[column].astype(str)
+    numbers, bad = text_to_numbers(text)
+    if len(bad):
+        shown = "; ".join(f"row {r} (line {r + 2}): {table[column].iloc[r]!r}" for r in bad[:5])
+        raise ValueError(f"{source}: column {column!r} holds values that are not numbers: {shown}")
+    return numbers.to_numpy()
+
+
 def nih_metadata(table: pd.DataFrame, source: str = "the CSV") -> pd.DataFrame:
     """Turn NIH CSV rows into the package's metadata table (all rows, no file checks).
 
     Args:
-        table: rows of a ``Data_Entry_2017`` CSV (columns as NIH publishes them).
+        table: rows of a ``Data_Entry_2017`` CSV (columns as NIH publishes them),
+            read as text (:func:`~salad_lite.data.base.read_text_csv`); other
+            dtypes are turned into text first.
         source: text naming the CSV in error messages.
 
     Returns:
         DataFrame with ``path`` (``images/<Image Index>``), ``label`` (0 for
-        "No Finding", else 1), ``patient_id`` (str), ``finding`` (the
-        ``Finding Labels`` text), ``view``, ``image_index``, plus ``follow_up``,
-        ``age``, ``sex`` when the CSV has them.
+        "No Finding", else 1), ``patient_id`` (str, as written), ``finding``
+        (the ``Finding Labels`` names in NIH's spelling), ``view``,
+        ``image_index``, plus ``follow_up``, ``age`` (numbers), ``sex`` when
+        the CSV has them.
 
     Raises:
-        ValueError: required columns are missing (they are named).
+        ValueError: required columns are missing (they are named), an image
+            index names a hidden or system file, or a follow-up / age is not a number.
+        LabelError: a ``Finding Labels`` cell is not understood
+            (:func:`parse_finding_labels`).
     """
     missing = [c for c in NIH_COLUMNS if c not in table.columns]
     if missing:
@@ -117,24 +192,29 @@ def nih_metadata(table: pd.DataFrame, source: str = "the CSV") -> pd.DataFrame:
             f"{source} lacks NIH column(s) {missing}; found {list(table.columns)}. "
             f"A Data_Entry_2017 CSV needs {list(NIH_COLUMNS)}"
         )
-    findings = table["Finding Labels"].fillna("").astype(str).str.strip()
+    parsed = parse_finding_labels(table["Finding Labels"].fillna("").astype(str), source)
+    index = table["Image Index"].astype(str).str.strip()
+    hidden = index.map(lambda name: is_hidden_or_system(Path(name))).to_numpy(bool)
+    if hidden.any():
+        rows = np.flatnonzero(hidden)[:5].tolist()
+        raise ValueError(f"{source}: 'Image Index' names hidden or system files, which are never images, "
+                         f"in rows {rows}: {index.iloc[rows].tolist()}")
     meta = pd.DataFrame(
         {
-            "path": ("images/" + table["Image Index"].astype(str).str.strip()).to_numpy(object),
-            "label": (findings != NORMAL_FINDING).astype(np.int64).to_numpy(),
+            "path": ("images/" + index).to_numpy(object),
+            "label": parsed["label"].to_numpy(),
             "patient_id": table["Patient ID"].astype(str).str.strip().to_numpy(object),
-            "finding": findings.to_numpy(object),
+            "finding": parsed["finding"].to_numpy(object),
             "view": table["View Position"].astype(str).str.strip().str.upper().to_numpy(object),
-            "image_index": table["Image Index"].astype(str).str.strip().to_numpy(object),
+            "image_index": index.to_numpy(object),
         }
     )
-    for source_column, column in (("Follow-up #", "follow_up"), ("Patient Age", "age"), ("Patient Gender", "sex")):
-        if source_column in table.columns:
-            meta[column] = table[source_column].to_numpy()
-    empty = meta["finding"] == ""
-    if empty.any():
-        rows = np.flatnonzero(empty.to_numpy())[:5].tolist()
-        raise ValueError(f"{source}: empty 'Finding Labels' in rows {rows}")
+    if "Follow-up #" in table.columns:
+        meta["follow_up"] = _numbers(table, "Follow-up #", source)
+    if "Patient Age" in table.columns:
+        meta["age"] = _numbers(table, "Patient Age", source, strip="Yy")
+    if "Patient Gender" in table.columns:
+        meta["sex"] = table["Patient Gender"].astype(str).str.strip().to_numpy(object)
     return meta
 
 
@@ -147,11 +227,14 @@ def load_nih_labels(csv_path: str | os.PathLike[str] | None = None) -> pd.DataFr
 
     Returns:
         :func:`nih_metadata` of every row (112,120 rows for the full CSV).
+
+    Raises:
+        FileNotFoundError: the CSV does not exist (or torchxrayvision is missing).
+        ValueError, LabelError: see :func:`nih_metadata`.
+        CorruptFileError: the file cannot be parsed as CSV.
     """
     path = Path(csv_path) if csv_path is not None else find_torchxrayvision_csv()
-    if not path.is_file():
-        raise FileNotFoundError(f"NIH CSV {path} not found")
-    return nih_metadata(pd.read_csv(path), source=str(path))
+    return nih_metadata(read_text_csv(path, what="NIH CSV"), source=str(path))
 
 
 def finding_counts(metadata: pd.DataFrame) -> pd.Series:
@@ -162,6 +245,9 @@ def finding_counts(metadata: pd.DataFrame) -> pd.Series:
 
     Returns:
         Series finding -> count, sorted descending.
+
+    Raises:
+        KeyError: ``metadata`` has no ``finding`` column.
     """
     exploded = metadata["finding"].astype(str).str.split("|").explode().str.strip()
     return exploded.value_counts().rename("images")
@@ -170,13 +256,12 @@ def finding_counts(metadata: pd.DataFrame) -> pd.Series:
 def _index_images(root: Path) -> dict[str, str]:
     """Image file name -> path relative to ``root`` for the flat and Kaggle layouts."""
     folders = [root / "images"] if (root / "images").is_dir() else []
-    folders += sorted(p / "images" for p in root.glob("images_*") if (p / "images").is_dir())
+    folders += sorted(p / "images" for p in root.glob("images_*")
+                      if (p / "images").is_dir() and not is_hidden_or_system(p, root))
     index: dict[str, str] = {}
     for folder in folders:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if Path(entry.name).suffix.lower() in _IMAGE_SUFFIXES:
-                    index.setdefault(entry.name, os.path.relpath(entry.path, root))
+        for path in list_files(folder, _IMAGE_SUFFIXES, recursive=False):  # no hidden / system files
+            index.setdefault(path.name, os.path.relpath(path, root))
     return index
 
 
@@ -196,6 +281,8 @@ class NIHChestXray(XrayDataset):
         FileNotFoundError: wrong root (no folder, no CSV, no images folder) or
             none of the listed images present.
         ValueError: CSV lacking columns, unknown view, or no image of that view.
+        LabelError: a ``Finding Labels`` cell not understood (CSV, row, line and value named).
+        CorruptFileError: the CSV cannot be parsed.
     """
 
     def __init__(
@@ -220,7 +307,7 @@ class NIHChestXray(XrayDataset):
             raise FileNotFoundError(
                 f"NIH root {root_path} has no images/ folder with images (nor Kaggle-style images_*/images/)"
             )
-        meta = nih_metadata(pd.read_csv(csv), source=str(csv))
+        meta = nih_metadata(read_text_csv(csv, what="NIH CSV"), source=str(csv))
         self.view = view.upper() if view.upper() != "ALL" else "all"
         if self.view != "all":
             meta = meta[meta["view"] == self.view].reset_index(drop=True)

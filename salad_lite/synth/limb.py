@@ -51,12 +51,10 @@ tissue and bone, cut at the plate edge), ``_bone`` the bones only.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
-import shutil
-from collections.abc import Iterator, Sequence
 import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,6 +63,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
+
+from salad_lite.synth import EMBEDDED_SCALES
+from salad_lite.synth.writer import SetWriter
 
 __all__ = [
     "BODY_PARTS",
@@ -697,13 +698,16 @@ def _patient_plan(rng: np.random.Generator) -> list[tuple[str, list[int]]]:
     return plan
 
 
-def plan_limb_set(n_patients: int = 300, seed: int = 0) -> list[ImageSpec]:
+def plan_limb_set(n_patients: int = EMBEDDED_SCALES["default"].mura_patients, seed: int = 0) -> list[ImageSpec]:
     """Draw the list of images of a synthetic set (no rendering).
 
     Patients are numbered ``00001..``; about 12% of them (at least one when
     ``n_patients >= 2``) form the ``valid`` split (numbers continue after the
     training patients, as in MURA). Each patient has 1-2 body parts, 1-3 studies
     per part and 1-5 images (views) per study.
+
+    Raises:
+        ValueError: ``n_patients`` < 1.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
@@ -764,40 +768,17 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def _manifest_params(n_patients: int, seed: int) -> dict[str, object]:
-    return {"generator": "salad_lite.data.synth_limb", "version": GENERATOR_VERSION, "n_patients": n_patients, "seed": seed}
+_GROUNDTRUTH = "groundtruth"
 
 
-def _is_complete(out_dir: Path, params: dict[str, object]) -> bool:
-    manifest = out_dir / MANIFEST_NAME
-    if not manifest.is_file():
-        return False
-    try:
-        content = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if content.get("params") != params:
-        return False
-    root = out_dir / "MURA-v1.1"
-    for split in ("train", "valid"):
-        listing = root / f"{split}_image_paths.csv"
-        if not listing.is_file():
-            return False
-        lines = [line for line in listing.read_text().splitlines() if line]
-        if len(lines) != content.get("counts", {}).get(split, {}).get("images"):
-            return False
-        if not all((out_dir / line).is_file() for line in lines):
-            return False
-    return (out_dir / "groundtruth" / "annotations.csv").is_file()
-
-
-def render_limb_set(out_dir: Path, n_patients: int = 300, seed: int = 0, progress: bool = True,
-                    *, workers: int | None = None) -> Path:
+def render_limb_set(out_dir: Path, n_patients: int = EMBEDDED_SCALES["default"].mura_patients, seed: int = 0,
+                    progress: bool = True, *, workers: int | None = None) -> Path:
     """Render a synthetic MURA-like set under ``out_dir`` and return its ``MURA-v1.1`` folder.
 
     Args:
         out_dir: target folder; gets ``MURA-v1.1/``, ``groundtruth/`` and the manifest.
-        n_patients: number of patients (the default 300 gives about 2,000 images).
+        n_patients: number of patients (default: the ``default`` embedded scale,
+            :data:`salad_lite.synth.EMBEDDED_SCALES`; 300 give about 2,000 images).
         seed: all randomness derives from it; same seed -> byte-identical PNGs.
         progress: show a tqdm bar.
         workers: processes (default: all CPUs, at most 8; 1 = in-process). The
@@ -807,25 +788,29 @@ def render_limb_set(out_dir: Path, n_patients: int = 300, seed: int = 0, progres
         ``out_dir / "MURA-v1.1"``.
 
     If ``out_dir`` already holds a complete set rendered with the same
-    parameters (checked through ``synth_limb_manifest.json``: parameters, image
-    counts and the presence of every listed PNG) nothing is rendered. A set
-    with other parameters made by this function is deleted and re-rendered; a
-    ``MURA-v1.1`` folder without our manifest (e.g. a real download) is never
-    touched: ``FileExistsError``.
+    parameters (checked through ``synth_limb_manifest.json``: parameters and
+    the presence of every file it lists; :class:`~salad_lite.synth.writer.SetWriter`)
+    nothing is rendered. A set with other parameters made by this function, or
+    an interrupted one, is deleted and re-rendered; a ``MURA-v1.1`` or
+    ``groundtruth`` folder without our manifest (e.g. a real download) is never
+    touched.
+
+    Raises:
+        ValueError: ``n_patients`` < 1.
+        FileExistsError: ``out_dir`` holds a set not made by this function.
+        CorruptFileError: the manifest in ``out_dir`` cannot be read (named).
     """
     out_dir = Path(out_dir)
-    params = _manifest_params(n_patients, seed)
+    writer = SetWriter(
+        out_dir, MANIFEST_NAME, maker="render_limb_set", generator="salad_lite.synth.limb",
+        version=GENERATOR_VERSION, params={"n_patients": int(n_patients), "seed": int(seed)},
+        outputs=("MURA-v1.1", _GROUNDTRUTH),
+    )
     root = out_dir / "MURA-v1.1"
-    if _is_complete(out_dir, params):
+    if writer.is_complete():
         return root
-    if root.exists() or (out_dir / "groundtruth").exists():
-        if not (out_dir / MANIFEST_NAME).is_file():
-            raise FileExistsError(
-                f"{root} exists but was not made by render_limb_set (no {MANIFEST_NAME}); refusing to overwrite it")
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(out_dir / "groundtruth", ignore_errors=True)
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     specs = plan_limb_set(n_patients, seed)
+    writer.start()
     root.mkdir(parents=True, exist_ok=True)
     if workers is None:  # small sets are faster in-process than with a pool
         n_workers = 1 if len(specs) < 40 else min(8, os.cpu_count() or 1)
@@ -834,41 +819,44 @@ def render_limb_set(out_dir: Path, n_patients: int = 300, seed: int = 0, progres
     jobs = [(spec, str(out_dir)) for spec in specs]
     bar = tqdm(total=len(specs), desc="rendering synthetic MURA", unit="img", disable=not progress)
     rows: list[dict[str, object]] = []
-    if n_workers == 1:
-        for job in jobs:
-            rows.append(_render_and_save(job))
-            bar.update()
-    else:
-        # spawn, never fork: a forked child of a process whose OpenCV/OpenMP pools already ran can deadlock
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(_render_and_save, jobs, chunksize=8):
-                rows.append(row)
+    try:
+        if n_workers == 1:
+            for job in jobs:
+                rows.append(_render_and_save(job))
                 bar.update()
-    bar.close()
+        else:
+            # spawn, never fork: a forked child of a process whose OpenCV/OpenMP pools already ran can deadlock
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for row in pool.map(_render_and_save, jobs, chunksize=8):
+                    rows.append(row)
+                    bar.update()
+    finally:
+        bar.close()
 
     counts: dict[str, dict[str, int]] = {}
+    files: list[str] = []
     for split in ("train", "valid"):
         split_specs = [s for s in specs if s.split == split]
         studies: dict[str, int] = {}
         for s in split_specs:
             studies[s.rel_path.rsplit("/", 1)[0] + "/"] = s.label
-        (root / f"{split}_image_paths.csv").write_text("".join(f"{s.rel_path}\n" for s in split_specs))
-        (root / f"{split}_labeled_studies.csv").write_text("".join(f"{d},{lab}\n" for d, lab in studies.items()))
+        for kind, table in (("image_paths", [[s.rel_path] for s in split_specs]),
+                            ("labeled_studies", [[d, lab] for d, lab in studies.items()])):
+            files.append(writer.write_csv(f"MURA-v1.1/{split}_{kind}.csv", table).relative_to(out_dir).as_posix())
         counts[split] = {
             "images": len(split_specs),
             "abnormal_images": sum(s.label for s in split_specs),
             "studies": len(studies),
             "patients": len({s.patient for s in split_specs}),
         }
-    gt_dir = out_dir / "groundtruth"
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    with open(gt_dir / "annotations.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    manifest = {"params": params, "counts": counts,
-                "note": "synthetic MURA-like radiographs rendered by salad_lite; not patient data"}
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    columns = list(rows[0])
+    annotations = writer.write_csv(f"{_GROUNDTRUTH}/annotations.csv", ([row[c] for c in columns] for row in rows),
+                                   header=columns)
+    files.append(annotations.relative_to(out_dir).as_posix())
+    for spec in specs:
+        stem = f"{_GROUNDTRUTH}/{spec.rel_path[: -len('.png')]}"
+        files += [spec.rel_path, f"{stem}_body.png", f"{stem}_bone.png"]
+    writer.finish(counts, files)
     return root
 
 

@@ -1,0 +1,536 @@
+"""Bad inputs of the data layer, kind by kind (issue 8): strict labels (3), hidden and system
+files (7), no litter and named corrupt files (10), text that stays text (11), and the layout
+of the renderers (one writer, one place for the embedded sizes, no import back into data)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from salad_lite.data import (
+    CachedXrayDataset,
+    ImageFolderXray,
+    LabelError,
+    ManifestXray,
+    NIHChestXray,
+    XrayDataset,
+    is_hidden_or_system,
+    list_files,
+    load_splits,
+)
+from salad_lite.data.base import parse_binary_labels
+from salad_lite.data.mura import MuraFormatError, read_mura_metadata
+from salad_lite.data.nih import parse_finding_labels
+from salad_lite.files import TEMP_SUFFIX, CorruptFileError
+from salad_lite.synth import EMBEDDED_SCALES
+from salad_lite.synth.writer import MANIFEST_FORMAT, SetWriter
+
+REPO = Path(__file__).resolve().parents[1]
+NIH_HEADER = [
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+    "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+]
+#: Texts that pandas would turn into numbers or missing values by default.
+TRICKY_TEXT = ["0007", "1", "2.0", "NA", "None", "null", "nan", "N/A", "<NA>", "NaN"]
+
+
+def _png(path: Path, value: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((10, 12), value, np.uint8)).save(path)
+
+
+def _litter(folder: Path) -> None:
+    """The hidden and system files a copy from macOS or Windows leaves next to real images."""
+    for real in sorted(p for p in folder.iterdir() if p.suffix == ".png"):
+        (folder / f"._{real.name}").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # AppleDouble, not a PNG
+    for name in (".DS_Store", "Thumbs.db", "desktop.ini", "ehthumbs.db", "Icon\r", "~$notes.png"):
+        (folder / name).write_bytes(b"junk")
+    _png(folder / ".hidden" / "secret.png")  # a dot-folder: never entered
+    (folder / "__MACOSX").mkdir(exist_ok=True)
+    (folder / "__MACOSX" / "._x.png").write_bytes(b"junk")
+    _png(folder / "__MACOSX" / "y.png")
+
+
+def _nih_folder(root: Path, findings: list[str], patients: list[str] | None = None) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, finding in enumerate(findings):
+        name = f"{i + 1:08d}_000.png"
+        _png(root / "images" / name, 10 * i)
+        patient = patients[i] if patients else str(i + 1)
+        rows.append([name, finding, "000", patient, "058Y", "F", "PA", 12, 10, 0.1, 0.1])
+    pd.DataFrame(rows, columns=NIH_HEADER).to_csv(root / "Data_Entry_2017.csv", index=False)
+    return root
+
+
+def _mura_csvs(root: Path, label: str = "1", images: tuple[str, ...] = ("image1.png",)) -> Path:
+    """The two train CSVs of a one-study MURA folder (no image files); returns the MURA-v1.1 folder."""
+    folder = root / "MURA-v1.1"
+    folder.mkdir(parents=True)
+    study = "MURA-v1.1/train/XR_HAND/patient00001/study1_positive"
+    (folder / "train_labeled_studies.csv").write_text(f"{study}/,{label}\n")
+    (folder / "train_image_paths.csv").write_text("".join(f"{study}/{name}\n" for name in images))
+    return folder
+
+
+def _run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") or "\nerror: " in result.stderr or ": error: " in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+# ------------------------------------------------------------------ kind 3: labels parsed strictly
+def test_binary_labels_accept_only_zero_and_one() -> None:
+    assert parse_binary_labels([0, 1, "0", " 1 ", "1.0", 0.0, np.int64(1)], "t").tolist() == [0, 1, 0, 1, 1, 0, 1]
+    for bad in (2, -1, "2", "yes", "", float("nan"), True, "1.5", None):
+        with pytest.raises(LabelError, match=r"m\.csv: 1 label\(s\) not understood.*row 1 \(line 3\)"):
+            parse_binary_labels([0, bad], "m.csv", first_line=2)
+
+
+def test_nih_findings_parsed_strictly(tmp_path: Path) -> None:
+    parsed = parse_finding_labels(pd.Series(["no finding", " NO FINDING ", "effusion|Mass", "Hernia"]))
+    assert parsed["label"].tolist() == [0, 0, 1, 1]
+    assert parsed["finding"].tolist() == ["No Finding", "No Finding", "Effusion|Mass", "Hernia"]
+    for bad in ("Fracture", "2", "", "No Finding|Mass", "Effusion|"):
+        root = _nih_folder(tmp_path / f"nih{abs(hash(bad))}", ["No Finding", "Effusion", bad, "Mass"])
+        with pytest.raises(LabelError) as caught:
+            NIHChestXray(root, view="all", image_size=8)
+        message = str(caught.value)
+        assert "Data_Entry_2017.csv" in message and "row 2 (line 4)" in message and repr(bad) in message
+
+
+def test_nih_lowercase_no_finding_is_normal(tmp_path: Path) -> None:
+    root = _nih_folder(tmp_path, ["no finding", "Effusion", "No Finding"])
+    ds = NIHChestXray(root, view="all", image_size=8)
+    assert ds.labels.tolist() == [0, 1, 0]
+    assert ds.metadata["finding"].tolist() == ["No Finding", "Effusion", "No Finding"]
+    assert ds.metadata["age"].tolist() == [58, 58, 58] and ds.metadata["follow_up"].tolist() == [0, 0, 0]
+
+
+def test_manifest_and_class_map_labels_strict(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.png"):
+        _png(tmp_path / name)
+    for bad in ("2", "yes", "", "-1", "True"):
+        (tmp_path / "m.csv").write_text(f"file,label\na.png,0\nb.png,1\nc.png,{bad}\n")
+        with pytest.raises(LabelError, match=rf"m\.csv: 1 label\(s\).*row 2 \(line 4\): {bad!r}"):
+            ManifestXray(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("file,label\na.png,0.0\nb.png,1.0\nc.png, 1\n")
+    assert ManifestXray(tmp_path / "m.csv").labels.tolist() == [0, 1, 1]
+    _png(tmp_path / "folders" / "n" / "a.png")
+    _png(tmp_path / "folders" / "x" / "b.png")
+    for bad in (2, True, 1.0, "1"):
+        with pytest.raises(ValueError, match="class_map labels must be 0"):
+            ImageFolderXray(tmp_path / "folders", class_map={"n": 0, "x": bad})
+
+
+def test_mura_label_other_than_0_1_names_file_and_line(tmp_path: Path) -> None:
+    _mura_csvs(tmp_path, label="2")
+    with pytest.raises(MuraFormatError, match=r"train_labeled_studies\.csv: line 1: .*label must be 0 or 1, got '2'"):
+        read_mura_metadata(tmp_path, split_files=("train",))
+
+
+def test_cached_metadata_labels_strict(tmp_path: Path) -> None:
+    meta = pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1], "patient_id": ["p", "q"], "finding": ["", "x"]})
+    ds = CachedXrayDataset(np.zeros((2, 4, 4), np.uint8), meta)
+    np.save(tmp_path / "d.npy", ds.images)
+    ds.metadata.assign(label=["0", "2"]).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(LabelError, match=r"d\.csv: 1 label\(s\).*row 1 \(line 3\): '2'"):
+        CachedXrayDataset.load(tmp_path, "d")
+
+
+# ------------------------------------------------------------------ kind 7: hidden and system files
+def test_hidden_rule() -> None:
+    for name in ("._a.png", ".DS_Store", "Thumbs.db", "THUMBS.DB", "desktop.ini", "ehthumbs.db", "Icon\r",
+                 "__MACOSX", "~$lock.png", "$RECYCLE.BIN", ".hidden"):
+        assert is_hidden_or_system(Path("/data") / name), name
+    assert is_hidden_or_system("sub/__MACOSX/normal/a.png")  # relative: every component
+    assert is_hidden_or_system(Path("/d/.cache/x/a.png"), root="/d")
+    assert not is_hidden_or_system(Path("/home/u/.cache/x/a.png"), root="/home/u/.cache/x")  # above the root: fine
+    assert not is_hidden_or_system("../images/a.png") and not is_hidden_or_system("Icon.png")
+    with pytest.raises(ValueError, match="does not lie under"):
+        is_hidden_or_system("/a/b.png", root="/c")
+
+
+def test_image_folder_ignores_apple_double_and_system_files(tmp_path: Path) -> None:
+    for k in range(7):
+        _png(tmp_path / "normal" / f"n{k}.png", 20 * k)
+    for k in range(6):
+        _png(tmp_path / "abnormal" / f"a{k}.png", 200)
+    _litter(tmp_path / "normal")
+    _litter(tmp_path / "abnormal")
+    _png(tmp_path / ".Trashes" / "normal" / "t.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "unreadable file" warning: they are not listed at all
+        ds = ImageFolderXray(tmp_path, image_size=8)
+        cached = CachedXrayDataset.from_dataset(ds, progress=False, on_error="skip")
+    assert len(ds) == 13 and len(cached) == 13
+    assert not any(is_hidden_or_system(p) for p in ds.metadata["path"])
+    assert sorted(Path(p).name for p in ds.metadata["path"]) == sorted(
+        [f"n{k}.png" for k in range(7)] + [f"a{k}.png" for k in range(6)])
+    listed = list_files(tmp_path / "normal", {".png"})
+    assert [p.name for p in listed] == [f"n{k}.png" for k in range(7)]
+
+
+def test_nih_index_skips_hidden_files_and_refuses_listed_ones(tmp_path: Path) -> None:
+    root = _nih_folder(tmp_path, ["No Finding", "Effusion"])
+    _litter(root / "images")
+    ds = NIHChestXray(root, view="all", image_size=8)
+    assert len(ds) == 2
+    table = pd.read_csv(root / "Data_Entry_2017.csv", dtype=str)
+    table.loc[1, "Image Index"] = "._00000001_000.png"
+    table.to_csv(root / "Data_Entry_2017.csv", index=False)
+    with pytest.raises(ValueError, match=r"hidden or system files.*rows \[1\].*\._00000001_000\.png"):
+        NIHChestXray(root, view="all", image_size=8)
+
+
+def test_manifest_and_mura_refuse_listed_hidden_files(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"junk")
+    (tmp_path / "m.csv").write_text("file,label\na.png,0\n._a.png,1\n")
+    with pytest.raises(ValueError, match=r"m\.csv: 'file' naming a hidden or system file.*lines \[3\]"):
+        ManifestXray(tmp_path / "m.csv")
+    _mura_csvs(tmp_path, images=("image1.png", "._image1.png"))
+    with pytest.raises(MuraFormatError, match=r"train_image_paths\.csv: line 2: .*hidden or system file"):
+        read_mura_metadata(tmp_path, split_files=("train",))
+
+
+# ------------------------------------------------------------------ kind 10: no litter, named corrupt files
+def test_wrong_root_creates_no_cache_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="normal/' and 'abnormal/'"):
+        load_splits("folder", data_root=str(empty), progress=False)
+    with pytest.raises(FileNotFoundError, match="no Data_Entry_2017"):
+        load_splits("nih", data_root=str(empty), progress=False)
+    with pytest.raises(FileNotFoundError, match="not a MURA v1.1 root"):
+        load_splits("mura", data_root=str(empty), progress=False)
+    assert list(empty.iterdir()) == []
+
+
+def test_unsplittable_set_creates_no_cache(tmp_path: Path) -> None:
+    root = _nih_folder(tmp_path / "nih", ["No Finding"] * 6)
+    with pytest.raises(ValueError, match="no abnormal images"):
+        load_splits("nih", data_root=str(root), image_size=8, progress=False)
+    assert not (root / "_cache").exists()
+
+
+def test_cache_write_failure_leaves_no_litter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in range(4):
+        _png(tmp_path / "src" / f"{k}.png", 30 * k)
+    meta = pd.DataFrame({"path": [f"{k}.png" for k in range(4)], "label": [0, 0, 1, 1],
+                         "patient_id": list("abcd"), "finding": ""})
+    lazy = XrayDataset(meta, image_size=8, root=tmp_path / "src")
+
+    def broken_to_csv(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    with pytest.raises(OSError, match="disk full"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "cache", name="d", progress=False)
+    monkeypatch.undo()
+    leftovers = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert not any(TEMP_SUFFIX in name or name.endswith(".tmp") for name in leftovers), leftovers
+    assert "d.json" not in leftovers  # never marked fresh
+    # a failed read of every image leaves not even the (new) cache folder
+    for k in range(4):
+        (tmp_path / "src" / f"{k}.png").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="none of the 4 images"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "new", name="d", progress=False, on_error="skip")
+    assert not (tmp_path / "new").exists()
+
+
+def test_corrupt_cache_files_are_named(tmp_path: Path) -> None:
+    for k in range(4):
+        _png(tmp_path / "src" / f"{k}.png", 30 * k)
+    meta = pd.DataFrame({"path": [f"{k}.png" for k in range(4)], "label": [0, 0, 1, 1],
+                         "patient_id": list("abcd"), "finding": ""})
+    lazy = XrayDataset(meta, image_size=8, root=tmp_path / "src")
+    CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "c", name="d", progress=False)
+    npy = (tmp_path / "c" / "d.npy").read_bytes()
+    (tmp_path / "c" / "d.npy").write_bytes(npy[:100])  # truncated
+    with pytest.raises(CorruptFileError, match=r"d\.npy.*delete it to rebuild"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "c", name="d", progress=False)
+    (tmp_path / "c" / "d.npy").write_bytes(npy)
+    (tmp_path / "c" / "d.json").write_text("[1, 2]")
+    with pytest.raises(CorruptFileError, match=r"d\.json is not a JSON object"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "c", name="d", progress=False)
+
+
+def test_set_writer_manifest_versioned_and_refuses_foreign_or_corrupt(tmp_path: Path) -> None:
+    writer = SetWriter(tmp_path, "m.json", maker="render_x", generator="g", version=3, params={"n": 2},
+                       outputs=("images", "list.csv"))
+    assert not writer.is_complete()
+    writer.start()
+    assert json.loads((tmp_path / "m.json").read_text())["complete"] is False
+    _png(tmp_path / "images" / "a.png")
+    writer.write_csv("list.csv", [["images/a.png", 0]], header=["file", "label"])
+    assert (tmp_path / "list.csv").read_text() == "file,label\nimages/a.png,0\n"
+    with pytest.raises(FileNotFoundError, match="did not write 1 of its 3 files"):
+        writer.finish({"images": 1}, ["list.csv", "images/a.png", "images/b.png"])
+    assert not writer.is_complete()
+    writer.finish({"images": 1}, ["list.csv", "images/a.png"])
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert manifest["format"] == MANIFEST_FORMAT and manifest["params"] == {"generator": "g", "version": 3, "n": 2}
+    assert writer.is_complete()
+    newer = SetWriter(tmp_path, "m.json", maker="render_x", generator="g", version=4, params={"n": 2},
+                      outputs=("images", "list.csv"))
+    assert not newer.is_complete()  # another version: re-rendered
+    (tmp_path / "images" / "a.png").unlink()
+    assert not writer.is_complete()  # a listed file missing: re-rendered
+    newer.start()
+    assert not (tmp_path / "images").exists() and not (tmp_path / "list.csv").exists()
+    (tmp_path / "m.json").write_text("{oops")
+    with pytest.raises(CorruptFileError, match=r"render_x manifest .*m\.json is not valid JSON"):
+        writer.is_complete()
+    foreign = tmp_path / "foreign"
+    (foreign / "images").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not made by render_x"):
+        SetWriter(foreign, "m.json", "render_x", "g", 1, {}, ("images",)).start()
+    assert (foreign / "images").is_dir()
+
+
+def test_writer_csv_failure_leaves_no_temporary_file(tmp_path: Path) -> None:
+    writer = SetWriter(tmp_path, "m.json", "render_x", "g", 1, {}, ("t.csv",))
+
+    def rows():
+        yield ["a", 1]
+        raise RuntimeError("renderer crashed")
+
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        writer.write_csv("t.csv", rows())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_limb_render_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from salad_lite.synth import limb
+
+    calls = {"n": 0}
+    real = limb._render_and_save
+
+    def dies_on_third(job):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(limb, "_render_and_save", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        limb.render_limb_set(tmp_path, n_patients=1, seed=1, progress=False, workers=1)
+    monkeypatch.undo()
+    manifest = json.loads((tmp_path / limb.MANIFEST_NAME).read_text())
+    assert manifest["complete"] is False  # ours, incomplete: redone, not refused
+    root = limb.render_limb_set(tmp_path, n_patients=1, seed=1, progress=False, workers=1)
+    listed = (root / "train_image_paths.csv").read_text().split()
+    assert listed and all((tmp_path / line).is_file() for line in listed)
+    assert json.loads((tmp_path / limb.MANIFEST_NAME).read_text())["complete"] is True
+
+
+def test_phantom_cache_save_is_atomic(tmp_path: Path) -> None:
+    from salad_lite.synth import chest
+
+    class Unsaveable:
+        def __array__(self, dtype=None):  # noqa: ANN001, ANN204
+            raise RuntimeError("cannot serialise")
+
+    with pytest.raises(RuntimeError, match="cannot serialise"):
+        chest._atomic_save_npz(tmp_path / "p.npz", a=np.zeros(3), b=Unsaveable())
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ kind 11: text stays text
+def test_manifest_ids_and_findings_stay_text_through_the_cache(tmp_path: Path) -> None:
+    n = len(TRICKY_TEXT) + 1
+    for k in range(n):
+        _png(tmp_path / f"{k}.png", 20 * k)
+    findings = TRICKY_TEXT + [""]
+    table = pd.DataFrame({"file": [f"{k}.png" for k in range(n)], "label": [k % 2 for k in range(n)],
+                          "patient_id": TRICKY_TEXT + [""], "finding": findings, "site": TRICKY_TEXT + [""]})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    ds = ManifestXray(tmp_path / "m.csv", image_size=8)
+    assert list(ds.patient_ids) == TRICKY_TEXT + [str(n - 1)]  # empty: the file stem
+    expected_findings = TRICKY_TEXT + ["abnormal" if (n - 1) % 2 else "normal"]
+    assert ds.metadata["finding"].tolist() == expected_findings  # empty: the label's default
+    assert ds.metadata["site"].tolist() == TRICKY_TEXT + [""]
+    assert ds[0]["patient_id"] == "0007" and ds[3]["finding"] == "NA"
+    built = CachedXrayDataset.from_dataset(ds, cache_dir=tmp_path / "c", name="m", progress=False)
+    again = CachedXrayDataset.from_dataset(ds, cache_dir=tmp_path / "c", name="m", progress=False)
+    assert again is not built
+    for cached in (built, again):
+        assert list(cached.patient_ids) == list(ds.patient_ids)
+        assert cached.metadata["finding"].tolist() == expected_findings
+        assert cached.metadata["site"].tolist() == TRICKY_TEXT + [""]
+        assert cached.labels.dtype == np.int64
+
+
+def test_nih_patient_ids_stay_text(tmp_path: Path) -> None:
+    patients = ["0007", "NA", "null", "7"]
+    root = _nih_folder(tmp_path, ["No Finding", "Mass", "No Finding", "Effusion"], patients=patients)
+    ds = NIHChestXray(root, view="all", image_size=8)
+    assert list(ds.patient_ids) == patients  # "0007" and "7" are two patients
+    cached = CachedXrayDataset.from_dataset(ds, cache_dir=tmp_path / "c", name="n", progress=False)
+    reread = CachedXrayDataset.load(tmp_path / "c", "n")
+    assert list(reread.patient_ids) == patients and reread.metadata["age"].tolist() == [58] * 4
+    assert reread.metadata["follow_up"].dtype == cached.metadata["follow_up"].dtype == np.int64
+
+
+# ------------------------------------------------------------------ renderers: layout of synth/
+def test_synth_imports_nothing_from_the_data_layer() -> None:
+    """No circle: the renderers never import the data layer (the registry passes them what they need)."""
+    imported = set()
+    for path in sorted((REPO / "salad_lite" / "synth").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name) for alias in node.names)
+    assert ("chest.py", "salad_lite.synth.writer") in imported and ("limb.py", "salad_lite.synth.writer") in imported
+    assert not [pair for pair in imported if pair[1].startswith("salad_lite.data")]
+
+
+def test_embedded_sizes_defined_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from salad_lite.data import registry
+    from salad_lite.synth import chest, limb
+
+    default = EMBEDDED_SCALES["default"]
+    assert inspect.signature(chest.render_chest_set).parameters["n_images"].default == default.nih_images
+    assert (inspect.signature(chest.render_chest_set).parameters["abnormal_fraction"].default
+            == default.nih_abnormal_fraction)
+    assert inspect.signature(limb.render_limb_set).parameters["n_patients"].default == default.mura_patients
+    args = _script("make_embedded").build_parser().parse_args([])
+    assert (args.nih_images, args.abnormal_fraction, args.mura_patients) == (
+        default.nih_images, default.nih_abnormal_fraction, default.mura_patients)
+
+    seen = {}
+
+    def fake_render(out_dir, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.update(kwargs, out_dir=out_dir)
+        return out_dir / "Data_Entry_2017.csv"
+
+    monkeypatch.setenv("SALAD_LITE_DATA", str(tmp_path))
+    monkeypatch.setattr(chest, "render_chest_set", fake_render)
+    assert registry.ensure_embedded("nih", progress=False, scale="small") == tmp_path / "nih-small"
+    small = EMBEDDED_SCALES["small"]
+    assert seen["n_images"] == small.nih_images and seen["abnormal_fraction"] == small.nih_abnormal_fraction
+    assert seen["cache_dir"] == tmp_path / "_cache"  # the registry passes the cache folder
+    with pytest.raises(ValueError, match="unknown embedded scale 'huge'"):
+        registry.ensure_embedded("nih", scale="huge")
+
+
+# ------------------------------------------------------------------ kind 8: scripts end in "error: ...", exit 2
+def _script(name: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, REPO / "data_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_main_fails_cleanly(capsys: pytest.CaptureFixture[str], script: str, argv: list[str],
+                               *fragments: str) -> None:
+    code = _script(script).main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: "), (code, err)
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_prepare_nih_without_abnormal_images_subprocess(tmp_path: Path) -> None:
+    root = _nih_folder(tmp_path / "nih", ["No Finding"] * 6)
+    result = _run_script("data_scripts/prepare_nih.py", "--root", str(root), "--view", "all", "--image-size", "8",
+                         "--no-progress")
+    _assert_clean_failure(result, "no abnormal images")
+    assert not (root / "_cache").exists()
+
+
+def test_prepare_mura_bad_label_subprocess(tmp_path: Path) -> None:
+    _mura_csvs(tmp_path, label="2")
+    result = _run_script("data_scripts/prepare_mura.py", "--root", str(tmp_path), "--split-files", "train",
+                         "--no-progress")
+    _assert_clean_failure(result, "train_labeled_studies.csv", "line 1", "got '2'")
+
+
+def test_make_embedded_foreign_folder_subprocess(tmp_path: Path) -> None:
+    (tmp_path / "mura" / "MURA-v1.1").mkdir(parents=True)
+    result = _run_script("data_scripts/make_embedded.py", "--out", str(tmp_path), "--only", "mura",
+                         "--mura-patients", "1", "--no-progress")
+    _assert_clean_failure(result, "not made by render_limb_set")
+    assert (tmp_path / "mura" / "MURA-v1.1").is_dir()
+
+
+def test_prepare_nih_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _nih_folder(tmp_path / "nih", ["No Finding", "Mass"] * 4)
+    args = ["--view", "all", "--image-size", "8", "--no-progress", "--cache-dir", str(tmp_path / "c")]
+    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(tmp_path / "nowhere"), *args],
+                               "not an existing folder")
+    table = pd.read_csv(root / "Data_Entry_2017.csv", dtype=str)
+    table.loc[5, "Finding Labels"] = "2"
+    table.to_csv(root / "Data_Entry_2017.csv", index=False)
+    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), *args],
+                               "Data_Entry_2017.csv", "row 5 (line 7): '2'")
+    table.loc[5, "Finding Labels"] = "Mass"
+    table.to_csv(root / "Data_Entry_2017.csv", index=False)
+    (tmp_path / "c").mkdir()
+    for suffix, body in ((".npy", b"x"), (".csv", b"x"), (".json", b"{oops")):
+        (tmp_path / "c" / f"nih_all_8px{suffix}").write_bytes(body)
+    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), *args], "nih_all_8px.json",
+                               "not valid JSON")
+    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), "--anomaly-ratio", "1.5", *args],
+                               "anomaly_ratio must be in [0, 1)")
+
+
+def test_prepare_mura_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _mura_csvs(tmp_path)
+    (folder / "train_image_paths.csv").write_bytes(b"\xff\xfe not text")
+    args = ["--split-files", "train", "--image-size", "16", "--no-progress"]
+    _assert_main_fails_cleanly(capsys, "prepare_mura", ["--root", str(tmp_path / "no"), *args],
+                               "not a MURA v1.1 root")
+    _assert_main_fails_cleanly(capsys, "prepare_mura", ["--root", str(tmp_path), *args],
+                               "train_image_paths.csv is not UTF-8")
+    _assert_main_fails_cleanly(capsys, "prepare_mura", ["--root", str(tmp_path), "--synthetic", "2", *args],
+                               "not made by render_limb_set")
+    assert (folder / "train_labeled_studies.csv").is_file()
+
+
+def test_make_embedded_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mura" / "MURA-v1.1").mkdir(parents=True)
+    (tmp_path / "mura" / "synth_limb_manifest.json").write_text("")
+    args = ["--out", str(tmp_path), "--only", "mura", "--mura-patients", "1", "--no-progress"]
+    _assert_main_fails_cleanly(capsys, "make_embedded", args, "synth_limb_manifest.json", "empty")
+    with pytest.raises(SystemExit) as caught:  # argparse: usage + "error: ...", status 2
+        _script("make_embedded").main([*args, "--cache-profile", "smoke"])
+    assert caught.value.code == 2 and "--cache-profile works with the default" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from salad_lite.cli_errors import data_script
+
+    @data_script
+    def buggy(argv: list[str] | None = None) -> int:
+        raise TypeError("a bug, not a data problem")
+
+    with pytest.raises(TypeError):
+        buggy([])
+    monkeypatch.setenv("SALAD_LITE_TRACEBACK", "1")
+
+    @data_script
+    def data_problem(argv: list[str] | None = None) -> int:
+        raise FileNotFoundError("x")
+
+    with pytest.raises(FileNotFoundError):
+        data_problem([])
