@@ -42,9 +42,10 @@ import torch
 
 from salad_lite.augment import augment_batch
 from salad_lite.config import LossConfig, ModelConfig, SaladConfig, TrainConfig
+from salad_lite.data.batches import gather_images
 from salad_lite.losses import reconstruction_loss, salad_loss
 from salad_lite.models import build_model
-from salad_lite.trainer import SaladTrainer, gather_images
+from salad_lite.trainer import SaladTrainer
 
 TARGET_RATIO = 1.15
 

@@ -18,13 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from salad_lite.metrics import auc, auprc
-from salad_lite.trainer import dataset_labels, image_batches
+from salad_lite.data.batches import check_splits, dataset_labels, image_batches
 
 DEFAULT_COMPONENT_GRID = (10, 50, 100)
 
 
 def pixel_vectors(dataset: Any, max_size: int = 64, batch_size: int = 512) -> torch.Tensor:
-    """Every image of ``dataset`` as a centred unit vector [N, s*s], s = min(image size, ``max_size``)."""
+    """Every image of ``dataset`` as a centred unit vector [N, s*s], s = min(image size, ``max_size``).
+
+    A constant image (zero after centring) stays a zero row.
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
     rows = []
     for x in image_batches(dataset, batch_size):  # [B, 1, S, S]
         if x.shape[-1] > max_size:
@@ -35,7 +41,11 @@ def pixel_vectors(dataset: Any, max_size: int = 64, batch_size: int = 512) -> to
 
 
 class PCAReconstruction:
-    """Squared residual of the projection onto ``n_components`` principal directions of the training images."""
+    """Squared residual of the projection onto ``n_components`` principal directions of the training images.
+
+    Raises:
+        ValueError: ``n_components`` < 1.
+    """
 
     def __init__(self, n_components: int = 50) -> None:
         if n_components < 1:
@@ -43,7 +53,13 @@ class PCAReconstruction:
         self.n_components = n_components
 
     def fit(self, x: torch.Tensor) -> "PCAReconstruction":
-        """``x`` [N, P] training vectors (normal images). Keeps ``mean_`` [P] and ``components_`` [P, q]."""
+        """``x`` [N, P] training vectors (normal images). Keeps ``mean_`` [P] and ``components_`` [P, q].
+
+        q = min(``n_components``, N - 1, P).
+
+        Raises:
+            ValueError: fewer than 2 training vectors.
+        """
         if x.shape[0] < 2:
             raise ValueError(f"PCA needs at least 2 training images, got {x.shape[0]}")
         q = min(self.n_components, x.shape[0] - 1, x.shape[1])
@@ -53,7 +69,12 @@ class PCAReconstruction:
         return self
 
     def decision_function(self, x: torch.Tensor) -> np.ndarray:
-        """Squared residual norm [M] of ``x`` [M, P] (unit vectors: 0 = in the span, up to 1 + |mean|^2)."""
+        """Squared residual norm [M] of ``x`` [M, P] (unit vectors: 0 = in the span, up to 1 + |mean|^2).
+
+        Raises:
+            AttributeError: called before :meth:`fit`.
+            RuntimeError: ``x`` has another width P than the training vectors (from torch).
+        """
         centred = x - self.mean_  # [M, P]
         residual = centred - (centred @ self.components_) @ self.components_.T  # [M, P]
         return residual.pow(2).sum(dim=1).double().numpy()
@@ -64,7 +85,15 @@ def pca_baseline(splits: dict[str, Any], component_grid: Sequence[int] = DEFAULT
     """Fit on the normal training images, choose the component count on validation, score the test split once.
 
     Returns ``{"n_components", "val_auc", "grid": [{"n_components", "val_auc"}], "test_auc", "test_auprc"}``.
+
+    Raises:
+        salad_lite.data.splits.PatientLeakError: a patient is in two splits
+            (checked first, with the pixels, by :func:`salad_lite.data.batches.check_splits`).
+        salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels.
+        KeyError: ``splits`` lacks train, val or test.
+        ValueError: no normal training image, or a split lacks a class (from :func:`salad_lite.metrics.auc`).
     """
+    check_splits(splits, required=("train", "val", "test"))
     train_labels = dataset_labels(splits["train"])
     train = pixel_vectors(splits["train"], max_size)[torch.from_numpy(train_labels == 0)]  # [N0, P]
     val, val_labels = pixel_vectors(splits["val"], max_size), dataset_labels(splits["val"])

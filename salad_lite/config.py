@@ -7,15 +7,27 @@ The paper's hyperparameters (Bozorgtabar et al., MICCAI 2020) are the dataclass
 defaults. :func:`profile_config` derives the ``smoke`` (CI, minutes), ``default``
 (this book on a 2-core CPU, <= 30 min for all chapters) and ``full`` (the paper,
 for a GPU server) settings from them.
+
+Every field is checked where it enters: when a section dataclass is built
+(directly, through :meth:`SaladConfig.replace`, or from JSON) its types and
+ranges are validated, and a bad value raises :class:`ConfigError` naming the
+field (``train.batch_size``) and the value. ``bool`` is not accepted where a
+number is needed, nor a float where an int is needed; an int is accepted (and
+stored as float) where a float is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from salad_lite.files import read_json, write_text_atomic
 
 ReconstructionKind = Literal["mse", "l1", "none"]
 LatentObjective = Literal["paper", "anchors"]
@@ -32,6 +44,11 @@ class ModelConfig:
     ``arch="conv"`` is the paper's NIH network (6+6 conv layers), ``"resnet18"``
     its MURA network. ``image_size`` is the square input side in pixels.
     ``width`` is the channel count of the first conv layer (conv AE only).
+    ``image_size`` must be a power of two >= :data:`MIN_IMAGE_SIZE` of the arch
+    (32 px for ``conv``, 64 px for ``resnet18``, whose encoder halves five times).
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``model.field``.
     """
 
     arch: Literal["conv", "resnet18"] = "conv"
@@ -39,6 +56,9 @@ class ModelConfig:
     in_channels: int = 1
     latent_dim: int = 200
     width: int = 32
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,9 @@ class LossConfig:
     The ablations of Table 1: MemDAE = ``use_aggregation=False`` with
     ``num_views=0``; "w/o L_mse" = ``reconstruction="none"``;
     "w/o L_agg" = ``use_aggregation=False``.
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``loss.field``.
     """
 
     reconstruction: ReconstructionKind = "mse"
@@ -62,6 +85,9 @@ class LossConfig:
     anchor_neighbours: int = 10  # |N(i)| of the anchor criterion
     reduction: Reduction = "sum"  # Eqs. 1-2 sum over the batch
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -70,6 +96,9 @@ class TrainConfig:
     Round r (1..R) uses the ``prototype_fraction(r)`` lowest-entropy memory
     entries as prototypical samples and ``neighbours(r)`` memory neighbours,
     both interpolated linearly between the ``*_start`` and ``*_end`` values.
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``train.field``.
     """
 
     batch_size: int = 16
@@ -90,35 +119,64 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def prototype_fraction(self, round_index: int) -> float:
-        """Fraction of the bank that is prototypical in round ``round_index`` (1..R)."""
+        """Fraction of the bank that is prototypical in round ``round_index`` (1..R); ValueError outside 1..R."""
         return _interpolate(self.prototype_fraction_start, self.prototype_fraction_end, round_index, self.rounds)
 
     def neighbours(self, round_index: int) -> int:
-        """Neighbourhood size k of round ``round_index`` (1..R)."""
+        """Neighbourhood size k of round ``round_index`` (1..R); ValueError outside 1..R."""
         return int(round(_interpolate(self.neighbours_start, self.neighbours_end, round_index, self.rounds)))
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Anomaly scoring (Eq. 4). ``rule="code"`` is the authors' code's mean of the K smallest angles / pi.
+    """Anomaly scoring (Eq. 4): the one owner of the scoring settings.
 
-    ``bank="memory"`` scores against the momentum memory bank (paper);
-    ``"embeddings"`` re-embeds the training set with the current encoder in eval
-    mode. Short runs leave the memory stale and built with train-mode BatchNorm
-    statistics, so the CPU profiles use ``"embeddings"``.
+    ``k`` and ``discard_anomalous`` are the values that per-epoch checkpoint
+    selection uses: the validation AUC the trainer computes after each epoch
+    (and so which epoch becomes ``best``) scores with K = ``k`` nearest bank
+    rows, dropping the known-anomalous training rows from the bank when
+    ``discard_anomalous`` is true. Changing them changes which checkpoint is kept.
+
+    ``k_grid`` x ``discard_options`` is the grid from which validation then
+    chooses the final scoring setting of the selected checkpoint
+    (:func:`salad_lite.experiment.select_scoring`).
+
+    ``rule="paper"`` is Eq. 4; ``rule="code"`` is the authors' code's mean of the
+    K smallest angles / pi. ``bank="memory"`` scores against the momentum memory
+    bank (paper); ``"embeddings"`` re-embeds the training set with the current
+    encoder in eval mode. Short runs leave the memory stale and built with
+    train-mode BatchNorm statistics, so the CPU profiles use ``"embeddings"``.
+
+    The field ``chunk_size`` of earlier versions was never used and is gone; a
+    stored JSON that still has it loads (the key is ignored, see
+    :data:`REMOVED_FIELDS`).
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``score.field``.
     """
 
     k: int = 100
     bank: Literal["memory", "embeddings"] = "memory"
     discard_anomalous: bool = True
     rule: ScoreRule = "paper"
-    chunk_size: int = 4096
+    k_grid: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    discard_options: tuple[bool, ...] = (True, False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data, at what resolution. An empty ``data_root`` means the embedded synthetic set."""
+    """Which data, at what resolution. An empty ``data_root`` means the embedded synthetic set.
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``data.field``.
+    """
 
     dataset: DatasetName = "nih"
     data_root: str = ""
@@ -127,59 +185,278 @@ class DataConfig:
     replicates: int = 4
     embedded_scale: Literal["default", "small"] = "default"  # size of the embedded set (no data_root)
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
 
 @dataclass(frozen=True)
 class SaladConfig:
+    """Everything that describes one run: model, loss, training schedule, scoring and data.
+
+    Five frozen sections, each validated when it is built: ``model``
+    (:class:`ModelConfig`), ``loss`` (:class:`LossConfig`), ``train``
+    (:class:`TrainConfig`), ``score`` (:class:`ScoreConfig`) and ``data``
+    (:class:`DataConfig`). The defaults are the paper's NIH settings;
+    :func:`paper_config` and :func:`profile_config` build the others. A config
+    round-trips through JSON (:meth:`to_json` / :meth:`from_json`); the trainer
+    stores it beside each checkpoint and refuses to resume under another one.
+
+    Example::
+
+        cfg = profile_config("smoke").replace(train={"rounds": 2}, loss={"temperature": 0.2})
+
+    Raises:
+        ConfigError: a section of the wrong type, or (from the sections) a field
+            of the wrong type or out of range, named as ``section.field``.
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
+    def __post_init__(self) -> None:
+        for name, section_cls in SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, section_cls):
+                raise ConfigError(f"{name} must be a {section_cls.__name__}, got {value!r} ({type(value).__name__})")
+
     def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict ``{section: {field: value}}`` (tuples become lists only in JSON)."""
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The config as indented JSON text; also written atomically to ``path`` when given.
+
+        Raises:
+            OSError: ``path`` cannot be written (nothing is left behind).
+        """
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
         return text
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SaladConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SaladConfig":
+        """Build from ``{section: {field: value}}``; missing sections and fields take their defaults.
+
+        Keys of :data:`REMOVED_FIELDS` (fields that earlier versions had, e.g.
+        ``score.chunk_size``) are ignored so that stored runs still load.
+
+        Args:
+            data: the nested dict (as :meth:`to_dict` writes it; lists stand for tuples).
+            source: what ``data`` came from, for error messages (a file name).
+
+        Raises:
+            ConfigError: ``data`` or a section is not a dict, a section or field
+                is unknown, or a value is of the wrong type or out of range.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a configuration must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown config section(s) {unknown}; expected {sorted(SECTIONS)}")
         parts = {}
-        for f in dataclasses.fields(cls):
-            sub_cls = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
-                       "score": ScoreConfig, "data": DataConfig}[f.name]
-            parts[f.name] = _build(sub_cls, data.get(f.name, {}))
+        for name, section_cls in SECTIONS.items():
+            section = data.get(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{source}: section {name!r} must be an object, got {section!r}")
+            parts[name] = _build(section_cls, name, section, source)
         return cls(**parts)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "SaladConfig":
+        """Build from JSON text (starting with ``{``) or from a JSON file.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            salad_lite.files.CorruptFileError: the file is empty or not valid JSON (named).
+            ConfigError: the text is not valid JSON, or a value is invalid (see :meth:`from_dict`).
+        """
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"config text is not valid JSON ({error})") from None
+            return cls.from_dict(data)
+        return cls.from_dict(read_json(text_or_path, "configuration"), source=str(text_or_path))
 
     def replace(self, **sections: Any) -> "SaladConfig":
-        """Copy with some fields changed: ``cfg.replace(train={"rounds": 2}, loss={"tau": ...})``."""
+        """Copy with some fields changed: ``cfg.replace(train={"rounds": 2}, loss={"temperature": 0.2})``.
+
+        Each keyword is a section name; its value is a dict of field changes or a
+        whole section dataclass. The result is validated like any new config.
+
+        Raises:
+            ConfigError: an unknown section or field, or an invalid value.
+        """
         updated = {}
         for name, changes in sections.items():
-            current = getattr(self, name)
-            updated[name] = dataclasses.replace(current, **changes) if isinstance(changes, dict) else changes
+            if name not in SECTIONS:
+                raise ConfigError(f"unknown config section {name!r}; expected one of {sorted(SECTIONS)}")
+            if isinstance(changes, dict):
+                _check_names(SECTIONS[name], name, changes, "replace()")
+                updated[name] = dataclasses.replace(getattr(self, name), **changes)
+            else:
+                updated[name] = changes
         return dataclasses.replace(self, **updated)
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
+class ConfigError(ValueError):
+    """A configuration field has the wrong type or lies out of range; the message names ``section.field``."""
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
+                             "score": ScoreConfig, "data": DataConfig}
+SECTION_OF: dict[type, str] = {section_cls: name for name, section_cls in SECTIONS.items()}
+
+# Fields earlier versions had and that are now gone: ignored (not refused) when an old JSON is loaded.
+REMOVED_FIELDS: frozenset[tuple[str, str]] = frozenset({("score", "chunk_size")})
+
+# The smallest image side each architecture supports (powers of two only): the conv AE halves down
+# to a 4x4 map in at most six steps from 32 px up; ResNet-18's encoder halves five times.
+MIN_IMAGE_SIZE: dict[str, int] = {"conv": 32, "resnet18": 64}
+
+_Rule = tuple[Callable[[Any], bool], str]
+
+
+def _at_least(minimum: float) -> _Rule:
+    return (lambda v: v >= minimum), f">= {minimum}"
+
+
+def _between(low: float, high: float, low_open: bool, high_open: bool) -> _Rule:
+    def ok(v: float) -> bool:
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    return ok, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+_POSITIVE: _Rule = ((lambda v: v > 0), "> 0")
+_FRACTION = _between(0.0, 1.0, low_open=True, high_open=False)  # (0, 1]
+
+# Range rules per section field; types come from the annotations. Tuples are checked element-wise.
+RANGES: dict[str, dict[str, _Rule]] = {
+    "model": {"in_channels": _at_least(1), "latent_dim": _at_least(1), "width": _at_least(1)},
+    "loss": {"temperature": _POSITIVE, "latent_weight": _at_least(0.0), "num_views": _at_least(0),
+             "anchor_neighbours": _at_least(1)},
+    "train": {"batch_size": _at_least(1), "lr": _POSITIVE, "betas": _between(0.0, 1.0, False, True),
+              "weight_decay": _at_least(0.0), "memory_momentum": _FRACTION, "pretrain_epochs": _at_least(0),
+              "rounds": _at_least(0), "epochs_per_round": _at_least(0), "prototype_fraction_start": _FRACTION,
+              "prototype_fraction_end": _FRACTION, "neighbours_start": _at_least(1), "neighbours_end": _at_least(1),
+              "validate_every": _at_least(1), "seed": _at_least(0)},
+    "score": {"k": _at_least(1), "k_grid": _at_least(1)},
+    "data": {"anomaly_ratio": _between(0.0, 1.0, low_open=False, high_open=True), "max_train_images": _at_least(0),
+             "replicates": _at_least(1)},
+}
+
+
+def _validate(section: Any) -> None:
+    """Check every field of a section dataclass: type from its annotation, then its range rule.
+
+    Ints given for float fields are stored as floats, lists for tuple fields as tuples.
+
+    Raises:
+        ConfigError: names ``section.field``, the value and what is expected.
+    """
+    cls = type(section)
+    prefix = SECTION_OF.get(cls, cls.__name__)
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}.{f.name}"
+        value = check_value(name, getattr(section, f.name), hints[f.name])
+        object.__setattr__(section, f.name, value)
+        rule = RANGES.get(prefix, {}).get(f.name)
+        if rule is not None:
+            ok, expected = rule
+            for item in (value if isinstance(value, tuple) else (value,)):
+                if not ok(item):
+                    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    if isinstance(section, ModelConfig):
+        check_image_size(section.arch, section.image_size)
+    if isinstance(section, TrainConfig) and section.rounds > 0 and section.epochs_per_round < 1:
+        raise ConfigError(f"train.epochs_per_round must be >= 1 when train.rounds = {section.rounds} > 0, "
+                          f"got {section.epochs_per_round!r}")
+
+
+def check_image_size(arch: str, image_size: int) -> None:
+    """Raise :class:`ConfigError` unless ``image_size`` (px) is a power of two >= the arch's minimum."""
+    minimum = MIN_IMAGE_SIZE[arch]
+    if image_size < minimum or image_size & (image_size - 1):
+        raise ConfigError(f"model.image_size={image_size!r} is not supported by arch={arch!r}: "
+                          f"use a power of two >= {minimum} (e.g. {minimum}, {2 * minimum}, 256, 512)")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def check_value(name: str, value: Any, hint: Any) -> Any:
+    """``value`` if it fits the type annotation ``hint``, coerced (int -> float, list -> tuple).
+
+    Supports ``bool``, ``int``, ``float`` (finite), ``str``, ``Literal[...]`` of
+    strings and ``tuple[X, ...]`` / ``tuple[X, Y]`` of those. ``bool`` is not
+    an int here, nor is a float an int.
+
+    Raises:
+        ConfigError: names ``name``, the value and the expected type.
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise ConfigError(f"{name} must be one of {list(args)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{name} must be a tuple, got {value!r} ({type(value).__name__})")
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if variadic and not value:
+            raise ConfigError(f"{name} must hold at least one value, got {value!r}")
+        if not variadic and len(value) != len(args):
+            raise ConfigError(f"{name} must hold {len(args)} values, got {value!r}")
+        types = [args[0]] * len(value) if variadic else list(args)
+        return tuple(check_value(f"{name}[{i}]", item, t) for i, (item, t) in enumerate(zip(value, types)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r} ({type(value).__name__})")
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise ConfigError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"{name} must be a finite number, got {value!r} ({type(value).__name__})")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a str, got {value!r} ({type(value).__name__})")
+    raise TypeError(f"no type check for {name}: {hint!r}")  # pragma: no cover - a new annotation kind
+
+
+def _check_names(cls: type, section: str, data: dict[str, Any], source: str) -> None:
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**kwargs)
+        raise ConfigError(f"{source}: unknown {cls.__name__} field(s) {[f'{section}.{u}' for u in unknown]}")
+
+
+def _build(cls: type, section: str, data: dict[str, Any], source: str) -> Any:
+    data = {k: v for k, v in data.items() if (section, k) not in REMOVED_FIELDS}
+    _check_names(cls, section, data, source)
+    try:
+        return cls(**data)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def _interpolate(start: float, end: float, round_index: int, rounds: int) -> float:
+    """Linear from ``start`` (round 1) to ``end`` (round ``rounds``). Raises ValueError for a round outside 1..R."""
     if not 1 <= round_index <= max(rounds, 1):
         raise ValueError(f"round_index must lie in 1..{rounds}, got {round_index}")
     if rounds <= 1:
@@ -188,7 +465,11 @@ def _interpolate(start: float, end: float, round_index: int, rounds: int) -> flo
 
 
 def paper_config(dataset: DatasetName = "nih") -> SaladConfig:
-    """The paper's hyperparameters: conv AE at 256 px for NIH, ResNet-18 AE at 512 px for MURA."""
+    """The paper's hyperparameters: conv AE at 256 px for NIH, ResNet-18 AE at 512 px for MURA.
+
+    Raises:
+        ConfigError: ``dataset`` is not one of nih, mura, folder.
+    """
     model = ModelConfig() if dataset != "mura" else ModelConfig(arch="resnet18", image_size=512)
     return SaladConfig(model=model, data=DataConfig(dataset=dataset))
 
@@ -199,6 +480,10 @@ def profile_config(profile: Profile, dataset: DatasetName = "nih", data_root: st
     - ``full``: the paper (GPU server, real data).
     - ``default``: the embedded data on a 2-core CPU; all chapters in <= 30 min.
     - ``smoke``: a few minutes for all chapters, for CI.
+
+    Raises:
+        ValueError: an unknown ``profile``.
+        ConfigError: an unknown ``dataset`` or a ``data_root`` that is not a str.
     """
     cfg = paper_config(dataset)
     cfg = cfg.replace(data={"data_root": data_root})

@@ -4,40 +4,117 @@ Run directories (``run_dir``) are shared between chapters::
 
     run_dir/<dataset>/seed<s>/last.*, best.*, snapshots/round<r>.*   training (trainer.py)
     run_dir/<dataset>/seed<s>/selection.json                         K / discard chosen on validation
+    run_dir/<dataset>/seed<s>/result.json                            the replicate's ReplicateResult
+    run_dir/<dataset>/pca_baseline.json                              the raw-pixel PCA reference
     run_dir/<dataset>/metrics.json                                   test metrics of every replicate
 
-A chapter that finds a finished run loads it; an interrupted one resumes.
+A chapter that finds a finished run loads it; an interrupted one resumes. Every
+entry point checks the splits it receives once, before any work
+(:func:`salad_lite.data.batches.check_splits`: no patient in two splits, no
+NaN/inf pixel), and every file is written atomically and read back naming the
+file on failure (:mod:`salad_lite.files`).
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections.abc import Sequence
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 
 from salad_lite.baselines import pca_baseline
-from salad_lite.config import SaladConfig
-from salad_lite.metrics import auc, auprc, mean_ci, pr_curve_data, roc_curve_data
+from salad_lite.config import ConfigError, SaladConfig, check_value
+from salad_lite.data.batches import check_splits, dataset_labels
+from salad_lite.files import CorruptFileError, read_json, remove_stale_temps, write_json_atomic
+from salad_lite.metrics import auc, auprc, binary_labels, mean_ci, pr_curve_data, roc_curve_data
 from salad_lite.scorer import SaladScorer
 from salad_lite.trainer import SaladTrainer
 
-DEFAULT_K_GRID = (1, 5, 10, 20, 50, 100)
-RESULT_KEYS = frozenset({"seed", "k", "discard_anomalous", "val_auc", "selected_epoch", "selected_round", "test_auc",
-                         "test_auprc", "reconstruction_test_auc", "reconstruction_test_auprc", "test_scores",
-                         "test_labels"})
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ReplicateResult:
+    """One replicate's outcome (``result.json``): the selection on validation and the test split scored once.
+
+    AUCs and AUPRCs are in [0, 1].
+    """
+
+    seed: int
+    k: int
+    discard_anomalous: bool
+    val_auc: float
+    """The replicate's seed, and the K / bank policy chosen on validation with the validation AUC they reach."""
+    test_scores: tuple[float, ...]
+    """Eq. 4 scores [M] of the M test images with that choice (higher = more abnormal)."""
+    test_auc: float
+    test_auprc: float
+    reconstruction_test_auc: float
+    reconstruction_test_auprc: float
+    """Test AUC / AUPRC of Eq. 4, then of the same model's reconstruction error (the "Deep AE" score)."""
+    test_labels: tuple[int, ...]
+    """The 0/1 labels [M] of the test images."""
+    selected_epoch: int
+    selected_round: int
+    """The validation-selected checkpoint: its epoch (0-based) and round (0 = pre-training)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON (tuples become lists)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+    def summary_row(self) -> dict[str, Any]:
+        """The fields without the per-image ``test_scores`` / ``test_labels`` (a row of ``per_replicate``)."""
+        return {name: value for name, value in self.to_dict().items() if name not in ("test_scores", "test_labels")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "replicate result") -> "ReplicateResult":
+        """Build from :meth:`to_dict`'s output, checking every field's type.
+
+        Raises:
+            CorruptFileError: ``data`` is not a dict, lacks a field, or a value
+                has the wrong type (``source``, e.g. the file, and the field named).
+        """
+        if not isinstance(data, dict):
+            raise CorruptFileError(f"{source} must hold a JSON object, got {type(data).__name__}")
+        hints = get_type_hints(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        if missing:
+            raise CorruptFileError(f"{source} lacks {missing}")
+        try:
+            return cls(**{f.name: check_value(f.name, data[f.name], hints[f.name]) for f in dataclasses.fields(cls)})
+        except ConfigError as error:
+            raise CorruptFileError(f"{source}: {error}") from None
+
+    @classmethod
+    def is_complete(cls, data: Any) -> bool:
+        """True if ``data`` has every field (a result.json of an older salad_lite may lack a metric)."""
+        return isinstance(data, dict) and all(f.name in data for f in dataclasses.fields(cls))
 
 
 def replicate_dir(run_dir: str | Path, cfg: SaladConfig, seed: int | None = None) -> Path:
-    """``run_dir/<dataset>/seed<s>``."""
+    """``run_dir/<dataset>/seed<s>`` (``s`` = ``seed``, default ``cfg.train.seed``)."""
     return Path(run_dir) / cfg.data.dataset / f"seed{cfg.train.seed if seed is None else seed}"
 
 
 def train_or_load(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path, device: str = "auto") -> SaladTrainer:
-    """A trainer for ``cfg`` in ``replicate_dir(run_dir, cfg)``: trains what is missing, then loads ``best``."""
+    """A trainer for ``cfg`` in ``replicate_dir(run_dir, cfg)``: trains what is missing, then loads ``best``.
+
+    Returns:
+        The trainer holding the validation-selected checkpoint; that checkpoint's
+        metadata (``selected_epoch``, ``selected_round``, ``best_val_auc``,
+        ``history``...) is ``trainer.selected``.
+
+    Raises:
+        KeyError: ``splits`` lacks train or val.
+        salad_lite.data.splits.PatientLeakError: a patient is in two of the splits given.
+        salad_lite.data.batches.NonFiniteImageError: an image of any split holds NaN/inf pixels.
+        salad_lite.files.CorruptFileError: a checkpoint is damaged or does not fit (file named).
+        ValueError: the run folder holds a run of another configuration.
+    """
+    check_splits(splits, required=("train", "val"))
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=replicate_dir(run_dir, cfg), device=device)
     if not trainer.is_finished:
         trainer.fit()
@@ -45,12 +122,23 @@ def train_or_load(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path,
     return trainer
 
 
-def select_scoring(trainer: SaladTrainer, k_grid: Sequence[int] = DEFAULT_K_GRID,
-                   discard_options: Sequence[bool] = (True, False)) -> dict[str, Any]:
-    """Validation AUC for every (K, discard_anomalous); returns the grid and the best pair.
+def select_scoring(trainer: SaladTrainer) -> dict[str, Any]:
+    """Validation AUC for every (K, discard_anomalous) of ``cfg.score.k_grid`` x ``cfg.score.discard_options``.
 
-    Only the validation split is looked at. Ks larger than the bank are skipped.
+    Only the validation split is looked at. A K the bank cannot serve (K > N' - 1,
+    N' the rows kept) is skipped rather than clamped, so no setting is scored twice.
+    The best pair has the highest validation AUC (ties: the smaller K).
+
+    Returns:
+        ``{"grid": [{"k", "discard_anomalous", "val_auc", "val_auprc"}], "k",
+        "discard_anomalous", "val_auc"}``.
+
+    Raises:
+        ValueError: the validation split lacks one class (checked before anything is
+            embedded) or has a label other than 0/1; no K of the grid fits the bank.
     """
+    binary_labels(trainer.val_labels, "select_scoring (validation AUC)")
+    k_grid, discard_options = trainer.cfg.score.k_grid, trainer.cfg.score.discard_options
     bank = trainer.scoring_bank()
     val_z = trainer.embed(trainer.val_set)
     rows = []
@@ -70,38 +158,55 @@ def select_scoring(trainer: SaladTrainer, k_grid: Sequence[int] = DEFAULT_K_GRID
 
 
 def score_split(trainer: SaladTrainer, dataset: Any, k: int, discard_anomalous: bool) -> np.ndarray:
-    """Eq. 4 scores [M] of every image of ``dataset`` against the trainer's scoring bank."""
+    """Eq. 4 scores [M] of every image of ``dataset`` against the trainer's scoring bank.
+
+    A K the bank cannot serve is clamped (see :class:`~salad_lite.scorer.SaladScorer`).
+
+    Raises:
+        salad_lite.data.splits.PatientLeakError: a patient of ``dataset`` is also in the training split.
+        ValueError: degenerate latents or bad training labels (see :meth:`SaladScorer.fit`).
+    """
+    check_splits({"train": trainer.train_set, "scored": dataset})
     scorer = SaladScorer(k=k, discard_anomalous=discard_anomalous, rule=trainer.cfg.score.rule)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="K=.* exceeds")
-        scorer.fit(trainer.scoring_bank(), trainer.train_labels)
+    scorer.fit(trainer.scoring_bank(), trainer.train_labels)
     return scorer.decision_function(trainer.embed(dataset))
 
 
 def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path,
-                       device: str = "auto") -> dict[str, Any]:
-    """Train/load one replicate, select K and discard on validation, then score the test split once."""
+                       device: str = "auto") -> ReplicateResult:
+    """Train/load one replicate, select K and discard on validation, then score the test split once.
+
+    A stored ``result.json`` is returned as is; one written by an older
+    salad_lite that lacks a field is recomputed with the same model and selection.
+
+    Raises:
+        KeyError: ``splits`` lacks train, val or test.
+        salad_lite.data.splits.PatientLeakError: a patient is in two splits.
+        salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels (split and image named).
+        salad_lite.files.CorruptFileError: ``result.json`` or a checkpoint is damaged (file named).
+        ValueError: validation or test lacks a class; the run folder holds another configuration.
+    """
+    check_splits(splits, required=SPLIT_NAMES)
     out_dir = replicate_dir(run_dir, cfg)
     result_path = out_dir / "result.json"
     if result_path.exists():
-        cached = json.loads(result_path.read_text())
-        if RESULT_KEYS <= cached.keys():
-            return cached
-        # written by an older salad_lite without some metric: recompute it with the same model and selection
+        cached = read_json(result_path, "replicate result")
+        if ReplicateResult.is_complete(cached):
+            return ReplicateResult.from_dict(cached, source=f"replicate result {result_path}")
     trainer = train_or_load(cfg, splits, run_dir, device)
     selection = select_scoring(trainer)
-    (out_dir / "selection.json").write_text(json.dumps(selection, indent=2))
+    write_json_atomic(out_dir / "selection.json", selection, indent=2)
     scores = score_split(trainer, splits["test"], selection["k"], selection["discard_anomalous"])
-    labels = np.asarray(splits["test"].labels)
-    best_meta = json.loads((out_dir / "best.json").read_text())
+    labels = dataset_labels(splits["test"])
     errors = trainer.reconstruction_errors(splits["test"])  # the same model's "Deep AE" score, for comparison
-    result = {"seed": cfg.train.seed, "k": selection["k"], "discard_anomalous": selection["discard_anomalous"],
-              "val_auc": selection["val_auc"], "selected_epoch": best_meta["selected_epoch"],
-              "selected_round": best_meta["selected_round"], "test_auc": auc(labels, scores),
-              "test_auprc": auprc(labels, scores), "reconstruction_test_auc": auc(labels, errors),
-              "reconstruction_test_auprc": auprc(labels, errors), "test_scores": scores.tolist(),
-              "test_labels": labels.tolist()}
-    result_path.write_text(json.dumps(result))
+    result = ReplicateResult(
+        seed=cfg.train.seed, k=selection["k"], discard_anomalous=selection["discard_anomalous"],
+        val_auc=selection["val_auc"], selected_epoch=trainer.selected["selected_epoch"],
+        selected_round=trainer.selected["selected_round"], test_auc=auc(labels, scores),
+        test_auprc=auprc(labels, scores), reconstruction_test_auc=auc(labels, errors),
+        reconstruction_test_auprc=auprc(labels, errors), test_scores=tuple(float(v) for v in scores),
+        test_labels=tuple(int(v) for v in labels))
+    write_json_atomic(result_path, result.to_dict())
     return result
 
 
@@ -115,35 +220,49 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     (cached in ``run_dir/<dataset>/pca_baseline.json``).
 
     Writes ``run_dir/<dataset>/metrics.json`` and returns the same dict.
+
+    Raises:
+        KeyError: ``splits`` lacks train, val or test.
+        salad_lite.data.splits.PatientLeakError: a patient is in two splits (checked before any training).
+        salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels (split and image named).
+        salad_lite.files.CorruptFileError: a stored result, baseline or checkpoint is damaged (file named).
+        ValueError: ``replicates`` < 1; validation or test lacks a class.
     """
     count = cfg.data.replicates if replicates is None else replicates
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"replicates must be an int >= 1, got {count!r}")
+    check_splits(splits, required=SPLIT_NAMES)
+    remove_stale_temps(Path(run_dir) / cfg.data.dataset)  # left by a killed process; the trainer clears seed<s>/
     results = [evaluate_replicate(cfg.replace(train={"seed": seed}), splits, run_dir, device) for seed in range(count)]
     summary: dict[str, Any] = {"dataset": cfg.data.dataset, "replicates": count, "config": cfg.to_dict(),
-                               "per_replicate": [{k: v for k, v in r.items() if not k.startswith("test_s")
-                                                  and k != "test_labels"} for r in results]}
+                               "per_replicate": [r.summary_row() for r in results]}
     for metric in ("test_auc", "test_auprc", "reconstruction_test_auc", "reconstruction_test_auprc"):
-        mean, half = mean_ci([r[metric] for r in results])
+        mean, half = mean_ci([getattr(r, metric) for r in results])
         summary[metric] = {"mean": mean, "ci95": half}
     baseline_path = Path(run_dir) / cfg.data.dataset / "pca_baseline.json"
     if not baseline_path.exists():  # deterministic and replicate-free: computed once, test scored once
-        baseline_path.parent.mkdir(parents=True, exist_ok=True)
-        baseline_path.write_text(json.dumps(pca_baseline(splits), indent=2))
-    summary["pca_baseline"] = json.loads(baseline_path.read_text())
+        write_json_atomic(baseline_path, pca_baseline(splits), indent=2)
+    summary["pca_baseline"] = read_json(baseline_path, "PCA baseline result")
+    if not isinstance(summary["pca_baseline"], dict) or "test_auc" not in summary["pca_baseline"]:
+        raise CorruptFileError(f"PCA baseline result {baseline_path} lacks 'test_auc'; delete it to recompute")
     first = results[0]
     summary["curves_seed0"] = {
-        "roc": {k: v.tolist() for k, v in roc_curve_data(first["test_labels"], first["test_scores"]).items()
+        "roc": {k: v.tolist() for k, v in roc_curve_data(first.test_labels, first.test_scores).items()
                 if k != "thresholds"},
-        "pr": {k: v.tolist() for k, v in pr_curve_data(first["test_labels"], first["test_scores"]).items()
+        "pr": {k: v.tolist() for k, v in pr_curve_data(first.test_labels, first.test_scores).items()
                if k != "thresholds"},
     }
-    path = Path(run_dir) / cfg.data.dataset / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2))
+    write_json_atomic(Path(run_dir) / cfg.data.dataset / "metrics.json", summary, indent=2)
     return summary
 
 
 def splits_for(cfg: SaladConfig, progress: bool = True) -> dict[str, Any]:
-    """The cached train / val / test splits that ``cfg.data`` and ``cfg.model.image_size`` describe (split seed 0)."""
+    """The cached train / val / test splits that ``cfg.data`` and ``cfg.model.image_size`` describe (split seed 0).
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`salad_lite.data.registry.load_splits` (a wrong
+            root, no images, a split that cannot be built).
+    """
     from salad_lite.data.registry import load_splits
 
     return load_splits(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,

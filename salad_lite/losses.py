@@ -30,6 +30,9 @@ def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "mse")
     """Pixel loss between reconstructions and inputs, both [B, 1, H, W] in [0, 1]; mean over pixels.
 
     ``kind``: ``"mse"`` (paper), ``"l1"`` (authors' code) or ``"none"`` (the "w/o L_mse" ablation: 0).
+
+    Raises:
+        ValueError: an unknown ``kind``.
     """
     if kind == "mse":
         return F.mse_loss(x_hat.float(), x.float())

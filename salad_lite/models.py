@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from salad_lite.config import ModelConfig
+from salad_lite.config import MIN_IMAGE_SIZE, ModelConfig, check_image_size
 
-CONV_MIN_IMAGE_SIZE = 32
-RESNET_MIN_IMAGE_SIZE = 64
+CONV_MIN_IMAGE_SIZE = MIN_IMAGE_SIZE["conv"]  # 32 px
+RESNET_MIN_IMAGE_SIZE = MIN_IMAGE_SIZE["resnet18"]  # 64 px
 CONV_LAYERS = 6  # conv layers in the encoder and in the decoder
 CONV_MIN_FEATURE_SIDE = 4  # the conv encoder stops halving at a 4x4 feature map
 CONV_MAX_CHANNELS = 512
@@ -51,23 +51,6 @@ RESNET_DECODER_SEED_SIDE = 4  # side of the map the decoder's Linear produces (a
 # shared helpers
 
 
-def _check_image_size(image_size: int, minimum: int, arch: str) -> None:
-    """Raise ValueError unless ``image_size`` is a power of two >= ``minimum``."""
-    is_power_of_two = isinstance(image_size, int) and image_size > 0 and image_size & (image_size - 1) == 0
-    if not is_power_of_two or image_size < minimum:
-        raise ValueError(
-            f"ModelConfig.image_size={image_size!r} is not supported by arch={arch!r}: "
-            f"use a power of two >= {minimum} (e.g. {minimum}, {2 * minimum}, 256, 512)"
-        )
-
-
-def _check_dims(cfg: ModelConfig) -> None:
-    for name in ("in_channels", "latent_dim", "width"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-
-
 class _AutoencoderBase(nn.Module):
     """encode / decode / forward around ``self.encoder`` and ``self.decoder``."""
 
@@ -76,7 +59,6 @@ class _AutoencoderBase(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        _check_dims(cfg)
         self.image_size = cfg.image_size
         self.in_channels = cfg.in_channels
         self.latent_dim = cfg.latent_dim
@@ -90,13 +72,21 @@ class _AutoencoderBase(nn.Module):
             )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B,C,H,W]`` in [0,1] -> latents ``[B,d]`` with unit L2 norm."""
+        """Images ``[B,C,H,W]`` in [0,1] -> latents ``[B,d]`` with unit L2 norm.
+
+        Raises:
+            ValueError: ``x`` is not ``[B, C, H, W]`` with the configured C and H = W = image size.
+        """
         self._check_input(x)
         h = self.encoder(x)  # [B,d]
         return F.normalize(h, dim=1)  # [B,d], |z| = 1
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents ``[B,d]`` -> reconstructions ``[B,C,H,W]`` in (0,1)."""
+        """Latents ``[B,d]`` -> reconstructions ``[B,C,H,W]`` in (0,1).
+
+        Raises:
+            ValueError: ``z`` is not ``[B, d]``.
+        """
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"{type(self).__name__}.decode expects latents [B, {self.latent_dim}], got {list(z.shape)}")
         return self.decoder(z)
@@ -148,11 +138,14 @@ class ConvAutoencoder(_AutoencoderBase):
     Shapes at 256 px, w = 32: x [B,1,256,256] -> [B,32,128,128] -> [B,64,64,64]
     -> [B,128,32,32] -> [B,256,16,16] -> [B,256,8,8] -> [B,256,4,4] -> [B,4096]
     -> z [B,200] -> [B,4096] -> [B,256,4,4] -> ... -> x_hat [B,1,256,256].
+
+    Raises:
+        salad_lite.config.ConfigError: ``cfg.image_size`` is not a power of two >= 32.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        _check_image_size(cfg.image_size, CONV_MIN_IMAGE_SIZE, "conv")
+        check_image_size("conv", cfg.image_size)  # also for a config built for the other arch
         halvings = min(CONV_LAYERS, (cfg.image_size // CONV_MIN_FEATURE_SIDE).bit_length() - 1)  # log2(H/4), at most 6
         strides = [2] * halvings + [1] * (CONV_LAYERS - halvings)  # e.g. 64 px: [2,2,2,2,1,1]
         channels = [min(cfg.width * 2 ** min(i, 3), CONV_MAX_CHANNELS) for i in range(CONV_LAYERS)]
@@ -240,11 +233,14 @@ class ResNetAutoencoder(_AutoencoderBase):
     Shapes at 512 px: x [B,1,512,512] -> layer4 [B,512,16,16] -> [B,512] -> z [B,200]
     -> [B,512,4,4] -> [B,512,16,16] -> [B,256,32,32] -> [B,128,64,64] -> [B,64,128,128]
     -> [B,64,128,128] -> [B,32,256,256] -> x_hat [B,1,512,512].
+
+    Raises:
+        salad_lite.config.ConfigError: ``cfg.image_size`` is not a power of two >= 64.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        _check_image_size(cfg.image_size, RESNET_MIN_IMAGE_SIZE, "resnet18")
+        check_image_size("resnet18", cfg.image_size)
         c1, c2, c3, c4 = RESNET_STAGE_CHANNELS
         side = cfg.image_size // RESNET_DOWNSAMPLING  # layer4 map side: 2 at 64 px, 16 at 512 px
         seed_side = min(side, RESNET_DECODER_SEED_SIDE)
@@ -277,7 +273,11 @@ class ResNetAutoencoder(_AutoencoderBase):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The autoencoder named by ``cfg.arch`` ("conv" or "resnet18"), randomly initialised."""
+    """The autoencoder named by ``cfg.arch`` ("conv" or "resnet18"), randomly initialised.
+
+    Raises:
+        ValueError: an unknown arch (only possible for a config altered behind its validation).
+    """
     if cfg.arch == "conv":
         return ConvAutoencoder(cfg)
     if cfg.arch == "resnet18":

@@ -9,7 +9,10 @@ Schedule (epochs are numbered 0.. over the whole run):
   memory entries; both stay fixed for the round. Loss: Eq. 3.
 
 After every epoch a checkpoint ``last`` is written (model, memory, optimiser,
-the round's prototypes and neighbourhoods, history); ``fit`` resumes from it. The
+the round's prototypes and neighbourhoods, history); ``fit`` resumes from it.
+Checkpoints are all-or-nothing (:mod:`salad_lite.checkpoint`): a process killed
+at any point of a save resumes to the uninterrupted result, and a checkpoint
+that does not fit the configuration or the training set is refused. The
 epoch with the best validation AUC is kept as ``best``: selection never looks at
 a test split. Shuffling and augmentation are seeded per epoch, so a resumed run
 reproduces the uninterrupted one on the CPU.
@@ -18,9 +21,7 @@ reproduces the uninterrupted one on the CPU.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,16 @@ import numpy as np
 import torch
 
 from salad_lite.augment import augment_batch
-from salad_lite.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from salad_lite.checkpoint import checkpoint_exists, checkpoint_paths, load_checkpoint, save_checkpoint
 from salad_lite.config import SaladConfig
+from salad_lite.data.batches import check_splits, dataset_labels, gather_images, image_batches
+from salad_lite.files import CorruptFileError, remove_stale_temps
 from salad_lite.losses import salad_loss
 from salad_lite.memory import MemoryBank
-from salad_lite.metrics import auc, auprc
+from salad_lite.metrics import auc, auprc, binary_labels
 from salad_lite.models import build_model
 from salad_lite.scorer import SaladScorer
-from salad_lite.utils import resolve_device, seed_everything
+from salad_lite.utils import progress_enabled, resolve_device, seed_everything
 
 try:
     from tqdm.auto import tqdm
@@ -43,34 +46,9 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
     tqdm = None
 
 
-def gather_images(dataset: Any, indices: np.ndarray) -> torch.Tensor:
-    """Images of ``indices`` as float [B, 1, S, S] in [0, 1].
-
-    Uses a dataset's in-memory uint8 ``images`` array [N, S, S] when it has one
-    (the cached datasets), otherwise stacks ``dataset[i]["image"]``.
-    """
-    images = getattr(dataset, "images", None)
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3:
-        return torch.from_numpy(images[indices]).unsqueeze(1).float().div_(255.0)
-    return torch.stack([dataset[int(i)]["image"] for i in indices]).float()
-
-
-def image_batches(dataset: Any, batch_size: int) -> Iterator[torch.Tensor]:
-    """Every image of ``dataset`` in order, as float batches [B, 1, S, S] in [0, 1] on the CPU."""
-    for start in range(0, len(dataset), batch_size):
-        yield gather_images(dataset, np.arange(start, min(start + batch_size, len(dataset))))
-
-
-def dataset_labels(dataset: Any) -> np.ndarray:
-    """Labels [N] (0 normal, 1 abnormal) of a dataset with a ``labels`` attribute or sample dicts."""
-    labels = getattr(dataset, "labels", None)
-    if labels is not None:
-        return np.asarray(labels, dtype=np.int64)
-    return np.array([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
-
-
-# Settings that do not change what a replicate learns: how many replicates the book runs, progress bars.
-_NOT_TRAINING = {("data", "replicates"), ("train", "progress")}
+# Settings that do not change what a replicate learns or which epoch is kept: how many replicates the book
+# runs, progress bars, and the grid that validation chooses the final scoring from after training.
+_NOT_TRAINING = {("data", "replicates"), ("train", "progress"), ("score", "k_grid"), ("score", "discard_options")}
 
 
 def config_changes(stored: SaladConfig, current: SaladConfig) -> list[str]:
@@ -103,19 +81,45 @@ class SaladTrainer:
         val_set: optional mixed normal/abnormal validation dataset (for AUC and selection).
         run_dir: checkpoints and history go here; ``None`` keeps everything in memory.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
+
+    Both splits are checked once, before anything is built
+    (:func:`salad_lite.data.batches.check_splits`): no patient in both, no
+    NaN/inf pixel in either. With a ``run_dir`` holding a ``last`` checkpoint,
+    training resumes from it after checking that it belongs to this
+    configuration and training set.
+
+    Attributes:
+        selected: metadata of the checkpoint :meth:`load_best` loaded (epoch,
+            round and validation AUC of the selection), ``None`` before.
+
+    Raises:
+        TypeError: ``cfg`` is not a :class:`SaladConfig`.
+        ValueError: fewer than 2 training images, or a validation split without
+            both classes (selection compares them).
+        salad_lite.data.splits.PatientLeakError: a patient is in both splits.
+        salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels (split and image named).
+        TypeError: ``val_set`` is given but a split has no patient ids.
+        salad_lite.files.CorruptFileError: the ``last`` checkpoint is damaged or
+            does not fit the configuration / training set (file named).
+        ValueError: the ``last`` checkpoint was trained with another configuration.
     """
 
     def __init__(self, cfg: SaladConfig, train_set: Any, val_set: Any | None = None,
                  run_dir: str | Path | None = None, device: str | torch.device = "auto") -> None:
+        if not isinstance(cfg, SaladConfig):
+            raise TypeError(f"cfg must be a SaladConfig, got {type(cfg).__name__}")
         if len(train_set) < 2:
             raise ValueError(f"the training set needs at least 2 images, got {len(train_set)}")
+        check_splits({"train": train_set, "val": val_set})
         self.cfg = cfg
         self.train_set = train_set
         self.val_set = val_set
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = resolve_device(device)
         self.train_labels = dataset_labels(train_set)
-        self.val_labels = dataset_labels(val_set) if val_set is not None else None
+        self.val_labels = None
+        if val_set is not None:  # selection compares the classes: a one-class validation split fails now, not after an epoch
+            self.val_labels = binary_labels(dataset_labels(val_set), "checkpoint selection on the validation split")
         seed_everything(cfg.train.seed)
         self.model = build_model(cfg.model).to(self.device)
         self.memory = MemoryBank(len(train_set), cfg.model.latent_dim, seed=cfg.train.seed).to(self.device)
@@ -130,8 +134,13 @@ class SaladTrainer:
         self.best_val_auc = float("-inf")
         self.round_neighbours: torch.Tensor | None = None  # [N, k]
         self.round_prototypes: torch.Tensor | None = None  # [N] bool
-        if self.run_dir is not None and checkpoint_exists(self.run_dir / "last"):
-            self._restore(self.run_dir / "last")
+        self.selected: dict[str, Any] | None = None
+        if self.run_dir is not None:
+            for stem in ("last", "best"):
+                checkpoint_exists(self.run_dir / stem)  # finishes or undoes a save a killed process left half done
+            remove_stale_temps(self.run_dir)
+            if checkpoint_exists(self.run_dir / "last"):
+                self._restore(self.run_dir / "last")
 
     # ----------------------------------------------------------------- schedule
     @property
@@ -174,13 +183,13 @@ class SaladTrainer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_step(self, indices: np.ndarray, round_index: int, generator: torch.Generator) -> dict[str, float]:
-        """One optimiser step on the batch ``indices``; returns the loss terms as floats."""
+        """One optimiser step on the batch ``indices``; returns the loss terms as floats.
+
+        Raises:
+            FloatingPointError: the loss is NaN/inf (the message gives the epoch and every term).
+        """
         loss_cfg = self.cfg.loss
-        x = gather_images(self.train_set, indices)  # [B, 1, S, S]
-        if not torch.isfinite(x).all():
-            bad = [int(i) for i, ok in zip(indices, torch.isfinite(x).flatten(1).all(1)) if not ok]
-            raise ValueError(f"training images with NaN/inf pixels at dataset indices {bad[:10]}")
-        x = self._to_device(x)
+        x = self._to_device(gather_images(self.train_set, indices))  # [B, 1, S, S]; finite: checked at __init__
         index_t = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         with self._autocast():
             z, x_hat = self.model(x)  # [B, d], [B, 1, S, S]
@@ -196,7 +205,7 @@ class SaladTrainer:
         terms = salad_loss(loss_cfg, x, x_hat, z.float(), index_t, self.memory.bank,
                            None if views is None else views.float(), neighbours, prototypes)
         if not torch.isfinite(terms.total):
-            raise FloatingPointError(f"loss became {float(terms.total)} at epoch {self.epoch} "
+            raise FloatingPointError(f"loss became {float(terms.total.detach())} at epoch {self.epoch} "
                                      f"(terms {terms.as_floats()}); lower the learning rate or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -205,14 +214,17 @@ class SaladTrainer:
         return terms.as_floats()
 
     def fit(self, until_epoch: int | None = None) -> list[dict[str, Any]]:
-        """Run (or resume) training up to ``until_epoch`` (default: the whole schedule); returns the history."""
+        """Run (or resume) training up to ``until_epoch`` (default: the whole schedule); returns the history.
+
+        Raises:
+            FloatingPointError: the loss became NaN/inf (see :meth:`train_step`).
+            ValueError: validation needs both classes (from :func:`salad_lite.metrics.auc`).
+        """
         stop = self.total_epochs if until_epoch is None else min(until_epoch, self.total_epochs)
         t = self.cfg.train
         n = len(self.train_set)
         bar = None
-        # TQDM_DISABLE=1 (set by scripts/build_book.py for the static pages) is not honoured by tqdm.notebook
-        bars_off = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-        if t.progress and not bars_off and tqdm is not None and self.epoch < stop:
+        if t.progress and progress_enabled() and tqdm is not None and self.epoch < stop:
             bar = tqdm(total=stop, initial=self.epoch, desc="SALAD epochs", unit="epoch")
         while self.epoch < stop:
             started = time.perf_counter()
@@ -253,7 +265,11 @@ class SaladTrainer:
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
     def embed(self, dataset: Any, batch_size: int = 256) -> torch.Tensor:
-        """Unit latents [N, d] of every image of ``dataset`` (eval mode), on the CPU."""
+        """Unit latents [N, d] of every image of ``dataset`` (eval mode), on the CPU.
+
+        Raises:
+            ValueError: the images are not ``[1, S, S]`` at the configured size (from the model).
+        """
         self.model.eval()
         out = []
         for batch in image_batches(dataset, batch_size):
@@ -267,6 +283,9 @@ class SaladTrainer:
 
         The plain "Deep AE" anomaly score (higher = more abnormal), reported beside
         Eq. 4 as a baseline from the same trained model. Pixels are in [0, 1].
+
+        Raises:
+            ValueError: the images are not ``[1, S, S]`` at the configured size (from the model).
         """
         self.model.eval()
         out = []
@@ -284,12 +303,27 @@ class SaladTrainer:
         return self.memory.bank.detach().cpu()
 
     def scorer(self) -> SaladScorer:
-        """A scorer fitted on :meth:`scoring_bank` with the training labels."""
+        """A scorer fitted on :meth:`scoring_bank` with the training labels, K = ``cfg.score.k``.
+
+        ``cfg.score.k`` / ``discard_anomalous`` are the checkpoint-selection settings;
+        a K the bank cannot serve is clamped (``scorer.k_``, see :class:`SaladScorer`).
+
+        Raises:
+            ValueError: degenerate latents or bad labels (see :meth:`SaladScorer.fit`).
+        """
         return SaladScorer.from_config(self.cfg.score).fit(self.scoring_bank(), self.train_labels)
 
     def validate(self) -> dict[str, float]:
-        """Validation AUC/AUPRC of the current model and memory."""
-        with torch.no_grad(), _quiet_k_warning():
+        """Validation AUC/AUPRC of the current model and memory: what per-epoch checkpoint selection compares.
+
+        Scored with ``cfg.score.k`` and ``cfg.score.discard_anomalous`` (:meth:`scorer`).
+
+        Raises:
+            ValueError: the validation split lacks one class (checked before anything
+                is embedded), or a label other than 0/1.
+        """
+        binary_labels(self.val_labels, "checkpoint selection (validation AUC)")
+        with torch.no_grad():
             scores = self.scorer().decision_function(self.embed(self.val_set))
         return {"val_auc": auc(self.val_labels, scores), "val_auprc": auprc(self.val_labels, scores)}
 
@@ -335,44 +369,85 @@ class SaladTrainer:
                         {"round": round_index, "epoch": self.epoch})
 
     def _restore(self, stem: Path) -> None:
-        tensors, meta = load_checkpoint(stem, self.device)
-        changed = config_changes(SaladConfig.from_dict(meta["config"]), self.cfg)
-        if changed:
-            raise ValueError(f"{stem}.json was trained with another configuration ({'; '.join(changed)}); "
-                             "use another run_dir or the same config")
-        self.load_state_tensors(tensors)
+        """Continue from the ``last`` checkpoint: weights, memory, optimiser, round state, counters, history."""
+        tensors, meta = self._load_verified(stem, needs=("epoch", "history", "best_val_auc", "optimizer"))
         _load_optimizer(self.optimizer, tensors, meta["optimizer"])
         if "round.neighbours" in tensors:
             self.round_neighbours = tensors["round.neighbours"].long()
             self.round_prototypes = tensors["round.prototypes"].bool()
         self.epoch, self.history, self.best_val_auc = meta["epoch"], meta["history"], meta["best_val_auc"]
 
+    def _load_verified(self, stem: Path, needs: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load checkpoint ``stem`` into the model and memory after checking that it belongs to this run.
+
+        Checks: the stored configuration equals ``self.cfg`` in every training-relevant
+        field; the model tensors have the names and shapes of a model built from
+        that configuration; the memory bank has one row per training image.
+
+        Raises:
+            CorruptFileError: the checkpoint is damaged, lacks a key of ``needs``,
+                or its tensors do not fit (file named).
+            ValueError: it was trained with another configuration.
+        """
+        tensor_path, json_path = checkpoint_paths(stem)
+        tensors, meta = load_checkpoint(stem, self.device)
+        missing = [key for key in ("config", *needs) if key not in meta]
+        if missing:
+            raise CorruptFileError(f"checkpoint metadata {json_path} lacks {missing}; "
+                                   "it was not written by SaladTrainer")
+        stored = SaladConfig.from_dict(meta["config"], source=str(json_path))
+        changed = config_changes(stored, self.cfg)
+        if changed:
+            raise ValueError(f"{json_path} was trained with another configuration ({'; '.join(changed)}); "
+                             "use another run_dir or the same config")
+        expected = {name: tuple(t.shape) for name, t in self.state_tensors().items()}
+        found = {name: tuple(t.shape) for name, t in tensors.items()
+                 if name.startswith("model.") or name == "memory.bank"}
+        if found != expected:
+            wrong = sorted(set(expected) ^ set(found)) or [n for n in sorted(expected) if expected[n] != found[n]]
+            name = wrong[0]
+            if name == "memory.bank" and name in found:
+                detail = (f"memory.bank has {found[name][0]} rows of {found[name][1]}, the training set has "
+                          f"{len(self.train_set)} images and latent_dim is {self.cfg.model.latent_dim}")
+            else:
+                detail = (f"{name} is {list(found[name]) if name in found else 'missing'}, a model built from its "
+                          f"config needs {list(expected[name]) if name in expected else 'no such tensor'}")
+            raise CorruptFileError(f"checkpoint {tensor_path} does not fit its configuration and training set: "
+                                   f"{detail} ({len(wrong)} tensor(s) differ)")
+        self.load_state_tensors(tensors)
+        return tensors, meta
+
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load model weights and memory from a flat state dict (see :meth:`state_tensors`)."""
+        """Load model weights and memory from a flat state dict (see :meth:`state_tensors`).
+
+        Raises:
+            RuntimeError: names or shapes differ from this model (from ``load_state_dict``).
+            KeyError: no ``memory.bank`` tensor.
+        """
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
         self.memory.bank.copy_(tensors["memory.bank"])
 
     def load_best(self) -> dict[str, Any]:
-        """Load the validation-selected checkpoint ``best`` into this trainer; returns its metadata."""
+        """Load the validation-selected checkpoint ``best`` into this trainer; returns its metadata.
+
+        The metadata (``selected_epoch``, ``selected_round``, ``best_val_auc``,
+        ``history``, ``config``...) is also kept as :attr:`selected`.
+
+        Raises:
+            FileNotFoundError: no ``best`` checkpoint (no run_dir, or never validated).
+            CorruptFileError: the checkpoint is damaged or does not fit this run (file named).
+            ValueError: it was trained with another configuration.
+        """
         if self.run_dir is None or not checkpoint_exists(self.run_dir / "best"):
             raise FileNotFoundError(f"no best checkpoint in {self.run_dir}: train with a validation set first")
-        tensors, meta = load_checkpoint(self.run_dir / "best", self.device)
-        self.load_state_tensors(tensors)
+        _, meta = self._load_verified(self.run_dir / "best", needs=("selected_epoch", "selected_round"))
+        self.selected = meta
         return meta
 
     @property
     def is_finished(self) -> bool:
         return self.epoch >= self.total_epochs
-
-
-@contextlib.contextmanager
-def _quiet_k_warning():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="K=.* exceeds")
-        yield
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

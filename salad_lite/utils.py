@@ -1,15 +1,34 @@
-"""Seeding and device selection."""
+"""Seeding, device selection and the progress-bar policy."""
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
+PROGRESS_ENV = "TQDM_DISABLE"
+
+
+def progress_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """The package's one progress-bar policy: False when ``TQDM_DISABLE`` is set to any non-empty value.
+
+    tqdm itself treats even ``"0"`` as "disable", but ``tqdm.notebook`` ignores the
+    variable, so the trainer and the book ask here (the static book build sets it).
+    """
+    return not (os.environ if environ is None else environ).get(PROGRESS_ENV, "")
+
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same way."""
+    """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same way.
+
+    Raises:
+        ValueError: ``seed`` is not an int >= 0 (a bool or a float would seed silently differently).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -17,7 +36,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    Raises:
+        RuntimeError: CUDA is requested but not available, or ``device`` is not a
+            device string torch knows (from ``torch.device``).
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)

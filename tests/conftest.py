@@ -13,19 +13,23 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """uint8 images [N, S, S] + labels, with sample dicts and an aligned metadata table."""
+    """uint8 images [N, S, S] + labels, with sample dicts and an aligned metadata table.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+    Image i belongs to patient ``f"{prefix}{i}"``: give each split its own prefix.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, prefix: str = "p") -> None:
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.metadata = pd.DataFrame({"label": self.labels, "patient_id": [f"p{i}" for i in range(len(labels))]})
+        self.prefix = prefix
+        self.metadata = pd.DataFrame({"label": self.labels, "patient_id": [f"{prefix}{i}" for i in range(len(labels))]})
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
         return {"image": torch.from_numpy(self.images[i])[None].float() / 255.0, "label": int(self.labels[i]),
-                "index": i, "patient_id": f"p{i}", "finding": "Lesion" if self.labels[i] else "No Finding"}
+                "index": i, "patient_id": f"{self.prefix}{i}", "finding": "Lesion" if self.labels[i] else "No Finding"}
 
 
 def blob_images(labels: np.ndarray, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -49,5 +53,5 @@ def blob_images(labels: np.ndarray, size: int = 32, seed: int = 0) -> np.ndarray
 def blob_splits() -> dict[str, ArrayDataset]:
     train_labels = np.zeros(240, dtype=np.int64)
     val_labels = np.r_[np.zeros(40), np.ones(40)].astype(np.int64)
-    return {"train": ArrayDataset(blob_images(train_labels, seed=1), train_labels),
-            "val": ArrayDataset(blob_images(val_labels, seed=2), val_labels)}
+    return {"train": ArrayDataset(blob_images(train_labels, seed=1), train_labels, prefix="train-"),
+            "val": ArrayDataset(blob_images(val_labels, seed=2), val_labels, prefix="val-")}

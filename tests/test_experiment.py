@@ -3,10 +3,23 @@
 import json
 
 import numpy as np
+import pytest
 
 from conftest import ArrayDataset, blob_images
+from salad_lite.baselines import pca_baseline
 from salad_lite.config import profile_config
-from salad_lite.experiment import evaluate_replicates, replicate_dir
+from salad_lite.data.batches import NonFiniteImageError
+from salad_lite.data.splits import PatientLeakError
+from salad_lite.experiment import (
+    ReplicateResult,
+    evaluate_replicate,
+    evaluate_replicates,
+    replicate_dir,
+    score_split,
+    train_or_load,
+)
+from salad_lite.files import CorruptFileError
+from salad_lite.trainer import SaladTrainer
 
 
 def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_path, monkeypatch):
@@ -49,3 +62,90 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     assert again["test_auc"] == summary["test_auc"]
     assert again["reconstruction_test_auc"] == summary["reconstruction_test_auc"]
     assert "reconstruction_test_auc" in json.loads(result_path.read_text())
+    stored = ReplicateResult.from_dict(json.loads(result_path.read_text()))
+    assert stored.selected_epoch == json.loads((seed0 / "best.json").read_text())["selected_epoch"]
+    assert stored.summary_row() == again["per_replicate"][0]
+
+    # a corrupt or mistyped stored file is an error naming it, never silently recomputed or trusted
+    result_path.write_text('{"seed": 0, "k": ')
+    with pytest.raises(CorruptFileError, match=rf"replicate result {result_path} is not valid JSON"):
+        evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")
+    result_path.write_text(json.dumps({**stale, "reconstruction_test_auc": 0.5, "k": "ten"}))
+    with pytest.raises(CorruptFileError, match=rf"{result_path}: k must be an int, got 'ten'"):
+        evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")
+    result_path.write_text(json.dumps({**stale, "reconstruction_test_auc": 0.5}))
+    baseline = tmp_path / "nih" / "pca_baseline.json"
+    baseline.write_text("")
+    with pytest.raises(CorruptFileError, match=rf"PCA baseline result {baseline} is empty"):
+        evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")
+    assert not [p for p in (tmp_path / "nih").rglob(".*")], "temporary files were left behind"
+
+
+def leaky_splits(blob_splits):
+    """Hand-made splits in which validation shares patients with training (patient ids p0.. in both)."""
+    val_labels = blob_splits["val"].labels
+    test_labels = np.r_[np.zeros(4), np.ones(4)].astype(np.int64)
+    return {"train": ArrayDataset(blob_splits["train"].images, blob_splits["train"].labels, prefix="p"),
+            "val": ArrayDataset(blob_splits["val"].images, val_labels, prefix="p"),
+            "test": ArrayDataset(blob_images(test_labels, seed=22), test_labels, prefix="test-")}
+
+
+@pytest.mark.parametrize("entry", ["train_or_load", "evaluate_replicate", "evaluate_replicates", "pca_baseline"])
+def test_every_entry_point_refuses_a_patient_in_two_splits(blob_splits, tmp_path, monkeypatch, entry):
+    monkeypatch.setattr(SaladTrainer, "fit", lambda *a, **k: pytest.fail("trained on leaky splits"))
+    cfg = profile_config("smoke")
+    calls = {"train_or_load": lambda s: train_or_load(cfg, s, tmp_path, "cpu"),
+             "evaluate_replicate": lambda s: evaluate_replicate(cfg, s, tmp_path, "cpu"),
+             "evaluate_replicates": lambda s: evaluate_replicates(cfg, s, tmp_path, 1, "cpu"),
+             "pca_baseline": lambda s: pca_baseline(s)}
+    with pytest.raises(PatientLeakError, match=r"80 patient\(s\) appear in both 'train' and 'val'"):
+        calls[entry](leaky_splits(blob_splits))
+    assert not (tmp_path / "nih").exists()  # refused before anything was written
+
+
+def test_a_nan_test_image_is_found_before_training(blob_splits, tmp_path, monkeypatch):
+    class WithNaN(ArrayDataset):
+        def __getitem__(self, i):
+            sample = super().__getitem__(i)
+            if i == 2:
+                sample["image"][0, 5, 5] = float("nan")
+            return sample
+
+    test_labels = np.r_[np.zeros(4), np.ones(4)].astype(np.int64)
+    test = WithNaN(blob_images(test_labels, seed=23), test_labels, prefix="test-")
+    test.images = test.images.astype(np.float32)  # not uint8: the split is scanned
+    monkeypatch.setattr(SaladTrainer, "fit", lambda *a, **k: pytest.fail("an epoch ran before the check"))
+    with pytest.raises(NonFiniteImageError, match=r"split 'test': 1 image\(s\) hold NaN/inf pixels, first: index 2, "
+                                                  r"patient_id test-2"):
+        evaluate_replicates(profile_config("smoke"), {**blob_splits, "test": test}, tmp_path, 1, "cpu")
+    with pytest.raises(KeyError, match=r"splits lack \['test'\]"):
+        evaluate_replicates(profile_config("smoke"), blob_splits, tmp_path, 1, "cpu")
+
+
+def test_replicate_result_round_trips_and_refuses_missing_fields():
+    result = ReplicateResult(seed=0, k=5, discard_anomalous=True, val_auc=0.9, selected_epoch=3, selected_round=1,
+                             test_auc=0.8, test_auprc=0.7, reconstruction_test_auc=0.6,
+                             reconstruction_test_auprc=0.5, test_scores=(0.1, 0.2), test_labels=(0, 1))
+    assert ReplicateResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    assert "test_scores" not in result.summary_row() and result.summary_row()["k"] == 5
+    partial = {k: v for k, v in result.to_dict().items() if k != "val_auc"}
+    assert not ReplicateResult.is_complete(partial)
+    with pytest.raises(CorruptFileError, match=r"x.json lacks \['val_auc'\]"):
+        ReplicateResult.from_dict(partial, source="x.json")
+
+
+def test_score_split_refuses_images_of_training_patients(blob_splits, monkeypatch):
+    """A dataset scored against the bank must not share a patient with the training split."""
+    trainer = SaladTrainer(profile_config("smoke"), blob_splits["train"], blob_splits["val"], device="cpu")
+    monkeypatch.setattr(SaladTrainer, "embed", lambda *a, **k: pytest.fail("scored a leaky dataset"))
+    leaky = ArrayDataset(blob_splits["train"].images[:5], blob_splits["train"].labels[:5], prefix="train-")
+    with pytest.raises(PatientLeakError, match=r"'train' and 'scored'"):
+        score_split(trainer, leaky, k=5, discard_anomalous=True)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_a_one_class_validation_split_is_refused_before_training(blob_splits, label):
+    val = blob_splits["val"]
+    one_class = ArrayDataset(val.images[:10], np.full(10, label), prefix="val-")
+    with pytest.raises(ValueError, match=r"checkpoint selection on the validation split needs both"):
+        SaladTrainer(profile_config("smoke"), blob_splits["train"], one_class, device="cpu")

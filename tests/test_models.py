@@ -161,7 +161,7 @@ def test_rejects_images_of_the_wrong_shape() -> None:
 def test_build_model_dispatches_on_arch() -> None:
     assert type(build_model(ModelConfig(arch="conv", image_size=32, width=4))) is ConvAutoencoder
     assert type(build_model(ModelConfig(arch="resnet18", image_size=64))) is ResNetAutoencoder
-    with pytest.raises(ValueError, match="unknown ModelConfig.arch 'vgg'"):
+    with pytest.raises(ValueError, match=r"model.arch must be one of \['conv', 'resnet18'\], got 'vgg'"):
         build_model(ModelConfig(arch="vgg", image_size=64))  # type: ignore[arg-type]
 
 

@@ -1,28 +1,21 @@
-"""Progressive trainer: gradient isolation, determinism, kill-and-resume, learning, bad input."""
+"""Progressive trainer: gradient isolation, determinism, learning, and bad input refused before training."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import ArrayDataset, blob_images
-from salad_lite.config import LossConfig, ModelConfig, profile_config
+from salad_lite.config import ConfigError, LossConfig, ModelConfig, profile_config
+from salad_lite.data.batches import NonFiniteImageError, check_finite_images, check_splits, dataset_patient_ids
+from salad_lite.data.splits import PatientLeakError
 from salad_lite.losses import aggregation_loss, instance_loss, reconstruction_loss, salad_loss
 from salad_lite.memory import MemoryBank
 from salad_lite.metrics import auc
 from salad_lite.models import build_model
 from salad_lite.trainer import SaladTrainer, epoch_batches
-
-TESTS = Path(__file__).resolve().parent
 
 
 def tiny_cfg(**train):
@@ -80,35 +73,6 @@ def test_rounds_log_their_schedules():
     assert history[0]["loss_agg"] == 0.0 and history[-1]["loss_agg"] > 0.0
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
-    sys.path.insert(0, str(TESTS))
-    from resume_worker import make_trainer
-
-    run_dir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    child = subprocess.Popen([sys.executable, str(TESTS / "resume_worker.py"), str(run_dir)], env=env)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            meta = run_dir / "last.json"
-            if meta.exists() and json.loads(meta.read_text())["epoch"] >= 2:
-                break
-            assert child.poll() is None, "the training child exited before it could be killed"
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    stopped_at = json.loads((run_dir / "last.json").read_text())["epoch"]
-    resumed = make_trainer(str(run_dir))
-    assert resumed.epoch == stopped_at and 2 <= stopped_at < resumed.total_epochs
-    resumed_history = resumed.fit()
-    straight_history = make_trainer(str(tmp_path / "straight")).fit()
-    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
-    assert drop(resumed_history) == drop(straight_history)
-
-
 def test_learning_on_planted_structures_reaches_auc_090(blob_splits, tmp_path):
     cfg = profile_config("smoke").replace(train={"pretrain_epochs": 3, "rounds": 2, "epochs_per_round": 2,
                                                  "progress": False})
@@ -118,29 +82,81 @@ def test_learning_on_planted_structures_reaches_auc_090(blob_splits, tmp_path):
     assert best >= 0.9, [round(r["val_auc"], 3) for r in history]
     assert history[-1]["loss_rec"] < history[0]["loss_rec"]
     meta = trainer.load_best()  # selected on validation; reloading reproduces its AUC
-    assert meta["best_val_auc"] == pytest.approx(best)
+    assert meta["best_val_auc"] == pytest.approx(best) and trainer.selected is meta
+    assert history[meta["selected_epoch"]]["val_auc"] == pytest.approx(best)
     scores = trainer.scorer().decision_function(trainer.embed(blob_splits["val"]))
     assert auc(blob_splits["val"].labels, scores) == pytest.approx(best, abs=1e-6)
     assert (tmp_path / "best.safetensors").exists() and (tmp_path / "best.json").exists()
 
 
-def test_nan_batch_is_rejected_with_indices():
+class FloatImages(torch.utils.data.Dataset):
+    """Float images [N, S, S] (may hold NaN), sample dicts and metadata with a path column."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, prefix: str) -> None:
+        self.images, self.labels = images.astype(np.float32), np.asarray(labels, dtype=np.int64)
+        self.metadata = pd.DataFrame({"label": self.labels, "patient_id": [f"{prefix}{i}" for i in range(len(labels))],
+                                      "path": [f"{prefix}/img{i}.png" for i in range(len(labels))]})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.from_numpy(self.images[i])[None], "label": int(self.labels[i]), "index": i,
+                "patient_id": str(self.metadata["patient_id"][i]), "finding": ""}
+
+
+def float_split(n: int, prefix: str, nan_at: tuple[int, ...] = (), seed: int = 0) -> FloatImages:
+    labels = np.r_[np.zeros(n - n // 2), np.ones(n // 2)].astype(np.int64)
+    images = blob_images(labels, seed=seed).astype(np.float32) / 255.0
+    for i in nan_at:
+        images[i, 3, 4] = np.nan if i % 2 else np.inf
+    return FloatImages(images, labels, prefix)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_non_finite_pixels_are_found_before_any_epoch_naming_split_and_image(split, monkeypatch):
+    train = float_split(20, "train-", nan_at=(5,) if split == "train" else ())
+    val = float_split(10, "val-", nan_at=(3, 7) if split == "val" else ())
+    trained = []
+    monkeypatch.setattr(SaladTrainer, "train_step", lambda *a, **k: trained.append(1))
+    expected = r"index 5, path train-/img5.png, patient_id train-5" if split == "train" else \
+        r"2 image\(s\) hold NaN/inf pixels, first: index 3, path val-/img3.png, patient_id val-3; index 7"
+    with pytest.raises(NonFiniteImageError, match=rf"split '{split}': .*{expected}"):
+        SaladTrainer(tiny_cfg(), train, val, device="cpu")
+    assert trained == []  # refused at construction: no epoch was spent
+
+
+def test_uint8_datasets_skip_the_pixel_scan(monkeypatch):
     labels = np.zeros(20, dtype=np.int64)
     data = ArrayDataset(blob_images(labels, seed=7), labels)
-    trainer = SaladTrainer(tiny_cfg(), data, None, device="cpu")
+    monkeypatch.setattr(ArrayDataset, "__getitem__", lambda self, i: pytest.fail("the uint8 set was scanned"))
+    check_finite_images(data, "train")  # a uint8 ``images`` array cannot hold NaN: no image is read
 
-    class WithNaN(ArrayDataset):
-        def __getitem__(self, i):
-            sample = super().__getitem__(i)
-            if i == 5:
-                sample["image"][0, 0, 0] = float("nan")
-            return sample
 
-    nan_set = WithNaN(data.images, labels)
-    nan_set.images = list(data.images)  # not an array: forces the sample-dict path
-    trainer.train_set = nan_set
-    with pytest.raises(ValueError, match=r"NaN/inf pixels at dataset indices \[5\]"):
-        trainer.train_step(np.array([3, 5, 7]), 0, torch.Generator().manual_seed(0))
+def test_a_patient_in_train_and_val_is_refused():
+    labels = np.r_[np.zeros(10), np.ones(10)].astype(np.int64)
+    train = ArrayDataset(blob_images(np.zeros(20, dtype=np.int64), seed=1), np.zeros(20, dtype=np.int64))
+    val = ArrayDataset(blob_images(labels, seed=2), labels)  # both name patients p0..p19
+    with pytest.raises(PatientLeakError, match=r"20 patient\(s\) appear in both 'train' and 'val'"):
+        SaladTrainer(tiny_cfg(), train, val, device="cpu")
+    SaladTrainer(tiny_cfg(), train, None, device="cpu")  # a single split has no one to leak to
+
+
+def test_a_split_without_patient_ids_is_refused_when_another_split_is_given():
+    images = torch.rand(20, 1, 32, 32)
+    plain = torch.utils.data.TensorDataset(images, torch.zeros(20))
+    labels = np.r_[np.zeros(5), np.ones(5)].astype(np.int64)
+    with pytest.raises(TypeError, match=r"split 'train' \(TensorDataset\) has no patient ids"):
+        check_splits({"train": plain, "val": ArrayDataset(blob_images(labels), labels)})
+    # sample dicts with "patient_id" are enough without a metadata table
+    assert list(dataset_patient_ids(float_split(4, "x-"), "val")) == ["x-0", "x-1", "x-2", "x-3"]
+
+
+def test_a_bad_config_is_refused_before_training():
+    labels = np.zeros(20, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, seed=7), labels)
+    with pytest.raises(ConfigError, match=r"train.batch_size must be >= 1, got -4"):
+        SaladTrainer(tiny_cfg(batch_size=-4), data, None, device="cpu")
 
 
 def test_a_last_batch_of_one_is_merged_not_dropped():
@@ -158,8 +174,11 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     SaladTrainer(tiny_cfg(), data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
     with pytest.raises(ValueError, match=r"another configuration \(train.lr: 0.001 -> 0.5\)"):
         SaladTrainer(tiny_cfg(lr=0.5), data, None, run_dir=tmp_path, device="cpu")
-    # the number of replicates and progress bars do not change what a replicate learns: the run resumes
-    same_run = tiny_cfg(progress=True).replace(data={"replicates": 4})
+    # the number of replicates, progress bars and the final K grid do not change what a replicate learns
+    # or which epoch is kept: the run resumes; the K of per-epoch selection does
+    with pytest.raises(ValueError, match=r"another configuration \(score.k: 10 -> 3\)"):
+        SaladTrainer(tiny_cfg().replace(score={"k": 3}), data, None, run_dir=tmp_path, device="cpu")
+    same_run = tiny_cfg(progress=True).replace(data={"replicates": 4}, score={"k_grid": (1, 3)})
     assert SaladTrainer(same_run, data, None, run_dir=tmp_path, device="cpu").epoch == 1
 
 

@@ -1,0 +1,226 @@
+"""Checkpoints are all-or-nothing: killed at any point of a save, a run resumes to the uninterrupted result;
+damaged, foreign or edited files are refused naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ArrayDataset, blob_images
+from salad_lite.checkpoint import (
+    JSON_HASH_KEY,
+    checkpoint_exists,
+    load_checkpoint,
+    pending_paths,
+    read_tensor_header,
+    save_checkpoint,
+)
+from salad_lite.config import profile_config
+from salad_lite.files import CorruptFileError
+from salad_lite.trainer import SaladTrainer
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+from resume_worker import KILL_POINTS, make_trainer  # noqa: E402
+
+KILL_EPOCH = 2  # the checkpoint written after epoch index 1 (round 1: it holds the round's neighbourhoods)
+
+
+def drop_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict:
+    """The uninterrupted run: history and final tensors of ``last`` and ``best``."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    history = make_trainer(str(run_dir)).fit()
+    return {"history": drop_seconds(history), "last": load_checkpoint(run_dir / "last")[0],
+            "best": load_checkpoint(run_dir / "best")}
+
+
+def run_killed_child(run_dir: Path, stem: str, epoch: int, point: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+    child = subprocess.run([sys.executable, str(TESTS / "resume_worker.py"), str(run_dir), stem, str(epoch), point],
+                           env=env, timeout=300, capture_output=True, text=True)
+    assert child.returncode == -9, f"the child was not killed at {point}: rc {child.returncode}\n{child.stderr[-2000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stem", "epoch", "point"),
+                         [("last", KILL_EPOCH, point) for point in KILL_POINTS]
+                         + [("best", 1, "between-renames")])
+def test_a_kill_at_every_point_of_a_save_resumes_to_the_uninterrupted_run(tmp_path, straight, stem, epoch, point):
+    run_dir = tmp_path / "run"
+    run_killed_child(run_dir, stem, epoch, point)
+    resumed = make_trainer(str(run_dir))
+    # before the tensor rename the previous checkpoint stands; from it on the new one does
+    kind, call, when = KILL_POINTS[point]
+    new_landed = kind == "replace" and (call == 2 or when == "after")
+    if stem == "last":
+        assert resumed.epoch == (epoch if new_landed else epoch - 1)
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "pending files were left behind"
+    history = drop_seconds(resumed.fit())
+    assert history == straight["history"]
+    final = load_checkpoint(run_dir / "last")[0]
+    assert final.keys() == straight["last"].keys()
+    assert all(torch.equal(final[name], straight["last"][name]) for name in final)
+    best_tensors, best_meta = load_checkpoint(run_dir / "best")
+    assert best_meta["selected_epoch"] == straight["best"][1]["selected_epoch"]
+    assert all(torch.equal(best_tensors[name], straight["best"][0][name]) for name in best_tensors)
+
+
+def test_a_crash_between_the_renames_rolls_forward_and_one_before_them_rolls_back(tmp_path):
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, {"w": torch.zeros(3)}, {"step": 1})
+    tensor_tmp, json_tmp = pending_paths(stem)
+    # crash between the renames: the new tensors are in place, the new JSON still pending
+    save_checkpoint(tmp_path / "new", {"w": torch.ones(3)}, {"step": 2})
+    os.replace(tmp_path / "new.safetensors", stem.with_suffix(".safetensors"))
+    os.replace(tmp_path / "new.json", json_tmp)
+    tensors, meta = load_checkpoint(stem)
+    assert meta == {"step": 2} and torch.equal(tensors["w"], torch.ones(3)) and not json_tmp.exists()
+    # crash before the renames: the old pair stands, the pending files are deleted
+    tensor_tmp.write_bytes(b"half a file")
+    json_tmp.write_text('{"step": 3}')
+    assert checkpoint_exists(stem)
+    assert load_checkpoint(stem)[1] == {"step": 2}
+    assert not tensor_tmp.exists() and not json_tmp.exists()
+
+
+def test_an_error_during_a_save_leaves_the_old_checkpoint_and_no_litter(tmp_path, monkeypatch):
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, {"w": torch.zeros(3)}, {"step": 1})
+    with pytest.raises(TypeError, match="cannot store object"):
+        save_checkpoint(stem, {"w": torch.ones(3)}, {"step": object()})
+    import salad_lite.checkpoint as checkpoint
+
+    def full_disk(path, data):
+        path.write_bytes(data[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(stem, {"w": torch.ones(3)}, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.safetensors"]
+    assert load_checkpoint(stem)[1] == {"step": 1}
+
+
+def test_a_hand_edited_json_is_refused_naming_the_file(tmp_path):
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, {"w": torch.zeros(3)}, {"config": {"model": {"image_size": 128}}})
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json_path.read_text().replace("128", "256"))
+    with pytest.raises(CorruptFileError, match=rf"{json_path} does not belong to {stem}.safetensors"):
+        load_checkpoint(stem)
+    assert JSON_HASH_KEY in read_tensor_header(stem.with_suffix(".safetensors"))["__metadata__"]
+
+
+def test_an_edited_resnet_checkpoint_does_not_train_on(tmp_path):
+    """The issue's example: a ResNet-18 run whose JSON is edited from 128 px to 256 px."""
+    cfg = profile_config("smoke", "mura").replace(model={"image_size": 128}, train={"progress": False},
+                                                  score={"k": 3})
+    labels = np.zeros(8, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, size=128, seed=1), labels)
+    SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
+    json_path = tmp_path / "last.json"
+    meta = json.loads(json_path.read_text())
+    meta["config"]["model"]["image_size"] = 256
+    json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    big = cfg.replace(model={"image_size": 256})
+    with pytest.raises(CorruptFileError, match=rf"{json_path} does not belong to"):
+        SaladTrainer(big, ArrayDataset(blob_images(labels, size=256, seed=1), labels), None, run_dir=tmp_path,
+                     device="cpu")
+
+
+def test_tensors_that_do_not_fit_the_config_or_the_training_set_are_refused(tmp_path):
+    cfg = profile_config("smoke").replace(train={"pretrain_epochs": 1, "rounds": 1, "progress": False},
+                                          score={"k": 3})
+    labels = np.zeros(20, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, seed=1), labels)
+    SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
+    fewer = ArrayDataset(blob_images(labels[:12], seed=1), labels[:12])
+    with pytest.raises(CorruptFileError, match=r"last.safetensors does not fit .* memory.bank has 20 rows of 200, "
+                                               r"the training set has 12 images"):
+        SaladTrainer(cfg, fewer, None, run_dir=tmp_path, device="cpu")
+    # a consistent pair (hash and all) whose weights belong to another width
+    tensors, meta = load_checkpoint(tmp_path / "last")
+    tensors["model.encoder.0.0.weight"] = torch.zeros(3, 1, 4, 4)
+    save_checkpoint(tmp_path / "last", tensors, meta)
+    with pytest.raises(CorruptFileError, match=r"model.encoder.0.0.weight is \[3, 1, 4, 4\], a model built from its "
+                                               r"config needs \[8, 1, 4, 4\]"):
+        SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu")
+
+
+def _pickle_file(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+
+
+def _torch_save_file(path: Path) -> None:
+    torch.save({"w": torch.zeros(3)}, path)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-5]), r"is truncated: the header describes \d+ bytes, the file has \d+"),
+    (lambda p: p.write_bytes(p.read_bytes()[:20]), r"is truncated or not safetensors: its header claims"),
+    (lambda p: p.write_bytes(b"\x01\x02"), r"is truncated: 2 bytes"),
+    (_pickle_file, r"is a pickle / torch.save file, not safetensors; salad_lite never unpickles"),
+    (_torch_save_file, r"is a pickle / torch.save file"),
+])
+def test_damaged_tensor_files_are_named_and_explained(tmp_path, monkeypatch, damage, message):
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, {"w": torch.arange(6.0), "b": torch.ones(2, 2)}, {"step": 1})
+    path = stem.with_suffix(".safetensors")
+    damage(path)
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("something was unpickled"))
+    with pytest.raises(CorruptFileError, match=rf"checkpoint tensors {path} {message}"):
+        load_checkpoint(stem)
+
+
+@pytest.mark.parametrize("text", ["", '{"epoch": 3', "[1, 2]"])
+def test_a_corrupt_or_foreign_json_is_named(tmp_path, text):
+    stem = tmp_path / "legacy"
+    save_checkpoint(stem, {"w": torch.zeros(2)}, {"step": 1})
+    # a checkpoint without the hash (written before it existed) is read, so its JSON is checked on its own
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(stem.with_suffix(".safetensors")))
+    stem.with_suffix(".json").write_text(text)
+    expected = rf"checkpoint metadata {stem}.json (is empty|is not valid JSON|must hold)"
+    with pytest.raises(CorruptFileError, match=expected):
+        load_checkpoint(stem)
+
+
+def test_a_lone_file_is_refused_naming_its_missing_partner(tmp_path):
+    stem = tmp_path / "ck"
+    save_checkpoint(stem, {"w": torch.zeros(2)}, {"step": 1})
+    stem.with_suffix(".json").unlink()
+    assert checkpoint_exists(stem)  # reported, so that a run does not silently start over
+    with pytest.raises(FileNotFoundError, match=rf"checkpoint file {stem}.json is missing"):
+        load_checkpoint(stem)
+
+
+def test_a_run_stored_by_an_earlier_salad_lite_still_resumes(tmp_path):
+    """No hash in the header, ``score.chunk_size`` in the config: both written before this version."""
+    from safetensors.torch import save_file
+
+    cfg = profile_config("smoke").replace(train={"pretrain_epochs": 1, "rounds": 1, "progress": False})
+    labels = np.zeros(20, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, seed=1), labels)
+    SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
+    tensors, meta = load_checkpoint(tmp_path / "last")
+    meta["config"]["score"]["chunk_size"] = 4096
+    del meta["config"]["score"]["k_grid"]
+    save_file(tensors, str(tmp_path / "last.safetensors"))
+    (tmp_path / "last.json").write_text(json.dumps(meta))
+    resumed = SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu")
+    assert resumed.epoch == 1 and torch.equal(resumed.memory.bank, tensors["memory.bank"])
