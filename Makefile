@@ -9,7 +9,7 @@ PROFILE ?= default
 DATASET ?= nih
 DATA_ROOT ?=
 DEVICE ?= auto
-RUN_DIR ?= runs/$(PROFILE)
+RUN_DIR ?=  # empty: runs/$(PROFILE), decided by salad_lite.book.run_folder (the chapters' own rule)
 
 .PHONY: setup test book data chapters html pages clean
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from salad_lite.checkpoint import load_checkpoint
-from salad_lite.memory import cosine_topk
+from salad_lite.knn import cosine_topk
 
 __all__ = [
     "aligned_projections",

@@ -6,7 +6,7 @@ Commands (run from anywhere; paths are relative to the repository root):
         print the chapter files in _toc.yml order
     python scripts/build_book.py chapters [--only book/06_eval_nih.ipynb ...]
             [--profile default] [--dataset nih] [--data-root ""] [--mura-root ""]
-            [--run-dir runs/default] [--device auto]
+            [--run-dir ""] [--device auto]
         execute the chapters into _build/executed/book/ (papermill, no progress bar, log level ERROR)
     python scripts/build_book.py html [--allow-missing] [--no-strict]
         stage the executed chapters with _config.yml, _toc.yml and book/_static, copy plotly.min.js
@@ -15,6 +15,12 @@ Commands (run from anywhere; paths are relative to the repository root):
 Which data a chapter gets: every chapter receives --dataset / --data-root, except a chapter whose
 own ``parameters`` cell pins ``dataset = "mura"`` (the MURA evaluation): it keeps ``mura`` with
 --mura-root, unless --dataset is ``mura`` too. An empty data root means the embedded synthetic data.
+
+The run folder, the environment overrides and the progress-bar policy are those of
+``salad_lite.book`` (the chapters' own set-up): an empty --run-dir means ``runs/<profile>``;
+``SALAD_LITE_PROFILE`` / ``SALAD_LITE_RUN_DIR`` win over --profile / --run-dir, here as in the
+chapters. Arguments are checked before any chapter runs: a bad value, or a data folder that
+does not exist, ends with ``error: ...`` naming the argument (exit 2).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from salad_lite.book import (DATASETS, PARAMETER_NAMES, PROFILES, ChapterParameterError, chapter_environment,
+                             check_device, check_path, resolve_profile, run_folder)
+
 REPO = Path(__file__).resolve().parents[1]
 STAGE_NAME = Path("_build") / "executed"  # executed notebooks + config: the source tree of the HTML build
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-PARAMETER_NAMES = ("profile", "dataset", "data_root", "run_dir", "device")
 
 
 def toc_chapters(toc_path: Path) -> list[str]:
@@ -86,8 +94,18 @@ def notebook_defaults(path: Path) -> dict[str, Any]:
 
 
 def chapter_parameters(defaults: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Parameters papermill injects into one chapter (see the module docstring for the data rule)."""
-    params: dict[str, Any] = {"profile": args.profile, "run_dir": args.run_dir, "device": args.device}
+    """Parameters papermill injects into one chapter (see the module docstring for the data rule).
+
+    The profile and the run folder are resolved as the chapter resolves them
+    (:func:`salad_lite.book.run_folder`), so that the values shown are the values used.
+
+    Raises:
+        salad_lite.book.ChapterParameterError: the profile or run folder (or their
+            environment overrides) is not valid.
+    """
+    profile = resolve_profile(args.profile)
+    params: dict[str, Any] = {"profile": profile, "run_dir": run_folder(profile, args.run_dir),
+                              "device": args.device}
     if defaults.get("dataset") == "mura" and args.dataset != "mura":
         params.update(dataset="mura", data_root=args.mura_root)
     else:
@@ -102,8 +120,8 @@ def run_chapters(args: argparse.Namespace) -> int:
     root, stage = args.root, args.root / STAGE_NAME
 
     logging.getLogger("papermill").setLevel(logging.ERROR)  # = papermill --log-level ERROR
-    if not args.progress_bars:
-        os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no progress bars in the static pages
+    if not args.progress_bars:  # the kernel inherits it: no progress bars in the static pages
+        os.environ.update(chapter_environment(progress=False))
     if args.only:
         sources = [Path(p).resolve() for p in args.only]
         for path in sources:
@@ -308,6 +326,37 @@ def build_html(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(check: Any, name: str) -> Any:
+    """An argparse ``type=`` that runs a :mod:`salad_lite.book` check (argparse then names the argument)."""
+
+    def convert(text: str) -> str:
+        try:
+            return check(name, text)
+        except ChapterParameterError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    convert.__name__ = name  # argparse shows it in "invalid <name> value"
+    return convert
+
+
+def check_chapter_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse before any chapter runs (``error: ...``, exit 2): a bad environment override, a missing data folder.
+
+    ``SALAD_LITE_PROFILE`` / ``SALAD_LITE_RUN_DIR`` are checked as the chapters will
+    check them. A non-empty --data-root / --mura-root must be a folder; relative
+    folders are taken from the book root, as the chapters take them.
+    """
+    try:
+        run_folder(args.profile, args.run_dir)
+    except ChapterParameterError as err:
+        parser.error(str(err))
+    for option in ("data_root", "mura_root"):
+        value = getattr(args, option)
+        if value and not (args.root / value).is_dir():
+            parser.error(f"argument --{option.replace('_', '-')}: no such folder: {value!r} "
+                         f"(relative folders are taken from {args.root})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=REPO,
@@ -316,12 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("toc", help="print the chapter files in reading order")
     run = sub.add_parser("chapters", help="execute the chapters with papermill")
     run.add_argument("--only", nargs="+", help="these notebooks only (default: every chapter of _toc.yml)")
-    run.add_argument("--profile", default="default", choices=["smoke", "default", "full"])
-    run.add_argument("--dataset", default="nih", choices=["nih", "mura", "folder"])
-    run.add_argument("--data-root", default="", help="real data folder ('' = embedded synthetic data)")
-    run.add_argument("--mura-root", default="", help="data folder of chapters pinned to MURA ('' = embedded)")
-    run.add_argument("--run-dir", default="runs/default", help="checkpoints and caches, relative to the repo root")
-    run.add_argument("--device", default="auto")
+    run.add_argument("--profile", default="default", choices=PROFILES)
+    run.add_argument("--dataset", default="nih", choices=DATASETS)
+    run.add_argument("--data-root", default="", type=_checked(check_path, "data_root"),
+                     help="real data folder ('' = embedded synthetic data)")
+    run.add_argument("--mura-root", default="", type=_checked(check_path, "mura_root"),
+                     help="data folder of chapters pinned to MURA ('' = embedded)")
+    run.add_argument("--run-dir", default="", type=_checked(check_path, "run_dir"),
+                     help="checkpoints and caches, relative to the book root ('' = runs/<profile>)")
+    run.add_argument("--device", default="auto", type=_checked(check_device, "device"),
+                     help="auto, cpu, mps, cuda or cuda:<index>")
     run.add_argument("--kernel", default="python3")
     run.add_argument("--allow-missing", action="store_true", help="skip _toc.yml entries whose file does not exist")
     run.add_argument("--progress-bars", action="store_true", help="keep tqdm bars (they clutter the static pages)")
@@ -330,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     html.add_argument("--no-strict", dest="strict", action="store_false", help="do not turn warnings into errors")
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
+    if args.command == "chapters":
+        check_chapter_arguments(parser, args)
     try:
         if args.command == "toc":
             for chapter in toc_chapters(args.root / "_toc.yml"):

@@ -21,6 +21,7 @@ import build_book  # noqa: E402
 NOTEBOOKS = sorted((REPO / "book").glob("*.ipynb"))
 PARAMETER_NAMES = set(build_book.PARAMETER_NAMES)  # profile, dataset, data_root, run_dir, device
 MAX_CODE_LINE = 80
+SETTINGS_CALL = f"chapter_settings({', '.join(build_book.PARAMETER_NAMES)})"
 #: Code that belongs in the package, not in a chapter.
 FORBIDDEN = {
     r"^\s*class\s+\w+": "a class definition",
@@ -73,9 +74,9 @@ def test_first_code_cell_is_literal_parameters(path: Path) -> None:
 def test_second_code_cell_derives_the_configuration(path: Path) -> None:
     code = _code_cells(nbformat.read(path, as_version=4))
     assert len(code) >= 2, f"{path.name}: expected a settings cell after the parameters"
-    assert "profile_config(profile, dataset, data_root)" in code[1].source, (
+    assert SETTINGS_CALL in code[1].source, (
         f"{path.name}: the cell after the parameters should derive the settings with "
-        "salad_lite.config.profile_config(profile, dataset, data_root)")
+        f"salad_lite.book.{SETTINGS_CALL}")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -1,4 +1,4 @@
-"""Figure and table helpers of chapters 3-7: right panels, right numbers, clear errors."""
+"""Figure helpers of chapters 3-7: right panels, right numbers, clear errors (tables: test_report.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from salad_lite import viz  # noqa: E402
-from salad_lite.config import profile_config  # noqa: E402
 
 
 def _image_axes(fig) -> list:
@@ -54,53 +53,3 @@ def test_plot_k_grid_lines_and_chosen_marker() -> None:
     assert np.allclose(ringed, [[10, 0.70]])
     with pytest.raises(ValueError, match="lack"):
         viz.plot_k_grid([{"k": 1}])
-
-
-def _summary(aucs=(0.8, 0.7)) -> dict:
-    return {"dataset": "nih", "replicates": len(aucs),
-            "config": profile_config("smoke", "nih").to_dict(),
-            "per_replicate": [{"seed": i, "k": 5 + i, "test_auc": a, "test_auprc": a + 0.05}
-                              for i, a in enumerate(aucs)],
-            "test_auc": {"mean": float(np.mean(aucs)), "ci95": 0.1},
-            "test_auprc": {"mean": float(np.mean(aucs)) + 0.05, "ci95": 0.1},
-            "curves_seed0": {"roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]},
-                             "pr": {"precision": [0.4, 0.8, 1.0], "recall": [1.0, 0.5, 0.0]}}}
-
-
-def test_summary_curves_and_results_table() -> None:
-    summary = _summary()
-    curves = viz.summary_curves(summary)
-    assert curves["auc"] == 0.8 and curves["prevalence"] == 0.4
-    assert len(viz.plot_roc_pr({"run": curves}).axes) == 2
-    table = viz.results_table(summary, "mura")
-    assert len(table) == len(viz.PAPER_TABLE1) + 1
-    assert table["AUC"].iloc[3] == 0.8117  # SALAD, AR 5 %, MURA
-    ours = table.iloc[-1]
-    assert ours["AUC"] == pytest.approx(0.75) and ours["AR %"] == 5.0 and ours["replicates"] == 2
-    baseline = {"reconstruction_test_auc": {"mean": 0.6, "ci95": 0.02},
-                "reconstruction_test_auprc": {"mean": 0.55, "ci95": 0.03}}
-    pca = {"pca_baseline": {"n_components": 50, "test_auc": 0.7, "test_auprc": 0.65}}
-    with_baseline = viz.results_table({**summary, **baseline, **pca}, "mura")
-    assert len(with_baseline) == len(table) + 2
-    assert with_baseline.iloc[-2]["method"].startswith("same AE, reconstruction error")
-    assert with_baseline.iloc[-2]["AUC"] == 0.6 and with_baseline.iloc[-3]["AUC"] == pytest.approx(0.75)
-    assert with_baseline.iloc[-1]["method"] == "raw pixels, PCA-50 reconstruction (baseline)"
-    assert with_baseline.iloc[-1]["AUC"] == 0.7 and with_baseline.iloc[-1]["replicates"] == 1
-    with pytest.raises(ValueError, match="NIH and MURA"):
-        viz.results_table(summary, "folder")
-    with pytest.raises(ValueError, match="evaluate_replicates"):
-        viz.summary_curves({"per_replicate": []})
-
-
-def test_differences_from_paper_names_the_gaps() -> None:
-    class Split:
-        def __init__(self, labels):
-            self.labels = np.asarray(labels)
-
-    cfg = profile_config("smoke", "nih")
-    splits = {"train": Split([0] * 9 + [1]), "val": Split([0, 1]), "test": Split([0, 0, 1])}
-    table = viz.differences_from_paper(cfg, splits, _summary())
-    assert table.loc["resolution (px)", "paper"] == "256" and table.loc["resolution (px)", "this run"] == "32"
-    assert table.loc["training images", "this run"] == "10 (9 normal, 1 abnormal)"
-    assert table.loc["K (Eq. 4)", "this run"] == "chosen on validation: 5, 6"
-    assert "synthetic" in table.loc["data", "this run"]

@@ -1,0 +1,99 @@
+"""The book's tables and text (salad_lite.report): the paper's Table 1 beside this run, summaries, profiles."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from salad_lite import report, viz  # noqa: E402
+from salad_lite.config import profile_config  # noqa: E402
+
+
+def _summary(aucs=(0.8, 0.7)) -> dict:
+    return {"dataset": "nih", "replicates": len(aucs),
+            "config": profile_config("smoke", "nih").to_dict(),
+            "per_replicate": [{"seed": i, "k": 5 + i, "test_auc": a, "test_auprc": a + 0.05}
+                              for i, a in enumerate(aucs)],
+            "test_auc": {"mean": float(np.mean(aucs)), "ci95": 0.1},
+            "test_auprc": {"mean": float(np.mean(aucs)) + 0.05, "ci95": 0.1},
+            "curves_seed0": {"roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]},
+                             "pr": {"precision": [0.4, 0.8, 1.0], "recall": [1.0, 0.5, 0.0]}}}
+
+
+def test_summary_curves_and_results_table() -> None:
+    summary = _summary()
+    curves = report.summary_curves(summary)
+    assert curves["auc"] == 0.8 and curves["prevalence"] == 0.4
+    assert len(viz.plot_roc_pr({"run": curves}).axes) == 2
+    table = report.results_table(summary, "mura")
+    assert len(table) == len(report.PAPER_TABLE1) + 1
+    assert table["AUC"].iloc[3] == 0.8117  # SALAD, AR 5 %, MURA
+    ours = table.iloc[-1]
+    assert ours["AUC"] == pytest.approx(0.75) and ours["AR %"] == 5.0 and ours["replicates"] == 2
+    baseline = {"reconstruction_test_auc": {"mean": 0.6, "ci95": 0.02},
+                "reconstruction_test_auprc": {"mean": 0.55, "ci95": 0.03}}
+    pca = {"pca_baseline": {"n_components": 50, "test_auc": 0.7, "test_auprc": 0.65}}
+    with_baseline = report.results_table({**summary, **baseline, **pca}, "mura")
+    assert len(with_baseline) == len(table) + 2
+    assert with_baseline.iloc[-2]["method"].startswith("same AE, reconstruction error")
+    assert with_baseline.iloc[-2]["AUC"] == 0.6 and with_baseline.iloc[-3]["AUC"] == pytest.approx(0.75)
+    assert with_baseline.iloc[-1]["method"] == "raw pixels, PCA-50 reconstruction (baseline)"
+    assert with_baseline.iloc[-1]["AUC"] == 0.7 and with_baseline.iloc[-1]["replicates"] == 1
+    with pytest.raises(ValueError, match="NIH and MURA"):
+        report.results_table(summary, "folder")
+    with pytest.raises(ValueError, match="evaluate_replicates"):
+        report.summary_curves({"per_replicate": []})
+
+
+def test_differences_from_paper_names_the_gaps() -> None:
+    class Split:
+        def __init__(self, labels):
+            self.labels = np.asarray(labels)
+
+    cfg = profile_config("smoke", "nih")
+    splits = {"train": Split([0] * 9 + [1]), "val": Split([0, 1]), "test": Split([0, 0, 1])}
+    table = report.differences_from_paper(cfg, splits, _summary())
+    assert table.loc["resolution (px)", "paper"] == "256" and table.loc["resolution (px)", "this run"] == "32"
+    assert table.loc["training images", "this run"] == "10 (9 normal, 1 abnormal)"
+    assert table.loc["K (Eq. 4)", "this run"] == "chosen on validation: 5, 6"
+    assert "synthetic" in table.loc["data", "this run"]
+
+
+def test_figure_module_keeps_no_tables() -> None:
+    for name in ("PAPER_TABLE1", "results_table", "differences_from_paper", "summary_curves"):
+        assert not hasattr(viz, name), f"salad_lite.viz.{name} should live in salad_lite.report only"
+
+
+def test_paper_row_reads_table1() -> None:
+    assert report.paper_row("nih") == {"method": "SALAD", "AR %": 5, "auc": 0.9091, "auprc": 0.9552}
+    assert report.paper_row("mura", "MemDAE", 0)["auprc"] == 0.8823
+    with pytest.raises(ValueError, match="NIH and MURA"):
+        report.paper_row("folder")
+    with pytest.raises(ValueError, match="AR 7 %"):
+        report.paper_row("nih", ar_percent=7)
+
+
+def test_metric_lines_and_paper_comparison() -> None:
+    summary = _summary((0.8, 0.7))
+    lines = report.metric_lines(summary).splitlines()
+    assert lines == ["test_auc: 0.7500 ± 0.1000 (95% CI over 2 replicates)",
+                     "test_auprc: 0.8000 ± 0.1000 (95% CI over 2 replicates)"]
+    text = report.paper_comparison(summary, np.array([0, 0, 0, 1]), "mura")
+    assert "AUC 0.750 and AUPRC 0.800" in text and "= 0.250)" in text
+    assert "0.812 / 0.942 for SALAD at AR 5 % on MURA" in text
+    with pytest.raises(ValueError, match="test_auprc"):
+        report.metric_lines({"replicates": 1, "test_auc": {"mean": 0.5, "ci95": 0.0}})
+    with pytest.raises(ValueError, match="NIH and MURA"):
+        report.paper_comparison(summary, [0, 1], "folder")
+
+
+def test_profile_table_has_one_column_per_profile() -> None:
+    table = report.profile_table("mura")
+    assert list(table.columns) == ["smoke", "default", "full"]
+    assert table.loc["architecture", "full"] == "resnet18" and table.loc["image px", "full"] == 512
+    assert table.loc["image px", "smoke"] == profile_config("smoke", "mura").model.image_size
+    assert table.loc["max training images", "full"] == "all"
