@@ -93,7 +93,7 @@ def pca_baseline(splits: dict[str, Any], component_grid: Sequence[int] = DEFAULT
         KeyError: ``splits`` lacks train, val or test.
         ValueError: no normal training image, or a split lacks a class (from :func:`salad_lite.metrics.auc`).
     """
-    check_splits(splits, required=("train", "val", "test"))
+    check_splits(splits, required=("train", "val", "test"), both_classes=("val", "test"))
     train_labels = dataset_labels(splits["train"])
     train = pixel_vectors(splits["train"], max_size)[torch.from_numpy(train_labels == 0)]  # [N0, P]
     val, val_labels = pixel_vectors(splits["val"], max_size), dataset_labels(splits["val"])

@@ -214,13 +214,17 @@ def chapter_settings(profile: object = "default", dataset: object = "nih", data_
 
     Raises:
         ChapterParameterError: a parameter or environment override has a wrong type
-            or value (the message names it and the value).
+            or value (the message names it and the value); ``dataset="folder"``
+            without a ``data_root``.
     """
     env = _environ(environ)
     chosen = resolve_profile(profile, env)
     name = check_name("dataset", dataset, DATASETS)
     base = book_root() if root is None else Path(root).resolve()
     data = check_path("data_root", data_root)
+    if name == "folder" and not data:
+        raise ChapterParameterError("dataset 'folder' reads your own images: data_root must name their folder "
+                                    "(there is no embedded 'folder' set)")
     data = str(base / data) if data else ""
     folder = base / run_folder(chosen, run_dir, env)
     progress = progress_enabled(env)

@@ -106,10 +106,12 @@ def recover_checkpoint(stem: str | Path) -> bool:
     (killed before the renames) and deleted.
 
     Raises:
-        CorruptFileError: the tensor file in place is unreadable (see :func:`read_tensor_header`).
+        CorruptFileError: the tensor file in place is unreadable (see :func:`read_tensor_header`),
+            or a path of the checkpoint is a folder or another non-file (named).
     """
     tensor_path, json_path = checkpoint_paths(stem)
     tensor_tmp, json_tmp = pending_paths(stem)
+    _refuse_non_files(tensor_path, json_path, tensor_tmp, json_tmp)
     rolled = False
     if json_tmp.exists() and tensor_path.exists():
         expected = read_tensor_header(tensor_path).get("__metadata__", {}).get(JSON_HASH_KEY)
@@ -199,20 +201,24 @@ def _parse_header(path: Path, data: bytes, size: int | None = None) -> dict[str,
     size = len(data) if size is None else size
     if size == 0:
         raise CorruptFileError(f"checkpoint tensors {path} is empty (0 bytes): an interrupted write; delete it")
-    if data[:1] == bytes([_PICKLE_PROTOCOL_BYTE]) or data[:4] == _ZIP_MAGIC:
-        raise CorruptFileError(f"checkpoint tensors {path} is a pickle / torch.save file, not safetensors; "
+    # A pickle starts with \x80 and a zip with PK, but so can a safetensors header length (little-endian):
+    # the signatures only explain a file whose safetensors framing fails.
+    looks_pickled = data[:1] == bytes([_PICKLE_PROTOCOL_BYTE]) or data[:4] == _ZIP_MAGIC
+    pickled = CorruptFileError(f"checkpoint tensors {path} is a pickle / torch.save file, not safetensors; "
                                "salad_lite never unpickles: re-save it with safetensors")
     if size < 8:
-        raise CorruptFileError(f"checkpoint tensors {path} is truncated: {size} bytes, shorter than the 8-byte "
-                               "safetensors header length")
+        raise pickled if looks_pickled else CorruptFileError(
+            f"checkpoint tensors {path} is truncated: {size} bytes, shorter than the 8-byte safetensors header length")
     (length,) = struct.unpack("<Q", data[:8])
     if length > MAX_HEADER_BYTES or 8 + length > size:
-        raise CorruptFileError(f"checkpoint tensors {path} is truncated or not safetensors: its header claims "
-                               f"{length} bytes but the file has {size}")
+        raise pickled if looks_pickled else CorruptFileError(
+            f"checkpoint tensors {path} is truncated or not safetensors: its header claims {length} bytes but the "
+            f"file has {size}")
     try:
         header = json.loads(data[8:8 + length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CorruptFileError(f"checkpoint tensors {path} is not safetensors: its header is not JSON") from None
+        raise (pickled if looks_pickled else CorruptFileError(
+            f"checkpoint tensors {path} is not safetensors: its header is not JSON")) from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"checkpoint tensors {path} is not safetensors: its header is not a JSON object")
     ends = [entry["data_offsets"][1] for name, entry in header.items()
@@ -222,6 +228,14 @@ def _parse_header(path: Path, data: bytes, size: int | None = None) -> dict[str,
         raise CorruptFileError(f"checkpoint tensors {path} is truncated: the header describes {expected} bytes, "
                                f"the file has {size}")
     return header
+
+
+def _refuse_non_files(*paths: Path) -> None:
+    """Raise ``CorruptFileError`` naming the first of ``paths`` that exists but is no regular file (a folder...)."""
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise CorruptFileError(f"checkpoint path {path} is a folder or another non-file, not a checkpoint file; "
+                                   "move it away")
 
 
 def _write_file(path: Path, data: bytes) -> None:

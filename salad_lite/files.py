@@ -87,14 +87,16 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        CorruptFileError: the file is empty, not UTF-8, or not valid JSON; the
-            message names the file, the position and what to do.
+        CorruptFileError: the path is a folder, or the file is empty, not UTF-8,
+            or not valid JSON; the message names the file, the position and what to do.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CorruptFileError(f"{what} {path} is a folder, not a JSON file") from None
     except UnicodeDecodeError as error:
         raise CorruptFileError(f"{what} {path} is not UTF-8 text ({error}); delete it to rebuild") from None
     if not text.strip():

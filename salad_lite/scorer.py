@@ -76,6 +76,9 @@ def eq4_search(queries: torch.Tensor, bank: torch.Tensor, k: int, rule: ScoreRul
     return scores.float(), best, rows
 
 
+DEGENERATE_RTOL = 1e-5  # leave-one-out scores closer than this (relative) to their minimum count as tied
+
+
 class SaladScorer:
     """Memory-bank anomaly scorer with the PyOD interface (``fit``, ``decision_function``, ``predict``).
 
@@ -97,14 +100,14 @@ class SaladScorer:
     Deviation from PyOD: :meth:`predict` flags ``score >= threshold_`` (PyOD: ``>``).
 
     Raises:
-        ValueError: K < 1, contamination outside (0, 0.5), an unknown rule, block_elements < 1.
+        ValueError: K not an int >= 1, contamination outside (0, 0.5), an unknown rule, block_elements < 1.
     """
 
     def __init__(self, k: int = 100, discard_anomalous: bool = True, rule: ScoreRule = "paper",
                  contamination: float = 0.1, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
                  device: str | torch.device | None = None) -> None:
-        if k < 1:
-            raise ValueError(f"K must be >= 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"K must be an int >= 1, got {k!r}")
         if not 0.0 < contamination < 0.5:
             raise ValueError(f"contamination must lie in (0, 0.5), got {contamination}")
         if rule not in ("paper", "code"):
@@ -136,17 +139,21 @@ class SaladScorer:
         without them (or with ``discard_anomalous=False``) every row is kept.
 
         Sets ``bank_`` [N', d], ``k_`` (the K in use: ``min(k, N' - 1)``), ``kept_rows_``
-        [N'] and ``threshold_`` (see :meth:`_default_threshold`).
+        [N']. ``threshold_`` is the default of :meth:`_default_threshold`, computed
+        when first read (scoring alone never needs it) unless :meth:`set_threshold`
+        or an assignment set it.
 
         Raises:
-            ValueError: a NaN, inf or zero-norm bank row (counted); labels not 0/1 or
-                of another length than the bank; every row labelled abnormal; fewer
+            ValueError: a NaN, inf or zero-norm bank row (counted); labels not 1-D,
+                not 0/1 or of another length than the bank; every row labelled abnormal; fewer
                 than 2 rows left.
         """
         bank_t = unit_rows(bank, "bank")  # [N, d]
         device = torch.device(self.device) if self.device is not None else bank_t.device
         keep = torch.ones(bank_t.shape[0], dtype=torch.bool)
         if labels is not None:
+            if np.ndim(labels) != 1:
+                raise ValueError(f"labels must be 1-D [N], got shape {np.shape(labels)}")
             labels_np = binary_labels(labels, "the bank's training labels", need_both=False)
             if labels_np.shape[0] != bank_t.shape[0]:
                 raise ValueError(f"labels has {labels_np.shape[0]} entries but the bank has {bank_t.shape[0]} rows")
@@ -160,31 +167,55 @@ class SaladScorer:
         if n < 2:
             raise ValueError(f"the bank needs at least 2 rows to score, got {n}")
         self.k_ = min(self.k, n - 1)
-        self.threshold_ = self._default_threshold()
+        self._threshold: float | None = None
         return self
+
+    @property
+    def threshold_(self) -> float:
+        """The decision threshold of :meth:`predict`: set by :meth:`set_threshold` (or assigned),
+        else the default of :meth:`_default_threshold`, computed once on first use.
+
+        Raises:
+            RuntimeError: not fitted.
+        """
+        self._check_fitted()
+        if self._threshold is None:
+            self._threshold = self._default_threshold()
+        return self._threshold
+
+    @threshold_.setter
+    def threshold_(self, value: float) -> None:
+        self._threshold = float(value)
 
     def _default_threshold(self, max_rows: int = 256) -> float:
         """The (1 - contamination) quantile q of leave-one-out scores of (up to ``max_rows`` of) the bank.
 
-        Degenerate policy: when q is also the smallest of those scores (no spread
-        below it, e.g. a bank whose rows are all identical), ``predict``'s
-        ``score >= q`` would flag every bank row. The threshold is then the next
-        float above q, so only scores strictly above the bank's own are abnormal,
-        and a ``UserWarning`` counts the tied rows. Choose a threshold on
-        validation data with :meth:`set_threshold` instead.
+        Degenerate policy: when q equals the smallest of those scores up to float
+        rounding (relative 1e-5: no spread below it), ``predict``'s ``score >= q``
+        would flag every bank row. Two cases give this: a bank whose rows are all
+        identical, and rule ``paper`` with K = N' - 1 (a clamped K), where every
+        leave-one-out score is exactly 1/K because the K nearest rows are all the
+        other rows. The threshold is then the next float above the largest tied
+        score, so only scores strictly above the bank's own are abnormal, and a
+        ``UserWarning`` counts the tied rows and names the cause. Choose a
+        threshold on validation data with :meth:`set_threshold` instead.
         """
         n = self.bank_.shape[0]
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_rows].to(self.bank_.device)
         scores = eq4_scores(self.bank_[rows], self.bank_, self.k_, self.rule, self.block_elements, exclude=rows)
         threshold = float(torch.quantile(scores, 1.0 - self.contamination))
         lowest = float(scores.min())
-        if threshold > lowest:
+        tolerance = DEGENERATE_RTOL * max(abs(threshold), float(np.finfo(np.float32).tiny))
+        if threshold - lowest > tolerance:
             return threshold
-        above = float(np.nextafter(np.float32(threshold), np.float32(np.inf)))
-        warnings.warn(f"degenerate threshold: {int((scores == lowest).sum())} of the bank's {len(rows)} leave-one-out "
+        tied = scores <= lowest + tolerance
+        above = float(np.nextafter(np.float32(float(scores[tied].max())), np.float32(np.inf)))
+        cause = (f"K = N' - 1 = {self.k_}: each leave-one-out score is 1/K" if self.rule == "paper"
+                 and self.k_ == n - 1 else "the bank's rows leave no score spread (identical rows?)")
+        warnings.warn(f"degenerate threshold ({cause}): {int(tied.sum())} of the bank's {len(rows)} leave-one-out "
                       f"scores equal their minimum {lowest:.6g}, so a quantile threshold would flag all of them; "
-                      f"threshold_ is set just above it ({above:.9g}): only scores above the bank's own are "
-                      f"abnormal. Use set_threshold on a validation split to choose one.", UserWarning, stacklevel=3)
+                      f"threshold_ is set just above them ({above:.9g}): only scores above the bank's own are "
+                      f"abnormal. Use set_threshold on a validation split to choose one.", UserWarning, stacklevel=4)
         return above
 
     def _check_fitted(self) -> None:

@@ -49,7 +49,12 @@ def toc_chapters(toc_path: Path) -> list[str]:
     """Chapter paths without suffix (e.g. ``book/02_data``), root first, in reading order."""
     import yaml
 
-    toc = yaml.safe_load(toc_path.read_text())
+    if not toc_path.is_file():
+        raise FileNotFoundError(f"no table of contents {toc_path}: --root must be the book's folder (holding _toc.yml)")
+    try:
+        toc = yaml.safe_load(toc_path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{toc_path} is not valid YAML ({error})") from None
     if not isinstance(toc, dict) or "root" not in toc:
         raise ValueError(f"{toc_path}: expected a jb-book table of contents with a 'root' entry")
     entries = [toc["root"]]

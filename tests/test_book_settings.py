@@ -218,3 +218,16 @@ def test_papermill_int_parameter_reaches_chapter_settings_as_a_folder(tmp_path: 
     with pytest.raises(pm.PapermillExecutionError, match="device must be .* got True"):
         pm.execute_notebook(str(source), str(tmp_path / "bad.ipynb"), **bad, cwd=str(tmp_path),
                             progress_bar=False, log_output=False, kernel_name="python3")
+
+
+def test_the_folder_dataset_needs_a_data_root(tmp_path):
+    with pytest.raises(book.ChapterParameterError, match="dataset 'folder' reads your own images: data_root"):
+        book.chapter_settings(dataset="folder", data_root="", environ={}, root=tmp_path)
+
+
+def test_build_book_names_a_missing_or_broken_table_of_contents(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--root must be the book's folder"):
+        build_book.toc_chapters(tmp_path / "_toc.yml")
+    (tmp_path / "_toc.yml").write_text("root: [unclosed\n")
+    with pytest.raises(ValueError, match=r"_toc.yml is not valid YAML"):
+        build_book.toc_chapters(tmp_path / "_toc.yml")

@@ -160,6 +160,50 @@ def test_tensors_that_do_not_fit_the_config_or_the_training_set_are_refused(tmp_
         SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu")
 
 
+def _round_trained(tmp_path: Path):
+    """A ``last`` checkpoint written inside round 1 (so it holds round state and optimiser tensors)."""
+    cfg = profile_config("smoke").replace(train={"pretrain_epochs": 1, "rounds": 1, "epochs_per_round": 2,
+                                                 "progress": False}, score={"k": 3})
+    labels = np.zeros(20, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, seed=1), labels)
+    SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=2)
+    return cfg, data
+
+
+def _resave(stem: Path, change) -> None:
+    """Rewrite a checkpoint consistently (hash and all) after ``change(tensors, meta)``."""
+    tensors, meta = load_checkpoint(stem)
+    change(tensors, meta)
+    save_checkpoint(stem, tensors, meta)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t, m: t.pop("optim.0.exp_avg"), r"optimiser state of checkpoint .*last.json does not fit .*optim.0.exp_avg"),
+    (lambda t, m: t.__setitem__("optim.0.exp_avg", torch.zeros(2)), r"optim.0.exp_avg has shape \(2,\)"),
+    (lambda t, m: t.pop("round.prototypes"), r"stores round.neighbours without round.prototypes"),
+    (lambda t, m: t.__setitem__("round.neighbours", t["round.neighbours"][:10]), r"round.neighbours has shape \(10, "),
+    (lambda t, m: t.__setitem__("round.neighbours", t["round.neighbours"] + 1000), r"ids outside 0..19"),
+    (lambda t, m: m.__setitem__("epoch", -5), r"epoch must be an int in 0..3, got -5"),
+    (lambda t, m: m.__setitem__("history", None), r"history must hold one record per epoch run"),
+])
+def test_state_that_does_not_fit_is_refused_naming_the_file(tmp_path, change, message):
+    cfg, data = _round_trained(tmp_path)
+    _resave(tmp_path / "last", change)
+    with pytest.raises(CorruptFileError, match=message):
+        SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["last.json", "last.safetensors", ".last.json.pending"])
+def test_a_folder_in_place_of_a_checkpoint_file_is_named(tmp_path, name):
+    cfg, data = _round_trained(tmp_path)
+    target = tmp_path / name
+    if target.exists():
+        target.unlink()
+    target.mkdir()
+    with pytest.raises(CorruptFileError, match=rf"checkpoint path {target} is a folder or another non-file"):
+        SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu")
+
+
 def _pickle_file(path: Path) -> None:
     path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
 
@@ -224,3 +268,17 @@ def test_a_run_stored_by_an_earlier_salad_lite_still_resumes(tmp_path):
     (tmp_path / "last.json").write_text(json.dumps(meta))
     resumed = SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu")
     assert resumed.epoch == 1 and torch.equal(resumed.memory.bank, tensors["memory.bank"])
+
+
+@pytest.mark.parametrize("wanted", [0x0180, 0x0280, 0x4B50])  # \x80 (\x80\x02: protocol 2) opens a pickle, PK a zip
+def test_a_header_length_that_starts_like_a_pickle_or_zip_still_loads(tmp_path, wanted):
+    """The signature check must not refuse a real safetensors file whose header length begins with those bytes."""
+    def header_length(name_length: int) -> int:
+        save_checkpoint(tmp_path / "c", {"w" * name_length: torch.ones(3)}, {})
+        return int.from_bytes((tmp_path / "c.safetensors").read_bytes()[:8], "little")
+
+    base = header_length(1) - 1  # the header grows by one byte per character of the tensor name
+    name_length = wanted - base
+    assert name_length >= 1 and header_length(name_length) == wanted
+    tensors, _ = load_checkpoint(tmp_path / "c")
+    assert torch.equal(tensors["w" * name_length], torch.ones(3))

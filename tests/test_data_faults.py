@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from salad_lite.data import (
     CachedXrayDataset,
+    DataWarning,
     ImageFolderXray,
+    ImageReadError,
     LabelError,
     ManifestXray,
     NIHChestXray,
@@ -28,10 +31,19 @@ from salad_lite.data import (
     is_hidden_or_system,
     list_files,
     load_splits,
+    read_grayscale,
 )
-from salad_lite.data.base import parse_binary_labels
+from salad_lite.data.base import normalise_metadata, parse_binary_labels
+from salad_lite.data.batches import (
+    OneClassSplitError,
+    check_splits,
+    dataset_labels,
+    dataset_patient_ids,
+    gather_images,
+)
 from salad_lite.data.mura import MuraFormatError, read_mura_metadata
-from salad_lite.data.nih import parse_finding_labels
+from salad_lite.data.nih import nih_metadata, parse_finding_labels
+from salad_lite.data.splits import MissingPatientIdError, PatientLeakError, check_patient_disjoint, patient_ids_of
 from salad_lite.files import TEMP_SUFFIX, CorruptFileError
 from salad_lite.synth import EMBEDDED_SCALES
 from salad_lite.synth.writer import MANIFEST_FORMAT, SetWriter
@@ -245,9 +257,14 @@ def test_cache_write_failure_leaves_no_litter(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(OSError, match="disk full"):
         CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "cache", name="d", progress=False)
     monkeypatch.undo()
+    assert not (tmp_path / "cache").exists()  # nothing left, not even the cache folder this call created
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    with pytest.raises(OSError, match=r"cannot write image cache file .*d\.csv: disk full"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "cache", name="d", progress=False)
+    monkeypatch.undo()
     leftovers = [p.name for p in (tmp_path / "cache").iterdir()]
-    assert not any(TEMP_SUFFIX in name or name.endswith(".tmp") for name in leftovers), leftovers
-    assert "d.json" not in leftovers  # never marked fresh
+    assert leftovers == [], leftovers  # no temporary file, no .npy without its key, never marked fresh
     # a failed read of every image leaves not even the (new) cache folder
     for k in range(4):
         (tmp_path / "src" / f"{k}.png").write_bytes(b"garbage")
@@ -490,8 +507,9 @@ def test_prepare_nih_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture
         (tmp_path / "c" / f"nih_all_8px{suffix}").write_bytes(body)
     _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), *args], "nih_all_8px.json",
                                "not valid JSON")
-    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), "--anomaly-ratio", "1.5", *args],
-                               "anomaly_ratio must be in [0, 1)")
+    with pytest.raises(SystemExit) as caught:  # refused where it enters, as an argument
+        _script("prepare_nih").main(["--root", str(root), "--anomaly-ratio", "1.5", *args])
+    assert caught.value.code == 2 and "argument --anomaly-ratio: must be a number in [0, 1)" in capsys.readouterr().err
 
 
 def test_prepare_mura_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -534,3 +552,298 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(FileNotFoundError):
         data_problem([])
+
+
+# ================================================================== review of issue 8: the data-layer kinds again
+def _class_folders(root: Path, n: int = 6) -> Path:
+    for k in range(n):
+        _png(root / "normal" / f"n{k}.png", 10 + k)
+        _png(root / "abnormal" / f"a{k}.png", 100 + k)
+    return root
+
+
+def test_symlink_loops_are_listed_once_with_one_warning(tmp_path: Path) -> None:
+    root = _class_folders(tmp_path / "f")
+    (root / "normal" / "loop").symlink_to("..", target_is_directory=True)  # back to the root: a loop
+    (root / "normal" / "self").symlink_to(".", target_is_directory=True)
+    with pytest.warns(DataWarning, match=r"2 linked folder\(s\).*first: .*normal/loop") as caught:
+        dataset = ImageFolderXray(root, image_size=8)
+    assert len([w for w in caught if issubclass(w.category, DataWarning)]) == 1  # one listing, one warning
+    assert len(dataset) == 12 and dataset.labels.tolist() == [0] * 6 + [1] * 6
+    assert not any("loop" in p or "self" in p for p in dataset.metadata["path"])
+    # a sibling link to a real folder: the real folder is listed, the link is not entered again
+    other = tmp_path / "g"
+    _png(other / "real" / "x.png")
+    (other / "a_link").symlink_to("real", target_is_directory=True)  # sorts first, still loses to the real folder
+    with pytest.warns(DataWarning, match="a_link"):
+        assert [p.relative_to(other).as_posix() for p in list_files(other)] == ["real/x.png"]
+    # a folder linked from outside the tree is followed (data on another disk)
+    outside = tmp_path / "elsewhere"
+    _png(outside / "y.png")
+    (other / "more").symlink_to(outside, target_is_directory=True)
+    with pytest.warns(DataWarning):
+        assert sorted(p.name for p in list_files(other)) == ["x.png", "y.png"]
+
+
+def test_a_file_in_two_class_folders_is_refused(tmp_path: Path) -> None:
+    root = _class_folders(tmp_path / "f", n=2)
+    (root / "normal" / "more").symlink_to(root / "abnormal", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"listed more than once.*'normal/more/a0.png'.*'abnormal/a0.png'"):
+        ImageFolderXray(root, image_size=8)
+
+
+def _float_tiff(path: Path, bad: float | None) -> Path:
+    values = np.linspace(0, 4000, 100, dtype=np.float32).reshape(10, 10)
+    if bad is not None:
+        values[3, 4] = bad
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values, mode="F").save(path)
+    return path
+
+
+@pytest.mark.parametrize(("bad", "counted"), [(float("nan"), "1 NaN, 0 inf"), (float("inf"), "0 NaN, 1 inf")])
+def test_non_finite_pixels_in_a_file_are_a_read_error(tmp_path: Path, bad: float, counted: str) -> None:
+    tif = _float_tiff(tmp_path / "x.tif", bad)
+    with pytest.raises(ImageReadError, match=rf"x\.tif: 1 of 100 pixels are not finite \({counted}\)"):
+        read_grayscale(tif)
+    good = read_grayscale(_float_tiff(tmp_path / "ok.tif", None))
+    assert good.min() == 0 and good.max() == 255  # finite float images are still min-max stretched
+
+
+def test_non_finite_image_is_skipped_by_the_cache_with_a_count(tmp_path: Path) -> None:
+    root = _class_folders(tmp_path / "f", n=3)
+    _float_tiff(root / "abnormal" / "nan.tif", float("nan"))
+    lazy = ImageFolderXray(root, image_size=8)
+    with pytest.raises(ImageReadError, match=r"nan\.tif: 1 of 100 pixels are not finite"):
+        CachedXrayDataset.from_dataset(lazy, progress=False)
+    with pytest.warns(DataWarning, match=r"skipped 1 of 7 images.*nan\.tif"):
+        cached = CachedXrayDataset.from_dataset(lazy, progress=False, on_error="skip")
+    assert len(cached) == 6 and not any("nan.tif" in p for p in cached.metadata["path"])
+
+
+class _HandMade(torch.utils.data.Dataset):
+    """A hand-made split: labels in ``.labels`` or only in the sample dicts."""
+
+    def __init__(self, labels: list[object], prefix: str, attribute: bool = True) -> None:
+        self._labels, self.prefix = labels, prefix
+        if attribute:
+            self.labels = labels
+        self.metadata = pd.DataFrame({"patient_id": [f"{prefix}{i}" for i in range(len(labels))]})
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        return {"image": torch.zeros(1, 4, 4), "label": self._labels[i], "index": i, "patient_id": f"{self.prefix}{i}"}
+
+
+@pytest.mark.parametrize("attribute", [True, False])
+@pytest.mark.parametrize("bad", [0.9, 1.5, True, 2, -1, "yes", float("nan")])
+def test_labels_of_hand_made_splits_are_parsed_strictly(attribute: bool, bad: object) -> None:
+    split = _HandMade([0, 1, bad], "v", attribute)
+    with pytest.raises(LabelError, match=rf"split 'val' \(_HandMade\): 1 label\(s\) not understood.*row 2: "):
+        dataset_labels(split, "val")
+    with pytest.raises(LabelError, match="split 'val'"):  # refused by the entry-point check, before training
+        check_splits({"train": _HandMade([0, 0], "t"), "val": split})
+
+
+@pytest.mark.parametrize("attribute", [True, False])
+def test_labels_accepted_by_the_rule(attribute: bool) -> None:
+    labels = [0, 1, 0.0, 1.0, "1", np.int64(0), torch.tensor(1)] if not attribute else [0, 1, 0.0, 1.0, "1", 0, 1]
+    assert dataset_labels(_HandMade(labels, "p", attribute)).tolist() == [0, 1, 0, 1, 1, 0, 1]
+    assert dataset_labels(_HandMade(torch.tensor([0, 1]), "q")).tolist() == [0, 1]
+
+
+def test_check_splits_refuses_one_class_where_asked() -> None:
+    splits = {"train": _HandMade([0, 0, 0], "t"), "val": _HandMade([0, 0], "v"), "test": _HandMade([0, 1], "s")}
+    check_splits(splits)  # unchanged default: no split needs both classes (training is all normal)
+    with pytest.raises(OneClassSplitError, match=r"split 'val' needs both .* holds 2 normal and 0 abnormal"):
+        check_splits(splits, required=("train", "val", "test"), both_classes=("val", "test"))
+    splits["val"] = _HandMade([1, 1], "v")
+    with pytest.raises(OneClassSplitError, match="split 'val'.*0 normal and 2 abnormal"):
+        check_splits(splits, both_classes=("val", "test"))
+    splits["val"] = _HandMade([0, 1], "v")
+    check_splits(splits, both_classes=("val", "test"))
+    check_splits({**splits, "val": None}, both_classes=("val", "test"))  # an absent split is not checked
+    with pytest.raises(KeyError, match="valid"):
+        check_splits(splits, both_classes=("valid",))
+
+
+def test_unsplittable_after_skipping_leaves_no_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _nih_folder(tmp_path / "nih", ["No Finding"] * 6 + ["Mass"] * 4)
+    for k in range(7, 11):
+        (root / "images" / f"{k:08d}_000.png").write_bytes(b"")  # every abnormal image unreadable
+    args = ["--root", str(root), "--view", "all", "--image-size", "8", "--no-progress"]
+    with pytest.warns(DataWarning, match="skipped 4 of 10"):
+        _assert_main_fails_cleanly(capsys, "prepare_nih", args, "no abnormal images")
+    assert not (root / "_cache").exists()
+    (root / "_cache").mkdir()  # an existing cache folder stays, empty: nothing of this call is left
+    with pytest.warns(DataWarning):
+        _assert_main_fails_cleanly(capsys, "prepare_nih", args, "no abnormal images")
+    assert list((root / "_cache").iterdir()) == []
+
+
+def _lazy(tmp_path: Path) -> XrayDataset:
+    for k in range(4):
+        _png(tmp_path / "src" / f"{k}.png", 30 * k)
+    meta = pd.DataFrame({"path": [f"{k}.png" for k in range(4)], "label": [0, 0, 1, 1],
+                         "patient_id": list("abcd"), "finding": ""})
+    return XrayDataset(meta, image_size=8, root=tmp_path / "src")
+
+
+def test_interrupted_cache_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lazy = _lazy(tmp_path)
+
+    def interrupted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "cache", name="d", progress=False)
+    monkeypatch.undo()
+    assert not (tmp_path / "cache").exists()  # no orphan .npy, no temp, not even the folder it created
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "kept", name="d", progress=False)
+    monkeypatch.undo()
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_stale_cache_temps_are_cleared_and_fs_errors_name_the_file(tmp_path: Path) -> None:
+    lazy = _lazy(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = [cache / f".d.npy.building{TEMP_SUFFIX}", cache / f".d.csv.x1y2{TEMP_SUFFIX}"]
+    foreign = cache / f".other.npy.building{TEMP_SUFFIX}"  # another cache's: not touched
+    for path in (*stale, foreign):
+        path.write_bytes(b"left by a killed build")
+    CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="d", progress=False)
+    assert not any(p.exists() for p in stale) and foreign.exists()
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["d.csv", "d.json", "d.npy"]
+    (cache / "e.npy").mkdir()  # a folder where the .npy should go
+    with pytest.raises(IsADirectoryError, match=r"cannot write image cache file .*e\.npy"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="e", progress=False)
+    assert not any(p.name.startswith(".e.") for p in cache.iterdir())
+    assert not (cache / "e.csv").exists() and not (cache / "e.json").exists()
+
+
+class _Samples(torch.utils.data.Dataset):
+    """A dataset of plain sample dicts, without a metadata table."""
+
+    def __init__(self, samples: list[dict[str, object]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        return self.samples[i]
+
+
+def test_patient_ids_compared_as_one_text() -> None:
+    assert patient_ids_of(["train-0 ", " 7", 7.0, np.float32(8), np.int64(9), "0007", "None", "nan"]) == [
+        "train-0", "7", "7", "8", "9", "0007", "None", "nan"]
+    with pytest.raises(PatientLeakError, match="'train-0'"):
+        check_patient_disjoint({"train": ["train-0 "], "val": ["train-0"]})
+    with pytest.raises(PatientLeakError, match="'7'"):
+        check_patient_disjoint({"train": [7.0], "val": ["7"]})
+    for missing in (None, float("nan"), pd.NA, "", "  ", float("inf")):
+        with pytest.raises(MissingPatientIdError, match=r"split 'val': patient id at position 1 is"):
+            check_patient_disjoint({"train": ["a"], "val": ["b", missing]})
+    with pytest.raises(MissingPatientIdError, match="split 'val': patient id at position 1"):
+        dataset_patient_ids(_Samples([{"patient_id": "p"}, {"patient_id": None}]), "val")
+    meta = normalise_metadata(pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1],
+                                            "patient_id": ["p1 ", 7.0], "finding": ""}))
+    assert meta["patient_id"].tolist() == ["p1", "7"]
+    with pytest.raises(MissingPatientIdError, match="position 1"):
+        normalise_metadata(pd.DataFrame({"path": ["a.png", "b.png"], "label": [0, 1],
+                                         "patient_id": ["p1", None], "finding": ""}))
+
+
+def _manifest(root: Path, text: str, files: tuple[str, ...] = ("a.png", "b.png", "c.png")) -> Path:
+    for name in files:
+        _png(root / name)
+    (root / "manifest.csv").write_text(text)
+    return root / "manifest.csv"
+
+
+def test_manifest_rows_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"manifest .*manifest\.csv lists no images"):
+        ManifestXray(_manifest(tmp_path / "h", "file,label\n"))
+    for body in ("a.png,0\nb.png,0\na.png,1\n", "a.png,0\n./a.png,0\nb.png,1\n"):
+        with pytest.raises(ValueError, match=r"manifest\.csv: 1 file\(s\) listed more than once.*"
+                                             r"row 0 \(line 2\) 'a.png', row 2 \(line 4\)|row 1 \(line 3\)"):
+            ManifestXray(_manifest(tmp_path / "d", "file,label\n" + body))
+    for body in ("my,a.png,0\nb.png,1\n", "a.png,0\nmy,b.png,1\n"):  # an unquoted comma, first row or later
+        with pytest.raises(CorruptFileError, match=r"manifest .*manifest\.csv.*line.*(2|3)"):
+            ManifestXray(_manifest(tmp_path / "c", "file,label\n" + body))
+    with pytest.raises(CorruptFileError, match=r"2 line\(s\) \(2, 3\) have more fields than the 2 columns"):
+        ManifestXray(_manifest(tmp_path / "e", "file,label\nmy,a.png,0\nmy,b.png,1\nc.png\n"))
+
+
+def test_class_folders_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    root = _class_folders(tmp_path / "f", n=1)
+    _png(root / "Normal" / "x.png")
+    if not (root / "normal").samefile(root / "Normal"):  # a case-sensitive file system
+        with pytest.raises(ValueError, match=r"differ only in case: .*'.*Normal' and '.*normal'"):
+            ImageFolderXray(root, image_size=8)
+
+
+def _nih_table(**changes: list[object]) -> pd.DataFrame:
+    table = pd.DataFrame({"Image Index": ["a.png", "b.png"], "Finding Labels": ["No Finding", "Mass"],
+                          "Follow-up #": [0, 1], "Patient ID": [7.0, 8.0], "Patient Age": [58, 61],
+                          "View Position": ["PA", "PA"]})
+    for column, values in changes.items():
+        table[column] = values
+    return table
+
+
+def test_nih_metadata_of_a_non_text_table_follows_the_csv_rules() -> None:
+    meta = nih_metadata(_nih_table())
+    assert meta["patient_id"].tolist() == ["7", "8"] and meta["age"].tolist() == [58, 61]
+    with pytest.raises(ValueError, match=r"column 'Image Index' is empty in 1 row\(s\), first rows \[1\] \(lines \[3\]\)"):
+        nih_metadata(_nih_table(**{"Image Index": ["a.png", np.nan]}))
+    with pytest.raises(ValueError, match=r"column 'Patient ID' is empty.*\[0\]"):
+        nih_metadata(_nih_table(**{"Patient ID": [None, 8]}))
+    for age in ("inf", "NaN", float("inf")):
+        with pytest.raises(ValueError, match=r"column 'Patient Age' holds values that are not finite numbers: row 1"):
+            nih_metadata(_nih_table(**{"Patient Age": [58, age]}))
+    assert nih_metadata(_nih_table(**{"Patient Age": [58, np.nan]}))["age"].isna().tolist() == [False, True]
+    with pytest.raises(ValueError, match=r"listed more than once.*row 0 \(line 2\) 'a.png', row 1 \(line 3\)"):
+        nih_metadata(_nih_table(**{"Image Index": ["a.png", "a.png"]}))
+
+
+def test_nih_csv_without_rows_is_refused(tmp_path: Path) -> None:
+    root = _nih_folder(tmp_path / "nih", ["No Finding"])
+    (root / "Data_Entry_2017.csv").write_text(",".join(NIH_HEADER) + "\n")
+    with pytest.raises(ValueError, match="lists no images"):
+        NIHChestXray(root, view="all", image_size=8)
+
+
+def test_gather_images_refuses_indices_outside_the_dataset(tmp_path: Path) -> None:
+    lazy = _lazy(tmp_path)
+    cached = CachedXrayDataset.from_dataset(lazy, progress=False)
+    for dataset in (lazy, cached):
+        assert gather_images(dataset, np.array([3, 0])).shape == (2, 1, 8, 8)
+        for bad in ([-1], [0, 4]):
+            with pytest.raises(IndexError, match=rf"indices \[{bad[-1]}\] out of range for a dataset of 4 items"):
+                gather_images(dataset, np.array(bad))
+        with pytest.raises(TypeError, match="1-D integers"):
+            gather_images(dataset, np.array([0.0, 1.0]))
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--seed=-1", "must be an int >= 0, got '-1'"),
+    ("--seed=x", "must be an int >= 0, got 'x'"),
+    ("--image-size=0", "must be an int >= 1, got '0'"),
+    ("--workers=two", "must be an int >= 1, got 'two'"),
+    ("--max-train=-1", "must be an int >= 0, got '-1'"),
+    ("--anomaly-ratio=1.5", "must be a number in [0, 1), got '1.5'"),
+    ("--anomaly-ratio=nan", "must be a number in [0, 1), got 'nan'"),
+])
+def test_script_option_errors_name_the_option(capsys: pytest.CaptureFixture[str], option: str, message: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        _script("prepare_nih").main(["--root", "nowhere", option])
+    message = f"argument {option.split('=')[0]}: {message}"
+    assert caught.value.code == 2 and message in capsys.readouterr().err

@@ -52,6 +52,18 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     monkeypatch.setattr(experiment, "score_split", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rescored")))
     assert evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")["test_auc"] == summary["test_auc"]
 
+    # a stored result or baseline is never reused for another configuration or other splits
+    changed = cfg.replace(score={"k_grid": (1, 5)})  # changes the selection, not the trained model
+    with pytest.raises(ValueError, match=r"result.json was computed with another configuration or data "
+                                         r"\(score.k_grid: \(1, 5, 10, 20, 50, 100\) -> \(1, 5\)\)"):
+        evaluate_replicates(changed, splits, tmp_path, replicates=2, device="cpu")
+    other_test = {**splits, "test": ArrayDataset(blob_images(test_labels, seed=21), test_labels)}
+    with pytest.raises(ValueError, match=r"result.json was computed .*the splits \(images, labels or patients\) differ"):
+        evaluate_replicate(cfg, other_test, tmp_path, device="cpu")
+    baseline = tmp_path / "nih" / "pca_baseline.json"
+    with pytest.raises(ValueError, match=rf"{baseline} was computed from other splits"):
+        experiment._pca_baseline_once(other_test, baseline)
+
     # a result.json written before a metric existed is recomputed (same model, same selection), not trusted
     monkeypatch.undo()
     result_path = seed0 / "result.json"
@@ -147,5 +159,5 @@ def test_score_split_refuses_images_of_training_patients(blob_splits, monkeypatc
 def test_a_one_class_validation_split_is_refused_before_training(blob_splits, label):
     val = blob_splits["val"]
     one_class = ArrayDataset(val.images[:10], np.full(10, label), prefix="val-")
-    with pytest.raises(ValueError, match=r"checkpoint selection on the validation split needs both"):
+    with pytest.raises(ValueError, match=r"split 'val' needs both normal \(0\) and abnormal \(1\) images: it holds"):
         SaladTrainer(profile_config("smoke"), blob_splits["train"], one_class, device="cpu")

@@ -67,3 +67,8 @@ def test_remove_stale_temps_clears_only_temps(tmp_path):
     assert remove_stale_temps(tmp_path) == [stale]
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     assert remove_stale_temps(tmp_path / "absent") == []
+
+
+def test_a_folder_in_place_of_a_json_file_is_named(tmp_path):
+    with pytest.raises(CorruptFileError, match=rf"run description {tmp_path} is a folder, not a JSON file"):
+        read_json(tmp_path, "run description")

@@ -65,11 +65,11 @@ def test_code_rule_is_mean_of_smallest_angles_over_pi():
 def test_identical_bank_gives_no_nan_and_a_documented_threshold(rule):
     """All rows equal: leave-one-out scores have no spread, so the threshold goes just above them, with a warning."""
     bank = torch.ones(12, 4) / 2.0  # every row the same unit vector; cos may round past 1
-    with pytest.warns(UserWarning, match=r"degenerate threshold: 12 of the bank's 12 leave-one-out scores equal"):
-        scorer = SaladScorer(k=3, discard_anomalous=False, rule=rule).fit(bank)
+    scorer = SaladScorer(k=3, discard_anomalous=False, rule=rule).fit(bank)
     scores = scorer.decision_function(bank[:5] * 1.0000001)
     assert np.isfinite(scores).all() and np.allclose(scores, 0.0)
-    assert scorer.threshold_ == float(np.nextafter(np.float32(0.0), np.float32(1.0)))
+    with pytest.warns(UserWarning, match=r"degenerate threshold \(.*\): 12 of the bank's 12 leave-one-out scores equal"):
+        assert scorer.threshold_ == float(np.nextafter(np.float32(0.0), np.float32(1.0)))  # computed on first use
     assert scorer.predict(bank[:5]).tolist() == [0] * 5  # the bank itself is normal, not all abnormal
     other = unit(4, 4, 30)
     expected = 1.0 / 12 if rule == "paper" else None  # Eq. 4: K equal angles over N equal angles, / K
@@ -99,12 +99,12 @@ def test_batch_of_one_and_single_vector():
 
 def test_k_larger_than_bank_is_clamped_silently_by_policy():
     bank = unit(8, 4, 6)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the clamp itself never warns (rule "code" keeps a threshold spread)
         warnings.simplefilter("error")
-        scorer = SaladScorer(k=100, discard_anomalous=False).fit(bank)
+        scorer = SaladScorer(k=100, discard_anomalous=False, rule="code").fit(bank)
     assert scorer.k == 100 and scorer.k_ == 7  # N' - 1: what a leave-one-out score of the bank can use
     queries = unit(2, 4, 7)
-    assert np.allclose(scorer.decision_function(queries), eq4_scores(queries, bank, 7).numpy())
+    assert np.allclose(scorer.decision_function(queries), eq4_scores(queries, bank, 7, rule="code").numpy())
     assert SaladScorer(k=5, discard_anomalous=False).fit(bank).k_ == 5
     with pytest.raises(ValueError, match="k must lie in 1..8"):
         eq4_scores(queries, bank, 9)
@@ -246,3 +246,25 @@ def test_bank_sizes_from_ten_to_a_million(n):
     scorer = SaladScorer(k=5, discard_anomalous=False).fit(bank)
     scores = scorer.decision_function(unit(4, 8, 16))
     assert scores.shape == (4,) and np.isfinite(scores).all() and (scores > 0).all()
+
+
+def test_a_clamped_k_gives_a_named_degenerate_threshold():
+    """K >= N' - 1 (the paper's K = 100 on a 20-row bank): every leave-one-out Eq. 4 score is 1/K."""
+    bank = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    scorer = SaladScorer(k=100, discard_anomalous=False).fit(bank)  # scoring alone needs no threshold: silent
+    with pytest.warns(UserWarning, match=r"degenerate threshold \(K = N' - 1 = 19: each leave-one-out score is 1/K\)"):
+        assert scorer.k_ == 19 and scorer.threshold_ > 1 / 19
+    own = scorer.decision_function(bank)
+    assert scorer.predict(bank).sum() == 0 and own.max() < scorer.threshold_
+
+
+@pytest.mark.parametrize("k", [True, 2.5, float("nan"), 0, -3])
+def test_k_must_be_a_positive_int(k):
+    with pytest.raises(ValueError, match="K must be an int >= 1"):
+        SaladScorer(k=k)
+
+
+def test_labels_must_be_one_dimensional():
+    bank = unit(20, 4, 30)
+    with pytest.raises(ValueError, match=r"labels must be 1-D \[N\], got shape \(4, 5\)"):
+        SaladScorer(k=3).fit(bank, np.zeros((4, 5)))

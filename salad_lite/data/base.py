@@ -33,7 +33,14 @@ naming the file or table, the row and the value. Text columns (``path``,
 ``NA``.
 
 Cache files are written atomically (:mod:`salad_lite.files`), the JSON key
-last. A cache whose key differs is rebuilt; a cache file that cannot be read
+last, and all-or-nothing: a write that fails (an exception, Ctrl-C) removes the
+files it moved into place and a ``_cache`` folder it created, and a file-system
+error names the file. A build first deletes the temporary files a killed build
+of the same cache left (``.<name>.npy.building.partial`` and the like). With
+``check=`` (what :func:`~salad_lite.data.registry.cached_splits` passes: the
+split) the metadata of the images actually read is checked before anything is
+committed, so a set that cannot be split once unreadable images are skipped
+leaves no file behind. A cache whose key differs is rebuilt; a cache file that cannot be read
 (corrupt JSON, a damaged ``.npy`` or ``.csv``) is a
 :class:`~salad_lite.files.CorruptFileError` naming the file: delete it to rebuild.
 """
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import glob
 import hashlib
 import logging
 import os
@@ -58,6 +66,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from salad_lite.data.io import DataWarning, ImageReadError, read_grayscale
+from salad_lite.data.splits import patient_id_text
 from salad_lite.data.transforms import resize_pad, to_tensor
 from salad_lite.files import TEMP_SUFFIX, CorruptFileError, atomic_write, read_json, write_json_atomic
 
@@ -72,6 +81,8 @@ __all__ = [
     "drop_missing_files",
     "parse_binary_labels",
     "label_error",
+    "cell_text",
+    "refuse_duplicate_files",
     "read_text_csv",
     "text_to_numbers",
     "CACHE_FORMAT_VERSION",
@@ -81,7 +92,6 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "label", "patient_id", "finding")
 CACHE_FORMAT_VERSION = 1
-_STRING_COLUMNS = ("path", "patient_id", "finding")
 #: Number columns of the loaders' metadata, converted explicitly when a cached table is read back.
 _INTEGER_COLUMNS = ("label", "orig_index")
 _NUMBER_COLUMNS = ("follow_up", "age")
@@ -134,6 +144,10 @@ def parse_binary_labels(values: Iterable[Any], source: str, first_line: int | No
         LabelError: a value is not understood; the message names ``source``,
             the rows (and lines) and the values.
     """
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu":  # fast path, same rule
+        outside = np.flatnonzero((values != 0) & (values != 1))
+        if len(outside) == 0:
+            return values.astype(np.int64)
     items = list(values)
     out = np.zeros(len(items), dtype=np.int64)
     bad_rows: list[int] = []
@@ -161,17 +175,48 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
     Empty cells become ``""`` (never NaN). Numeric columns are converted by the
     caller, explicitly. ``kwargs`` go to :func:`pandas.read_csv` (``usecols``, ``header``...).
 
+    A row with more fields than the header (an unquoted comma inside a cell)
+    is an error naming its line: pandas would otherwise shift every column of
+    the file when the first data row has the extra field (taking it as an
+    index), and the message would blame a later column.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        CorruptFileError: pandas cannot parse it (the message names the file).
+        CorruptFileError: pandas cannot parse it, or a row has more fields than
+            the header (the message names the file and the lines).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    kwargs.setdefault("index_col", False)  # never take an extra first field as the index
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
-        raise CorruptFileError(f"{what} {path} cannot be read as CSV ({type(error).__name__}: {error})") from None
+        raise CorruptFileError(f"{what} {path} cannot be read as CSV ({type(error).__name__}: {str(error).strip()}; "
+                               "a cell holding a comma must be quoted)") from None
+    for warning in caught:
+        if issubclass(warning.category, pd.errors.ParserWarning) and "does not match" in str(warning.message):
+            raise CorruptFileError(f"{what} {path}: {_extra_field_lines(path, len(table.columns), kwargs)} "
+                                   f"more fields than the {len(table.columns)} columns {list(table.columns)} "
+                                   "(an unquoted comma inside a cell? quote such cells)")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return table
+
+
+def _extra_field_lines(path: Path, n_columns: int, kwargs: dict[str, Any]) -> str:
+    """Text naming the lines of ``path`` with more than ``n_columns`` fields (read again with the csv module)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle))
+    skip = 0 if kwargs.get("header", "infer") is None else 1
+    lines = [n for n, row in enumerate(rows[skip:], start=skip + 1) if len(row) > n_columns]
+    shown = ", ".join(map(str, lines[:5])) + (" ..." if len(lines) > 5 else "")
+    return f"{len(lines)} line(s) ({shown}) have"
 
 
 def normalise_metadata(metadata: pd.DataFrame, source: str = "metadata table") -> pd.DataFrame:
@@ -184,11 +229,13 @@ def normalise_metadata(metadata: pd.DataFrame, source: str = "metadata table") -
     Returns:
         A copy with a fresh ``RangeIndex``; ``label`` as int64, ``path``,
         ``patient_id`` and ``finding`` as Python str (a missing finding becomes
-        ""). Extra columns are kept.
+        ""; patient ids follow :func:`~salad_lite.data.splits.patient_id_text`:
+        stripped, ``7.0`` is ``"7"``). Extra columns are kept.
 
     Raises:
         TypeError: ``metadata`` is not a DataFrame.
-        ValueError: a required column is missing, or a path / patient id is empty.
+        ValueError: a required column is missing, or a path is empty.
+        MissingPatientIdError: a patient id is missing (None, NaN, blank; row named).
         LabelError: a label is not 0/1 (:func:`parse_binary_labels`).
     """
     if not isinstance(metadata, pd.DataFrame):
@@ -201,14 +248,59 @@ def normalise_metadata(metadata: pd.DataFrame, source: str = "metadata table") -
     meta = metadata.reset_index(drop=True).copy()
     meta["label"] = parse_binary_labels(meta["label"].tolist(), source)
     meta["finding"] = meta["finding"].fillna("")
-    for column in _STRING_COLUMNS:
-        meta[column] = meta[column].map(_as_str).astype(object)
-    for column in ("path", "patient_id"):
-        empty = meta[column] == ""
-        if empty.any():
-            rows = list(np.flatnonzero(empty.to_numpy())[:5])
-            raise ValueError(f"{source}: column {column!r} is empty in rows {rows}")
+    for column in ("path", "finding"):
+        meta[column] = meta[column].map(cell_text).astype(object)
+    meta["patient_id"] = pd.Series(
+        [patient_id_text(value, source, row) for row, value in enumerate(meta["patient_id"].tolist())],
+        dtype=object)
+    empty = meta["path"] == ""
+    if empty.any():
+        rows = list(np.flatnonzero(empty.to_numpy())[:5])
+        raise ValueError(f"{source}: column 'path' is empty in rows {rows}")
     return meta
+
+
+def refuse_duplicate_files(
+    paths: Sequence[str],
+    source: str,
+    root: str | os.PathLike[str] | None = None,
+    first_line: int | None = None,
+) -> None:
+    """Refuse a file list that names one file twice (whatever the labels of the two rows).
+
+    Two entries are the same file when their real paths are equal (``root /
+    path``, links resolved: ``./a.png``, ``sub/../a.png`` and a link to
+    ``a.png`` are ``a.png``); without ``root`` the texts are compared after
+    normalising ``./``, ``..`` and ``\\``.
+
+    Args:
+        paths: one path per row (relative to ``root``, or absolute).
+        source: the manifest, CSV or folder, for the message.
+        root: the folder relative paths start from; None compares the texts.
+        first_line: file line of row 0 (2 below a header); None for a listing.
+
+    Raises:
+        ValueError: a file is listed more than once; the message names the
+            source, the file, and its rows (and lines) for the first few.
+    """
+    if root is None:
+        keys = [os.path.normpath(str(p).replace("\\", "/")) for p in paths]
+    else:
+        base = Path(root)
+        keys = [os.path.normcase(os.path.realpath(base / p)) for p in paths]
+    rows_of: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(row)
+    twice = [rows for rows in rows_of.values() if len(rows) > 1]
+    if not twice:
+        return
+
+    def where(row: int) -> str:
+        return f"row {row}" + (f" (line {row + first_line})" if first_line is not None else "") + f" {paths[row]!r}"
+
+    shown = "; ".join(", ".join(where(r) for r in rows) for rows in twice[:3])
+    raise ValueError(f"{source}: {len(twice)} file(s) listed more than once (an image must be listed once, with one "
+                     f"label): {shown}" + (" ..." if len(twice) > 3 else ""))
 
 
 def drop_missing_files(
@@ -260,9 +352,9 @@ def drop_missing_files(
     return metadata.loc[exists].reset_index(drop=True)
 
 
-def _as_str(value: Any) -> str:
-    """Strings stay, NaN becomes "", whole floats lose the ".0" (ids read as float)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def cell_text(value: Any) -> str:
+    """The text a CSV cell would hold: strings stay, None / NaN / ``pd.NA`` become "", whole floats lose the ".0"."""
+    if value is None or (not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)):
         return ""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
@@ -534,6 +626,7 @@ class CachedXrayDataset(_XrayBase):
         workers: int = 1,
         rebuild: bool = False,
         mmap: bool = False,
+        check: Callable[[pd.DataFrame], object] | None = None,
     ) -> CachedXrayDataset:
         """Load every image of ``dataset`` into memory, reusing an on-disk cache when valid.
 
@@ -547,6 +640,10 @@ class CachedXrayDataset(_XrayBase):
             workers: reading threads (Pillow releases the GIL while decoding).
             rebuild: ignore an existing cache.
             mmap: memory-map the cached ``.npy`` read-only instead of loading it.
+            check: called with the metadata of the images read (skipped ones
+                dropped) before a newly built cache is written; whatever it
+                raises propagates and nothing of this build stays on disk. Not
+                called when a fresh cache is reused (check its result yourself).
 
         Returns:
             A :class:`CachedXrayDataset` whose images are ``uint8 [N', S, S]``
@@ -564,6 +661,8 @@ class CachedXrayDataset(_XrayBase):
                 none can (either policy).
             CorruptFileError: an existing cache file cannot be read (named;
                 delete it to rebuild).
+            OSError: the cache cannot be written (the file named; nothing of
+                this build is left).
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -573,14 +672,24 @@ class CachedXrayDataset(_XrayBase):
             cached = _load_if_fresh(files, key, on_error, mmap, dataset.root)
             if cached is not None:
                 return cached
-        built, keep, skipped = _build(dataset, files, progress, on_error, workers)
-        meta = dataset.metadata.iloc[keep].reset_index(drop=True)
-        if skipped:
-            _warn_skipped(skipped, len(dataset))
-        if files is None:
-            assert isinstance(built, np.ndarray)
-            return cls(built, meta, root=dataset.root)
-        _save_cache(files, Path(built), meta, key, skipped)
+        folder_created = files is not None and not files["npy"].parent.exists()
+        try:
+            built, keep, skipped = _build(dataset, files, progress, on_error, workers)
+            meta = dataset.metadata.iloc[keep].reset_index(drop=True)
+            if skipped:
+                _warn_skipped(skipped, len(dataset))
+            if check is not None:
+                check(meta)
+            if files is None:
+                assert isinstance(built, np.ndarray)
+                return cls(built, meta, root=dataset.root)
+            _save_cache(files, Path(built), meta, key, skipped)
+        except BaseException:
+            if files is not None:
+                _remove_cache_temps(files)
+                if folder_created:
+                    _remove_if_empty(files["npy"].parent)
+            raise
         images = _load_npy(files["npy"], mmap)
         return cls(images, meta, root=dataset.root)
 
@@ -656,14 +765,17 @@ def _read_metadata_csv(path: Path) -> pd.DataFrame:
 def text_to_numbers(text: pd.Series, required: bool = False) -> tuple[pd.Series, np.ndarray]:
     """Convert a text column to numbers explicitly; returns (numbers, positions of values that are not numbers).
 
-    Empty cells become NaN (an error position when ``required``). The result is
-    int64 when every value is a whole number and none is missing, else float64.
+    Empty cells become NaN (an error position when ``required``); ``NaN``,
+    ``inf`` and other texts that are not finite numbers are error positions.
+    The result is int64 when every value is a whole number and none is
+    missing, else float64.
     """
     stripped = text.astype(str).str.strip()
     empty = (stripped == "").to_numpy()
     numbers = pd.to_numeric(stripped.mask(empty, np.nan), errors="coerce")
-    bad = numbers.isna().to_numpy() & (~empty | required)
-    return numbers, np.flatnonzero(bad)
+    infinite = np.isinf(numbers.to_numpy(np.float64))  # "inf" is no more a number here than "NaN"
+    bad = (numbers.isna().to_numpy() & (~empty | required)) | infinite
+    return (numbers.mask(infinite, np.nan) if infinite.any() else numbers), np.flatnonzero(bad)
 
 
 def _load_if_fresh(
@@ -718,13 +830,66 @@ def _save_cache(
 ) -> None:
     """Move the built ``.npy`` in place, write the csv, then the JSON key last (it marks a complete cache).
 
-    Every file goes through :mod:`salad_lite.files` (no temporary file is left on failure).
+    All-or-nothing: on any exception (Ctrl-C included) the files this call put
+    in place are removed, so no ``.npy`` is left without its key; every write
+    goes through :mod:`salad_lite.files` (no temporary file is left either).
+
+    Raises:
+        OSError: a cache file cannot be written or moved into place; the
+            message names it (same errno, so the subclass is kept).
     """
-    files["json"].unlink(missing_ok=True)  # an interrupted rewrite must not look fresh
-    os.replace(built_npy, files["npy"])
-    with atomic_write(files["csv"], "w") as handle:
-        meta.to_csv(handle, index=False, lineterminator="\n")
-    write_json_atomic(files["json"], {"key": key, "num_images": len(meta), "skipped": skipped}, indent=1)
+    placed: list[Path] = []
+    current = files["json"]
+    try:
+        files["json"].unlink(missing_ok=True)  # an interrupted rewrite must not look fresh
+        current = files["npy"]
+        os.replace(built_npy, files["npy"])
+        placed.append(files["npy"])
+        current = files["csv"]
+        with atomic_write(files["csv"], "w") as handle:
+            meta.to_csv(handle, index=False, lineterminator="\n")
+        placed.append(files["csv"])
+        current = files["json"]
+        write_json_atomic(files["json"], {"key": key, "num_images": len(meta), "skipped": skipped}, indent=1)
+    except BaseException as error:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _named_os_error(error, current, "cannot write image cache file") from error
+        raise
+
+
+def _named_os_error(error: OSError, path: Path, doing: str) -> OSError:
+    """``error`` again (same errno, hence the same subclass), its message naming ``path``."""
+    reason = error.strerror or str(error)
+    return OSError(error.errno, f"{doing} {path}: {reason}") if error.errno else OSError(f"{doing} {path}: {reason}")
+
+
+def _cache_temps(files: dict[str, Path]) -> list[Path]:
+    """The temporary files of this cache in its folder: ``.<name>.npy.building.partial``, ``.<name>.csv.*.partial``..."""
+    folder = files["npy"].parent
+    if not folder.is_dir():
+        return []
+    return sorted(path for target in files.values()
+                  for path in folder.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"))
+
+
+def _remove_cache_temps(files: dict[str, Path]) -> list[Path]:
+    """Delete the temporary files of this cache (left by a killed or failed build); returns them.
+
+    Only this cache's own names are matched, so another cache being built in
+    the same folder is not touched (one writer per cache).
+    """
+    stale = _cache_temps(files)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it exists and is empty (a ``_cache`` folder a failed build created)."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _build(
@@ -744,12 +909,21 @@ def _build(
         return (buffer if ok.all() else buffer[keep]), keep, skipped
     folder = files["npy"].parent
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    # dot-files ending in TEMP_SUFFIX: salad_lite.files.remove_stale_temps clears them after a kill
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _named_os_error(error, folder, "cannot create the image cache folder") from error
+    removed = _remove_cache_temps(files)  # what a killed build of this cache left (up to 7 GB for full NIH)
+    if removed:
+        log.info("removed %d stale temporary file(s) of cache %s", len(removed), files["npy"])
+    # dot-files ending in TEMP_SUFFIX, cleared by _remove_cache_temps here and after a failure
     building = folder / f".{files['npy'].name}.building{TEMP_SUFFIX}"
     compacted = folder / f".{files['npy'].name}.compact{TEMP_SUFFIX}"
     try:
-        buffer = np.lib.format.open_memmap(building, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        try:
+            buffer = np.lib.format.open_memmap(building, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        except OSError as error:
+            raise _named_os_error(error, building, "cannot create the image cache file") from error
         ok, skipped = _read_into(dataset, buffer, progress, on_error, workers)
         keep = np.flatnonzero(ok)
         if not ok.all():  # drop the skipped rows, block by block
@@ -765,8 +939,8 @@ def _build(
     except BaseException:
         building.unlink(missing_ok=True)
         compacted.unlink(missing_ok=True)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()  # failure leaves no litter: not even the empty cache folder
+        if created:
+            _remove_if_empty(folder)  # failure leaves no litter: not even the empty cache folder
         raise
     return building, keep, skipped
 

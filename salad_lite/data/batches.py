@@ -8,9 +8,10 @@ these helpers, so that none of them imports another to reach its data:
 - :func:`dataset_labels` / :func:`dataset_patient_ids`: the label and patient
   columns, from ``.labels`` / ``.metadata`` when present, else from the sample dicts;
 - :func:`check_splits`: what every entry point that receives splits calls
-  once, before any work: no patient in two splits
-  (:func:`salad_lite.data.splits.check_patient_disjoint`) and no NaN/inf pixel
-  in any image (:func:`check_finite_images`).
+  once, before any work: every label 0/1 (parsed strictly, the split and
+  position named), both classes in the splits that need them (``both_classes``),
+  no patient in two splits (:func:`salad_lite.data.splits.check_patient_disjoint`)
+  and no NaN/inf pixel in any image (:func:`check_finite_images`).
 
 A dataset is anything with ``len`` and ``dataset[i]`` returning the sample dict
 of DESIGN.md. One without a ``metadata`` table (a plain in-memory dataset)
@@ -25,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from salad_lite.data.splits import check_patient_disjoint, patient_ids_of
+from salad_lite.data.base import parse_binary_labels
+from salad_lite.data.splits import check_patient_disjoint, patient_id_text, patient_ids_of
 
-__all__ = ["NonFiniteImageError", "check_finite_images", "check_splits", "dataset_labels", "dataset_patient_ids",
-           "gather_images", "image_batches"]
+__all__ = ["NonFiniteImageError", "OneClassSplitError", "check_finite_images", "check_splits", "dataset_labels",
+           "dataset_patient_ids", "gather_images", "image_batches"]
 
 CHECK_BATCH = 256  # images per batch of the non-finite scan
 
@@ -37,15 +39,26 @@ class NonFiniteImageError(ValueError):
     """An image holds NaN or infinite pixels; the message names the split and the image."""
 
 
+class OneClassSplitError(ValueError):
+    """A split that must hold both classes (validation, test) holds one; the message names it and its counts."""
+
+
 def gather_images(dataset: Any, indices: np.ndarray) -> torch.Tensor:
     """Images of ``indices`` as float [B, 1, S, S] in [0, 1].
 
     Uses a dataset's in-memory uint8 ``images`` array [N, S, S] when it has one
     (the cached datasets), otherwise stacks ``dataset[i]["image"]``.
 
+    Args:
+        dataset: a dataset of the package's contract.
+        indices: 1-D integer positions in ``[0, len(dataset))``; negative
+            positions are refused, not counted from the end.
+
     Raises:
-        IndexError: an index outside the dataset (from the dataset or NumPy).
+        IndexError: an index is negative or ``>= len(dataset)`` (the first few named).
+        TypeError: ``indices`` are not 1-D integers.
     """
+    indices = _positions(indices, len(dataset))
     images = getattr(dataset, "images", None)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3:
         return torch.from_numpy(images[indices]).unsqueeze(1).float().div_(255.0)
@@ -64,12 +77,54 @@ def image_batches(dataset: Any, batch_size: int) -> Iterator[torch.Tensor]:
         yield gather_images(dataset, np.arange(start, min(start + batch_size, len(dataset))))
 
 
-def dataset_labels(dataset: Any) -> np.ndarray:
-    """Labels [N] (0 normal, 1 abnormal) of a dataset with a ``labels`` attribute or sample dicts."""
+def _positions(indices: Any, n: int) -> np.ndarray:
+    """``indices`` as int64 [B], each in ``[0, n)``.
+
+    Raises:
+        TypeError: not 1-D integers (a bool mask, floats).
+        IndexError: an index out of range (the first five named).
+    """
+    idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"indices must be 1-D integers, got shape {idx.shape} dtype {idx.dtype}")
+    idx = idx.astype(np.int64, copy=False)
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise IndexError(f"indices {idx[bad][:5].tolist()} out of range for a dataset of {n} items "
+                         f"(valid: 0 to {n - 1}; negative indices are not counted from the end)")
+    return idx
+
+
+def dataset_labels(dataset: Any, split: str = "dataset") -> np.ndarray:
+    """Labels [N] (0 normal, 1 abnormal) of a dataset with a ``labels`` attribute or sample dicts, parsed strictly.
+
+    Every label goes through :func:`~salad_lite.data.base.parse_binary_labels`
+    (0 / 1, also ``0.0`` / ``1.0``; one-element tensors are read as their value),
+    whether it comes from ``.labels`` or from ``dataset[i]["label"]``: ``0.9``,
+    ``1.5``, ``" 2"``, ``True`` or NaN are never truncated into a class.
+
+    Args:
+        dataset: a dataset of the package's contract.
+        split: its name, for the message.
+
+    Raises:
+        LabelError: a label is not 0/1; the message names the split, the
+            positions (``row``) and the values.
+        TypeError: the dataset has neither ``labels`` nor sample dicts with ``"label"``.
+    """
     labels = getattr(dataset, "labels", None)
     if labels is not None:
-        return np.asarray(labels, dtype=np.int64)
-    return np.array([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
+        values = labels.tolist() if isinstance(labels, torch.Tensor) else labels
+    else:
+        first = dataset[0] if len(dataset) else {}
+        if not isinstance(first, Mapping) or "label" not in first:
+            raise TypeError(f"split {split!r} ({type(dataset).__name__}) has no labels: give it a `labels` array "
+                            "or sample dicts with a 'label' (the package's dataset contract)")
+        values = [dataset[i]["label"] for i in range(len(dataset))]
+        values = [v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in values]
+    return parse_binary_labels(values, f"split {split!r} ({type(dataset).__name__})")
 
 
 def dataset_patient_ids(dataset: Any, split: str = "dataset") -> list[str]:
@@ -87,6 +142,8 @@ def dataset_patient_ids(dataset: Any, split: str = "dataset") -> list[str]:
         TypeError: the dataset has no patient-id column and its samples are not
             dicts with a ``"patient_id"`` key (a bare tensor dataset): patient
             leakage between splits could not be checked.
+        ValueError: a patient id is missing (None, NaN, empty); the split and
+            position are named (:func:`~salad_lite.data.splits.patient_id_text`).
     """
     try:
         return patient_ids_of(dataset, split)
@@ -99,7 +156,7 @@ def dataset_patient_ids(dataset: Any, split: str = "dataset") -> list[str]:
             raise TypeError(f"split {split!r} ({type(dataset).__name__}) has no patient ids: give it a "
                             "metadata table with a 'patient_id' column or sample dicts with 'patient_id', "
                             "so that no patient can sit in two splits")
-        ids.append(str(sample["patient_id"]))
+        ids.append(patient_id_text(sample["patient_id"], split, i))
     return ids
 
 
@@ -147,26 +204,57 @@ def check_finite_images(dataset: Any, split: str = "dataset", batch_size: int = 
                                   + (" ..." if len(bad) > 3 else ""))
 
 
-def check_splits(splits: Mapping[str, Any], required: tuple[str, ...] = ()) -> None:
+def check_splits(
+    splits: Mapping[str, Any], required: tuple[str, ...] = (), both_classes: tuple[str, ...] = ()
+) -> None:
     """The checks every entry point that receives splits runs once, before any training or scoring.
+
+    In order: the required splits are present; every label of every split is
+    0/1 (:func:`dataset_labels`); the splits named in ``both_classes`` hold
+    normal and abnormal images; no patient is in two splits; no pixel is NaN/inf.
 
     Args:
         splits: split name -> dataset; ``None`` values are skipped.
         required: split names that must be present (``("train", "val", "test")``).
+        both_classes: split names that must hold both classes, because a choice
+            or a metric compares them (``("val", "test")``); a split given
+            as ``None`` is skipped. The default checks no split: a training
+            split is normally all normal.
 
     Raises:
-        KeyError: a required split is missing (all missing names given).
+        KeyError: a required split is missing (all missing names given), or
+            ``both_classes`` names a key absent from ``splits`` (a typo).
+        LabelError: a label is not 0/1 (split, position and value named).
+        OneClassSplitError: a split of ``both_classes`` holds one class only
+            (named, with its counts), as :func:`salad_lite.metrics.binary_labels` refuses.
         salad_lite.data.splits.PatientLeakError: a patient appears in two splits
             (only checked when there are two or more splits).
         TypeError: with two or more splits, a dataset without patient ids (see
             :func:`dataset_patient_ids`).
+        ValueError: a patient id is missing (split and position named).
         NonFiniteImageError: an image holds NaN/inf pixels (see :func:`check_finite_images`).
     """
     present = {name: dataset for name, dataset in splits.items() if dataset is not None}
     missing = [name for name in required if name not in present]
     if missing:
         raise KeyError(f"splits lack {missing}: got {sorted(splits)}, need {list(required)}")
+    unknown = [name for name in both_classes if name not in splits]
+    if unknown:
+        raise KeyError(f"both_classes names {unknown}, which are not among the splits {sorted(splits)}")
     if len(present) > 1:
         check_patient_disjoint({name: dataset_patient_ids(dataset, name) for name, dataset in present.items()})
     for name, dataset in present.items():
+        labels = dataset_labels(dataset, name)
+        if name in both_classes:
+            _require_both_classes(labels, name)
+    for name, dataset in present.items():
         check_finite_images(dataset, name)
+
+
+def _require_both_classes(labels: np.ndarray, split: str) -> None:
+    """Raise :class:`OneClassSplitError` unless ``labels`` (0/1 [N]) hold both classes."""
+    n_abnormal = int(labels.sum())
+    if n_abnormal == 0 or n_abnormal == len(labels):
+        raise OneClassSplitError(
+            f"split {split!r} needs both normal (0) and abnormal (1) images: it holds {len(labels) - n_abnormal} "
+            f"normal and {n_abnormal} abnormal (AUC, thresholds and the choices made on it compare the classes)")

@@ -25,6 +25,13 @@ Hidden and system files are never images
 (:func:`~salad_lite.data.io.is_hidden_or_system`): class folders are listed
 without them (macOS ``._a.png``, ``__MACOSX/``, ``Thumbs.db``...), and a manifest
 that lists one is an error.
+
+Each image is listed once: a manifest without rows, a manifest or folder
+listing one file twice (with the same label or not; links resolved), class
+folders differing only in case (``normal/`` and ``Normal/``) and a manifest
+row with more fields than the header (an unquoted comma) are errors naming the
+file, rows and lines. Linked folders are followed once
+(:func:`~salad_lite.data.io.list_files`: a symlink loop is not walked again).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from salad_lite.data.base import (
     drop_missing_files,
     parse_binary_labels,
     read_text_csv,
+    refuse_duplicate_files,
 )
 from salad_lite.data.io import is_hidden_or_system, list_files
 
@@ -72,8 +80,11 @@ class ImageFolderXray(XrayDataset):
     Raises:
         FileNotFoundError: ``root`` or a mapped class folder does not exist.
         ValueError: a class folder holds no image (hidden and system files do
-            not count), a label of ``class_map`` is not the int 0 or 1, or the
-            map does not cover both labels.
+            not count), a label of ``class_map`` is not the int 0 or 1, the
+            map does not cover both labels, two folders differ only in case
+            (``normal/`` and ``Normal/``, without ``class_map``: both named), or
+            one file is listed twice (a link into another class folder; both
+            paths named).
     """
 
     def __init__(
@@ -92,13 +103,22 @@ class ImageFolderXray(XrayDataset):
             if p.is_dir() and not p.name.startswith("_") and not is_hidden_or_system(p, root_path)
         }
         if class_map is None:
-            lower = {name.lower(): name for name in folders}
+            lower: dict[str, list[str]] = {}
+            for name in sorted(folders):
+                lower.setdefault(name.lower(), []).append(name)
+            clash = {k: v for k, v in lower.items() if k in ("normal", "abnormal") and len(v) > 1}
+            if clash:
+                raise ValueError(
+                    f"{root_path} holds class folders that differ only in case: "
+                    + "; ".join(" and ".join(repr(str(root_path / n)) for n in names) for names in clash.values())
+                    + "; merge them, or pass class_map={'FOLDER': 0 or 1, ...}"
+                )
             if "normal" not in lower or "abnormal" not in lower:
                 raise FileNotFoundError(
                     f"{root_path} needs class folders 'normal/' and 'abnormal/' (found {sorted(folders)}); "
                     "or pass class_map={'FOLDER': 0 or 1, ...}"
                 )
-            class_map = {lower["normal"]: 0, lower["abnormal"]: 1}
+            class_map = {lower["normal"][0]: 0, lower["abnormal"][0]: 1}
         bad_labels = {k: v for k, v in class_map.items()
                       if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v not in (0, 1)}
         if bad_labels:
@@ -127,6 +147,7 @@ class ImageFolderXray(XrayDataset):
                 }
                 for p in files
             ]
+        refuse_duplicate_files([row["path"] for row in rows], f"image folder {root_path}", root_path)
         self.class_map = dict(class_map)
         super().__init__(pd.DataFrame(rows), image_size=image_size, root=root_path, preprocess=preprocess)
 
@@ -145,10 +166,12 @@ class ManifestXray(XrayDataset):
 
     Raises:
         FileNotFoundError: the CSV or root does not exist, or no listed file does.
-        ValueError: a required column is missing (named), a ``file`` cell is
-            empty, or it names a hidden or system file.
+        ValueError: a required column is missing (named), the manifest lists no
+            image, a ``file`` cell is empty, it names a hidden or system file,
+            or one file is listed twice (rows and lines named, whatever the labels).
         LabelError: a label is not 0/1 (manifest, row, line and value named).
-        CorruptFileError: the manifest cannot be parsed as CSV.
+        CorruptFileError: the manifest cannot be parsed as CSV, or a row has
+            more fields than the header (an unquoted comma; lines named).
     """
 
     def __init__(
@@ -172,6 +195,8 @@ class ManifestXray(XrayDataset):
                 f"manifest {csv_path} lacks column(s) {missing}; found {list(table.columns)}; "
                 "required: file, label (optional: patient_id, finding)"
             )
+        if table.empty:
+            raise ValueError(f"manifest {csv_path} lists no images (a header without rows)")
         table["file"] = table["file"].str.strip()
         for problem, bad in (
             ("empty 'file'", (table["file"] == "").to_numpy()),
@@ -182,6 +207,7 @@ class ManifestXray(XrayDataset):
                 rows = np.flatnonzero(bad)[:5].tolist()
                 raise ValueError(f"manifest {csv_path}: {problem} in rows {rows} (lines {[r + 2 for r in rows]}): "
                                  f"{table['file'].iloc[rows].tolist()}")
+        refuse_duplicate_files(table["file"].tolist(), f"manifest {csv_path}", root_path, first_line=2)
         meta = table.rename(columns={"file": "path"}).copy()
         meta["label"] = parse_binary_labels(table["label"].tolist(), f"manifest {csv_path}", first_line=2)
         stems = meta["path"].map(lambda f: Path(f).stem)

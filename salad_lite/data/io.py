@@ -33,11 +33,25 @@ folder files (``Thumbs.db``, ``ehthumbs.db``, ``desktop.ini``, ``$RECYCLE.BIN``,
 ``System Volume Information``), Office lock files (``~$...``) and the macOS
 custom-icon file ``Icon\r``. Listings skip them without a warning: they are
 not data.
+
+Linked folders are followed (a data folder may link to another disk), but a
+folder is listed once: a linked folder whose real path was already listed, or
+that leads back to a folder above it (``normal/loop -> ..``, a symlink loop),
+is not entered again. :func:`list_files` counts such links and emits ONE
+:class:`DataWarning` per listing naming the first; without this rule a loop
+multiplies every image and lists ``normal/loop/abnormal/x.png`` under the
+wrong class.
+
+Pixels: a decoded image with NaN or infinite values (a float TIFF) is an
+:class:`ImageReadError` naming the file and counting the bad pixels, never a
+black image; only float images (``F``) can hold them, every other mode
+decodes to integers.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -121,11 +135,14 @@ def list_files(
     Args:
         folder: where to look.
         suffixes: keep only these suffixes (``".png"``; compared in lower case); None keeps all.
-        recursive: descend into sub-folders (hidden and system folders are never entered).
+        recursive: descend into sub-folders (hidden and system folders are never entered;
+            linked folders are followed, each real folder once: module docstring).
 
     Returns:
         Paths under ``folder`` (``folder / relative``), sorted, for which
-        :func:`is_hidden_or_system` is False.
+        :func:`is_hidden_or_system` is False. A :class:`DataWarning` counts the
+        linked folders not entered (symlink loops, folders already listed) and
+        names the first.
 
     Raises:
         NotADirectoryError: ``folder`` is not an existing folder.
@@ -135,15 +152,47 @@ def list_files(
         raise NotADirectoryError(f"{folder} is not an existing folder")
     wanted = None if suffixes is None else {s.lower() for s in suffixes}
     found: list[Path] = []
+    visited = {os.path.realpath(folder)}  # real paths of the folders listed or queued
+    loops: list[str] = []  # linked folders not entered again
     for current, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden_name(d)) if recursive else []
+        dirs[:] = _folders_to_enter(current, dirs, visited, loops) if recursive else []
         for name in names:
             if _is_hidden_name(name) or (wanted is not None and Path(name).suffix.lower() not in wanted):
                 continue
             path = Path(current) / name
             if path.is_file():
                 found.append(path)
+    if loops:
+        warnings.warn(
+            f"{folder}: {len(loops)} linked folder(s) lead to a folder already listed or back to a folder above "
+            f"them (a symlink loop) and were not entered again, first: {loops[0]}",
+            DataWarning,
+            stacklevel=2,
+        )
     return sorted(found)
+
+
+def _folders_to_enter(current: str, dirs: list[str], visited: set[str], loops: list[str]) -> list[str]:
+    """The sub-folders of ``current`` a listing enters, sorted: not hidden, and each real folder once.
+
+    Real folders are taken before linked ones, so a link to a sibling never
+    displaces the folder itself. A linked folder whose real path is in
+    ``visited`` or is an ancestor of ``current`` (a loop; also a bind mount)
+    is appended to ``loops`` (as ``folder -> real path``) and skipped; the real
+    paths entered are added to ``visited``.
+    """
+    here = os.path.realpath(current)
+    candidates = sorted(d for d in dirs if not _is_hidden_name(d))
+    linked = {d for d in candidates if os.path.islink(os.path.join(current, d))}
+    keep: list[str] = []
+    for name in [d for d in candidates if d not in linked] + [d for d in candidates if d in linked]:
+        real = os.path.realpath(os.path.join(current, name))
+        if real in visited or os.path.commonpath([real, here]) == real:
+            loops.append(f"{os.path.join(current, name)} -> {real}")
+            continue
+        visited.add(real)
+        keep.append(name)
+    return sorted(keep)
 
 
 def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
@@ -157,9 +206,9 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
         module docstring for how alpha, palettes and 16-bit data are converted.
 
     Raises:
-        ImageReadError: the file is missing, not an image, truncated or corrupt.
-            The pixel data is fully decoded (``Image.load``) before returning, so
-            truncation is detected here.
+        ImageReadError: the file is missing, not an image, truncated or corrupt,
+            or it holds NaN / infinite pixels (counted). The pixel data is fully
+            decoded (``Image.load``) before returning, so truncation is detected here.
     """
     file = Path(path)
     if not file.is_file():
@@ -170,14 +219,20 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
             if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                 img = ImageOps.exif_transpose(img)
             return to_uint8_gray(img)
-    except ImageReadError:
-        raise
+    except ImageReadError as exc:  # the pixels are unusable: name the file
+        raise ImageReadError(f"image {file}: {exc}") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib errors...
         raise ImageReadError(f"cannot read image {file}: {type(exc).__name__}: {exc}") from exc
 
 
 def to_uint8_gray(img: Image.Image) -> np.ndarray:
-    """Convert a loaded Pillow image to ``uint8`` ``[H, W]`` (policy: module docstring)."""
+    """Convert a loaded Pillow image to ``uint8`` ``[H, W]`` (policy: module docstring).
+
+    Raises:
+        ImageReadError: a float image holds NaN or infinite pixels (the message
+            counts them; :func:`read_grayscale` adds the file name).
+        ValueError: a high-depth image that is not 2-D.
+    """
     mode = img.mode
     if mode == "P" or mode == "PA":
         img = img.convert("RGBA" if (mode == "PA" or "transparency" in img.info) else "RGB")
@@ -204,6 +259,10 @@ def _rescale_high_depth(values: np.ndarray) -> np.ndarray:
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D high-depth image, got shape {values.shape}")
     data = values.astype(np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        raise ImageReadError(f"{bad} of {data.size} pixels are not finite ({n_nan} NaN, {bad - n_nan} inf)")
     low, high = float(data.min()), float(data.max())
     integral = np.issubdtype(values.dtype, np.integer)
     if integral and low >= 0 and high <= 65535:

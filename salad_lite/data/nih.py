@@ -41,8 +41,10 @@ from salad_lite.data.base import (
     Preprocess,
     XrayDataset,
     drop_missing_files,
+    cell_text,
     label_error,
     read_text_csv,
+    refuse_duplicate_files,
     text_to_numbers,
 )
 from salad_lite.data.io import is_hidden_or_system, list_files
@@ -156,11 +158,11 @@ def parse_finding_labels(findings: pd.Series, source: str = "the CSV", first_lin
 
 def _numbers(table: pd.DataFrame, column: str, source: str, strip: str = "") -> np.ndarray:
     """A numeric CSV column converted explicitly (``strip``: unit letters to drop, e.g. ``Y`` of ``058Y``)."""
-    text = table[column].astype(str).str.strip().str.rstrip(strip) if strip else table[column].astype(str)
+    text = table[column].str.strip().str.rstrip(strip) if strip else table[column]
     numbers, bad = text_to_numbers(text)
     if len(bad):
         shown = "; ".join(f"row {r} (line {r + 2}): {table[column].iloc[r]!r}" for r in bad[:5])
-        raise ValueError(f"{source}: column {column!r} holds values that are not numbers: {shown}")
+        raise ValueError(f"{source}: column {column!r} holds values that are not finite numbers: {shown}")
     return numbers.to_numpy()
 
 
@@ -180,9 +182,17 @@ def nih_metadata(table: pd.DataFrame, source: str = "the CSV") -> pd.DataFrame:
         ``image_index``, plus ``follow_up``, ``age`` (numbers), ``sex`` when
         the CSV has them.
 
+    A table that was not read as text (a DataFrame built by hand or read with
+    pandas' defaults) is first turned into the text a CSV holds: missing
+    values (None, NaN) become empty cells and whole floats lose their ``.0``
+    (``Patient ID`` 7.0 is ``"7"``), so that the rules below are those of the CSV.
+
     Raises:
-        ValueError: required columns are missing (they are named), an image
-            index names a hidden or system file, or a follow-up / age is not a number.
+        ValueError: required columns are missing (they are named), an
+            ``Image Index`` or ``Patient ID`` is empty, an image is listed
+            twice, an image index names a hidden or system file, or a
+            follow-up / age is not a finite number (``NaN`` and ``inf`` alike);
+            the column, rows and lines are named.
         LabelError: a ``Finding Labels`` cell is not understood
             (:func:`parse_finding_labels`).
     """
@@ -192,18 +202,29 @@ def nih_metadata(table: pd.DataFrame, source: str = "the CSV") -> pd.DataFrame:
             f"{source} lacks NIH column(s) {missing}; found {list(table.columns)}. "
             f"A Data_Entry_2017 CSV needs {list(NIH_COLUMNS)}"
         )
-    parsed = parse_finding_labels(table["Finding Labels"].fillna("").astype(str), source)
-    index = table["Image Index"].astype(str).str.strip()
+    table = table.reset_index(drop=True).copy()
+    for column in table.columns:  # a table not read as text: the text a CSV would hold
+        if table[column].map(lambda v: not isinstance(v, str)).any():
+            table[column] = table[column].map(cell_text).astype(object)
+    parsed = parse_finding_labels(table["Finding Labels"], source)
+    index = table["Image Index"].str.strip()
+    patients = table["Patient ID"].str.strip()
+    for column, values in (("Image Index", index), ("Patient ID", patients)):
+        empty = np.flatnonzero((values == "").to_numpy())
+        if len(empty):
+            raise ValueError(f"{source}: column {column!r} is empty in {len(empty)} row(s), first rows "
+                             f"{empty[:5].tolist()} (lines {(empty[:5] + 2).tolist()})")
     hidden = index.map(lambda name: is_hidden_or_system(Path(name))).to_numpy(bool)
     if hidden.any():
         rows = np.flatnonzero(hidden)[:5].tolist()
         raise ValueError(f"{source}: 'Image Index' names hidden or system files, which are never images, "
                          f"in rows {rows}: {index.iloc[rows].tolist()}")
+    refuse_duplicate_files(index.tolist(), f"{source} (column 'Image Index')", first_line=2)
     meta = pd.DataFrame(
         {
             "path": ("images/" + index).to_numpy(object),
             "label": parsed["label"].to_numpy(),
-            "patient_id": table["Patient ID"].astype(str).str.strip().to_numpy(object),
+            "patient_id": patients.to_numpy(object),
             "finding": parsed["finding"].to_numpy(object),
             "view": table["View Position"].astype(str).str.strip().str.upper().to_numpy(object),
             "image_index": index.to_numpy(object),
@@ -214,7 +235,7 @@ def nih_metadata(table: pd.DataFrame, source: str = "the CSV") -> pd.DataFrame:
     if "Patient Age" in table.columns:
         meta["age"] = _numbers(table, "Patient Age", source, strip="Yy")
     if "Patient Gender" in table.columns:
-        meta["sex"] = table["Patient Gender"].astype(str).str.strip().to_numpy(object)
+        meta["sex"] = table["Patient Gender"].str.strip().to_numpy(object)
     return meta
 
 
@@ -280,7 +301,8 @@ class NIHChestXray(XrayDataset):
     Raises:
         FileNotFoundError: wrong root (no folder, no CSV, no images folder) or
             none of the listed images present.
-        ValueError: CSV lacking columns, unknown view, or no image of that view.
+        ValueError: CSV lacking columns, listing no image or one image twice,
+            an empty ``Image Index`` / ``Patient ID``, unknown view, or no image of that view.
         LabelError: a ``Finding Labels`` cell not understood (CSV, row, line and value named).
         CorruptFileError: the CSV cannot be parsed.
     """
@@ -308,6 +330,8 @@ class NIHChestXray(XrayDataset):
                 f"NIH root {root_path} has no images/ folder with images (nor Kaggle-style images_*/images/)"
             )
         meta = nih_metadata(read_text_csv(csv, what="NIH CSV"), source=str(csv))
+        if meta.empty:
+            raise ValueError(f"NIH CSV {csv} lists no images (a header without rows)")
         self.view = view.upper() if view.upper() != "ALL" else "all"
         if self.view != "all":
             meta = meta[meta["view"] == self.view].reset_index(drop=True)

@@ -15,11 +15,57 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["PatientLeakError", "check_patient_disjoint", "check_split_arguments", "one_class_split", "patient_ids_of"]
+__all__ = ["MissingPatientIdError", "PatientLeakError", "check_patient_disjoint", "check_split_arguments",
+           "one_class_split", "patient_id_text", "patient_ids_of"]
 
 
 class PatientLeakError(ValueError):
     """The same patient appears in two splits."""
+
+
+class MissingPatientIdError(ValueError):
+    """A patient id is missing (None, NaN, empty) or not an id (inf); the message names the split and position."""
+
+
+def patient_id_text(value: Any, split: str = "split", position: int | None = None) -> str:
+    """One patient id as the text every comparison uses.
+
+    The rule (the same for hand-made splits, metadata tables and CSV text):
+    surrounding whitespace is stripped (``"train-0 "`` is ``"train-0"``); an
+    integer-valued number becomes its integer text (``7``, ``7.0`` and
+    ``np.float32(7)`` are ``"7"``, like the text ``"7"``); other numbers are
+    ``str(value)``; text is kept as written otherwise (``"0007"``, ``"None"``
+    and ``"nan"`` are ids). A missing id (``None``, NaN, ``pd.NA``, an empty or
+    blank text) or an infinite number is an error: it would merge unrelated
+    images into one patient.
+
+    Args:
+        value: the id as found.
+        split: the split or table, for the message.
+        position: the item's position, for the message.
+
+    Raises:
+        MissingPatientIdError: ``value`` is missing or infinite (split, position and value named).
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        text = value.strip()
+    elif value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        text = ""
+    elif isinstance(value, (float, np.floating)):
+        finite = bool(np.isfinite(value))  # NaN was caught above: this refuses inf
+        text = "" if not finite else str(int(value)) if float(value).is_integer() else str(value)
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        text = str(int(value))
+    else:
+        text = str(value).strip()
+    if not text:
+        where = f" at position {position}" if position is not None else ""
+        raise MissingPatientIdError(
+            f"split {split!r}: patient id{where} is {value!r}, not an id; every image needs its patient's id "
+            "(a missing id would merge unrelated images into one patient)")
+    return text
 
 
 def patient_ids_of(split: Any, name: str = "split") -> list[str]:
@@ -32,29 +78,38 @@ def patient_ids_of(split: Any, name: str = "split") -> list[str]:
             themselves (list, tuple, numpy array, pandas Series, set).
         name: the split's name, for the message.
 
+    Every id goes through :func:`patient_id_text` (stripped, ``7.0`` is
+    ``"7"``, a missing id refused).
+
     Raises:
         TypeError: ``split`` is a string, or a dataset without patient ids
             (the message names the split and its type).
+        MissingPatientIdError: an id is missing (the split and position named).
     """
     if isinstance(split, (str, bytes)):
         raise TypeError(f"split {name!r}: expected a dataset or a sequence of patient ids, got the string {split!r}")
     metadata = getattr(split, "metadata", None)
     if isinstance(metadata, pd.DataFrame) and "patient_id" in metadata.columns:
-        return [str(p) for p in metadata["patient_id"].to_numpy()]
+        return _id_texts(metadata["patient_id"].to_numpy(), name)
     ids = getattr(split, "patient_ids", None)
     if ids is not None and not callable(ids):
-        return [str(p) for p in ids]
+        return _id_texts(ids, name)
     parent, indices = getattr(split, "dataset", None), getattr(split, "indices", None)
     if parent is not None and indices is not None:  # torch.utils.data.Subset
         parent_ids = patient_ids_of(parent, name)
         return [parent_ids[int(i)] for i in indices]
     plain = isinstance(split, (list, tuple, set, frozenset, np.ndarray, pd.Series, pd.Index))
     if plain or (isinstance(split, Iterable) and not hasattr(split, "__getitem__")):
-        return [str(p) for p in split]
+        return _id_texts(split, name)
     raise TypeError(
         f"split {name!r} is a {type(split).__name__} without patient ids "
         "(.metadata['patient_id'] or .patient_ids); pass a dataset or a sequence of patient ids"
     )
+
+
+def _id_texts(ids: Iterable[Any], name: str) -> list[str]:
+    """:func:`patient_id_text` of every id, positions counted from 0."""
+    return [patient_id_text(value, name, position) for position, value in enumerate(ids)]
 
 
 def check_patient_disjoint(splits: Mapping[str, Any]) -> None:
@@ -64,12 +119,14 @@ def check_patient_disjoint(splits: Mapping[str, Any]) -> None:
         splits: split name -> that split's patients: a dataset (anything with
             ``.metadata["patient_id"]`` or ``.patient_ids``, or a
             ``torch.utils.data.Subset`` of one) or the patient ids themselves
-            (repeats allowed; ids are compared as str). See :func:`patient_ids_of`.
+            (repeats allowed; ids are compared as the text of
+            :func:`patient_id_text`). See :func:`patient_ids_of`.
 
     Raises:
         PatientLeakError: names every pair of splits that share patients, how
             many they share and the first few ids.
         TypeError: a split is neither a dataset with patient ids nor a sequence of ids.
+        MissingPatientIdError: an id is missing (split and position named).
     """
     sets = {name: set(patient_ids_of(ids, name)) for name, ids in splits.items()}
     names = list(sets)
@@ -156,15 +213,18 @@ def one_class_split(
     Raises:
         ValueError: a class is missing, there are too few patients for every
             split to hold both classes, or an argument is out of range.
+        LabelError: a label is not 0/1 (row and value named).
+        MissingPatientIdError: a patient id is missing (row named).
         PatientLeakError: never expected; checked before returning.
     """
     check_split_arguments(anomaly_ratio, max_train, val_fraction=val_fraction)
     for column in ("label", "patient_id"):
         if column not in metadata.columns:
             raise ValueError(f"metadata lacks column {column!r}; it has {list(metadata.columns)}")
-    meta = pd.DataFrame(
-        {"label": metadata["label"].to_numpy(np.int64), "patient_id": metadata["patient_id"].astype(str).to_numpy()}
-    )
+    from salad_lite.data.base import parse_binary_labels  # base imports this module
+
+    meta = pd.DataFrame({"label": parse_binary_labels(metadata["label"].tolist(), "one_class_split metadata"),
+                         "patient_id": _id_texts(metadata["patient_id"], "one_class_split metadata")})
     n_normal_images = int((meta["label"] == 0).sum())
     n_abnormal_images = int((meta["label"] == 1).sum())
     if n_normal_images == 0:
