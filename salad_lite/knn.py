@@ -31,6 +31,9 @@ from typing import Any
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba.core import types as nb_types
+from numba.extending import intrinsic
 from threadpoolctl import ThreadpoolController
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities held at once: 16M floats = 64 MB
@@ -325,6 +328,78 @@ def _scan_block(sims, key_offset, k, exclude, values, indices, filled, threshold
         thresholds[r], filled[r] = threshold, fill
 
 
+# The round start's softmax sums. With cosines <= 1 the fixed shift 1/tau bounds every logit:
+# w = exp((s - 1) / tau) lies in (0, 1], so no running maximum is needed as long as the smallest
+# possible term, exp(-2 / tau), stays a normal float32: tau >= MIN_FUSED_TEMPERATURE.
+MIN_FUSED_TEMPERATURE = 0.025  # exp(-2 / 0.025) = exp(-80) > 2^-126
+_EXP2_MIN = np.float32(-126.0)
+_EXCLUDED_CUT = np.float32(-1.5)  # similarities below this are _EXCLUDED markers: weight exactly 0
+# 2^f = exp(f ln 2) on -1/2 <= f <= 1/2: Taylor to degree 7, relative error < 1e-8
+_E1, _E2, _E3, _E4, _E5, _E6, _E7 = (np.float32(math.log(2) ** i / math.factorial(i)) for i in range(1, 8))
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):  # pragma: no cover - compiled
+    """Reinterpret an int32's bits as a float32 (an LLVM bitcast, so loops using it still vectorise)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return nb_types.float32(nb_types.int32), codegen
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH)
+def _exp2_32(y):  # pragma: no cover - compiled
+    """2^y in float32 for -126 <= y <= ~1 (clamped below), relative error ~1e-7 + |y| ulp; branch-free."""
+    y = max(y, _EXP2_MIN)
+    n = np.floor(y + _HALF)
+    f = y - n  # in [-1/2, 1/2]
+    p = _ONE + f * (_E1 + f * (_E2 + f * (_E3 + f * (_E4 + f * (_E5 + f * (_E6 + f * _E7))))))
+    return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@numba.njit(inline="always", fastmath=_FASTMATH)
+def _softmax_run(row, start, stop, log2e_over_tau, threshold):  # pragma: no cover - compiled
+    """Over ``row[start:stop]``: (sum of w, sum of w (1 - s), count above ``threshold``), float32; vectorises."""
+    part_w, part_wu, above = _ZERO, _ZERO, _ZERO
+    for j in range(start, stop):
+        x = row[j]
+        gap = _ONE - x
+        w = _exp2_32(-gap * log2e_over_tau) if x > _EXCLUDED_CUT else _ZERO  # an _EXCLUDED entry weighs 0
+        part_w += w
+        part_wu += w * gap
+        above += _ONE if x > threshold else _ZERO
+    return part_w, part_wu, above
+
+
+@numba.njit(nogil=True, fastmath=_FASTMATH, cache=True)
+def _scan_block_softmax(sims, key_offset, k, exclude, log2e_over_tau, sums, values, indices, filled,
+                        thresholds):  # pragma: no cover - compiled
+    """Top-k update and softmax sums for each row of a block ``sims`` [R, C] (keys key_offset..+C).
+
+    ``sums`` [R, 2] float64 accumulates, per row, ``sum_j w_j`` and ``sum_j w_j (1 - s_j)`` with
+    ``w_j = exp((s_j - 1) / tau) = 2^((s_j - 1) log2(e) / tau)``; the excluded key adds exactly 0.
+    Other arguments as :func:`_scan_block_with_angles`.
+    """
+    n = sims.shape[1]
+    for r in range(sims.shape[0]):
+        row = sims[r]
+        _mask_excluded(row, key_offset, exclude[r])
+        threshold, fill = thresholds[r], filled[r]
+        total_w, total_wu = 0.0, 0.0
+        for start in range(0, n, _RUN):
+            stop = min(start + _RUN, n)
+            if stop - start == _RUN:  # a full run: a constant trip count
+                part_w, part_wu, above = _softmax_run(row, start, start + _RUN, log2e_over_tau, threshold)
+            else:
+                part_w, part_wu, above = _softmax_run(row, start, stop, log2e_over_tau, threshold)
+            total_w += part_w
+            total_wu += part_wu
+            if above > _ZERO:
+                threshold, fill = _append_run(row, start, stop, key_offset, threshold, values[r], indices[r], fill, k)
+        sums[r, 0] += total_w
+        sums[r, 1] += total_wu
+        thresholds[r], filled[r] = threshold, fill
+
+
 @numba.njit(nogil=True, cache=True)
 def _finish_rows(values, indices, filled, k):  # pragma: no cover - compiled
     """Cut every row's buffer to its k best (front of the row, unordered)."""
@@ -336,12 +411,15 @@ def _finish_rows(values, indices, filled, k):  # pragma: no cover - compiled
 
 
 class TopKBuffer:
-    """Running exact top-k (and optionally sum of arccos) of ``rows`` queries over key blocks, on the CPU.
+    """Running exact top-k (and optionally sum of arccos, or softmax sums) of ``rows`` queries over key blocks, on the CPU.
 
+    With ``temperature`` (and not ``with_angles``) it also accumulates, per row,
+    ``softmax_sums[:, 0] = sum_j exp((s_j - 1) / tau)`` and ``softmax_sums[:, 1] =
+    sum_j exp((s_j - 1) / tau) (1 - s_j)`` (float64, [R, 2]); see :func:`self_search`.
     Memory: ``rows x (k + capacity)`` float32 values and int64 indices.
     """
 
-    def __init__(self, rows: int, k: int, with_angles: bool) -> None:
+    def __init__(self, rows: int, k: int, with_angles: bool, temperature: float | None = None) -> None:
         capacity = k + max(2 * k, 256)
         self.k = k
         self.values = np.full((rows, capacity), _EMPTY, dtype=np.float32)  # [R, k + cap]
@@ -349,6 +427,9 @@ class TopKBuffer:
         self.filled = np.zeros(rows, dtype=np.int64)
         self.thresholds = np.full(rows, _EMPTY, dtype=np.float32)  # k-th best so far (once k are seen)
         self.angle_sum = np.zeros(rows, dtype=np.float64) if with_angles else None  # radians
+        softmax = temperature is not None and not with_angles
+        self.log2e_over_tau = np.float32(math.log2(math.e) / temperature) if softmax else None
+        self.softmax_sums = np.zeros((rows, 2), dtype=np.float64) if softmax else None  # [R, 2]
 
     def offer(self, sims: np.ndarray, key_offset: int, exclude: np.ndarray) -> None:
         """Scan a C-contiguous float32 block ``sims`` [R, C] of keys ``key_offset..+C``.
@@ -359,6 +440,9 @@ class TopKBuffer:
         if self.angle_sum is not None:
             _scan_block_with_angles(sims, key_offset, self.k, exclude, self.angle_sum, self.values, self.indices,
                                     self.filled, self.thresholds)
+        elif self.softmax_sums is not None:
+            _scan_block_softmax(sims, key_offset, self.k, exclude, self.log2e_over_tau, self.softmax_sums,
+                                self.values, self.indices, self.filled, self.thresholds)
         else:
             _scan_block(sims, key_offset, self.k, exclude, self.values, self.indices, self.filled, self.thresholds)
 
@@ -431,6 +515,18 @@ def cpu_block_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles:
         ValueError: queries and keys not 2-D with the same d; k outside 1..N (1..N-1
             with ``exclude``); ``exclude`` not [M] or naming a key outside 0..N-1.
     """
+    values, indices, sums = _cpu_search(queries, keys, k, with_angles, None, exclude, block_elements, threads)
+    return values, indices, None if sums is None else sums[:, 0]
+
+
+def _cpu_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles: bool, temperature: float | None,
+                exclude: np.ndarray | None, block_elements: int, threads: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """The CPU search behind :func:`cpu_block_search` and :func:`self_search`: (values [M, k], rows [M, k], sums).
+
+    ``sums``: the angle sums [M, 1] (``with_angles``), the softmax sums [M, 2] (``temperature``;
+    see :class:`TopKBuffer`), or None. Sums of key ranges searched apart are added.
+    """
     _check_search(queries, keys, k, exclude)
     m, n = queries.shape[0], keys.shape[0]
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -450,7 +546,7 @@ def cpu_block_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles:
         block = getattr(local, "block", None)
         if block is None:
             block = local.block = np.empty((query_rows, key_cols), dtype=np.float32)  # this thread's block
-        state = TopKBuffer(q_hi - q_lo, min(k, k_hi - k_lo), with_angles)
+        state = TopKBuffer(q_hi - q_lo, min(k, k_hi - k_lo), with_angles, temperature)
         q, skip = queries[q_lo:q_hi], exclude[q_lo:q_hi]
         for start in range(k_lo, k_hi, key_cols):
             stop = min(start + key_cols, k_hi)
@@ -460,7 +556,8 @@ def cpu_block_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles:
                 sims = np.empty((q_hi - q_lo, stop - start), dtype=np.float32)
             np.matmul(q, keys[start:stop].T, out=sims)
             state.offer(sims, start, skip)
-        return (*state.result(), state.angle_sum)
+        sums = state.angle_sum[:, None] if state.angle_sum is not None else state.softmax_sums
+        return (*state.result(), sums)
 
     if threads == 1 or len(tasks) == 1:
         results = [run(task) for task in tasks]
@@ -469,7 +566,7 @@ def cpu_block_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles:
             results = list(_worker_pool(threads).map(run, tasks))
     values = torch.empty((m, k), dtype=torch.float32)
     indices = torch.empty((m, k), dtype=torch.int64)
-    angle_sum = np.zeros(m, dtype=np.float64) if with_angles else None
+    sums = None if results[0][2] is None else np.zeros((m, results[0][2].shape[1]), dtype=np.float64)
     for chunk, (q_lo, q_hi) in enumerate(query_chunks):
         parts = results[chunk * key_parts:(chunk + 1) * key_parts]
         if key_parts == 1:
@@ -477,9 +574,51 @@ def cpu_block_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles:
         else:  # the key ranges searched apart: their top-k lists joined
             values[q_lo:q_hi], indices[q_lo:q_hi] = merge_topk(torch.cat([part[0] for part in parts], dim=1),
                                                                torch.cat([part[1] for part in parts], dim=1), k)
-        if with_angles:
-            angle_sum[q_lo:q_hi] = sum(part[2] for part in parts)
-    return values, indices, angle_sum
+        if sums is not None:
+            sums[q_lo:q_hi] = sum(part[2] for part in parts)
+    return values, indices, sums
+
+
+def self_search(bank: np.ndarray, k: int, temperature: float, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A bank against itself in one pass (the round start): softmax entropy and top-k of every row, each row left out.
+
+    For each row i of ``bank`` [N, d] (float32 unit rows, CPU), over the other rows j != i:
+
+    - the entropy (nats) of ``softmax_j(b_i . b_j / tau)``, from two sums accumulated in the
+      scan with the fixed shift 1/tau (cosines are <= 1, so every term ``w_j = exp((s_j - 1) / tau)``
+      lies in (0, 1] and no running maximum is needed): ``H_i = log Z_i + U_i / (tau Z_i)``,
+      ``Z_i = sum_j w_j``, ``U_i = sum_j w_j (1 - s_j)`` (equal to ``log Z - E[logit]``, without
+      the cancellation of that form when the distribution is peaked). Each ``w_j`` is computed
+      in float32 to ~1e-7 relative (a vectorised 2^x), sums in float64 per row;
+    - the k rows with the largest dot products, ties by ascending row (as :func:`cpu_block_search`).
+
+    Every similarity block is computed once and read once: no ``N x N`` matrix; memory
+    O(threads x block + N x (k + capacity)).
+
+    Args:
+        bank: [N, d] float32 (unit rows for cosines).
+        k: neighbours per row (the row itself excluded).
+        temperature: tau > 0, at least :data:`MIN_FUSED_TEMPERATURE` (so no term underflows float32).
+        block_elements, threads: as :func:`cpu_block_search`.
+
+    Returns:
+        (entropy [N] float64 nats, similarities [N, k] descending, rows [N, k] int64).
+
+    Raises:
+        ValueError: ``temperature`` below :data:`MIN_FUSED_TEMPERATURE` (use the block-wise
+            running-maximum entropy then); k outside 1..N-1; ``bank`` not 2-D.
+    """
+    if not temperature >= MIN_FUSED_TEMPERATURE:
+        raise ValueError(f"self_search needs temperature >= {MIN_FUSED_TEMPERATURE} (the fixed shift 1/tau would "
+                         f"underflow float32 below it), got {temperature}")
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
+    if bank.ndim != 2:
+        raise ValueError(f"bank must be 2-D [N, d], got shape {tuple(bank.shape)}")
+    rows = np.arange(bank.shape[0], dtype=np.int64)
+    values, indices, sums = _cpu_search(bank, bank, k, False, temperature, rows, block_elements, threads)
+    entropy = np.log(sums[:, 0]) + sums[:, 1] / (temperature * sums[:, 0])
+    return torch.from_numpy(entropy), values, indices
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 The bank is an ``nn.Module`` whose rows live in a registered buffer, so it moves
 with ``.to(device)`` and is saved in the model's state dict (moco's queue is the
 model). Its searches go through :mod:`salad_lite.knn`, block by block: no
-``N x N`` matrix is ever built in one piece.
+``N x N`` matrix is ever built in one piece. A round start (:meth:`MemoryBank.round_start`:
+the entropies and the neighbourhoods together) reads each block of similarities once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salad_lite.knn import DEFAULT_BLOCK_ELEMENTS, check_latents, cosine_topk, excluded_cells, similarity_blocks
+from salad_lite.knn import (DEFAULT_BLOCK_ELEMENTS, MIN_FUSED_TEMPERATURE, check_latents, cosine_topk, excluded_cells,
+                            self_search, similarity_blocks)
 
 
 class MemoryBank(nn.Module):
@@ -50,11 +52,13 @@ class MemoryBank(nn.Module):
         """``m_i <- normalise((1 - t) m_i + t z_i)`` for the rows ``indices`` [B] with latents ``z`` [B, d], t = momentum.
 
         Raises:
-            ValueError: ``z`` not [B, d] or ``indices`` not [B]; a NaN, inf or zero-norm
+            ValueError: momentum outside (0, 1]; ``z`` not [B, d] or ``indices`` not [B]; a NaN, inf or zero-norm
                 row of ``z`` (counted: a zero latent has no direction to pull towards);
                 a mixture that comes out as a zero vector (``z_i`` opposite to ``m_i``,
                 counted), which would leave a row with no direction.
         """
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum t must lie in (0, 1] (as train.memory_momentum), got {momentum!r}")
         if z.ndim != 2 or z.shape[1] != self.dim or indices.shape != (z.shape[0],):
             raise ValueError(f"update expects z [B, {self.dim}] and indices [B], got {tuple(z.shape)} and {tuple(indices.shape)}")
         check_latents(z.detach(), "z (memory update)")
@@ -116,3 +120,32 @@ class MemoryBank(nn.Module):
             running_max[rows] = new_max
         log_partition = running_max + torch.log(sum_exp)
         return log_partition - sum_exp_logit / sum_exp
+
+    @torch.no_grad()
+    def round_start(self, k: int, temperature: float, include_self: bool = True,
+                    block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a training round starts from: ``(entropy(temperature) [N] float32, neighbours_of_entries(k) [N, k])``.
+
+        On the CPU with ``temperature >= MIN_FUSED_TEMPERATURE`` (0.025) both come from one pass
+        over the ``N x N`` similarities (:func:`salad_lite.knn.self_search`): entropies equal
+        :meth:`entropy`'s to ~1e-6 relative, neighbours are identical. Elsewhere (CUDA, or a
+        smaller tau) it calls :meth:`entropy` and :meth:`neighbours_of_entries`. Memory O(N k).
+
+        Raises:
+            ValueError: temperature <= 0; k outside 1..N (1..N-1 without ``include_self``).
+        """
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        others = k - 1 if include_self else k
+        low, high = (1, self.size) if include_self else (1, self.size - 1)
+        if not low <= k <= high:
+            raise ValueError(f"k must lie in {low}..{high} ({'the entry itself and ' if include_self else ''}"
+                             f"the others), got k={k}")
+        if self.bank.device.type != "cpu" or temperature < MIN_FUSED_TEMPERATURE:
+            return (self.entropy(temperature, block_elements),
+                    self.neighbours_of_entries(k, include_self, block_elements))
+        entropy, _, rows = self_search(self.bank.float().numpy(), max(others, 1), temperature, block_elements)
+        neighbours = rows[:, :others]  # [N, k - 1] or [N, k]
+        if include_self:
+            neighbours = torch.cat([torch.arange(self.size)[:, None], neighbours], dim=1)
+        return entropy.float(), neighbours

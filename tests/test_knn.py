@@ -166,3 +166,56 @@ def test_search_arguments_are_checked():
         cosine_topk(torch.ones(2, 5), torch.from_numpy(keys), 3)
     with pytest.raises(ValueError, match=r"exclude must hold key rows in 0..9, got 0..10"):
         torch_block_search(torch.from_numpy(keys[:2]), torch.from_numpy(keys), 3, False, torch.tensor([0, 10]))
+
+
+DEFAULT_BLOCK = knn.DEFAULT_BLOCK_ELEMENTS
+
+
+def softmax_entropy_reference(bank: torch.Tensor, tau: float) -> torch.Tensor:
+    """Float64 entropy of softmax_j(b_i . b_j / tau) over j != i, from the full matrix (small N only)."""
+    logits = (bank.double() @ bank.double().T) / tau
+    logits.fill_diagonal_(float("-inf"))
+    log_p = torch.log_softmax(logits, dim=1)
+    return -(log_p.exp() * torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))).sum(1)
+
+
+@pytest.mark.parametrize("n, d, k, block_elements, tau", [(9, 5, 3, 10, 0.1), (700, 16, 20, 1 << 24, 0.1),
+                                                        (700, 16, 7, 3000, 0.05), (1100, 200, 20, 1 << 24, 0.5)])
+def test_self_search_matches_full_matrix_and_the_separate_searches(n, d, k, block_elements, tau):
+    """One pass: entropies equal a float64 full-matrix reference; neighbours are those of cpu_block_search."""
+    bank = unit(n, d, n)
+    entropy, sims, idx = knn.self_search(bank.numpy(), k, tau, block_elements)
+    ref = softmax_entropy_reference(bank, tau)
+    assert entropy.dtype == torch.float64 and entropy.shape == (n,)
+    torch.testing.assert_close(entropy, ref, rtol=1e-5, atol=1e-6)  # float32 cosines: ~1e-7 nats near 0
+    rows = np.arange(n)
+    ref_sims, ref_idx, _ = cpu_block_search(bank.numpy(), bank.numpy(), k, False, rows, block_elements)
+    assert torch.equal(idx, ref_idx) and torch.equal(sims, ref_sims)
+    assert not (idx == torch.arange(n)[:, None]).any()
+
+
+@pytest.mark.parametrize("spread, twins", [(0.01, False), (0.001, True)])
+def test_self_search_clusters_twins_ties_and_threads(spread, twins):
+    """Tight clusters, and twins (softmax all on the twin: entropy ~0), with exact duplicates: exact whatever the threads."""
+    gen = torch.Generator().manual_seed(11)
+    centres = F.normalize(torch.randn(300 if twins else 6, 32, generator=gen), dim=1)
+    bank = F.normalize(centres[torch.arange(600) % len(centres)] + spread * torch.randn(600, 32, generator=gen), dim=1)
+    bank[[5, 77, 301]] = bank[3].clone()  # exact ties with row 3
+    entropy, _, idx = knn.self_search(bank.numpy(), 5, 0.025, threads=1)
+    reference = softmax_entropy_reference(bank, 0.025)
+    torch.testing.assert_close(entropy, reference, rtol=1e-5, atol=1e-6)
+    assert float(reference.median()) < 1e-4 if twins else bool((reference > 4).all())
+    two, _, idx_two = knn.self_search(bank.numpy(), 5, 0.025, threads=2)
+    three, _, idx_three = knn.self_search(bank.numpy(), 5, 0.025, threads=3)
+    assert torch.equal(two, three) and torch.equal(idx_two, idx_three)  # same blocks: bit for bit, whatever the threads
+    small, _, _ = knn.self_search(bank.numpy(), 5, 0.025, block_elements=5000)
+    torch.testing.assert_close(small, entropy, rtol=1e-6, atol=1e-6)  # other blocks: other float32 rounding
+    assert idx[3, :3].tolist() == [5, 77, 301]
+
+
+def test_self_search_refuses_small_temperatures_and_bad_k():
+    bank = unit(20, 4, 1).numpy()
+    with pytest.raises(ValueError, match="temperature >= 0.025"):
+        knn.self_search(bank, 3, 0.02)
+    with pytest.raises(ValueError, match="k must lie in 1..19"):
+        knn.self_search(bank, 20, 0.1)

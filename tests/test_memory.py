@@ -90,3 +90,33 @@ def test_entropy_matches_loop_reference():
     assert np.all(got.numpy() <= math.log(8) + 1e-5)
     with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
         memory.entropy(0.0)
+
+
+@pytest.mark.parametrize("include_self, k", [(True, 1), (True, 6), (False, 5), (False, 39)])
+@pytest.mark.parametrize("tau", [0.1, 0.01])
+def test_round_start_equals_entropy_and_neighbours(include_self, k, tau):
+    """The one-pass round start (CPU, tau >= 0.025) and its fallback (tau 0.01) give the separate results."""
+    memory = MemoryBank(40, 12, seed=7)
+    entropy, neighbours = memory.round_start(k, tau, include_self=include_self)
+    assert entropy.dtype == torch.float32 and neighbours.shape == (40, k)
+    torch.testing.assert_close(entropy, memory.entropy(tau), rtol=1e-5, atol=0)
+    assert torch.equal(neighbours, memory.neighbours_of_entries(k, include_self=include_self))
+
+
+def test_round_start_checks_its_arguments():
+    memory = MemoryBank(10, 4, seed=1)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        memory.round_start(3, 0.0)
+    with pytest.raises(ValueError, match="k must lie in 1..9"):
+        memory.round_start(10, 0.1, include_self=False)
+    with pytest.raises(ValueError, match="k must lie in 1..10"):
+        memory.round_start(11, 0.1)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 2.0, -0.5, float("nan")])
+def test_update_refuses_a_momentum_outside_the_unit_interval(momentum):
+    memory = MemoryBank(4, 3)
+    before = memory.bank.clone()
+    with pytest.raises(ValueError, match=r"momentum t must lie in \(0, 1\]"):
+        memory.update(torch.tensor([0]), torch.ones(1, 3), momentum)
+    assert torch.equal(memory.bank, before)
