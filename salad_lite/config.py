@@ -116,6 +116,10 @@ class TrainConfig:
     validate_every: int = 1  # epochs between validation AUCs
     amp: bool = True  # CUDA only
     channels_last: bool = True
+    # Data-parallel training only (torchrun, W > 1 ranks): BatchNorm normalises with the statistics of the whole
+    # global batch (W x batch_size), so W ranks take the single-process step; False keeps per-rank statistics
+    # (no BatchNorm traffic, batches of batch_size). A single process ignores it.
+    sync_batchnorm: bool = True
     seed: int = 0
     progress: bool = True
 
@@ -271,15 +275,20 @@ class SaladConfig:
 
         Raises:
             FileNotFoundError: the file does not exist.
-            salad_lite.files.CorruptFileError: the file is empty or not valid JSON (named).
-            ConfigError: the text is not valid JSON, or a value is invalid (see :meth:`from_dict`).
+            salad_lite.files.CorruptFileError: the file is empty, a folder or not valid JSON (named).
+            ConfigError: an empty string, text that is not a JSON object, or an invalid
+                value (see :meth:`from_dict`).
         """
         text = str(text_or_path)
-        if text.lstrip().startswith("{"):
+        if not text.strip():
+            raise ConfigError("from_json needs JSON text or a file path, got an empty string")
+        if text.lstrip()[:1] in ("{", "["):
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as error:
                 raise ConfigError(f"config text is not valid JSON ({error})") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"config text must hold a JSON object, got {type(data).__name__}")
             return cls.from_dict(data)
         return cls.from_dict(read_json(text_or_path, "configuration"), source=str(text_or_path))
 
@@ -318,6 +327,7 @@ REMOVED_FIELDS: frozenset[tuple[str, str]] = frozenset({("score", "chunk_size")}
 # The smallest image side each architecture supports (powers of two only): the conv AE halves down
 # to a 4x4 map in at most six steps from 32 px up; ResNet-18's encoder halves five times.
 MIN_IMAGE_SIZE: dict[str, int] = {"conv": 32, "resnet18": 64}
+MAX_IMAGE_SIZE = 4096  # 8x the paper's largest; a larger side is a typo, not an experiment
 
 _Rule = tuple[Callable[[Any], bool], str]
 
@@ -335,6 +345,8 @@ def _between(low: float, high: float, low_open: bool, high_open: bool) -> _Rule:
 _POSITIVE: _Rule = ((lambda v: v > 0), "> 0")
 _FRACTION = _between(0.0, 1.0, low_open=True, high_open=False)  # (0, 1]
 
+MAX_SEED = 2**32 - 1  # NumPy's seed range; per-epoch seeds (seed * 1_000_003 + epoch) then fit torch's int64
+
 # Range rules per section field; types come from the annotations. Tuples are checked element-wise.
 RANGES: dict[str, dict[str, _Rule]] = {
     "model": {"in_channels": _at_least(1), "latent_dim": _at_least(1), "width": _at_least(1)},
@@ -344,7 +356,7 @@ RANGES: dict[str, dict[str, _Rule]] = {
               "weight_decay": _at_least(0.0), "memory_momentum": _FRACTION, "pretrain_epochs": _at_least(0),
               "rounds": _at_least(0), "epochs_per_round": _at_least(0), "prototype_fraction_start": _FRACTION,
               "prototype_fraction_end": _FRACTION, "neighbours_start": _at_least(1), "neighbours_end": _at_least(1),
-              "validate_every": _at_least(1), "seed": _at_least(0)},
+              "validate_every": _at_least(1), "seed": _between(0, MAX_SEED, low_open=False, high_open=False)},
     "score": {"k": _at_least(1), "k_grid": _at_least(1)},
     "data": {"anomaly_ratio": _between(0.0, 1.0, low_open=False, high_open=True), "max_train_images": _at_least(0),
              "replicates": _at_least(1)},
@@ -380,11 +392,11 @@ def _validate(section: Any) -> None:
 
 
 def check_image_size(arch: str, image_size: int) -> None:
-    """Raise :class:`ConfigError` unless ``image_size`` (px) is a power of two >= the arch's minimum."""
+    """Raise :class:`ConfigError` unless ``image_size`` (px) is a power of two in [the arch's minimum, 4096]."""
     minimum = MIN_IMAGE_SIZE[arch]
-    if image_size < minimum or image_size & (image_size - 1):
+    if not minimum <= image_size <= MAX_IMAGE_SIZE or image_size & (image_size - 1):
         raise ConfigError(f"model.image_size={image_size!r} is not supported by arch={arch!r}: "
-                          f"use a power of two >= {minimum} (e.g. {minimum}, {2 * minimum}, 256, 512)")
+                          f"use a power of two from {minimum} to {MAX_IMAGE_SIZE} (e.g. {minimum}, 256, 512)")
 
 
 _HINTS: dict[type, dict[str, Any]] = {}

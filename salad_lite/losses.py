@@ -19,6 +19,7 @@ decoder's gradient comes from the reconstruction term alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,8 @@ def _reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
 
 
 def instance_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, temperature: float = 0.1,
-                  views: torch.Tensor | None = None, reduction: Reduction = "sum") -> torch.Tensor:
+                  views: torch.Tensor | None = None, reduction: Reduction = "sum",
+                  view_offset: int = 0) -> torch.Tensor:
     """Eq. 1: ``L_ss = -sum_i log(sum_{j in AUG_i} p_ij)``.
 
     Args:
@@ -62,13 +64,17 @@ def instance_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, te
         indices: [B] their memory rows (own slot = positive).
         bank: [N, d] memory (treated as a constant).
         temperature: tau.
-        views: optional [B, V, d] latents of V augmented views per image; they join
-            the candidate set and view ``(i, v)`` is a positive of image i.
+        views: optional [G, V, d] latents of V augmented views per image of the
+            batch (G = B) or of the global batch that ``z`` is a shard of
+            (data-parallel training); they all join the candidate set and view
+            ``(view_offset + i, v)`` is a positive of image i.
         reduction: ``"sum"`` over the batch (paper) or ``"mean"``.
+        view_offset: the row of ``views`` that belongs to ``z[0]`` (0 unless ``z`` is a shard).
     Returns:
         scalar loss.
     """
-    return _instance_from_logits(_bank_logits(z, bank, temperature), z, indices, temperature, views, reduction)
+    return _instance_from_logits(_bank_logits(z, bank, temperature), z, indices, temperature, views, reduction,
+                                 view_offset)
 
 
 def _bank_logits(z: torch.Tensor, bank: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,18 +83,21 @@ def _bank_logits(z: torch.Tensor, bank: torch.Tensor, temperature: float) -> tor
 
 
 def _instance_from_logits(bank_logits: torch.Tensor, z: torch.Tensor, indices: torch.Tensor, temperature: float,
-                          views: torch.Tensor | None, reduction: Reduction) -> torch.Tensor:
-    """Eq. 1 from the memory logits [B, N] (shared with Eq. 2): the views' logits are appended, not the bank copied."""
+                          views: torch.Tensor | None, reduction: Reduction, view_offset: int = 0) -> torch.Tensor:
+    """Eq. 1 from the memory logits [B, N] (shared with Eq. 2): the views' logits are appended, not the bank copied.
+
+    ``views`` [G, V, d]: row ``view_offset + i`` holds image i's views (see :func:`instance_loss`).
+    """
     batch, n_bank = bank_logits.shape
     num_views = 0 if views is None else views.shape[1]
     logits = bank_logits
     if num_views:
-        view_logits = z @ views.reshape(batch * num_views, -1).T / temperature  # [B, B V]
-        logits = torch.cat([bank_logits, view_logits], dim=1)  # [B, N + B V]
-    log_p = torch.log_softmax(logits, dim=1)  # [B, N + B V]
+        view_logits = z @ views.reshape(views.shape[0] * num_views, -1).T / temperature  # [B, G V]
+        logits = torch.cat([bank_logits, view_logits], dim=1)  # [B, N + G V]
+    log_p = torch.log_softmax(logits, dim=1)  # [B, N + G V]
     positive_cols = [indices.to(z.device)[:, None]]  # own slot, [B, 1]
     if num_views:
-        view_cols = n_bank + torch.arange(batch, device=z.device)[:, None] * num_views \
+        view_cols = n_bank + (view_offset + torch.arange(batch, device=z.device))[:, None] * num_views \
             + torch.arange(num_views, device=z.device)[None, :]  # [B, V]
         positive_cols.append(view_cols)
     positives = log_p.gather(1, torch.cat(positive_cols, dim=1))  # [B, 1 + V]
@@ -152,20 +161,29 @@ class LossTerms:
     aggregation: torch.Tensor
     total: torch.Tensor
 
+    NAMES: ClassVar[tuple[str, ...]] = ("loss", "loss_rec", "loss_ss", "loss_agg")  # the history's keys
+
+    def stacked(self) -> torch.Tensor:
+        """[4] detached: total, reconstruction, instance, aggregation (the order of :attr:`NAMES`)."""
+        return torch.stack([self.total, self.reconstruction, self.instance, self.aggregation]).detach()
+
     def as_floats(self) -> dict[str, float]:
-        return {"loss": float(self.total.detach()), "loss_rec": float(self.reconstruction.detach()),
-                "loss_ss": float(self.instance.detach()), "loss_agg": float(self.aggregation.detach())}
+        """The terms as floats, keyed by :attr:`NAMES`."""
+        return dict(zip(self.NAMES, self.stacked().tolist()))
 
 
 def salad_loss(cfg: LossConfig, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor, indices: torch.Tensor,
                bank: torch.Tensor, views: torch.Tensor | None = None, neighbours: torch.Tensor | None = None,
-               is_prototype: torch.Tensor | None = None) -> LossTerms:
+               is_prototype: torch.Tensor | None = None, view_offset: int = 0) -> LossTerms:
     """Eq. 3: ``L = L_mse + lambda (L_ss + L_agg)``, with every term switchable by ``cfg``.
 
     ``neighbours`` [B, k] and ``is_prototype`` [B] are None during pretraining (no
     L_agg). With ``cfg.latent_objective == "anchors"`` the latent part is the
     anchor criterion instead (``neighbours`` then exclude self; ``is_prototype``
-    marks anchors).
+    marks anchors). ``views`` [G, V, d] and ``view_offset``: see :func:`instance_loss`.
+
+    Raises:
+        ValueError: an unknown ``cfg.latent_objective`` or reconstruction kind.
     """
     rec = reconstruction_loss(x_hat, x, cfg.reconstruction)
     zero = z.sum() * 0.0
@@ -187,8 +205,40 @@ def salad_loss(cfg: LossConfig, x: torch.Tensor, x_hat: torch.Tensor, z: torch.T
     bank_logits = _bank_logits(z, bank, cfg.temperature) if cfg.use_instance or wants_aggregation else None
     instance = zero
     if cfg.use_instance:
-        instance = _instance_from_logits(bank_logits, z, indices, cfg.temperature, views, cfg.reduction)
+        instance = _instance_from_logits(bank_logits, z, indices, cfg.temperature, views, cfg.reduction,
+                                         view_offset)
     aggregation = zero
     if wants_aggregation:
         aggregation = _aggregation_from_logits(bank_logits[mask], neighbours.to(z.device)[mask], cfg.reduction)
     return LossTerms(rec, instance, aggregation, rec + cfg.latent_weight * (instance + aggregation))
+
+
+def shard_terms(cfg: LossConfig, terms: LossTerms, shard: int, batch: int, shard_prototypes: int = 0,
+                batch_prototypes: int = 0) -> LossTerms:
+    """One rank's part of the global batch's loss: summed over the ranks, each term is the single-process value.
+
+    A rank computed ``terms`` with :func:`salad_loss` on ``shard`` of the ``batch``
+    images of the global batch (``shard_prototypes`` of its ``batch_prototypes``
+    prototypical samples). A term summed over the batch (Eqs. 1-2 with
+    ``reduction="sum"``) is its own part; a mean over the batch (the pixel loss,
+    the anchor criterion, ``reduction="mean"``) is weighted by ``shard / batch``,
+    and Eq. 2's mean over the prototypical samples by ``shard_prototypes /
+    batch_prototypes``. DistributedDataParallel averages gradients over the W
+    ranks, so a rank back-propagates ``W * part.total`` to take the
+    single-process step on the global batch.
+
+    Raises:
+        ValueError: ``shard`` outside 1..``batch``, or more prototypes in the shard than in the batch.
+    """
+    if not 1 <= shard <= batch or not 0 <= shard_prototypes <= batch_prototypes:
+        raise ValueError(f"a shard of {shard} image(s) ({shard_prototypes} prototypical) does not fit a batch of "
+                         f"{batch} ({batch_prototypes} prototypical)")
+    share = shard / batch
+    summed = cfg.reduction == "sum" and cfg.latent_objective == "paper"
+    instance = terms.instance if summed else terms.instance * share
+    aggregation = terms.aggregation
+    if not summed and cfg.latent_objective == "paper":
+        aggregation = aggregation * (shard_prototypes / batch_prototypes if batch_prototypes else 0.0)
+    reconstruction = terms.reconstruction * share
+    return LossTerms(reconstruction, instance, aggregation,
+                     reconstruction + cfg.latent_weight * (instance + aggregation))

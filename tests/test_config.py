@@ -75,8 +75,9 @@ BAD_VALUES = [
     ("train", "neighbours_start", 0, r"train.neighbours_start must be >= 1"),
     ("train", "neighbours_end", 0, r"train.neighbours_end must be >= 1"),
     ("train", "validate_every", 0, r"train.validate_every must be >= 1"),
-    ("train", "seed", -1, r"train.seed must be >= 0"),
+    ("train", "seed", -1, r"train.seed must be in \[0, 4294967295\]"),
     ("train", "amp", 1, r"train.amp must be true or false, got 1 \(int\)"),
+    ("train", "sync_batchnorm", "yes", r"train.sync_batchnorm must be true or false, got 'yes' \(str\)"),
     ("loss", "temperature", 0.0, r"loss.temperature must be > 0, got 0.0"),
     ("loss", "temperature", float("nan"), r"loss.temperature must be a finite number, got nan"),
     ("loss", "latent_weight", -1.0, r"loss.latent_weight must be >= 0.0"),
@@ -96,7 +97,7 @@ BAD_VALUES = [
     ("data", "max_train_images", -5, r"data.max_train_images must be >= 0"),
     ("data", "data_root", 2020, r"data.data_root must be a str, got 2020 \(int\)"),
     ("data", "dataset", "chexpert", r"data.dataset must be one of \['nih', 'mura', 'folder'\]"),
-    ("model", "image_size", 100, r"model.image_size=100 is not supported by arch='conv': use a power of two >= 32"),
+    ("model", "image_size", 100, r"model.image_size=100 is not supported by arch='conv': use a power of two from 32 to 4096"),
     ("model", "image_size", 32.0, r"model.image_size must be an int, got 32.0"),
     ("model", "latent_dim", 0, r"model.latent_dim must be >= 1"),
     ("model", "width", -8, r"model.width must be >= 1"),
@@ -117,7 +118,7 @@ def test_every_field_is_validated_where_it_enters(section, name, value, message)
 
 
 def test_the_architecture_sets_the_smallest_image():
-    with pytest.raises(ConfigError, match=r"model.image_size=32 is not supported by arch='resnet18'.*>= 64"):
+    with pytest.raises(ConfigError, match=r"model.image_size=32 is not supported by arch='resnet18'.*from 64 to 4096"):
         ModelConfig(arch="resnet18", image_size=32)
     assert ModelConfig(arch="resnet18", image_size=64).image_size == 64
     assert ModelConfig(arch="conv", image_size=32).image_size == 32
@@ -164,3 +165,26 @@ def test_a_corrupt_config_file_is_named(tmp_path):
         SaladConfig.from_dict({"train": [1]})
     SaladConfig().to_json(path)  # written atomically: no temporary file stays
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "got an empty string"),
+    ("[1]", "must hold a JSON object, got list"),
+])
+def test_from_json_refuses_empty_and_non_object_text(text, message):
+    with pytest.raises(ConfigError, match=message):
+        SaladConfig.from_json(text)
+
+
+def test_from_json_names_a_folder(tmp_path):
+    with pytest.raises(CorruptFileError, match=rf"configuration {tmp_path} is a folder"):
+        SaladConfig.from_json(tmp_path)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"train": {"seed": 2**70}}, r"train.seed must be in \[0, 4294967295\]"),
+    ({"model": {"image_size": 2**40}}, r"model.image_size=1099511627776 is not supported"),
+])
+def test_values_beyond_what_the_trainer_can_use_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        SaladConfig().replace(**changes)

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from salad_lite.config import LossConfig
-from salad_lite.losses import aggregation_loss, anchor_loss, instance_loss, reconstruction_loss, salad_loss
+from salad_lite.losses import (
+    aggregation_loss,
+    anchor_loss,
+    instance_loss,
+    reconstruction_loss,
+    salad_loss,
+    shard_terms,
+)
 
 
 def unit(*shape, seed=0):
@@ -121,3 +128,38 @@ def test_anchor_objective_in_total_loss():
     anchors = torch.tensor([True, False, False, True])
     rnd = salad_loss(cfg, x, x, z, indices, bank, None, neighbours, anchors)
     assert float(rnd.instance) == pytest.approx(float(anchor_loss(z, indices, bank, neighbours, anchors, 0.1)))
+
+
+@pytest.mark.parametrize("loss", [{}, {"reduction": "mean", "num_views": 2}, {"latent_objective": "anchors"},
+                                  {"reconstruction": "l1", "use_instance": False}])
+def test_shard_parts_sum_to_the_global_batch_terms_and_gradients(loss):
+    """What data-parallel training relies on: summed over shards (and x W, averaged), each rank's part of Eq. 3
+    gives the single-process terms and gradient, with every view of the global batch among the candidates."""
+    cfg = LossConfig(**loss)
+    batch, n, d, views_per = 7, 20, 6, max(cfg.num_views, 1)
+    bank = unit(n, d, seed=4).float()
+    z0, v0 = unit(batch, d, seed=5).float(), unit(batch, views_per, d, seed=6).float()
+    x, x_hat = torch.rand(batch, 1, 4, 4), torch.rand(batch, 1, 4, 4)
+    indices = torch.tensor([3, 0, 11, 7, 19, 5, 2])
+    neighbours = torch.randint(0, n, (batch, 3), generator=torch.Generator().manual_seed(7))
+    prototypes = torch.tensor([True, False, True, True, False, False, True])
+
+    def run(shards):
+        z, v = z0.clone().requires_grad_(), v0.clone().requires_grad_()
+        parts, start = [], 0
+        for size in shards:
+            rows = slice(start, start + size)
+            terms = salad_loss(cfg, x[rows], x_hat[rows], z[rows], indices[rows], bank, v, neighbours[rows],
+                               prototypes[rows], view_offset=start)
+            parts.append(shard_terms(cfg, terms, size, batch, int(prototypes[rows].sum()), int(prototypes.sum())))
+            start += size
+        sum(p.total for p in parts).backward()  # DDP: the mean over W ranks of W x part
+        return torch.stack([p.stacked() for p in parts]).sum(0), z.grad, v.grad
+
+    whole, shards = run([batch]), run([4, 3])
+    for a, b in zip(whole, shards):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert (whole[2] is not None) == (cfg.use_instance and cfg.latent_objective == "paper")
+    assert float(whole[0][1]) > 0 and float(whole[1].abs().sum()) > 0
+    with pytest.raises(ValueError, match="a shard of 8 image"):
+        shard_terms(cfg, salad_loss(cfg, x, x_hat, z0, indices, bank), 8, 7)
