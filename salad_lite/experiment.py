@@ -7,6 +7,7 @@ Run directories (``run_dir``) are shared between chapters::
     run_dir/<dataset>/seed<s>/result.json                            the replicate's ReplicateResult
     run_dir/<dataset>/pca_baseline.json                              the raw-pixel PCA reference
     run_dir/<dataset>/metrics.json                                   test metrics of every replicate
+    run_dir/run.json, run_dir/config.json                            what ``salad-lite train`` ran (see save_run_description)
 
 A chapter that finds a finished run loads it; an interrupted one resumes. Every
 entry point checks the splits it receives once, before any work
@@ -18,6 +19,8 @@ file on failure (:mod:`salad_lite.files`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -26,11 +29,11 @@ import numpy as np
 
 from salad_lite.baselines import pca_baseline
 from salad_lite.config import ConfigError, SaladConfig, check_value
-from salad_lite.data.batches import check_splits, dataset_labels
+from salad_lite.data.batches import check_splits, dataset_labels, dataset_patient_ids
 from salad_lite.files import CorruptFileError, read_json, remove_stale_temps, write_json_atomic
 from salad_lite.metrics import auc, auprc, binary_labels, mean_ci, pr_curve_data, roc_curve_data
 from salad_lite.scorer import SaladScorer
-from salad_lite.trainer import SaladTrainer
+from salad_lite.trainer import SaladTrainer, config_changes
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -94,6 +97,55 @@ class ReplicateResult:
         return isinstance(data, dict) and all(f.name in data for f in dataclasses.fields(cls))
 
 
+RUN_DESCRIPTION = "run.json"
+"""The file in a run folder that records what ``salad-lite train`` ran: configuration and data arguments."""
+
+
+def save_run_description(run_dir: str | Path, cfg: SaladConfig, split_file: str = "") -> Path:
+    """Record in ``run_dir`` what rebuilds the run: ``run.json`` (config, data root, split file) and ``config.json``.
+
+    ``config.json`` is the configuration alone (``salad-lite train --config`` reads it);
+    ``run.json`` is what ``salad-lite evaluate`` / ``score`` read. Both written atomically.
+
+    Returns:
+        The path of ``run.json``.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    folder = Path(run_dir)
+    cfg.to_json(folder / "config.json")
+    return write_json_atomic(folder / RUN_DESCRIPTION, {"config": cfg.to_dict(), "data_root": cfg.data.data_root,
+                                                        "split_file": split_file}, indent=2)
+
+
+def load_run_description(run_dir: str | Path) -> tuple[SaladConfig, str]:
+    """The configuration and split file recorded by :func:`save_run_description`.
+
+    Returns:
+        ``(cfg, split_file)``; ``cfg.data.data_root`` is the data root ("" = the embedded set),
+        ``split_file`` "" for the seeded split.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` does not exist or holds no ``run.json`` (both named).
+        salad_lite.files.CorruptFileError: ``run.json`` is damaged or lacks a field (named).
+        ConfigError: its configuration is invalid (file and field named).
+    """
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder {folder} does not exist")
+    path = folder / RUN_DESCRIPTION
+    if not path.is_file():
+        raise FileNotFoundError(f"run folder {folder} holds no {RUN_DESCRIPTION}: it was not made by "
+                                "`salad-lite train` (train into it first)")
+    data = read_json(path, "run description")
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) \
+            or not isinstance(data.get("split_file"), str):
+        raise CorruptFileError(f"run description {path} must hold an object with 'config' (object) and "
+                               "'split_file' (text)")
+    return SaladConfig.from_dict(data["config"], source=str(path)), data["split_file"]
+
+
 def replicate_dir(run_dir: str | Path, cfg: SaladConfig, seed: int | None = None) -> Path:
     """``run_dir/<dataset>/seed<s>`` (``s`` = ``seed``, default ``cfg.train.seed``)."""
     return Path(run_dir) / cfg.data.dataset / f"seed{cfg.train.seed if seed is None else seed}"
@@ -114,7 +166,7 @@ def train_or_load(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path,
         salad_lite.files.CorruptFileError: a checkpoint is damaged or does not fit (file named).
         ValueError: the run folder holds a run of another configuration.
     """
-    check_splits(splits, required=("train", "val"))
+    check_splits(splits, required=("train", "val"), both_classes=("val",))
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=replicate_dir(run_dir, cfg), device=device)
     if not trainer.is_finished:
         trainer.fit()
@@ -176,22 +228,25 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
                        device: str = "auto") -> ReplicateResult:
     """Train/load one replicate, select K and discard on validation, then score the test split once.
 
-    A stored ``result.json`` is returned as is; one written by an older
-    salad_lite that lacks a field is recomputed with the same model and selection.
+    A stored ``result.json`` is returned when it records this configuration and
+    these splits (:func:`splits_fingerprint`); one written by an older salad_lite
+    that lacks a field or the record is recomputed with the same model and selection.
 
     Raises:
         KeyError: ``splits`` lacks train, val or test.
         salad_lite.data.splits.PatientLeakError: a patient is in two splits.
         salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels (split and image named).
         salad_lite.files.CorruptFileError: ``result.json`` or a checkpoint is damaged (file named).
-        ValueError: validation or test lacks a class; the run folder holds another configuration.
+        ValueError: validation or test lacks a class; the run folder holds a run or
+            a result of another configuration or other splits (file named).
     """
-    check_splits(splits, required=SPLIT_NAMES)
+    check_splits(splits, required=SPLIT_NAMES, both_classes=("val", "test"))
     out_dir = replicate_dir(run_dir, cfg)
     result_path = out_dir / "result.json"
+    fingerprint = splits_fingerprint(splits)
     if result_path.exists():
         cached = read_json(result_path, "replicate result")
-        if ReplicateResult.is_complete(cached):
+        if ReplicateResult.is_complete(cached) and _stored_for(cached, result_path, cfg, fingerprint):
             return ReplicateResult.from_dict(cached, source=f"replicate result {result_path}")
     trainer = train_or_load(cfg, splits, run_dir, device)
     selection = select_scoring(trainer)
@@ -206,8 +261,51 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
         test_auprc=auprc(labels, scores), reconstruction_test_auc=auc(labels, errors),
         reconstruction_test_auprc=auprc(labels, errors), test_scores=tuple(float(v) for v in scores),
         test_labels=tuple(int(v) for v in labels))
-    write_json_atomic(result_path, result.to_dict())
+    write_json_atomic(result_path, {**result.to_dict(), "config": cfg.to_dict(), "splits_sha256": fingerprint})
     return result
+
+
+# Settings that change neither a replicate's model nor its selection: a stored result stays valid.
+_NOT_RESULT = frozenset({("data", "replicates"), ("train", "progress"), ("train", "sync_batchnorm")})
+
+
+def splits_fingerprint(splits: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of what identifies the splits: per split its size, labels, patient ids and uint8 pixels.
+
+    Stored beside every result computed from the splits, so that a stored result
+    is never reused for other splits. Float datasets contribute labels and
+    patients only (hashing their pixels would mean reading every image).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        dataset = splits[name]
+        if dataset is None:
+            continue
+        digest.update(f"{name}:{len(dataset)}".encode())
+        digest.update(dataset_labels(dataset).tobytes())
+        digest.update("\x1f".join(dataset_patient_ids(dataset, name)).encode())
+        images = getattr(dataset, "images", None)
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+            digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()
+
+
+def _stored_for(stored: dict[str, Any], path: Path, cfg: SaladConfig, fingerprint: str) -> bool:
+    """True if a stored result was computed from ``cfg`` and these splits; False if it predates the record.
+
+    Raises:
+        ValueError: it was computed with another configuration or from other
+            splits (the file and the differences named): use another run folder.
+    """
+    if "config" not in stored or "splits_sha256" not in stored:
+        return False  # written by an older salad_lite: recomputed with the same model and selection
+    changed = config_changes(SaladConfig.from_dict(stored["config"], source=str(path)), cfg, ignored=_NOT_RESULT)
+    if stored["splits_sha256"] != fingerprint:
+        changed.append("the splits (images, labels or patients) differ")
+    if changed:
+        raise ValueError(f"{path} was computed with another configuration or data ({'; '.join(changed)}); "
+                         "use another run folder, or delete it to recompute")
+    return True
 
 
 def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path, replicates: int | None = None,
@@ -231,7 +329,7 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     count = cfg.data.replicates if replicates is None else replicates
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"replicates must be an int >= 1, got {count!r}")
-    check_splits(splits, required=SPLIT_NAMES)
+    check_splits(splits, required=SPLIT_NAMES, both_classes=("val", "test"))
     remove_stale_temps(Path(run_dir) / cfg.data.dataset)  # left by a killed process; the trainer clears seed<s>/
     results = [evaluate_replicate(cfg.replace(train={"seed": seed}), splits, run_dir, device) for seed in range(count)]
     summary: dict[str, Any] = {"dataset": cfg.data.dataset, "replicates": count, "config": cfg.to_dict(),
@@ -239,12 +337,7 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     for metric in ("test_auc", "test_auprc", "reconstruction_test_auc", "reconstruction_test_auprc"):
         mean, half = mean_ci([getattr(r, metric) for r in results])
         summary[metric] = {"mean": mean, "ci95": half}
-    baseline_path = Path(run_dir) / cfg.data.dataset / "pca_baseline.json"
-    if not baseline_path.exists():  # deterministic and replicate-free: computed once, test scored once
-        write_json_atomic(baseline_path, pca_baseline(splits), indent=2)
-    summary["pca_baseline"] = read_json(baseline_path, "PCA baseline result")
-    if not isinstance(summary["pca_baseline"], dict) or "test_auc" not in summary["pca_baseline"]:
-        raise CorruptFileError(f"PCA baseline result {baseline_path} lacks 'test_auc'; delete it to recompute")
+    summary["pca_baseline"] = _pca_baseline_once(splits, Path(run_dir) / cfg.data.dataset / "pca_baseline.json")
     first = results[0]
     summary["curves_seed0"] = {
         "roc": {k: v.tolist() for k, v in roc_curve_data(first.test_labels, first.test_scores).items()
@@ -254,6 +347,27 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     }
     write_json_atomic(Path(run_dir) / cfg.data.dataset / "metrics.json", summary, indent=2)
     return summary
+
+
+def _pca_baseline_once(splits: dict[str, Any], path: Path) -> dict[str, Any]:
+    """:func:`pca_baseline` of ``splits``, computed once and stored in ``path`` with the splits' fingerprint.
+
+    Deterministic and replicate-free: the test split is scored once.
+
+    Raises:
+        salad_lite.files.CorruptFileError: ``path`` is damaged or lacks ``test_auc`` (named).
+        ValueError: ``path`` was computed from other splits (named).
+    """
+    fingerprint = splits_fingerprint(splits)
+    if not path.exists():
+        write_json_atomic(path, {**pca_baseline(splits), "splits_sha256": fingerprint}, indent=2)
+    stored = read_json(path, "PCA baseline result")
+    if not isinstance(stored, dict) or "test_auc" not in stored:
+        raise CorruptFileError(f"PCA baseline result {path} lacks 'test_auc'; delete it to recompute")
+    if stored.get("splits_sha256", fingerprint) != fingerprint:
+        raise ValueError(f"{path} was computed from other splits (images, labels or patients differ); "
+                         "use another run folder, or delete it to recompute")
+    return stored
 
 
 def splits_for(cfg: SaladConfig, progress: bool = True) -> dict[str, Any]:

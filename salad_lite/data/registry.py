@@ -56,11 +56,14 @@ __all__ = [
     "EMBEDDED_SCALES",
     "cache_dir_for",
     "cached_splits",
+    "dataset_source",
     "describe_splits",
     "embedded_cache_dir",
     "embedded_root",
     "ensure_embedded",
+    "image_preprocess",
     "load_splits",
+    "split_function",
 ]
 
 DATASETS: tuple[str, ...] = ("nih", "mura", "folder")
@@ -178,6 +181,9 @@ def cached_splits(
 
     ``split_fn`` is first tried on the file list, so a set that cannot be split
     (one class only, too few patients) fails before any image is read or cached.
+    It is tried again on the images actually read (unreadable ones are skipped)
+    before the cache is committed, so a set that can no longer be split then
+    leaves no cache file and no ``_cache`` folder behind.
 
     Raises:
         ValueError: from ``split_fn`` (bad arguments, a missing class, too few patients).
@@ -192,7 +198,7 @@ def cached_splits(
     mmap = len(dataset) * size * size > _MMAP_BYTES
     full = CachedXrayDataset.from_dataset(
         dataset, cache_dir=cache_dir, name=cache_name, progress=progress, on_error="skip",
-        workers=n_workers, mmap=mmap,
+        workers=n_workers, mmap=mmap, check=split_fn,  # split the images read before committing the cache
     )
     positions = split_fn(full.metadata)
     result = {name: subset(full, np.asarray(rows, dtype=np.int64)) for name, rows in positions.items()}
@@ -241,6 +247,111 @@ def _folder_dataset(root: Path, image_size: int) -> XrayDataset:
     return ImageFolderXray(root, image_size=image_size)
 
 
+def dataset_source(
+    dataset: str,
+    root: str | os.PathLike[str],
+    image_size: int,
+    *,
+    view: str = "all",
+    csv_path: str | os.PathLike[str] | None = None,
+    mura_files: tuple[str, ...] = ("train", "valid"),
+    preprocess: str = "pipeline",
+    body_parts: tuple[str, ...] | None = None,
+    on_missing: str = "drop",
+) -> tuple[XrayDataset, str]:
+    """The lazy dataset (every image of every split) under ``root`` and the name of its image cache.
+
+    The defaults are what :func:`load_splits` reads; the keywords are the
+    options of ``salad-lite prepare`` (a variant gets its own cache name).
+
+    Args:
+        dataset: ``"nih"``, ``"mura"`` or ``"folder"``.
+        root: the data folder (``folder``: also a manifest CSV).
+        image_size: side ``S`` of the cached images, pixels.
+        view: ``nih``: ``"PA"``, ``"AP"`` or ``"all"``.
+        csv_path: ``nih``: the CSV to use instead of the one in ``root``.
+        mura_files: ``mura``: the official files read (``train``, ``valid``).
+        preprocess: ``mura``: ``"pipeline"`` (paper) or ``"resize"``.
+        body_parts: ``mura``: keep only these parts.
+        on_missing: ``mura``: listed images missing on disk are ``"drop"``-ped (warned) or ``"raise"``.
+
+    Returns:
+        ``(lazy dataset, cache name)``; the cache name is ``nih_<view>_<S>px``,
+        ``mura[_<variant>]_<S>px`` or ``folder_<stem>_<S>px``.
+
+    Raises:
+        ValueError: unknown dataset; the loaders' errors (a wrong root or
+            layout, a label not understood: see :class:`NIHChestXray`,
+            :class:`~salad_lite.data.mura.MURA`, :class:`ManifestXray`, :class:`ImageFolderXray`).
+    """
+    root = Path(root)
+    if dataset == "nih":
+        lazy: XrayDataset = NIHChestXray(root, csv_path=csv_path, view=view, image_size=image_size)
+        return lazy, f"nih_{lazy.view}_{image_size}px"
+    if dataset == "mura":
+        from salad_lite.data.mura import MURA
+
+        lazy = MURA(root, split_files=mura_files, image_size=image_size, preprocess=preprocess,
+                    body_parts=body_parts, on_missing=on_missing)
+        variant = [] if preprocess == "pipeline" else [preprocess]
+        variant += ["-".join(sorted(p.upper() for p in body_parts))] if body_parts else []
+        variant += [] if tuple(mura_files) == ("train", "valid") else ["-".join(mura_files)]
+        return lazy, "_".join(["mura", *variant, f"{image_size}px"])
+    if dataset == "folder":
+        return _folder_dataset(root, image_size), f"folder_{root.stem}_{image_size}px"
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+
+
+def split_function(
+    dataset: str,
+    anomaly_ratio: float = 0.05,
+    seed: int = 0,
+    max_train_images: int = 0,
+    split_file: str | os.PathLike[str] = "",
+    group_column: str = "patient_id",
+) -> Callable[[pd.DataFrame], Mapping[str, np.ndarray]]:
+    """The split of ``dataset``: a published split file, or the package's seeded one-class split.
+
+    Args:
+        dataset: ``"nih"`` / ``"folder"`` (:func:`one_class_split`) or ``"mura"``
+            (``mura_group_split``, groups = patient + body part, or ``group_column``).
+        anomaly_ratio, seed, max_train_images: of the seeded split (ignored with a split file).
+        split_file: a CSV naming each image's split
+            (:mod:`salad_lite.data.split_file`): read and checked now.
+        group_column: ``mura``: the grouping column.
+
+    Returns:
+        metadata -> ``{"train", "val", "test"}`` -> row positions.
+
+    Raises:
+        FileNotFoundError, salad_lite.data.split_file.SplitFileError, CorruptFileError:
+            the split file is missing or malformed (named).
+    """
+    if split_file:
+        from salad_lite.data.split_file import split_from_file
+
+        return split_from_file(Path(split_file).expanduser())
+    if dataset == "mura":
+        from salad_lite.data.mura import mura_group_split
+
+        return partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, group_column=group_column,
+                       max_train=max_train_images)
+    return partial(one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
+
+
+def image_preprocess(dataset: str, image_size: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The per-image step a dataset's cache applies between reading and resize + pad, for images outside the set.
+
+    ``mura``: the paper's pipeline (``preprocess_mura_image`` at ``image_size``,
+    without a known body part); ``nih`` / ``folder``: none (resize + pad only).
+    """
+    if dataset == "mura":
+        from salad_lite.data.mura_preprocess import preprocess_mura_image
+
+        return partial(preprocess_mura_image, size=image_size)
+    return None
+
+
 def load_splits(
     dataset: str,
     data_root: str = "",
@@ -251,6 +362,7 @@ def load_splits(
     progress: bool = True,
     cache_dir: str = "",
     embedded_scale: str = "default",
+    split_file: str = "",
 ) -> dict[str, CachedXrayDataset]:
     """Train / validation / test sets of a named dataset, cached in memory and on disk.
 
@@ -266,6 +378,9 @@ def load_splits(
         cache_dir: where the cache goes (default ``<data_root or embedded>/_cache``).
         embedded_scale: size of the embedded set used without ``data_root``
             (``"default"`` or ``"small"``).
+        split_file: a published split (CSV of image and split name,
+            :mod:`salad_lite.data.split_file`) instead of the seeded split;
+            ``anomaly_ratio``, ``seed`` and ``max_train_images`` are then unused.
 
     Returns:
         ``{"train", "val", "test"}`` -> :class:`CachedXrayDataset`; items are
@@ -280,6 +395,8 @@ def load_splits(
             of ``dataset`` (nothing is created in it).
         PatientLeakError: a patient in two splits.
         CorruptFileError: an existing cache or manifest file cannot be read (named).
+        salad_lite.data.split_file.SplitFileError: the split file is malformed, names an
+            image not in the dataset or an unknown split (file named).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
@@ -289,27 +406,14 @@ def load_splits(
     if root is not None and not root.exists():
         raise FileNotFoundError(f"data_root {root} does not exist")
     # read the root first: a wrong root raises here, before any _cache folder exists
-    if dataset == "nih":
-        source = root if root is not None else ensure_embedded("nih", progress=progress, scale=embedded_scale)
-        lazy: XrayDataset = NIHChestXray(source, view="all", image_size=image_size)
-        name = (f"nih_all_{image_size}px" if root is not None else
-                f"embedded_nih{embedded_scale}_{_render_tag(source / _manifest_name('chest'))}_{image_size}px")
-        split_fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]] = partial(
-            one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images
-        )
-    elif dataset == "mura":
-        from salad_lite.data.mura import MURA, mura_group_split
-
-        source = root if root is not None else ensure_embedded("mura", progress=progress, scale=embedded_scale)
-        lazy = MURA(source, image_size=image_size)  # the paper's pipeline (preprocess_mura_image)
-        name = (f"mura_{image_size}px" if root is not None else
-                f"embedded_mura{embedded_scale}_{_render_tag(source.parent / _manifest_name('limb'))}_{image_size}px")
-        split_fn = partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
+    if root is not None:
+        lazy, name = dataset_source(dataset, root, image_size)
     else:
-        assert root is not None
-        lazy = _folder_dataset(root, image_size)
-        name = f"folder_{root.stem}_{image_size}px"
-        split_fn = partial(one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
+        source = ensure_embedded(dataset, progress=progress, scale=embedded_scale)
+        lazy, _ = dataset_source(dataset, source, image_size)
+        manifest = source / _manifest_name("chest") if dataset == "nih" else source.parent / _manifest_name("limb")
+        name = f"embedded_{dataset}{embedded_scale}_{_render_tag(manifest)}_{image_size}px"
+    split_fn = split_function(dataset, anomaly_ratio, seed, max_train_images, split_file)
     if cache_dir:
         cache = Path(cache_dir)
     elif root is None:

@@ -1,0 +1,519 @@
+"""The ``salad-lite`` command line (also ``python -m salad_lite``): prepare data, train, evaluate, score.
+
+::
+
+    salad-lite prepare nih|mura|folder --root DIR [--image-size S] [--split-file CSV]
+    salad-lite train (--config CFG.json | --profile P --dataset D) [--data-root DIR] --run-dir DIR
+                     [--seed S] [--device D] [--split-file CSV]
+    salad-lite evaluate --run-dir DIR [--seed S]
+    salad-lite score --run-dir DIR (IMAGES... | --folder DIR) [--out scores.csv]
+
+Run folders (relative paths are relative to the current directory)::
+
+    DIR/run.json, DIR/config.json                  what train ran: configuration, data root, split file
+    DIR/<dataset>/seed<s>/last.*, best.*           checkpoints (resumable), snapshots/
+    DIR/<dataset>/seed<s>/history.json, .csv       one row per epoch (losses, validation AUC, seconds)
+    DIR/<dataset>/seed<s>/selection.json           K and bank policy chosen on validation (evaluate, score)
+    DIR/<dataset>/seed<s>/threshold.json           the decision threshold chosen on validation (score)
+    DIR/<dataset>/seed<s>/result.json              the test metrics of that replicate (evaluate)
+
+Exit status: 0 on success; 2 for a wrong argument (argparse names it) and for
+a data problem (``error: ...`` on stderr, :mod:`salad_lite.cli_errors`).
+Under ``torchrun`` (``WORLD_SIZE`` > 1) ``train`` first calls
+``salad_lite.distributed.init_from_environment``; only rank 0 prints and writes
+the run folder's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from salad_lite.cli_errors import data_script
+from salad_lite.config import SaladConfig, paper_config, profile_config
+from salad_lite.data.registry import DATASETS
+
+__all__ = ["build_parser", "main", "run"]
+
+PROFILES = ("smoke", "default", "full")
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def _int_at_least(text: str, low: int) -> int:
+    """``text`` as an int >= ``low``; argparse puts the option's name before the message.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or below ``low`` (the text quoted).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An option value that is an int >= 1 (``argument --image-size: must be an int >= 1, got '0'``)."""
+    return _int_at_least(text, 1)
+
+
+def _count(text: str) -> int:
+    """An option value that is an int >= 0 (``argument --seed: must be an int >= 0, got '-1'``)."""
+    return _int_at_least(text, 0)
+
+
+def _ratio(text: str) -> float:
+    """An option value in [0, 1) (``argument --anomaly-ratio: must be a number in [0, 1), got '1.5'``).
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, or outside [0, 1).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
+    prepare = commands.add_parser(
+        "prepare", help="validate a dataset's layout, build its split and image cache",
+        description="Validate a dataset folder, build the split (seeded, or a published --split-file) and cache "
+                    "the preprocessed images, so that train starts at once. Prints the split's counts.")
+    kinds = prepare.add_subparsers(dest="dataset", metavar="{nih,mura,folder}", required=True)
+    for name, text in (("nih", "NIH ChestX-ray14 layout: Data_Entry_2017*.csv + images/"),
+                       ("mura", "MURA v1.1 layout: {train,valid}_image_paths.csv, *_labeled_studies.csv"),
+                       ("folder", "your images: normal/ + abnormal/ class folders, or a manifest.csv")):
+        sub = kinds.add_parser(name, help=text, description=f"Prepare a dataset in the {text}.")
+        sub.add_argument("--root", required=True, help="the dataset folder (folder: also a manifest CSV)")
+        sub.add_argument("--image-size", type=_positive_int, default=None,
+                         help=f"square side in pixels (default: the paper's, {paper_config(name).model.image_size})")
+        sub.add_argument("--split-file", default="", metavar="CSV",
+                         help="a published split: CSV of image and split name (train/val/test), checked for "
+                              "patient leaks and missing images; default: the seeded patient-wise split")
+        sub.add_argument("--anomaly-ratio", type=_ratio, default=0.05,
+                         help="share of abnormal training images (AR) of the seeded split")
+        sub.add_argument("--seed", type=_count, default=0, help="seed of the split")
+        sub.add_argument("--max-train", type=_count, default=0, help="cap on training images (0 = none)")
+        sub.add_argument("--cache-dir", default=None, help="cache folder (default <root>/_cache)")
+        sub.add_argument("--workers", type=_positive_int, default=None, help="image reading threads")
+        sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        if name == "nih":
+            sub.add_argument("--csv", default=None, help="CSV to use instead of the one in --root")
+            sub.add_argument("--view", default="all", choices=["PA", "AP", "all"],
+                             help="view filter (paper: PA; train reads the 'all' cache)")
+        if name == "mura":
+            sub.add_argument("--preprocess", default="pipeline", choices=["pipeline", "resize"],
+                             help="'pipeline': carrier warp + segmentation (paper); 'resize': resize + pad only")
+            sub.add_argument("--mura-files", "--split-files", dest="mura_files", nargs="+", default=["train", "valid"],
+                             choices=["train", "valid"], help="official CSV files to read (the paper re-splits "
+                                                                "all of them; --split-files is the old name)")
+            sub.add_argument("--body-parts", nargs="+", default=None, help="keep only these parts, e.g. WRIST HAND")
+            sub.add_argument("--group-by", default="patient_id", choices=["patient_id", "patient"],
+                             help="split groups: patient + body part (paper) or patient")
+            sub.add_argument("--strict", action="store_true",
+                             help="fail on listed images missing on disk (default: drop, warn)")
+            sub.add_argument("--synthetic", type=_count, default=0, metavar="N",
+                             help="first render a synthetic MURA-like set of N patients into --root")
+
+
+def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:
+    sub.add_argument("--run-dir", required=True, help="the run folder (relative to the current directory)")
+    sub.add_argument("--seed", type=_count, default=None, help=seed_help)
+    sub.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``salad-lite`` argument parser (subcommands prepare, train, evaluate, score)."""
+    parser = argparse.ArgumentParser(
+        prog="salad-lite", description="SALAD (Bozorgtabar et al., MICCAI 2020): self-supervised anomaly detection "
+                                       "on X-rays. Prepare data, train, evaluate on the test split, score new images.")
+    commands = parser.add_subparsers(dest="command", metavar="{prepare,train,evaluate,score}", required=True)
+    _add_prepare_parser(commands)
+
+    train = commands.add_parser(
+        "train", help="train one replicate (resumable)",
+        description="Train SALAD into --run-dir: pretraining, then the rounds of aggregation, checkpointed after "
+                    "every epoch. A second call resumes an interrupted run or finds it finished. Without --config "
+                    "and --profile the run folder's own run.json is reused (e.g. to train another --seed).")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--config", default=None, metavar="CFG.json", help="a configuration JSON (SaladConfig)")
+    source.add_argument("--profile", choices=PROFILES, default=None, help="a book profile (needs --dataset)")
+    train.add_argument("--dataset", choices=DATASETS, default=None, help="the dataset of --profile")
+    train.add_argument("--data-root", default=None, metavar="DIR",
+                       help="the data folder (default: the config's; empty: the embedded synthetic set)")
+    train.add_argument("--split-file", default=None, metavar="CSV",
+                       help="a published split (CSV of image and split name); default: the seeded split")
+    _add_run_arguments(train, "replicate seed (default: the config's train.seed)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="select on validation, score the test split once",
+        description="Choose K and the bank policy on the validation split, score the test split once with "
+                    "Eq. 4 (and the same model's reconstruction error), print the metrics and write result.json.")
+    _add_run_arguments(evaluate, "replicate seed (default: the one train recorded)")
+
+    score = commands.add_parser(
+        "score", help="anomaly scores of new images",
+        description="Score new images with the trained model, the K and bank policy chosen on validation, and a "
+                    "threshold chosen on validation (predicted = 1: abnormal). Writes CSV columns path, score "
+                    "(higher = more abnormal), predicted.")
+    score.add_argument("images", nargs="*", metavar="IMAGES", help="image files")
+    score.add_argument("--folder", default=None, metavar="DIR", help="score every image under DIR (recursive)")
+    score.add_argument("--out", default=None, metavar="CSV", help="write the scores here (default: stdout)")
+    score.add_argument("--skip-unreadable", action="store_true",
+                       help="skip unreadable images with a count on stderr (default: stop, naming the image)")
+    _add_run_arguments(score, "replicate seed (default: the one train recorded)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _progress(args: argparse.Namespace) -> bool:
+    from salad_lite.utils import progress_enabled
+
+    return not args.no_progress and progress_enabled()
+
+
+def _absolute(path: str) -> str:
+    """An absolute path (``""`` stays ``""``): the run folder records where the data are, wherever it is read."""
+    return str(Path(path).expanduser().resolve()) if path else ""
+
+
+def _load_splits(cfg: SaladConfig, split_file: str, progress: bool) -> dict[str, Any]:
+    from salad_lite.data.registry import load_splits
+
+    return load_splits(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
+                       anomaly_ratio=cfg.data.anomaly_ratio, seed=0, max_train_images=cfg.data.max_train_images,
+                       progress=progress, embedded_scale=cfg.data.embedded_scale, split_file=split_file)
+
+
+def _print_splits(splits: dict[str, Any]) -> None:
+    from salad_lite.data.registry import describe_splits
+
+    print(describe_splits(splits).to_string())
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+def _prepare(args: argparse.Namespace) -> int:
+    from salad_lite.data.registry import cache_dir_for, cached_splits, dataset_source, split_function
+
+    root = Path(args.root).expanduser()
+    size = args.image_size or paper_config(args.dataset).model.image_size
+    progress = not args.no_progress
+    options: dict[str, Any] = {}
+    if args.dataset == "nih":
+        options = {"view": args.view, "csv_path": args.csv}
+    elif args.dataset == "mura":
+        if args.synthetic > 0:
+            from salad_lite.synth.limb import render_limb_set
+
+            root = render_limb_set(root, n_patients=args.synthetic, progress=progress)
+            print(f"synthetic set: {root}")
+        options = {"mura_files": tuple(args.mura_files), "preprocess": args.preprocess,
+                   "body_parts": tuple(args.body_parts) if args.body_parts else None,
+                   "on_missing": "raise" if args.strict else "drop"}
+    elif not root.exists():
+        raise FileNotFoundError(f"folder root {root} does not exist")
+    split_fn = split_function(args.dataset, args.anomaly_ratio, args.seed, args.max_train, args.split_file,
+                              **({"group_column": args.group_by} if args.dataset == "mura" else {}))
+    lazy, name = dataset_source(args.dataset, root, size, **options)
+    print(f"{lazy} from {getattr(lazy, 'csv_path', None) or getattr(lazy, 'folder', None) or root}")
+    if args.dataset == "mura":
+        meta = lazy.metadata
+        print("images per body part and label (0 normal, 1 abnormal):")
+        print(meta.groupby(["body_part", "label"]).size().unstack(fill_value=0).to_string())
+    cache_dir = Path(args.cache_dir) if args.cache_dir else cache_dir_for(root if root.is_dir() else root.parent)
+    splits = cached_splits(lazy, cache_dir, name, split_fn, progress=progress, workers=args.workers)
+    print(f"cache: {cache_dir / name}.npy")
+    print(f"split: {args.split_file or f'seeded patient-wise split (AR {args.anomaly_ratio}, seed {args.seed})'}")
+    counts = getattr(lazy, "fallback_counts", None)
+    if counts and counts["processed"]:
+        print(f"pipeline fallbacks: no carrier in {counts['no_carrier']} of {counts['processed']} images "
+              f"(whole image used), segmentation discarded in {counts['mask_fallback']}")
+    elif counts is not None and args.preprocess == "pipeline":
+        print("images came from an existing cache (no preprocessing run)")
+    _print_splits(splits)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[SaladConfig, str]:
+    """The run's configuration and split file from the arguments and the run folder's run.json (if any)."""
+    from salad_lite.experiment import RUN_DESCRIPTION, load_run_description
+
+    stored_path = Path(args.run_dir) / RUN_DESCRIPTION
+    stored = load_run_description(args.run_dir) if stored_path.is_file() else None
+    if args.dataset is not None and args.profile is None:
+        parser.error("argument --dataset: goes with --profile (a --config names its own dataset)")
+    if args.config is not None:
+        cfg = SaladConfig.from_json(args.config)
+    elif args.profile is not None:
+        if args.dataset is None:
+            parser.error("argument --profile: needs --dataset (nih, mura or folder)")
+        cfg = profile_config(args.profile, args.dataset)
+    elif stored is not None:
+        cfg = stored[0]
+    else:
+        parser.error(f"one of the arguments --config --profile is required ({args.run_dir} holds no "
+                     f"{RUN_DESCRIPTION} to continue)")
+    data_root = args.data_root if args.data_root is not None else (stored[0].data.data_root if stored
+                                                                    else cfg.data.data_root)
+    split_file = args.split_file if args.split_file is not None else (stored[1] if stored else "")
+    cfg = cfg.replace(data={"data_root": _absolute(data_root)})
+    if args.seed is not None:
+        cfg = cfg.replace(train={"seed": args.seed})
+    cfg = cfg.replace(train={"progress": _progress(args)})
+    split_file = _absolute(split_file)
+    if stored is not None:
+        from salad_lite.trainer import config_changes
+
+        changes = config_changes(stored[0].replace(train={"seed": cfg.train.seed}), cfg)
+        if stored[1] != split_file:
+            changes.append(f"split file: {stored[1] or '(seeded split)'!r} -> {split_file or '(seeded split)'!r}")
+        if changes:
+            raise ValueError(f"run folder {args.run_dir} holds a run of another configuration "
+                             f"({'; '.join(changes)}); use another --run-dir")
+    return cfg, split_file
+
+
+def _write_history(folder: Path, history: list[dict[str, Any]]) -> None:
+    from salad_lite.files import write_json_atomic, write_text_atomic
+
+    write_json_atomic(folder / "history.json", history, indent=2)
+    write_text_atomic(folder / "history.csv", pd.DataFrame(history).to_csv(index=False))
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from salad_lite import distributed
+
+    cfg, split_file = _train_config(args, parser)
+    distributed.init_from_environment(args.device)  # under torchrun (WORLD_SIZE > 1): join the process group
+    main_process = distributed.is_main_process()
+    from salad_lite.experiment import replicate_dir, save_run_description
+    from salad_lite.trainer import SaladTrainer
+
+    if not main_process:
+        distributed.barrier()  # rank 0 builds a missing image cache alone; the others then read it
+    splits = _load_splits(cfg, split_file, progress=_progress(args) and main_process)
+    if main_process:
+        save_run_description(args.run_dir, cfg, split_file)
+        distributed.barrier()
+    folder = replicate_dir(args.run_dir, cfg)
+    trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=folder, device=args.device)
+    if main_process:
+        state = ("already finished" if trainer.is_finished else
+                 f"resuming at epoch {trainer.epoch}" if trainer.epoch else "starting")
+        print(f"{cfg.data.dataset} seed {cfg.train.seed}: {trainer.total_epochs} epochs, {state}; run folder {folder}")
+    if not trainer.is_finished:
+        trainer.fit()
+    if main_process:
+        _write_history(folder, trainer.history)
+        best = trainer.load_best()
+        print(f"selected on validation: epoch {best['selected_epoch']} (round {best['selected_round']}), "
+              f"val AUC {best['best_val_auc']:.4f}; history in {folder / 'history.csv'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate, score
+def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any]:
+    """The recorded run's configuration (seed from ``--seed``), its splits and its finished trainer (best loaded).
+
+    Raises:
+        FileNotFoundError: no run folder or run.json.
+        ValueError: the replicate is not trained to the end.
+    """
+    from salad_lite.experiment import load_run_description, replicate_dir
+    from salad_lite.trainer import SaladTrainer
+
+    cfg, split_file = load_run_description(args.run_dir)
+    cfg = cfg.replace(train={"progress": False, **({"seed": args.seed} if args.seed is not None else {})})
+    splits = _load_splits(cfg, split_file, progress=_progress(args))
+    trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=replicate_dir(args.run_dir, cfg),
+                           device=args.device)
+    if not trainer.is_finished:
+        raise ValueError(f"seed {cfg.train.seed} of run folder {args.run_dir} is trained to epoch {trainer.epoch} of "
+                         f"{trainer.total_epochs}: finish it first (salad-lite train --run-dir {args.run_dir} "
+                         f"--seed {cfg.train.seed})")
+    trainer.load_best()
+    return cfg, splits, trainer
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from salad_lite.experiment import evaluate_replicate, replicate_dir
+
+    cfg, splits, _ = _trained(args)
+    result = evaluate_replicate(cfg, splits, args.run_dir, device=args.device)
+    folder = replicate_dir(args.run_dir, cfg)
+    print(f"{cfg.data.dataset} seed {result.seed}: model of epoch {result.selected_epoch} (round "
+          f"{result.selected_round}); K {result.k}, discard anomalous {result.discard_anomalous} "
+          f"(chosen on validation, AUC {result.val_auc:.4f})")
+    print(f"test ({len(result.test_labels)} images, scored once): AUC {result.test_auc:.4f}, "
+          f"AUPRC {result.test_auprc:.4f}; same AE's reconstruction error: AUC {result.reconstruction_test_auc:.4f}, "
+          f"AUPRC {result.reconstruction_test_auprc:.4f}")
+    print(f"written: {folder / 'result.json'}, {folder / 'selection.json'}")
+    return 0
+
+
+def _image_paths(args: argparse.Namespace) -> tuple[list[Path], int]:
+    """The images to score and how many hidden / system files were skipped."""
+    from salad_lite.data.generic import IMAGE_SUFFIXES
+    from salad_lite.data.io import is_hidden_or_system, list_files
+
+    if args.folder is not None:
+        folder = Path(args.folder).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--folder {folder} is not an existing folder")
+        paths = list_files(folder, IMAGE_SUFFIXES)
+        if not paths:
+            raise ValueError(f"--folder {folder} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return paths, 0
+    given = [Path(p).expanduser() for p in args.images]
+    paths = [p for p in given if not is_hidden_or_system(p)]
+    if not paths:
+        raise ValueError(f"no image to score: the {len(given)} file(s) given are hidden or system files")
+    return paths, len(given) - len(paths)
+
+
+def _read_images(paths: list[Path], dataset: str, image_size: int, skip: bool,
+                 progress: bool) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Read and preprocess ``paths`` as the dataset's cache does: (kept paths, uint8 [M, S, S], skipped messages).
+
+    Raises:
+        salad_lite.data.io.ImageReadError: an unreadable image (named), unless ``skip``.
+    """
+    from tqdm.auto import tqdm
+
+    from salad_lite.data.base import XrayDataset
+    from salad_lite.data.io import ImageReadError
+    from salad_lite.data.registry import image_preprocess
+
+    meta = pd.DataFrame({"path": [str(p) for p in paths], "label": 0, "patient_id": "new", "finding": ""})
+    reader = XrayDataset(meta, image_size=image_size, preprocess=image_preprocess(dataset, image_size))
+    kept, images, skipped = [], [], []
+    for i in tqdm(range(len(paths)), desc="reading images", unit="image", disable=not progress):
+        try:
+            images.append(reader.load_image(i))
+        except ImageReadError as error:
+            if not skip:
+                raise
+            skipped.append(str(error))
+            continue
+        kept.append(paths[i])
+    if not kept:
+        raise ValueError(f"none of the {len(paths)} image(s) could be read: {skipped[0]}")
+    return kept, np.stack(images), skipped
+
+
+def _selection(cfg: SaladConfig, trainer: Any, folder: Path) -> dict[str, Any]:
+    """selection.json of the evaluate step, or (absent) chosen now on the validation split and written."""
+    from salad_lite.experiment import select_scoring
+    from salad_lite.files import read_json, write_json_atomic
+
+    path = folder / "selection.json"
+    if path.is_file():
+        selection = read_json(path, "scoring selection")
+        if isinstance(selection, dict) and {"k", "discard_anomalous"} <= set(selection):
+            return selection
+    selection = select_scoring(trainer)
+    write_json_atomic(path, selection, indent=2)
+    return selection
+
+
+def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if bool(args.images) == (args.folder is not None):
+        parser.error("argument IMAGES: give image files or --folder DIR (one of them)")
+    from salad_lite.data.base import CachedXrayDataset
+    from salad_lite.experiment import replicate_dir
+    from salad_lite.files import read_json, write_json_atomic, write_text_atomic
+    from salad_lite.scorer import SaladScorer
+
+    paths, hidden = _image_paths(args)
+    cfg, splits, trainer = _trained(args)
+    folder = replicate_dir(args.run_dir, cfg)
+    selection = _selection(cfg, trainer, folder)
+    scorer = SaladScorer(k=int(selection["k"]), discard_anomalous=bool(selection["discard_anomalous"]),
+                         rule=cfg.score.rule).fit(trainer.scoring_bank(), trainer.train_labels)
+    threshold_path = folder / "threshold.json"
+    key = {"k": scorer.k, "discard_anomalous": scorer.discard_anomalous, "selected_epoch":
+           trainer.selected["selected_epoch"]}
+    stored = read_json(threshold_path, "decision threshold") if threshold_path.is_file() else None
+    if isinstance(stored, dict) and {name: stored.get(name) for name in key} == key \
+            and isinstance(stored.get("threshold"), float):
+        scorer.threshold_ = stored["threshold"]
+    else:  # Youden's J on the validation split: never the test split
+        scorer.set_threshold(trainer.embed(splits["val"]), trainer.val_labels)
+        write_json_atomic(threshold_path, {**key, "threshold": scorer.threshold_, "chosen_on": "validation"}, indent=2)
+    kept, images, skipped = _read_images(paths, cfg.data.dataset, cfg.model.image_size, args.skip_unreadable,
+                                         _progress(args))
+    meta = pd.DataFrame({"path": [str(p) for p in kept], "label": 0, "patient_id": "new", "finding": ""})
+    z = trainer.embed(CachedXrayDataset(images, meta))
+    scores = scorer.decision_function(z)
+    table = pd.DataFrame({"path": [str(p) for p in kept], "score": scores.astype(np.float64),
+                          "predicted": (scores >= scorer.threshold_).astype(np.int64)})
+    text = table.to_csv(index=False)
+    if args.out:
+        write_text_atomic(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    notes = [f"skipped {hidden} hidden or system file(s)"] if hidden else []
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable image(s): {'; '.join(skipped[:3])}"
+                     + (" ..." if len(skipped) > 3 else ""))
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(f"scored {len(kept)} image(s) with K {scorer.k_}, discard anomalous {scorer.discard_anomalous}, "
+          f"threshold {scorer.threshold_:.6g} (chosen on validation)" + (f"; written to {args.out}" if args.out else ""),
+          file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+@data_script
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; argparse's errors and ``--help`` raise ``SystemExit`` (status 2 / 0).
+
+    Returns:
+        0 on success, 2 after a data problem (``error: ...`` on stderr, :func:`salad_lite.cli_errors.data_script`).
+
+    Raises:
+        SystemExit: a wrong argument (status 2, the argument named) or ``--help`` (status 0).
+    """
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    if args.command == "prepare":
+        return _prepare(args)
+    if args.command == "train":
+        return _train(args, parser)
+    if args.command == "evaluate":
+        return _evaluate(args)
+    return _score(args, parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``salad-lite`` console script: :func:`run`, with argparse's exits returned as the status.
+
+    Returns:
+        0 on success (also after ``--help``); 2 for a wrong argument (argparse's
+        message names it) or a data problem (``error: ...`` on stderr).
+
+    Raises:
+        Exceptions that are neither data problems nor argument errors (bugs keep their traceback).
+    """
+    try:
+        return run(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,282 @@
+"""The ``salad-lite`` command line: every subcommand on the small embedded set, every error path, in-process.
+
+One replicate is trained once (module fixture, smoke profile, a published split
+file, a run folder relative to the working directory) and reused by evaluate and
+score. The embedded set is the one the chapter smoke tests use (data/embedded or
+$SALAD_LITE_DATA), rendered on first use. One subprocess runs the installed script.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from salad_lite.cli import main
+from salad_lite.config import profile_config
+from salad_lite.data.registry import ensure_embedded, load_splits
+from salad_lite.data.split_file import SplitFileError, read_split_file, split_positions
+from salad_lite.data.splits import PatientLeakError
+
+SMOKE = profile_config("smoke", "nih")
+
+
+def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *fragments: str) -> str:
+    """Run ``main(argv)``, expect exit 2 and every fragment in stderr; return stderr."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def nih_root() -> Path:
+    """The small embedded NIH-layout set (rendered on first use, shared with the chapter smoke tests)."""
+    return ensure_embedded("nih", progress=False, scale="small")
+
+
+@pytest.fixture(scope="module")
+def seeded_splits() -> dict:
+    return load_splits("nih", image_size=SMOKE.model.image_size, anomaly_ratio=SMOKE.data.anomaly_ratio,
+                       max_train_images=SMOKE.data.max_train_images, progress=False, embedded_scale="small")
+
+
+def _split_csv(splits: dict, path: Path, header: tuple[str, str] = ("image", "split")) -> Path:
+    rows = [(p, name) for name, ds in splits.items() for p in ds.metadata["path"]]
+    pd.DataFrame(rows, columns=list(header)).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, seeded_splits: dict) -> Iterator[dict]:
+    """Train once through the CLI with a published split file, into a relative run folder."""
+    work = tmp_path_factory.mktemp("cli")
+    split_file = _split_csv(seeded_splits, work / "published.csv")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        argv = ["train", "--profile", "smoke", "--dataset", "nih", "--run-dir", "runs/smoke", "--device", "cpu",
+                "--split-file", "published.csv", "--no-progress"]
+        assert main(argv) == 0
+        yield {"dir": work / "runs" / "smoke", "argv": argv, "work": work, "split_file": split_file}
+
+
+# ------------------------------------------------------------------------------------------ help and arguments
+def test_installed_script_help_subprocess() -> None:
+    script = Path(sys.executable).parent / "salad-lite"
+    command = [str(script), "--help"] if script.is_file() else [sys.executable, "-m", "salad_lite", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in ("prepare", "train", "evaluate", "score"):
+        assert name in result.stdout
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for argv, option in ((["--help"], "train"), (["prepare", "--help"], "folder"),
+                         (["prepare", "nih", "--help"], "--view"), (["prepare", "mura", "--help"], "--body-parts"),
+                         (["prepare", "folder", "--help"], "--split-file"), (["train", "--help"], "--profile"),
+                         (["evaluate", "--help"], "--run-dir"), (["score", "--help"], "--skip-unreadable")):
+        assert main(argv) == 0, argv
+        assert option in capsys.readouterr().out, argv
+    monkeypatch.setattr(sys, "argv", ["salad_lite", "--help"])  # python -m salad_lite
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("salad_lite", run_name="__main__")
+    assert stop.value.code == 0 and "evaluate" in capsys.readouterr().out
+
+
+def test_wrong_arguments_exit_2_naming_them(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "r")
+    _fails(capsys, ["frobnicate"], "invalid choice: 'frobnicate'")
+    _fails(capsys, ["train", "--run-dir", run_dir, "--bogus"], "unrecognized arguments: --bogus")
+    _fails(capsys, ["train", "--profile", "smoke", "--run-dir", run_dir], "argument --profile", "--dataset")
+    _fails(capsys, ["train", "--profile", "huge", "--dataset", "nih", "--run-dir", run_dir],
+           "argument --profile: invalid choice: 'huge'")
+    _fails(capsys, ["train", "--config", "c.json", "--dataset", "nih", "--run-dir", run_dir], "argument --dataset")
+    _fails(capsys, ["train", "--run-dir", run_dir], "--config --profile is required")
+    _fails(capsys, ["train", "--profile", "smoke", "--dataset", "nih", "--run-dir", run_dir, "--seed", "-1"],
+           "argument --seed")
+    _fails(capsys, ["prepare", "nih", "--root", run_dir, "--image-size", "0"], "argument --image-size")
+    _fails(capsys, ["prepare", "xray", "--root", run_dir], "invalid choice: 'xray'")
+    _fails(capsys, ["evaluate"], "--run-dir")
+    _fails(capsys, ["score", "--run-dir", run_dir], "argument IMAGES")
+    _fails(capsys, ["score", "--run-dir", run_dir, "a.png", "--folder", run_dir], "argument IMAGES")
+    assert not Path(run_dir).exists()
+
+
+def test_missing_or_foreign_run_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _fails(capsys, ["evaluate", "--run-dir", str(tmp_path / "nowhere")], "error: run folder", "does not exist")
+    _fails(capsys, ["score", "--run-dir", str(tmp_path), "x.png"], "holds no run.json")
+    (tmp_path / "run.json").write_text("{oops")
+    _fails(capsys, ["evaluate", "--run-dir", str(tmp_path)], "run.json", "not valid JSON")
+
+
+# ------------------------------------------------------------------------------------------ split files
+def test_split_file_header_variants_and_matching(tmp_path: Path) -> None:
+    meta = pd.DataFrame({"path": ["images/a.png", "images/b.png", "train/XR_HAND/p3/s1/image1.png", "images/d.png"],
+                         "patient_id": ["1", "2", "3", "4"]})
+    variants = {  # NIH's header, a MURA-style path with its leading folder, extra columns, no header
+        "Image Index,Subset\na.png,TRAIN\nb.png,Validation\nd.png,Test\n": {"train": [0], "val": [1], "test": [3]},
+        "path,fold,label\nimages/a.png,training,0\nMURA-v1.1/train/XR_HAND/p3/s1/image1.png,test,1\nb.png,valid,0\n":
+            {"train": [0], "val": [1], "test": [2]},
+        "a.png,train\nimages/b.png,dev\nd.png,testing\n": {"train": [0], "val": [1], "test": [3]},
+    }
+    for i, (text, expected) in enumerate(variants.items()):
+        path = tmp_path / f"s{i}.csv"
+        path.write_text(text)
+        found = {k: v.tolist() for k, v in split_positions(read_split_file(path), meta).items()}
+        assert found == expected, (text, found)
+    path.write_text("image,split\na.png,train\nb.png,val\n")
+    with pytest.raises(SplitFileError, match=r"names no image of split\(s\) \['test'\]"):
+        read_split_file(path)
+
+
+def test_split_file_faults(tmp_path: Path) -> None:
+    meta = pd.DataFrame({"path": [f"images/{i}.png" for i in range(6)], "patient_id": ["1", "1", "2", "3", "4", "5"]})
+
+    def table(text: str) -> pd.DataFrame:
+        path = tmp_path / "s.csv"
+        path.write_text(text)
+        return read_split_file(path)
+
+    with pytest.raises(SplitFileError, match=r"unknown split name\(s\) 'holdout'.*line 3"):
+        table("image,split\n0.png,train\n1.png,holdout\n")
+    with pytest.raises(SplitFileError, match=r"listed more than once: '0.png'"):
+        table("image,split\n0.png,train\n0.png,val\n2.png,test\n")
+    with pytest.raises(SplitFileError, match="no image column"):
+        table("picture,split\n0.png,train\n")
+    with pytest.raises(SplitFileError, match="'split' is empty on 1 line"):
+        table("image,split\n0.png,train\n1.png,\n")
+    good = "image,split\n0.png,train\n2.png,val\n3.png,test\n"
+    assert {k: v.tolist() for k, v in split_positions(table(good), meta).items()} == \
+        {"train": [0], "val": [2], "test": [3]}
+    with pytest.raises(PatientLeakError, match=r"split file.*patient\(s\) appear in both 'train' and 'test': \['1'\]"):
+        split_positions(table(good + "1.png,test\n"), meta, "split file s.csv")
+    missing = "".join(f"gone{i}.png,test\n" for i in range(7))
+    with pytest.raises(SplitFileError, match=r"7 of its 10 image\(s\) are not in the dataset.*'gone0.png'.*\.\.\."):
+        split_positions(table(good + missing), meta)
+
+
+def test_prepare_with_bad_split_files_caches_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     nih_root: Path, seeded_splits: dict) -> None:
+    good = _split_csv(seeded_splits, tmp_path / "good.csv")
+    rows = pd.read_csv(good, dtype=str)
+    cache = tmp_path / "cache"
+    args = ["prepare", "nih", "--root", str(nih_root), "--image-size", "32", "--cache-dir", str(cache), "--no-progress"]
+
+    def write(table: pd.DataFrame) -> str:
+        table.to_csv(tmp_path / "bad.csv", index=False)
+        return str(tmp_path / "bad.csv")
+
+    ids = pd.read_csv(nih_root / "Data_Entry_2017.csv", dtype=str).set_index("Image Index")["Patient ID"]
+    patients = rows["image"].map(lambda p: ids[Path(p).name])
+    moved = rows[patients.duplicated(keep=False)].iloc[0]  # a patient with two images in one split
+    leak = rows.copy()
+    leak.loc[moved.name, "split"] = "test" if moved["split"] != "test" else "val"
+    _fails(capsys, [*args, "--split-file", write(leak)], "bad.csv", "appear in both",
+           repr(str(patients[moved.name])))
+    missing = pd.concat([rows, pd.DataFrame({"image": ["images/99999999_000.png"], "split": ["test"]})])
+    _fails(capsys, [*args, "--split-file", write(missing)], "1 of its", "not in the dataset", "99999999_000.png")
+    unknown = rows.copy()
+    unknown.loc[3, "split"] = "holdout"
+    _fails(capsys, [*args, "--split-file", write(unknown)], "unknown split name(s) 'holdout'")
+    _fails(capsys, [*args, "--split-file", str(tmp_path / "absent.csv")], "split file", "absent.csv", "does not exist")
+    assert not cache.exists()
+
+
+def test_prepare_folder_with_split_file_and_nih_seeded(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    rng = np.random.default_rng(0)
+    for label, count in (("normal", 8), ("abnormal", 4)):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(root / label / f"{label}{i}.png")
+    names = [f"normal/normal{i}.png" for i in range(8)] + [f"abnormal/abnormal{i}.png" for i in range(4)]
+    splits = ["train"] * 4 + ["val"] * 2 + ["test"] * 2 + ["val", "val", "test", "test"]
+    pd.DataFrame({"File": names, "Set": splits}).to_csv(tmp_path / "split.csv", index=False)
+    argv = ["prepare", "folder", "--root", str(root), "--image-size", "16", "--split-file", str(tmp_path / "split.csv"),
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "split.csv" in out and "folder_mine_16px.npy" in out
+    table = out[out.index("abnormal_share"):]
+    assert [line.split()[:4] for line in table.splitlines()[2:]] == \
+        [["train", "4", "4", "0"], ["val", "4", "2", "2"], ["test", "4", "2", "2"]]
+    assert np.load(root / "_cache" / "folder_mine_16px.npy").shape == (12, 16, 16)
+    _fails(capsys, ["prepare", "folder", "--root", str(tmp_path / "nowhere")], "nowhere", "does not exist")
+
+
+# ------------------------------------------------------------------------------------------ train, evaluate, score
+def test_train_writes_the_run_folder_and_resumes(run: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = run["dir"] / "nih" / "seed0"
+    history = json.loads((folder / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(SMOKE.train.pretrain_epochs + 2))
+    assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [r["epoch"] for r in history]
+    stored = json.loads((run["dir"] / "run.json").read_text())
+    assert stored["split_file"] == str(run["split_file"]) and stored["data_root"] == ""
+    assert json.loads((run["dir"] / "config.json").read_text())["train"]["pretrain_epochs"] == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(run["work"])
+        capsys.readouterr()
+        assert main(run["argv"]) == 0  # a second call finds it finished
+        assert "already finished" in capsys.readouterr().out
+        assert main(["train", "--config", "runs/smoke/config.json", "--run-dir", "runs/smoke", "--no-progress"]) == 0
+        assert "already finished" in capsys.readouterr().out  # the recorded config.json trains the same run
+        _fails(capsys, ["train", "--profile", "smoke", "--dataset", "mura", "--run-dir", "runs/smoke"],
+               "runs/smoke holds a run of another configuration", "data.dataset: 'nih' -> 'mura'")
+        _fails(capsys, ["train", "--run-dir", "runs/smoke", "--split-file", ""], "split file:")
+    assert (folder / "last.json").is_file() and not (run["dir"] / "mura").exists()
+
+
+def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.CaptureFixture[str],
+                            nih_root: Path, tmp_path: Path) -> None:
+    folder = run["dir"] / "nih" / "seed0"
+    assert main(["score", "--run-dir", str(run["dir"]), "--seed", "1", "x.png"]) == 2  # seed 1 never trained
+    assert "trained to epoch 0 of 3" in capsys.readouterr().err
+
+    # score before evaluate: selection on validation, written; never the test split
+    test_meta = seeded_splits["test"].metadata
+    picks = [nih_root / p for p in test_meta["path"].iloc[:4]]
+    images = tmp_path / "new"
+    images.mkdir()
+    for p in picks:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "._shadow.png").write_bytes(b"AppleDouble")
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    assert main(["score", "--run-dir", str(run["dir"]), "--folder", str(images), "--no-progress"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert (folder / "selection.json").is_file()
+    out_csv = tmp_path / "scores.csv"
+    assert main(["score", "--run-dir", str(run["dir"]), "--folder", str(images), "--skip-unreadable",
+                 "--out", str(out_csv), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image(s)" in err and "broken.png" in err
+    table = pd.read_csv(out_csv)
+    assert list(table.columns) == ["path", "score", "predicted"] and len(table) == 4
+    assert set(table["predicted"]) <= {0, 1} and (table["score"] > 0).all()
+    assert (folder / "threshold.json").is_file()
+    assert main(["score", "--run-dir", str(run["dir"]), *map(str, [*picks[:2], images / "._shadow.png"]),
+                 "--no-progress"]) == 0  # to stdout; the hidden file is skipped
+    captured = capsys.readouterr()
+    printed = pd.read_csv(pd.io.common.StringIO(captured.out))
+    assert len(printed) == 2 and "skipped 1 hidden or system file(s)" in captured.err
+
+    assert main(["evaluate", "--run-dir", str(run["dir"]), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test (" in out and "AUC" in out and "result.json" in out
+    result = json.loads((folder / "result.json").read_text())
+    assert 0.0 <= result["test_auc"] <= 1.0 and len(result["test_scores"]) == len(test_meta)
+    selection = json.loads((folder / "selection.json").read_text())
+    assert (result["k"], result["discard_anomalous"]) == (selection["k"], selection["discard_anomalous"])
+    # the raw files, read and preprocessed by score, get the scores evaluate gave their cached images
+    by_name = dict(zip(table["path"].map(lambda p: Path(p).name), table["score"]))
+    expected = [result["test_scores"][i] for i in range(4)]
+    np.testing.assert_allclose([by_name[p.name] for p in picks], expected, rtol=1e-4, atol=1e-6)
