@@ -12,16 +12,18 @@ Run folders (relative paths are relative to the current directory)::
 
     DIR/run.json, DIR/config.json                  what train ran: configuration, data root, split file
     DIR/<dataset>/seed<s>/last.*, best.*           checkpoints (resumable), snapshots/
-    DIR/<dataset>/seed<s>/history.json, .csv       one row per epoch (losses, validation AUC, seconds)
+    DIR/<dataset>/seed<s>/history.json, .csv       one row per epoch (losses, validation AUC, seconds), after every epoch
     DIR/<dataset>/seed<s>/selection.json           K and bank policy chosen on validation (evaluate, score)
     DIR/<dataset>/seed<s>/threshold.json           the decision threshold chosen on validation (score)
     DIR/<dataset>/seed<s>/result.json              the test metrics of that replicate (evaluate)
 
 Exit status: 0 on success; 2 for a wrong argument (argparse names it) and for
-a data problem (``error: ...`` on stderr, :mod:`salad_lite.cli_errors`).
+a data problem (``error: ...`` on stderr, :mod:`salad_lite.cli_errors`); 130 when a
+single-process ``train`` is interrupted (Ctrl-C; rerun the same command to resume).
+``train`` checks the device, the data and the split before it writes run.json.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) ``train`` first calls
-``salad_lite.distributed.init_from_environment``; only rank 0 prints and writes
-the run folder's files.
+``salad_lite.distributed.init_from_environment``; only rank 0 prints (errors
+included) and writes the run folder's files.
 """
 
 from __future__ import annotations
@@ -35,13 +37,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.cli_errors import data_script
-from salad_lite.config import SaladConfig, paper_config, profile_config
+from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV
+from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
+    paper_config, profile_config
 from salad_lite.data.registry import DATASETS
 
 __all__ = ["build_parser", "main", "run"]
 
 PROFILES = ("smoke", "default", "full")
+#: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+
+
+def _main_rank() -> bool:
+    """True on rank 0 and in a single process; before the process group exists, from torchrun's ``RANK``."""
+    import os
+
+    from salad_lite import distributed
+
+    if distributed.is_distributed():
+        return distributed.is_main_process()
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are printed by rank 0 only (under torchrun); exit 2 on every rank."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        if _main_rank():
+            super().error(message)
+        self.exit(2)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -85,18 +110,62 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _image_size_type(dataset: str) -> Any:
+    """The ``--image-size`` type of ``prepare <dataset>``: the config's rule for the dataset's paper arch."""
+    arch = paper_config(dataset).model.arch
+
+    def image_size(text: str) -> int:
+        try:
+            value = int(text)
+            check_image_size(arch, value)
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(
+                f"must be a power of two from {MIN_IMAGE_SIZE[arch]} to {MAX_IMAGE_SIZE} for {dataset} "
+                f"(arch {arch}; train refuses other sizes), got {text!r}") from None
+        return value
+
+    return image_size
+
+
+def _class_map_entry(text: str) -> tuple[str, int]:
+    """A ``--class-map`` value ``FOLDER=0`` or ``FOLDER=1``."""
+    name, sep, label = text.rpartition("=")
+    if not sep or not name or label.strip() not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"must be FOLDER=0 (normal) or FOLDER=1 (abnormal), got {text!r}")
+    return name, int(label)
+
+
+def _device(text: str) -> str:
+    """A ``--device`` value torch understands (``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}") from None
+    return text
+
+
 def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser(
         "prepare", help="validate a dataset's layout, build its split and image cache",
         description="Validate a dataset folder, build the split (seeded, or a published --split-file) and cache "
                     "the preprocessed images, so that train starts at once. Prints the split's counts.")
     kinds = prepare.add_subparsers(dest="dataset", metavar="{nih,mura,folder}", required=True)
-    for name, text in (("nih", "NIH ChestX-ray14 layout: Data_Entry_2017*.csv + images/"),
-                       ("mura", "MURA v1.1 layout: {train,valid}_image_paths.csv, *_labeled_studies.csv"),
-                       ("folder", "your images: normal/ + abnormal/ class folders, or a manifest.csv")):
-        sub = kinds.add_parser(name, help=text, description=f"Prepare a dataset in the {text}.")
+    for name, text, description in (
+            ("nih", "NIH ChestX-ray14 layout: Data_Entry_2017*.csv + images/",
+             "Prepare a dataset in the NIH ChestX-ray14 layout: Data_Entry_2017*.csv + images/."),
+            ("mura", "MURA v1.1 layout: {train,valid}_image_paths.csv, *_labeled_studies.csv",
+             "Prepare a dataset in the MURA v1.1 layout: {train,valid}_image_paths.csv, *_labeled_studies.csv."),
+            ("folder", "your images: normal/ + abnormal/ class folders, or a manifest.csv",
+             "Prepare your own images: normal/ and abnormal/ class folders (other names with --class-map), "
+             "or a manifest.csv.")):
+        sub = kinds.add_parser(name, help=text, description=description)
+        sub.set_defaults(subparser=sub)
         sub.add_argument("--root", required=True, help="the dataset folder (folder: also a manifest CSV)")
-        sub.add_argument("--image-size", type=_positive_int, default=None,
+        sub.add_argument("--image-size", type=_image_size_type(name), default=None,
                          help=f"square side in pixels (default: the paper's, {paper_config(name).model.image_size})")
         sub.add_argument("--split-file", default="", metavar="CSV",
                          help="a published split: CSV of image and split name (train/val/test), checked for "
@@ -112,6 +181,10 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
             sub.add_argument("--csv", default=None, help="CSV to use instead of the one in --root")
             sub.add_argument("--view", default="all", choices=["PA", "AP", "all"],
                              help="view filter (paper: PA; train reads the 'all' cache)")
+        if name == "folder":
+            sub.add_argument("--class-map", type=_class_map_entry, action="append", default=None,
+                             metavar="FOLDER=0|1", help="label of a class folder not named normal/abnormal, once "
+                                                        "per folder: --class-map NORMAL=0 --class-map PNEUMONIA=1")
         if name == "mura":
             sub.add_argument("--preprocess", default="pipeline", choices=["pipeline", "resize"],
                              help="'pipeline': carrier warp + segmentation (paper); 'resize': resize + pad only")
@@ -130,13 +203,14 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
 def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:
     sub.add_argument("--run-dir", required=True, help="the run folder (relative to the current directory)")
     sub.add_argument("--seed", type=_count, default=None, help=seed_help)
-    sub.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    sub.set_defaults(subparser=sub)
+    sub.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``salad-lite`` argument parser (subcommands prepare, train, evaluate, score)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="salad-lite", description="SALAD (Bozorgtabar et al., MICCAI 2020): self-supervised anomaly detection "
                                        "on X-rays. Prepare data, train, evaluate on the test split, score new images.")
     commands = parser.add_subparsers(dest="command", metavar="{prepare,train,evaluate,score}", required=True)
@@ -189,6 +263,47 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else ""
 
 
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without CUDA, before anything is read or written.
+
+    Raises:
+        ValueError: the device is not available (named).
+    """
+    from salad_lite.utils import resolve_device
+
+    try:
+        resolve_device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: {error}") from None
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """Raises ``NotADirectoryError`` when ``--run-dir`` is an existing file."""
+    if Path(run_dir).expanduser().is_file():
+        raise NotADirectoryError(f"run folder {run_dir} is a file")
+
+
+#: Library advice naming Python arguments -> the command line's options.
+_CLI_WORDS = (("pass csv_path=...", "pass --csv FILE"),
+              ("pass class_map={'FOLDER': 0 or 1, ...}", "pass --class-map FOLDER=0 --class-map FOLDER=1"))
+#: A user's --config is not a cache: it is fixed, not deleted.
+_CONFIG_WORDS = (("; delete it to rebuild", "; fix the file (your configuration)"),)
+
+
+def _reworded(error: Exception, words: tuple[tuple[str, str], ...] = _CLI_WORDS) -> Exception:
+    """``error`` with the library's advice in the command line's words (its type kept where possible)."""
+    text = str(error)
+    new = text
+    for old, word in words:
+        new = new.replace(old, word)
+    if new == text:
+        return error
+    try:
+        return type(error)(new)
+    except TypeError:
+        return ValueError(new)
+
+
 def _load_splits(cfg: SaladConfig, split_file: str, progress: bool) -> dict[str, Any]:
     from salad_lite.data.registry import load_splits
 
@@ -211,6 +326,8 @@ def _prepare(args: argparse.Namespace) -> int:
     size = args.image_size or paper_config(args.dataset).model.image_size
     progress = not args.no_progress
     options: dict[str, Any] = {}
+    if args.split_file and Path(args.split_file).expanduser().is_dir():
+        args.subparser.error(f"argument --split-file: {args.split_file} is a folder, not a CSV file")
     if args.dataset == "nih":
         options = {"view": args.view, "csv_path": args.csv}
     elif args.dataset == "mura":
@@ -226,21 +343,45 @@ def _prepare(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"folder root {root} does not exist")
     split_fn = split_function(args.dataset, args.anomaly_ratio, args.seed, args.max_train, args.split_file,
                               **({"group_column": args.group_by} if args.dataset == "mura" else {}))
-    lazy, name = dataset_source(args.dataset, root, size, **options)
+    try:
+        if args.dataset == "folder" and args.class_map:
+            from salad_lite.data.generic import ImageFolderXray
+
+            lazy, name = ImageFolderXray(root, image_size=size, class_map=dict(args.class_map)), \
+                f"folder_{root.stem}_{size}px"
+        else:
+            lazy, name = dataset_source(args.dataset, root, size, **options)
+    except DATA_ERRORS as error:
+        raise _reworded(error) from None
+    left_out: list[int] = []
+
+    def checked_split(meta: pd.DataFrame) -> Any:  # train's rule: validation and test hold both classes
+        from salad_lite.data.batches import require_both_classes
+
+        positions = split_fn(meta)
+        labels = meta["label"].to_numpy()
+        for split in ("val", "test"):
+            require_both_classes(labels[np.asarray(positions[split], dtype=np.int64)], split)
+        if not left_out:  # the first call sees the whole file list
+            left_out.extend([len(meta) - sum(len(rows) for rows in positions.values()), len(meta)])
+        return positions
+
     print(f"{lazy} from {getattr(lazy, 'csv_path', None) or getattr(lazy, 'folder', None) or root}")
     if args.dataset == "mura":
         meta = lazy.metadata
         print("images per body part and label (0 normal, 1 abnormal):")
         print(meta.groupby(["body_part", "label"]).size().unstack(fill_value=0).to_string())
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_dir_for(root if root.is_dir() else root.parent)
-    splits = cached_splits(lazy, cache_dir, name, split_fn, progress=progress, workers=args.workers)
+    splits = cached_splits(lazy, cache_dir, name, checked_split, progress=progress, workers=args.workers)
     print(f"cache: {cache_dir / name}.npy")
     print(f"split: {args.split_file or f'seeded patient-wise split (AR {args.anomaly_ratio}, seed {args.seed})'}")
+    if args.split_file and left_out and left_out[0]:
+        print(f"the split file leaves {left_out[0]} of the dataset's {left_out[1]} images out (in no split)")
     counts = getattr(lazy, "fallback_counts", None)
     if counts and counts["processed"]:
         print(f"pipeline fallbacks: no carrier in {counts['no_carrier']} of {counts['processed']} images "
               f"(whole image used), segmentation discarded in {counts['mask_fallback']}")
-    elif counts is not None and args.preprocess == "pipeline":
+    elif counts is not None and getattr(args, "preprocess", "") == "pipeline":
         print("images came from an existing cache (no preprocessing run)")
     _print_splits(splits)
     return 0
@@ -256,7 +397,10 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.dataset is not None and args.profile is None:
         parser.error("argument --dataset: goes with --profile (a --config names its own dataset)")
     if args.config is not None:
-        cfg = SaladConfig.from_json(args.config)
+        try:
+            cfg = SaladConfig.from_json(args.config)
+        except DATA_ERRORS as error:  # the user's own file: never "delete it to rebuild"
+            raise _reworded(error, _CONFIG_WORDS) from None
     elif args.profile is not None:
         if args.dataset is None:
             parser.error("argument --profile: needs --dataset (nih, mura or folder)")
@@ -286,17 +430,13 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return cfg, split_file
 
 
-def _write_history(folder: Path, history: list[dict[str, Any]]) -> None:
-    from salad_lite.files import write_json_atomic, write_text_atomic
-
-    write_json_atomic(folder / "history.json", history, indent=2)
-    write_text_atomic(folder / "history.csv", pd.DataFrame(history).to_csv(index=False))
-
-
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from salad_lite import distributed
+    from salad_lite.data.batches import check_splits
 
+    _check_run_dir(args.run_dir)
     cfg, split_file = _train_config(args, parser)
+    _check_device(args.device)
     distributed.init_from_environment(args.device)  # under torchrun (WORLD_SIZE > 1): join the process group
     main_process = distributed.is_main_process()
     from salad_lite.experiment import replicate_dir, save_run_description
@@ -305,6 +445,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not main_process:
         distributed.barrier()  # rank 0 builds a missing image cache alone; the others then read it
     splits = _load_splits(cfg, split_file, progress=_progress(args) and main_process)
+    # what the trainer and evaluate will refuse, refused before the run folder records this run
+    check_splits(splits, required=("train", "val", "test"), both_classes=("val", "test"))
     if main_process:
         save_run_description(args.run_dir, cfg, split_file)
         distributed.barrier()
@@ -315,9 +457,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                  f"resuming at epoch {trainer.epoch}" if trainer.epoch else "starting")
         print(f"{cfg.data.dataset} seed {cfg.train.seed}: {trainer.total_epochs} epochs, {state}; run folder {folder}")
     if not trainer.is_finished:
-        trainer.fit()
-    if main_process:
-        _write_history(folder, trainer.history)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            if distributed.is_distributed():
+                raise
+            print(f"interrupted at epoch {trainer.epoch}; rerun the same command to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    if main_process:  # the trainer rewrote history.json / .csv after every epoch
         best = trainer.load_best()
         print(f"selected on validation: epoch {best['selected_epoch']} (round {best['selected_round']}), "
               f"val AUC {best['best_val_auc']:.4f}; history in {folder / 'history.csv'}")
@@ -335,8 +482,15 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
     from salad_lite.experiment import load_run_description, replicate_dir
     from salad_lite.trainer import SaladTrainer
 
+    _check_run_dir(args.run_dir)
+    _check_device(args.device)
     cfg, split_file = load_run_description(args.run_dir)
     cfg = cfg.replace(train={"progress": False, **({"seed": args.seed} if args.seed is not None else {})})
+    if not (replicate_dir(args.run_dir, cfg) / "last.json").is_file():
+        seeds = (p.parent.name[4:] for p in (Path(args.run_dir) / cfg.data.dataset).glob("seed*/last.json"))
+        trained = sorted(int(seed) for seed in seeds if seed.isdigit())
+        raise FileNotFoundError(f"seed {cfg.train.seed} was never trained in {args.run_dir} (trained seeds: "
+                                f"{', '.join(map(str, trained)) or 'none'})")
     splits = _load_splits(cfg, split_file, progress=_progress(args))
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=replicate_dir(args.run_dir, cfg),
                            device=args.device)
@@ -378,6 +532,10 @@ def _image_paths(args: argparse.Namespace) -> tuple[list[Path], int]:
             raise ValueError(f"--folder {folder} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return paths, 0
     given = [Path(p).expanduser() for p in args.images]
+    folders = [p for p in given if p.is_dir()]
+    if folders:
+        raise IsADirectoryError(f"{folders[0]} is a folder, not an image: score the images under it with "
+                                f"--folder {folders[0]}")
     paths = [p for p in given if not is_hidden_or_system(p)]
     if not paths:
         raise ValueError(f"no image to score: the {len(given)} file(s) given are hidden or system files")
@@ -432,6 +590,9 @@ def _selection(cfg: SaladConfig, trainer: Any, folder: Path) -> dict[str, Any]:
 def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if bool(args.images) == (args.folder is not None):
         parser.error("argument IMAGES: give image files or --folder DIR (one of them)")
+    if args.out and Path(args.out).expanduser().is_dir():
+        parser.error(f"argument --out: {args.out} is a folder; give the CSV file to write, "
+                     f"e.g. {Path(args.out) / 'scores.csv'}")
     from salad_lite.data.base import CachedXrayDataset
     from salad_lite.experiment import replicate_dir
     from salad_lite.files import read_json, write_json_atomic, write_text_atomic
@@ -478,7 +639,6 @@ def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- entry points
-@data_script
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; argparse's errors and ``--help`` raise ``SystemExit`` (status 2 / 0).
 
@@ -488,15 +648,24 @@ def run(argv: Sequence[str] | None = None) -> int:
     Raises:
         SystemExit: a wrong argument (status 2, the argument named) or ``--help`` (status 0).
     """
+    import os
+
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    if args.command == "prepare":
-        return _prepare(args)
-    if args.command == "train":
-        return _train(args, parser)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    return _score(args, parser)
+    try:
+        if args.command == "prepare":
+            return _prepare(args)
+        if args.command == "train":
+            return _train(args, args.subparser)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _score(args, args.subparser)
+    except DATA_ERRORS as error:  # as salad_lite.cli_errors.data_script, printed by rank 0 only
+        if os.environ.get(TRACEBACK_ENV, "").strip() == "1":
+            raise
+        if _main_rank():
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_DATA_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

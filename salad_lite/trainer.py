@@ -46,6 +46,8 @@ single-process step on a global batch of W x ``batch_size`` images:
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import math
 import time
 import warnings
@@ -77,7 +79,7 @@ from salad_lite.distributed import (
     shard_sizes,
     world_size,
 )
-from salad_lite.files import CorruptFileError, remove_stale_temps
+from salad_lite.files import CorruptFileError, remove_stale_temps, write_json_atomic, write_text_atomic
 from salad_lite.losses import LossTerms, salad_loss, shard_terms
 from salad_lite.memory import MemoryBank
 from salad_lite.metrics import auc, auprc, binary_labels
@@ -465,6 +467,7 @@ class SaladTrainer:
             tensors["round.prototypes"] = self.round_prototypes.to(torch.uint8)
         meta["optimizer"] = _optimizer_meta(self.optimizer)
         save_checkpoint(self.run_dir / "last", tensors, meta)
+        write_history(self.run_dir, self.history)
 
     def _snapshot(self, round_index: int) -> None:
         """At the end of pretraining (round 0) and of each round, keep the memory and validation latents.
@@ -591,6 +594,27 @@ class _TrainingForward(nn.Module):
         """``x`` [B, 1, S, S], ``view_inputs`` [V B, 1, S, S] or None -> z [B, d], x_hat [B, 1, S, S], views [V B, d]."""
         z, x_hat = self.model(x)
         return z, x_hat, None if view_inputs is None else self.model.encode(view_inputs)
+
+
+def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
+    """``history.json`` and ``history.csv`` in ``folder``: one row per epoch, rewritten after every epoch.
+
+    Columns: ``epoch``, ``round``, then the other keys in the order they first
+    appear (loss terms, ``val_auc``..., ``seconds``). Both written atomically, so a
+    reader (``tail``, a notebook) never sees half a file.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    columns = ["epoch", "round"]
+    for record in history:
+        columns += [key for key in record if key not in columns]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_json_atomic(folder / "history.json", history, indent=2)
+    write_text_atomic(folder / "history.csv", text.getvalue())
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

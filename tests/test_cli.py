@@ -202,15 +202,15 @@ def test_prepare_folder_with_split_file_and_nih_seeded(capsys: pytest.CaptureFix
     names = [f"normal/normal{i}.png" for i in range(8)] + [f"abnormal/abnormal{i}.png" for i in range(4)]
     splits = ["train"] * 4 + ["val"] * 2 + ["test"] * 2 + ["val", "val", "test", "test"]
     pd.DataFrame({"File": names, "Set": splits}).to_csv(tmp_path / "split.csv", index=False)
-    argv = ["prepare", "folder", "--root", str(root), "--image-size", "16", "--split-file", str(tmp_path / "split.csv"),
+    argv = ["prepare", "folder", "--root", str(root), "--image-size", "32", "--split-file", str(tmp_path / "split.csv"),
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "split.csv" in out and "folder_mine_16px.npy" in out
+    assert "split.csv" in out and "folder_mine_32px.npy" in out
     table = out[out.index("abnormal_share"):]
     assert [line.split()[:4] for line in table.splitlines()[2:]] == \
         [["train", "4", "4", "0"], ["val", "4", "2", "2"], ["test", "4", "2", "2"]]
-    assert np.load(root / "_cache" / "folder_mine_16px.npy").shape == (12, 16, 16)
+    assert np.load(root / "_cache" / "folder_mine_32px.npy").shape == (12, 32, 32)
     _fails(capsys, ["prepare", "folder", "--root", str(tmp_path / "nowhere")], "nowhere", "does not exist")
 
 
@@ -239,8 +239,10 @@ def test_train_writes_the_run_folder_and_resumes(run: dict, capsys: pytest.Captu
 def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.CaptureFixture[str],
                             nih_root: Path, tmp_path: Path) -> None:
     folder = run["dir"] / "nih" / "seed0"
-    assert main(["score", "--run-dir", str(run["dir"]), "--seed", "1", "x.png"]) == 2  # seed 1 never trained
-    assert "trained to epoch 0 of 3" in capsys.readouterr().err
+    _fails(capsys, ["score", "--run-dir", str(run["dir"]), "--seed", "1", "x.png"],
+           f"seed 1 was never trained in {run['dir']} (trained seeds: 0)")
+    _fails(capsys, ["evaluate", "--run-dir", str(run["dir"]), "--seed", "7"], "seed 7 was never trained",
+           "(trained seeds: 0)")
 
     # score before evaluate: selection on validation, written; never the test split
     test_meta = seeded_splits["test"].metadata
@@ -280,3 +282,125 @@ def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.Captu
     by_name = dict(zip(table["path"].map(lambda p: Path(p).name), table["score"]))
     expected = [result["test_scores"][i] for i in range(4)]
     np.testing.assert_allclose([by_name[p.name] for p in picks], expected, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ a new user's mistakes
+def _class_folders(root: Path, names: tuple[str, str] = ("normal", "abnormal"),
+                   counts: tuple[int, int] = (8, 4)) -> None:
+    rng = np.random.default_rng(0)
+    for name, count in zip(names, counts):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(root / name / f"{name}{i}.png")
+
+
+def test_prepare_image_size_follows_the_config_rule(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = str(tmp_path / "r")
+    for dataset, size, fragment in (("nih", "100000", "from 32 to 4096"), ("nih", "7", "power of two"),
+                                    ("folder", "48", "power of two"), ("nih", "16", "from 32"),
+                                    ("mura", "32", "from 64 to 4096"), ("nih", "x", "got 'x'")):
+        _fails(capsys, ["prepare", dataset, "--root", root, "--image-size", size], "argument --image-size", fragment)
+    assert not Path(root).exists()
+
+
+def test_failed_train_writes_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, seeded_splits: dict) -> None:
+    run_dir = tmp_path / "r"
+    base = ["train", "--profile", "smoke", "--dataset", "nih", "--run-dir", str(run_dir), "--no-progress"]
+    _fails(capsys, [*base, "--device", "gpu"], "argument --device", "'gpu'")
+    _fails(capsys, ["evaluate", "--run-dir", str(run_dir), "--device", "gpu"], "argument --device")
+    _fails(capsys, ["score", "--run-dir", str(run_dir), "--device", "gpu", "x.png"], "argument --device")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for argv in ([*base, "--device", "cuda"], ["evaluate", "--run-dir", str(run_dir), "--device", "cuda"],
+                 ["score", "--run-dir", str(run_dir), "--device", "cuda:1", "x.png"]):
+        err = _fails(capsys, argv, "error: --device cuda", "CUDA is not available")
+        assert "Traceback" not in err
+    rows = pd.read_csv(_split_csv(seeded_splits, tmp_path / "s.csv"), dtype=str)
+    labels = {p: int(label) for ds in seeded_splits.values() for p, label in
+              zip(ds.metadata["path"], ds.metadata["label"])}
+    one_class = rows[~((rows["split"] == "test") & rows["image"].map(labels).eq(1))]  # test: normal images only
+    one_class.to_csv(tmp_path / "one.csv", index=False)
+    _fails(capsys, [*base, "--device", "cpu", "--split-file", str(tmp_path / "one.csv")], "split 'test'",
+           "both normal (0) and abnormal (1)")
+    assert not run_dir.exists()  # nothing recorded: the fixed command is not locked out
+    file_dir = tmp_path / "file"
+    file_dir.write_text("")
+    for argv in ([*base[:5], "--run-dir", str(file_dir)], ["evaluate", "--run-dir", str(file_dir)],
+                 ["score", "--run-dir", str(file_dir), "x.png"]):
+        _fails(capsys, argv, f"error: run folder {file_dir} is a file")
+
+
+def test_prepare_refuses_one_class_splits_and_counts_left_out(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    _class_folders(root)
+    names = [f"normal/normal{i}.png" for i in range(8)] + [f"abnormal/abnormal{i}.png" for i in range(4)]
+    base = ["prepare", "folder", "--root", str(root), "--no-progress", "--split-file", str(tmp_path / "s.csv")]
+    one = ["train"] * 4 + ["val"] * 2 + ["test"] * 2 + ["val"] * 4  # test: normal only
+    pd.DataFrame({"image": names, "split": one}).to_csv(tmp_path / "s.csv", index=False)
+    _fails(capsys, base, "split 'test'", "2 normal and 0 abnormal")
+    assert not (root / "_cache").exists()
+    fine = ["train"] * 3 + ["val"] * 2 + ["test"] * 2 + ["val", "test"]  # leaves 2 normal, 1 abnormal out
+    pd.DataFrame({"image": names[:7] + names[8:10], "split": fine}).to_csv(tmp_path / "s.csv", index=False)
+    assert main(base) == 0
+    assert "the split file leaves 3 of the dataset's 12 images out" in capsys.readouterr().out
+
+
+def test_messages_name_cli_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = tmp_path / "chest"
+    _class_folders(root, ("NORMAL", "PNEUMONIA"))
+    err = _fails(capsys, ["prepare", "folder", "--root", str(root), "--no-progress"], "--class-map")
+    assert "class_map=" not in err
+    assert main(["prepare", "folder", "--root", str(root), "--no-progress", "--class-map", "NORMAL=0",
+                 "--class-map", "PNEUMONIA=1"]) == 0
+    assert "folder_chest_256px.npy" in capsys.readouterr().out
+    _fails(capsys, ["prepare", "folder", "--root", str(root), "--class-map", "NORMAL"], "argument --class-map")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _fails(capsys, ["prepare", "nih", "--root", str(empty)], "pass --csv FILE")
+    assert "csv_path" not in err
+    (tmp_path / "bad.json").write_text("{not json")
+    err = _fails(capsys, ["train", "--config", str(tmp_path / "bad.json"), "--run-dir", str(tmp_path / "r")],
+                 "not valid JSON", "fix the file")
+    assert "delete it" not in err and not (tmp_path / "r").exists()
+
+
+def test_score_wrong_paths(run: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _fails(capsys, ["score", "--run-dir", str(run["dir"]), str(tmp_path)], "is a folder", f"--folder {tmp_path}")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(image)
+    _fails(capsys, ["score", "--run-dir", str(run["dir"]), str(image), "--out", str(tmp_path)],
+           f"argument --out: {tmp_path} is a folder", "usage: salad-lite score")
+
+
+def test_interrupted_train_says_how_to_resume(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from salad_lite.trainer import SaladTrainer
+
+    def interrupted(self: SaladTrainer) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SaladTrainer, "fit", interrupted)
+    code = main(["train", "--profile", "smoke", "--dataset", "nih", "--run-dir", str(tmp_path / "r"), "--device",
+                 "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted at epoch 0; rerun the same command to resume" in err
+    assert "Traceback" not in err
+
+
+def test_errors_printed_by_rank_0_only(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    assert main(["evaluate", "--run-dir", str(tmp_path / "nowhere")]) == 2
+    assert main(["train", "--run-dir", str(tmp_path), "--bogus"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    _fails(capsys, ["evaluate", "--run-dir", str(tmp_path / "nowhere")], "does not exist")
+
+
+def test_help_wording_and_post_parse_usage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["prepare", "folder", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "the your" not in out and "Prepare your own images" in out
+    _fails(capsys, ["train", "--profile", "smoke", "--run-dir", str(tmp_path)], "usage: salad-lite train",
+           "argument --profile: needs --dataset")

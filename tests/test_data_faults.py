@@ -190,7 +190,7 @@ def test_image_folder_ignores_apple_double_and_system_files(tmp_path: Path) -> N
     _png(tmp_path / ".Trashes" / "normal" / "t.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "unreadable file" warning: they are not listed at all
-        ds = ImageFolderXray(tmp_path, image_size=8)
+        ds = ImageFolderXray(tmp_path, image_size=8, patient_id_fn=lambda path: path.stem)
         cached = CachedXrayDataset.from_dataset(ds, progress=False, on_error="skip")
     assert len(ds) == 13 and len(cached) == 13
     assert not any(is_hidden_or_system(p) for p in ds.metadata["path"])
@@ -469,7 +469,7 @@ def _assert_main_fails_cleanly(capsys: pytest.CaptureFixture[str], script: str, 
 
 def test_prepare_nih_without_abnormal_images_subprocess(tmp_path: Path) -> None:
     root = _nih_folder(tmp_path / "nih", ["No Finding"] * 6)
-    result = _run_script("data_scripts/prepare_nih.py", "--root", str(root), "--view", "all", "--image-size", "8",
+    result = _run_script("data_scripts/prepare_nih.py", "--root", str(root), "--view", "all", "--image-size", "32",
                          "--no-progress")
     _assert_clean_failure(result, "no abnormal images")
     assert not (root / "_cache").exists()
@@ -492,7 +492,7 @@ def test_make_embedded_foreign_folder_subprocess(tmp_path: Path) -> None:
 
 def test_prepare_nih_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _nih_folder(tmp_path / "nih", ["No Finding", "Mass"] * 4)
-    args = ["--view", "all", "--image-size", "8", "--no-progress", "--cache-dir", str(tmp_path / "c")]
+    args = ["--view", "all", "--image-size", "32", "--no-progress", "--cache-dir", str(tmp_path / "c")]
     _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(tmp_path / "nowhere"), *args],
                                "not an existing folder")
     table = pd.read_csv(root / "Data_Entry_2017.csv", dtype=str)
@@ -504,8 +504,8 @@ def test_prepare_nih_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture
     table.to_csv(root / "Data_Entry_2017.csv", index=False)
     (tmp_path / "c").mkdir()
     for suffix, body in ((".npy", b"x"), (".csv", b"x"), (".json", b"{oops")):
-        (tmp_path / "c" / f"nih_all_8px{suffix}").write_bytes(body)
-    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), *args], "nih_all_8px.json",
+        (tmp_path / "c" / f"nih_all_32px{suffix}").write_bytes(body)
+    _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), *args], "nih_all_32px.json",
                                "not valid JSON")
     with pytest.raises(SystemExit) as caught:  # refused where it enters, as an argument
         _script("prepare_nih").main(["--root", str(root), "--anomaly-ratio", "1.5", *args])
@@ -515,7 +515,7 @@ def test_prepare_nih_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_prepare_mura_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _mura_csvs(tmp_path)
     (folder / "train_image_paths.csv").write_bytes(b"\xff\xfe not text")
-    args = ["--split-files", "train", "--image-size", "16", "--no-progress"]
+    args = ["--split-files", "train", "--image-size", "64", "--no-progress"]
     _assert_main_fails_cleanly(capsys, "prepare_mura", ["--root", str(tmp_path / "no"), *args],
                                "not a MURA v1.1 root")
     _assert_main_fails_cleanly(capsys, "prepare_mura", ["--root", str(tmp_path), *args],
@@ -567,7 +567,7 @@ def test_symlink_loops_are_listed_once_with_one_warning(tmp_path: Path) -> None:
     (root / "normal" / "loop").symlink_to("..", target_is_directory=True)  # back to the root: a loop
     (root / "normal" / "self").symlink_to(".", target_is_directory=True)
     with pytest.warns(DataWarning, match=r"2 linked folder\(s\).*first: .*normal/loop") as caught:
-        dataset = ImageFolderXray(root, image_size=8)
+        dataset = ImageFolderXray(root, image_size=8, patient_id_fn=lambda path: path.stem)
     assert len([w for w in caught if issubclass(w.category, DataWarning)]) == 1  # one listing, one warning
     assert len(dataset) == 12 and dataset.labels.tolist() == [0] * 6 + [1] * 6
     assert not any("loop" in p or "self" in p for p in dataset.metadata["path"])
@@ -673,7 +673,7 @@ def test_unsplittable_after_skipping_leaves_no_cache(tmp_path: Path, capsys: pyt
     root = _nih_folder(tmp_path / "nih", ["No Finding"] * 6 + ["Mass"] * 4)
     for k in range(7, 11):
         (root / "images" / f"{k:08d}_000.png").write_bytes(b"")  # every abnormal image unreadable
-    args = ["--root", str(root), "--view", "all", "--image-size", "8", "--no-progress"]
+    args = ["--root", str(root), "--view", "all", "--image-size", "32", "--no-progress"]
     with pytest.warns(DataWarning, match="skipped 4 of 10"):
         _assert_main_fails_cleanly(capsys, "prepare_nih", args, "no abnormal images")
     assert not (root / "_cache").exists()
@@ -836,7 +836,7 @@ def test_gather_images_refuses_indices_outside_the_dataset(tmp_path: Path) -> No
 @pytest.mark.parametrize(("option", "message"), [
     ("--seed=-1", "must be an int >= 0, got '-1'"),
     ("--seed=x", "must be an int >= 0, got 'x'"),
-    ("--image-size=0", "must be an int >= 1, got '0'"),
+    ("--image-size=0", "must be a power of two from 32 to 4096 for nih (arch conv; train refuses other sizes), got '0'"),
     ("--workers=two", "must be an int >= 1, got 'two'"),
     ("--max-train=-1", "must be an int >= 0, got '-1'"),
     ("--anomaly-ratio=1.5", "must be a number in [0, 1), got '1.5'"),

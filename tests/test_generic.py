@@ -38,7 +38,8 @@ def test_kermany_manifest_matches_csv() -> None:
 
 @needs_kermany
 def test_kermany_class_folders_with_class_map() -> None:
-    ds = ImageFolderXray(KERMANY, class_map={"NORMAL": 0, "PNEUMONIA": 1}, image_size=16)
+    with pytest.warns(DataWarning, match=r"image\(s\) have no patient id, so each counts as its own patient"):
+        ds = ImageFolderXray(KERMANY, class_map={"NORMAL": 0, "PNEUMONIA": 1}, image_size=16)
     manifest = pd.read_csv(KERMANY / "manifest.csv")
     assert sorted(ds.metadata["path"]) == sorted(manifest["file"])
     by_file = dict(zip(manifest["file"], manifest["label"]))
@@ -100,7 +101,8 @@ def test_manifest_defaults_missing_files_and_errors(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         ds = ManifestXray(tmp_path / "m.csv", image_size=8)
     messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
-    assert len(messages) == 1 and "dropped 1 of 4" in messages[0] and "gone.png" in messages[0]
+    assert len(messages) == 2 and "4 image(s) have no patient id" in messages[0]  # the documented default, counted
+    assert "dropped 1 of 4" in messages[1] and "gone.png" in messages[1]
     assert list(ds.patient_ids) == ["x1", "x2", "x3"]
     assert ds.metadata["finding"].tolist() == ["normal", "abnormal", "normal"]
     with pytest.raises(FileNotFoundError, match="1 of 4"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -195,3 +197,15 @@ def test_reconstruction_errors_match_a_per_image_reference():
             _, x_hat = trainer.model(x)
             assert errors[i] == pytest.approx(float(((x_hat - x) ** 2).mean()), rel=1e-5)
     assert errors.shape == (7,) and errors.dtype == np.float64
+
+
+def test_the_history_is_written_after_every_epoch(tmp_path):
+    """history.json / .csv beside the checkpoints, one row per epoch so far, epoch and round first."""
+    labels = np.zeros(20, dtype=np.int64)
+    data = ArrayDataset(blob_images(labels, seed=7), labels)
+    trainer = SaladTrainer(tiny_cfg(), data, None, run_dir=tmp_path, device="cpu")
+    for epoch in (1, 2):
+        trainer.fit(until_epoch=epoch)
+        rows = (tmp_path / "history.csv").read_text().splitlines()
+        assert len(rows) == 1 + epoch and rows[0].startswith("epoch,round,")
+        assert json.loads((tmp_path / "history.json").read_text()) == trainer.history

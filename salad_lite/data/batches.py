@@ -30,7 +30,7 @@ from salad_lite.data.base import parse_binary_labels
 from salad_lite.data.splits import check_patient_disjoint, patient_id_text, patient_ids_of
 
 __all__ = ["NonFiniteImageError", "OneClassSplitError", "check_finite_images", "check_splits", "dataset_labels",
-           "dataset_patient_ids", "gather_images", "image_batches"]
+           "dataset_patient_ids", "gather_images", "image_batches", "require_both_classes"]
 
 CHECK_BATCH = 256  # images per batch of the non-finite scan
 
@@ -246,12 +246,12 @@ def check_splits(
     for name, dataset in present.items():
         labels = dataset_labels(dataset, name)
         if name in both_classes:
-            _require_both_classes(labels, name)
+            require_both_classes(labels, name)
     for name, dataset in present.items():
         check_finite_images(dataset, name)
 
 
-def _require_both_classes(labels: np.ndarray, split: str) -> None:
+def require_both_classes(labels: np.ndarray, split: str) -> None:
     """Raise :class:`OneClassSplitError` unless ``labels`` (0/1 [N]) hold both classes."""
     n_abnormal = int(labels.sum())
     if n_abnormal == 0 or n_abnormal == len(labels):

@@ -37,6 +37,7 @@ file, rows and lines. Linked folders are followed once
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -52,13 +53,24 @@ from salad_lite.data.base import (
     read_text_csv,
     refuse_duplicate_files,
 )
-from salad_lite.data.io import is_hidden_or_system, list_files
+from salad_lite.data.io import DataWarning, is_hidden_or_system, list_files
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderXray", "ManifestXray"]
 
 #: File suffixes (lower case) that count as images in class folders.
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MANIFEST_COLUMNS: tuple[str, ...] = ("file", "label")
+
+
+def warn_image_wise_patients(count: int, source: str, remedy: str) -> None:
+    """The documented policy for images without a patient id, as one counted ``DataWarning``.
+
+    Each such image is its own patient (its id is the file stem), so the split is
+    image-wise there and leaks if a patient has several films.
+    """
+    warnings.warn(f"{source}: {count} image(s) have no patient id, so each counts as its own patient and the "
+                  f"split is image-wise there (it leaks if a patient has several films): {remedy}",
+                  DataWarning, stacklevel=3)
 
 
 def _stem(path: Path) -> str:
@@ -148,6 +160,9 @@ class ImageFolderXray(XrayDataset):
                 for p in files
             ]
         refuse_duplicate_files([row["path"] for row in rows], f"image folder {root_path}", root_path)
+        if patient_id_fn is None:
+            warn_image_wise_patients(len(rows), f"image folder {root_path}", "pass patient_id_fn, or use a "
+                                     "manifest.csv with a patient_id column")
         self.class_map = dict(class_map)
         super().__init__(pd.DataFrame(rows), image_size=image_size, root=root_path, preprocess=preprocess)
 
@@ -213,6 +228,9 @@ class ManifestXray(XrayDataset):
         stems = meta["path"].map(lambda f: Path(f).stem)
         blank = pd.Series("", index=meta.index, dtype=object)
         patients = meta["patient_id"].str.strip() if "patient_id" in meta.columns else blank
+        if (patients == "").any():
+            warn_image_wise_patients(int((patients == "").sum()), f"manifest {csv_path}",
+                                     "fill its patient_id column")
         meta["patient_id"] = patients.where(patients != "", stems)
         default_finding = meta["label"].map({0: "normal", 1: "abnormal"})
         findings = meta["finding"] if "finding" in meta.columns else blank
