@@ -313,7 +313,7 @@ def test_prepare_script(synth: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "--anomaly-ratio" in capsys.readouterr().out
     assert script.main(["--root", str(tmp_path / "nowhere")]) == 2
     assert "train_image_paths.csv" in capsys.readouterr().err
-    args = ["--root", str(synth), "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+    args = ["--root", str(synth), "--image-size", "64", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
             "--anomaly-ratio", "0.1", "--workers", "2"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)  # nothing is dropped on a complete set
@@ -325,6 +325,6 @@ def test_prepare_script(synth: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     cached = list((tmp_path / "cache").glob("*.npy"))
     assert len(cached) == 1
     images = np.load(cached[0])
-    assert images.dtype == np.uint8 and images.shape == (len(read_mura_metadata(synth)), 32, 32)
+    assert images.dtype == np.uint8 and images.shape == (len(read_mura_metadata(synth)), 64, 64)
     assert script.main(args) == 0  # second run: from the cache
     assert "existing cache" in capsys.readouterr().out

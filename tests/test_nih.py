@@ -100,11 +100,11 @@ def test_load_splits_on_real_subset_and_prepare_script(tmp_path: Path, capsys: p
     spec = importlib.util.spec_from_file_location("prepare_nih", REPO / "data_scripts" / "prepare_nih.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    code = module.main(["--root", str(NIH_SUBSET), "--view", "PA", "--image-size", "16",
+    code = module.main(["--root", str(NIH_SUBSET), "--view", "PA", "--image-size", "32",
                         "--cache-dir", str(tmp_path / "c2"), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "train" in out and "abnormal" in out
-    assert (tmp_path / "c2" / "nih_PA_16px.npy").is_file()
+    assert (tmp_path / "c2" / "nih_PA_32px.npy").is_file()
     assert module.main(["--root", str(tmp_path / "nowhere")]) == 2
     assert "not an existing folder" in capsys.readouterr().err
 
