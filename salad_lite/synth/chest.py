@@ -1136,17 +1136,26 @@ class ChestRenderer:
             image[row:row + h, col:col + w] = np.maximum(region, 0.97 * mask[: region.shape[0], : region.shape[1]])
         return image
 
+    def lesions(self, spec: ChestImageSpec) -> list[LesionDelta]:
+        """The lesions of ``spec`` (one per finding, in order), drawn as :meth:`render` draws them."""
+        rng = np.random.default_rng([spec.seed, spec.index])
+        return [build_lesion(self.phantom, finding, severity, rng)
+                for finding, severity in zip(spec.findings, spec.severities)]
+
+    def intensity(self, spec: ChestImageSpec, size: int, lesions: Sequence[LesionDelta]) -> np.ndarray:
+        """float32 ``[size, size]`` displayed intensity in ``[0, 1]`` of ``spec`` with exactly ``lesions``
+        inserted (any subset of :meth:`lesions`), before the rounding to 8 bits; same noise for every subset."""
+        noise_rng = np.random.default_rng([spec.seed, spec.index, 1])
+        path = self.path_length(spec.pose_id, spec.imaging, lesions)
+        return self._display(self._warp(path, spec.pose_id, spec.imaging, size), spec.imaging, noise_rng)
+
     def render(self, spec: ChestImageSpec, size: int, lesions_on: bool = True) -> tuple[np.ndarray, list[LesionDelta]]:
         """One image: uint8 ``[size, size]`` and the lesions inserted (empty for a normal image).
 
         ``lesions_on=False`` renders the same image (same pose, parameters and noise) without them.
         """
-        rng = np.random.default_rng([spec.seed, spec.index])
-        lesions = [build_lesion(self.phantom, finding, severity, rng)
-                   for finding, severity in zip(spec.findings, spec.severities)]
-        noise_rng = np.random.default_rng([spec.seed, spec.index, 1])
-        path = self.path_length(spec.pose_id, spec.imaging, lesions if lesions_on else ())
-        image = self._display(self._warp(path, spec.pose_id, spec.imaging, size), spec.imaging, noise_rng)
+        lesions = self.lesions(spec)
+        image = self.intensity(spec, size, lesions if lesions_on else ())
         return np.round(image * 255.0).astype(np.uint8), lesions
 
 
