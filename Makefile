@@ -30,7 +30,8 @@ test: setup
 # make chapters                execute every chapter of _toc.yml (papermill) into _build/executed/
 # make chapter NB=book/06_eval_nih.ipynb PROFILE=full DATASET=nih DATA_ROOT=/data/nih DEVICE=cuda
 # make html                    build _build/html from the executed chapters (execution off, warnings = errors)
-# make pages                   open the built pages in headless Chromium: screenshots in _build/page_checks/
+# make pages                   open the built pages in headless Chromium: screenshots in _build/page_checks/;
+#                              figures, sliders and chapter 5's explorers drawn, no network request made
 # Chapter 7 (MURA) reads MURA_ROOT; DATASET / DATA_ROOT steer the other chapters.
 MURA_ROOT ?=
 NB ?=
@@ -55,6 +56,7 @@ html: setup
 
 pages: setup
 	$(PY) scripts/check_pages.py _build/html/book/04_aggregation.html --min-plotly 1 --min-sliders 1 >/dev/null
+	$(PY) scripts/check_pages.py _build/html/book/05_scoring.html --min-explorers 2 --window 1280,9000 >/dev/null
 	$(PY) scripts/check_pages.py _build/html/book/0[1-7]_*.html --min-images 1 --window 1280,9000 >/dev/null
 	@echo "pages OK: screenshots in _build/page_checks/"
 

@@ -268,7 +268,9 @@ def drop_widgets(path: Path) -> int:
 
     A widget (a tqdm.notebook bar run with ``--progress-bars``, or one a reader adds)
     makes myst-nb load the widget manager and require.js from a CDN, which breaks the
-    offline book; its ``text/plain`` fallback, if any, stays as text.
+    offline book; its ``text/plain`` fallback, if any, stays as text. Chapter 5's
+    explorers (``salad_lite.explorers``) put a static figure (``text/html``) beside
+    their widget in the same output: that figure is what the page shows.
     """
     import nbformat
 

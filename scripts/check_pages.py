@@ -3,6 +3,7 @@
     python scripts/check_pages.py _build/html/book/04_aggregation.html --out _build/page_checks \\
         --min-plotly 1 --min-sliders 1
     python scripts/check_pages.py _build/html/book/06_eval_nih.html --min-images 2 --window 1280,9000
+    python scripts/check_pages.py _build/html/book/05_scoring.html --min-explorers 2
 
 For every page it
 1. reads the HTML file: lists ``<script src>`` / stylesheet links that leave the
@@ -11,8 +12,15 @@ For every page it
    counts in the rendered DOM the plotly containers (``plotly-graph-div``, present in
    the HTML), the figures that plotly.js actually drew (``js-plotly-plot`` and
    ``main-svg``, added by plotly.js in the browser), the slider groups
-   (``slider-container``) and the ``<img>`` figures, whose local files must exist;
-3. writes ``<out>/<page>.png`` and ``<out>/<page>.dom.html``.
+   (``slider-container``), the ``<img>`` figures, whose local files must exist, and
+   the explorers of chapter 5 (``salad_lite.explorers``): static explorer figures
+   (``<figure class="salad-explorer">`` holding an ``<img>``) plus widgets a widget
+   manager rendered (``jupyter-widgets``);
+3. records every request the page itself made in the browser (Chromium's network
+   log, ``--log-net-log``; requests of the browser's own services, whose initiator
+   is "not an origin", are left out): any http(s)/ws(s) URL, e.g. a CDN script
+   added at run time, is a problem even though the blocked network made it fail;
+4. writes ``<out>/<page>.png`` and ``<out>/<page>.dom.html``.
 
 Exit status 0 when every page meets the ``--min-*`` expectations and loads nothing
 from the network, 1 otherwise, 2 when no Chromium is installed (install it with
@@ -39,6 +47,10 @@ CHROMIUM_FLAGS = (
 )
 _IMG_SRC = re.compile(r"""<img\b[^>]*?\bsrc\s*=\s*["']([^"']+)["']""", re.I)
 _EXTERNAL = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""", re.I)
+_EXPLORER_FIGURE = re.compile(
+    r"""<figure\b[^>]*?\bclass\s*=\s*["'][^"']*\bsalad-explorer\b[^"']*["'][^>]*>(.*?)</figure>""", re.I | re.S)
+NETWORK_SCHEMES = ("http:", "https:", "ws:", "wss:", "ftp:")
+BROWSER_INITIATOR = "not an origin"  # the initiator Chromium records for its own service requests
 
 
 @dataclass
@@ -50,6 +62,9 @@ class PageReport:
     plotly_svgs: int = 0  # main-svg layers drawn by plotly.js
     sliders: int = 0  # slider-container groups drawn by plotly.js
     images: int = 0  # <img> elements (matplotlib figures, diagrams)
+    explorer_figures: int = 0  # static explorer figures with an image (<figure class="salad-explorer">)
+    widgets_rendered: int = 0  # widget views drawn by a widget manager (class jupyter-widgets)
+    network_requests: list[str] = field(default_factory=list)  # URLs the page requested in the browser
     broken_images: list[str] = field(default_factory=list)  # local <img src> files that do not exist
     screenshot: str = ""
     problems: list[str] = field(default_factory=list)
@@ -87,10 +102,51 @@ def missing_images(dom: str, page: Path) -> list[str]:
                    and not Path(src).exists()})
 
 
+def explorer_figures(dom: str) -> int:
+    """Static explorer figures (``<figure class="salad-explorer">``) that hold an ``<img>`` with a source."""
+    return sum(1 for inner in _EXPLORER_FIGURE.findall(dom) if _IMG_SRC.search(inner))
+
+
+def page_requests(netlog: Path) -> list[str]:
+    """Network URLs (http, https, ws, wss, ftp) that the page requested, from a Chromium ``--log-net-log`` file.
+
+    Every ``URL_REQUEST_START_JOB`` event counts except those whose initiator is
+    "not an origin": Chromium's own service requests (updates, clock, accounts),
+    which no page makes. A page opened from ``file://`` has the initiator "null".
+
+    Raises:
+        ValueError: the file is not a Chromium network log (the message names it).
+    """
+    import json
+
+    text = netlog.read_text(errors="replace")
+    try:
+        log = json.loads(text)
+    except json.JSONDecodeError:
+        try:  # a log cut short when the browser ended: its events list is left open
+            log = json.loads(text.rstrip().rstrip(",") + "]}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{netlog} is not a Chromium network log ({err})") from None
+    try:
+        start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{netlog} is not a Chromium network log (no URL_REQUEST_START_JOB constant)") from None
+    urls = set()
+    for event in log.get("events", []):
+        params = event.get("params") or {}
+        url = str(params.get("url", ""))
+        if (event.get("type") == start_job and params.get("initiator") != BROWSER_INITIATOR
+                and url.lower().startswith(NETWORK_SCHEMES)):
+            urls.add(url)
+    return sorted(urls)
+
+
 def analyse_dom(dom: str) -> dict[str, int]:
-    """Counts of plotly elements and images in a rendered DOM (see the module docstring)."""
+    """Counts of plotly elements, images and explorers in a rendered DOM (see the module docstring)."""
     return {
         "images": len(_IMG_SRC.findall(dom)),
+        "explorer_figures": explorer_figures(dom),
+        "widgets_rendered": _class_count(dom, "jupyter-widgets"),
         "plotly_divs": _class_count(dom, "plotly-graph-div"),
         "plotly_rendered": _class_count(dom, "js-plotly-plot"),
         "plotly_svgs": _class_count(dom, "main-svg"),
@@ -98,13 +154,20 @@ def analyse_dom(dom: str) -> dict[str, int]:
     }
 
 
-def render(browser: str, page: Path, screenshot: Path, window: str, budget_ms: int, timeout_s: float) -> str:
-    """Rendered DOM of ``page``; writes its screenshot. Raises RuntimeError when Chromium fails."""
+def render(browser: str, page: Path, screenshot: Path, window: str, budget_ms: int, timeout_s: float,
+           netlog: Path | None = None) -> str:
+    """Rendered DOM of ``page``; writes its screenshot (and Chromium's network log to ``netlog``).
+
+    Raises:
+        RuntimeError: Chromium fails.
+    """
     with tempfile.TemporaryDirectory(prefix="check_pages_") as profile:
         cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window}",
-               f"--virtual-time-budget={budget_ms}", f"--screenshot={screenshot}", "--dump-dom",
-               page.resolve().as_uri()]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+               f"--virtual-time-budget={budget_ms}", f"--screenshot={screenshot}", "--dump-dom"]
+        if netlog is not None:
+            cmd += [f"--log-net-log={netlog}", "--net-log-capture-mode=Default"]
+        result = subprocess.run([*cmd, page.resolve().as_uri()], capture_output=True, text=True,
+                                timeout=timeout_s)
     if result.returncode != 0 or "<html" not in result.stdout.lower():
         tail = "\n".join(result.stderr.splitlines()[-5:])
         raise RuntimeError(f"{browser} failed on {page} (exit {result.returncode}): {tail}")
@@ -112,7 +175,7 @@ def render(browser: str, page: Path, screenshot: Path, window: str, budget_ms: i
 
 
 def check_page(browser: str, page: Path, out_dir: Path, *, min_plotly: int = 0, min_sliders: int = 0,
-               min_images: int = 0,
+               min_images: int = 0, min_explorers: int = 0,
                window: str = "1280,2400", budget_ms: int = 8000, timeout_s: float = 120) -> PageReport:
     """Screenshot ``page`` and check it (see the module docstring)."""
     report = PageReport(page=str(page))
@@ -125,11 +188,20 @@ def check_page(browser: str, page: Path, out_dir: Path, *, min_plotly: int = 0, 
                                f"{report.external_resources}")
     out_dir.mkdir(parents=True, exist_ok=True)
     shot = out_dir / f"{page.stem}.png"
+    netlog = out_dir / f"{page.stem}.netlog.json"
+    netlog.unlink(missing_ok=True)
     try:
-        dom = render(browser, page, shot, window, budget_ms, timeout_s)
+        dom = render(browser, page, shot, window, budget_ms, timeout_s, netlog)
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         report.problems.append(str(err))
         return report
+    try:
+        report.network_requests = page_requests(netlog)
+    except (OSError, ValueError) as err:
+        report.problems.append(f"could not read the browser's network log: {err}")
+    if report.network_requests:
+        report.problems.append(f"requested {len(report.network_requests)} URL(s) from the network in the browser: "
+                               f"{report.network_requests}")
     (out_dir / f"{page.stem}.dom.html").write_text(dom)
     report.screenshot = str(shot) if shot.is_file() else ""
     if not report.screenshot:
@@ -145,6 +217,10 @@ def check_page(browser: str, page: Path, out_dir: Path, *, min_plotly: int = 0, 
         report.problems.append(f"{report.sliders} plotly slider(s), expected at least {min_sliders}")
     if report.images < min_images:
         report.problems.append(f"{report.images} image(s), expected at least {min_images}")
+    explorers = report.explorer_figures + report.widgets_rendered
+    if explorers < min_explorers:
+        report.problems.append(f"{explorers} explorer(s) shown ({report.explorer_figures} static figure(s), "
+                               f"{report.widgets_rendered} rendered widget(s)), expected at least {min_explorers}")
     report.broken_images = missing_images(dom, page)
     if report.broken_images:
         report.problems.append(f"{len(report.broken_images)} image file(s) missing: {report.broken_images}")
@@ -158,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-plotly", type=int, default=0, help="plotly figures every page must have")
     parser.add_argument("--min-sliders", type=int, default=0, help="plotly sliders every page must have")
     parser.add_argument("--min-images", type=int, default=0, help="<img> figures every page must have")
+    parser.add_argument("--min-explorers", type=int, default=0,
+                        help="explorers (static explorer figures or rendered widgets) every page must show")
     parser.add_argument("--window", default="1280,2400", help="browser window WIDTH,HEIGHT in pixels")
     parser.add_argument("--budget-ms", type=int, default=8000, help="virtual time the page may run its scripts")
     args = parser.parse_args(argv)
@@ -167,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     reports = [check_page(browser, page, args.out, min_plotly=args.min_plotly, min_sliders=args.min_sliders,
-                          min_images=args.min_images, window=args.window, budget_ms=args.budget_ms) for page in args.pages]
+                          min_images=args.min_images, min_explorers=args.min_explorers, window=args.window,
+                          budget_ms=args.budget_ms) for page in args.pages]
     print(json.dumps([{**asdict(r), "ok": r.ok} for r in reports], indent=2))
     for r in reports:
         for problem in r.problems:

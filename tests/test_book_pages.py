@@ -1,9 +1,13 @@
 """The book pipeline end to end on a one-page book: papermill -> jupyter-book -> headless Chromium.
 
 The page holds a plotly figure with a round slider (``viz.umap_rounds_figure``)
-shown through ``viz.show_plotly``. Checks: the page loads the local plotly.js
-exactly once and nothing from a CDN, and in a real browser (network blocked)
-plotly.js draws the figure and its slider. Skips without Chromium or jupyter-book.
+shown through ``viz.show_plotly``, a matplotlib figure and an explorer of chapter 5
+(``salad_lite.explorers``: a live widget plus its static figure in one output).
+Checks: the page loads the local plotly.js exactly once and nothing from a CDN, and
+in a real browser (network blocked) plotly.js draws the figure and its slider, the
+explorer shows as its static figure (the widget output is dropped by the build) and
+the page requests no network URL (Chromium's network log). Skips without Chromium
+or jupyter-book.
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ import matplotlib.pyplot as plt
 
 plt.plot([0, 1], [0, 1])
 plt.show()"""
+EXPLORER = """\
+import numpy as np
+from salad_lite import explorers
+
+rng = np.random.default_rng(1)
+labels = np.r_[np.zeros(30, int), np.ones(10, int)]
+scores = rng.random(40) + 0.5 * labels
+grid = {(5, True): scores, (5, False): scores[::-1].copy()}
+figure = explorers.confusion_figure(grid, labels, [(5, True)], (50, 90))
+widget = explorers.threshold_explorer_widget(grid, labels)
+explorers.show_explorer(widget, figure, "threshold", "a threshold explorer")"""
 
 
 def _make_book(root: Path) -> None:
@@ -47,7 +62,8 @@ def _make_book(root: Path) -> None:
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/01_plotly\n")
     param_cell = new_code_cell(PARAMETERS)
     param_cell.metadata["tags"] = ["parameters"]
-    cells = [new_markdown_cell("# Plotly page"), param_cell, new_code_cell(FIGURE), new_code_cell(MATPLOTLIB)]
+    cells = [new_markdown_cell("# Plotly page"), param_cell, new_code_cell(FIGURE), new_code_cell(MATPLOTLIB),
+             new_code_cell(EXPLORER)]
     nb = new_notebook(cells=cells,
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(nb, root / "book" / "01_plotly.ipynb")
@@ -88,18 +104,36 @@ def test_page_uses_local_plotly_once_and_no_cdn(built_page: Path) -> None:
     assert local_js.stat().st_size == shipped.stat().st_size
     # the default parameters cell is removed, papermill's injected values are shown
     assert "runs/test-run" in html and "runs/default" not in html
+    # the explorer: its static figure stands in the page, no widget (nor a widget manager) is left
+    assert html.count('<figure class="salad-explorer" data-explorer="threshold">') == 1
+    assert "data:image/png;base64," in html
+    for absent in ("widget-view+json", "require.js", "html-manager", "embed-amd"):  # thebe names unpkg, unused
+        assert absent not in html, absent
+
+
+def test_staged_chapter_keeps_the_explorer_figure_and_drops_its_widget(built_page: Path) -> None:
+    executed = built_page.parents[2] / "executed" / "book" / "01_plotly.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/html" in o.get("data", {})
+               and "salad-explorer" in o["data"]["text/html"]]
+    assert len(outputs) == 1
+    assert build_book.WIDGET_MIME not in outputs[0]["data"] and "widgets" not in nb.metadata  # dropped for the book
 
 
 def test_plotly_figure_and_slider_render_in_chromium(built_page: Path, tmp_path: Path) -> None:
     browser = check_pages.find_browser()
     if browser is None:
         pytest.skip("no Chromium installed (apt-get install chromium)")
-    report = check_pages.check_page(browser, built_page, tmp_path, min_plotly=1, min_sliders=1, min_images=1,
-                                    window="1100,1400", budget_ms=5000)
+    report = check_pages.check_page(browser, built_page, tmp_path, min_plotly=1, min_sliders=1, min_images=2,
+                                    min_explorers=1, window="1100,1400", budget_ms=5000)
     assert report.ok, report.problems
-    assert report.images >= 1 and report.broken_images == []
+    assert report.images >= 2 and report.broken_images == []
+    assert report.explorer_figures == 1 and report.widgets_rendered == 0 and report.network_requests == []
     missing = check_pages.check_page(browser, built_page, tmp_path, min_images=5, window="800,600", budget_ms=2000)
     assert not missing.ok and "expected at least 5" in " ".join(missing.problems)
+    absent = check_pages.check_page(browser, built_page, tmp_path, min_explorers=2, window="800,600",
+                                    budget_ms=2000)
+    assert "1 explorer(s) shown (1 static figure(s), 0 rendered widget(s)), expected at least 2" in absent.problems
     assert report.plotly_rendered == 1 and report.sliders >= 1 and report.plotly_svgs >= 1
     assert Path(report.screenshot).stat().st_size > 10_000
 
@@ -107,9 +141,41 @@ def test_plotly_figure_and_slider_render_in_chromium(built_page: Path, tmp_path:
 def test_analyse_dom_counts_classes() -> None:
     dom = ('<div class="plotly-graph-div js-plotly-plot" id="a"><svg class="main-svg"></svg>'
            '<g class="slider-container"></g></div><div class="plotly-graph-div"></div>'
-           '<div class="not-plotly-graph-div"></div><img alt="" src="../_images/fig.png">')
-    assert check_pages.analyse_dom(dom) == {"images": 1, "plotly_divs": 2, "plotly_rendered": 1, "plotly_svgs": 1,
-                                            "sliders": 1}
+           '<div class="not-plotly-graph-div"></div><img alt="" src="../_images/fig.png">'
+           '<figure class="salad-explorer" data-explorer="films"><img src="data:image/png;base64,AA">'
+           '<figcaption>x</figcaption></figure><figure class="salad-explorer"><figcaption>no image</figcaption>'
+           '</figure><div class="jupyter-widgets widget-vbox"></div>')
+    assert check_pages.analyse_dom(dom) == {"images": 2, "explorer_figures": 1, "widgets_rendered": 1,
+                                            "plotly_divs": 2, "plotly_rendered": 1, "plotly_svgs": 1, "sliders": 1}
+
+
+def _netlog(events: list[dict], *, cut: bool = False) -> str:
+    import json
+
+    text = json.dumps({"constants": {"logEventTypes": {"URL_REQUEST_START_JOB": 7, "CORS_REQUEST": 3}},
+                       "events": events})
+    return text[: -len("]}")] + "," if cut else text  # a log cut short ends inside its events list
+
+
+def test_page_requests_lists_the_pages_network_urls_only(tmp_path: Path) -> None:
+    events = [
+        {"type": 7, "params": {"url": "https://cdn.jsdelivr.net/npm/require.js", "initiator": "null"}},
+        {"type": 7, "params": {"url": "https://unpkg.com/x.js", "initiator": "https://example.org"}},
+        {"type": 7, "params": {"url": "https://update.googleapis.com/u", "initiator": "not an origin"}},
+        {"type": 3, "params": {"url": "https://other.example/y.js"}},  # not a job start: counted once, there
+        {"type": 7, "params": {"url": "file:///book/_static/plotly.min.js", "initiator": "null"}},
+        {"type": 7, "params": {"url": "data:image/png;base64,AA", "initiator": "null"}},
+        {"type": 7, "params": {"url": "https://cdn.jsdelivr.net/npm/require.js", "initiator": "null"}}]
+    log = tmp_path / "net.json"
+    for cut in (False, True):
+        log.write_text(_netlog(events, cut=cut))
+        assert check_pages.page_requests(log) == ["https://cdn.jsdelivr.net/npm/require.js", "https://unpkg.com/x.js"]
+    log.write_text('{"events": []}')
+    with pytest.raises(ValueError, match="not a Chromium network log"):
+        check_pages.page_requests(log)
+    log.write_text("<html>")
+    with pytest.raises(ValueError, match="not a Chromium network log"):
+        check_pages.page_requests(log)
 
 
 def test_missing_images_names_local_files_that_do_not_exist(tmp_path: Path) -> None:
