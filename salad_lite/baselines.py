@@ -84,7 +84,9 @@ def pca_baseline(splits: dict[str, Any], component_grid: Sequence[int] = DEFAULT
                  max_size: int = 64) -> dict[str, Any]:
     """Fit on the normal training images, choose the component count on validation, score the test split once.
 
-    Returns ``{"n_components", "val_auc", "grid": [{"n_components", "val_auc"}], "test_auc", "test_auprc"}``.
+    Returns ``{"n_components", "val_auc", "grid": [{"n_components", "val_auc"}], "test_auc", "test_auprc",
+    "test_scores"}``; ``test_scores`` is the list of the M test images' squared residuals (floats, test
+    order, higher = more abnormal), for results per finding (:func:`salad_lite.report.per_finding_auc`).
 
     Raises:
         salad_lite.data.splits.PatientLeakError: a patient is in two splits
@@ -104,4 +106,5 @@ def pca_baseline(splits: dict[str, Any], component_grid: Sequence[int] = DEFAULT
     model = PCAReconstruction(best["n_components"]).fit(train)
     scores = model.decision_function(pixel_vectors(splits["test"], max_size))
     return {"n_components": best["n_components"], "val_auc": best["val_auc"], "grid": grid,
-            "test_auc": auc(test_labels, scores), "test_auprc": auprc(test_labels, scores)}
+            "test_auc": auc(test_labels, scores), "test_auprc": auprc(test_labels, scores),
+            "test_scores": [float(v) for v in scores]}

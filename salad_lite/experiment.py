@@ -315,7 +315,7 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     ``reconstruction_test_auc`` / ``_auprc`` score the same selected models by their
     reconstruction error instead of Eq. 4 (a baseline: what the latent adds);
     ``pca_baseline`` is the raw-pixel reference of :func:`salad_lite.baselines.pca_baseline`
-    (cached in ``run_dir/<dataset>/pca_baseline.json``).
+    (cached in ``run_dir/<dataset>/pca_baseline.json``, with its per-image ``test_scores``).
 
     Writes ``run_dir/<dataset>/metrics.json`` and returns the same dict.
 
@@ -352,15 +352,27 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
 def _pca_baseline_once(splits: dict[str, Any], path: Path) -> dict[str, Any]:
     """:func:`pca_baseline` of ``splits``, computed once and stored in ``path`` with the splits' fingerprint.
 
-    Deterministic and replicate-free: the test split is scored once.
+    Deterministic and replicate-free: the test split is scored once. The stored dict
+    holds the per-image ``test_scores`` [M] (test order); a file written by an older
+    salad_lite without them is recomputed and rewritten (same splits, same numbers).
 
     Raises:
-        salad_lite.files.CorruptFileError: ``path`` is damaged or lacks ``test_auc`` (named).
+        salad_lite.files.CorruptFileError: ``path`` is damaged, lacks ``test_auc``, or its
+            ``test_scores`` are not M finite numbers (named).
         ValueError: ``path`` was computed from other splits (named).
     """
     fingerprint = splits_fingerprint(splits)
-    if not path.exists():
-        write_json_atomic(path, {**pca_baseline(splits), "splits_sha256": fingerprint}, indent=2)
+    if path.exists():
+        stored = _stored_pca_baseline(path, fingerprint)
+        if "test_scores" in stored:
+            _check_pca_scores(stored["test_scores"], len(splits["test"]), path)
+            return stored
+    write_json_atomic(path, {**pca_baseline(splits), "splits_sha256": fingerprint}, indent=2)
+    return _stored_pca_baseline(path, fingerprint)
+
+
+def _stored_pca_baseline(path: Path, fingerprint: str) -> dict[str, Any]:
+    """The dict stored in ``path``, checked to hold ``test_auc`` and to belong to these splits."""
     stored = read_json(path, "PCA baseline result")
     if not isinstance(stored, dict) or "test_auc" not in stored:
         raise CorruptFileError(f"PCA baseline result {path} lacks 'test_auc'; delete it to recompute")
@@ -368,6 +380,16 @@ def _pca_baseline_once(splits: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} was computed from other splits (images, labels or patients differ); "
                          "use another run folder, or delete it to recompute")
     return stored
+
+
+def _check_pca_scores(scores: Any, n_test: int, path: Path) -> None:
+    """Refuse stored PCA test scores that are not ``n_test`` finite numbers (the file named)."""
+    ok = isinstance(scores, list) and len(scores) == n_test and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in scores)
+    if not ok:
+        what = f"{len(scores)} values" if isinstance(scores, list) else type(scores).__name__
+        raise CorruptFileError(f"PCA baseline result {path}: 'test_scores' must be {n_test} finite numbers "
+                               f"(one per test image), got {what}; delete it to recompute")
 
 
 def splits_for(cfg: SaladConfig, progress: bool = True) -> dict[str, Any]:

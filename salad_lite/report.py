@@ -7,16 +7,18 @@ that show them are in :mod:`salad_lite.viz`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
 from salad_lite.config import Profile, SaladConfig, paper_config, profile_config
+from salad_lite.metrics import auc, binary_labels, mean_ci
 
-__all__ = ["PAPER_TABLE1", "TABLE1_DATASETS", "differences_from_paper", "metric_lines", "paper_comparison",
-           "paper_row", "profile_table", "results_table", "summary_curves"]
+__all__ = ["ANY_FINDING", "DEFAULT_SEVERITY_BINS", "MIN_FINDING_IMAGES", "PAPER_TABLE1", "TABLE1_DATASETS",
+           "differences_from_paper", "metric_lines", "paper_comparison", "paper_row", "per_finding_auc",
+           "per_finding_text", "profile_table", "results_table", "summary_curves"]
 
 TABLE1_DATASETS = ("nih", "mura")
 
@@ -200,3 +202,260 @@ def profile_table(dataset: str = "nih") -> pd.DataFrame:
             "replicates": c.data.replicates,
         }
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- results per finding
+#: The first row of :func:`per_finding_auc`: every abnormal test image against the normal ones.
+ANY_FINDING = "any finding"
+#: Fewest abnormal (and normal) test images a row needs for its AUC; below, the AUC is NaN and ``note`` says why.
+MIN_FINDING_IMAGES = 5
+#: Severity bin edges of :func:`per_finding_auc`: thirds of [0, 1] (subtle, moderate, obvious).
+DEFAULT_SEVERITY_BINS: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
+_NORMAL_NAMES = frozenset({"", "no finding", "normal", "none"})
+
+
+def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
+                    findings: Sequence[str | Sequence[str]],
+                    severity: Sequence[float | Mapping[str, float] | None] | None = None,
+                    bins: Sequence[float] = DEFAULT_SEVERITY_BINS, *, min_images: int = MIN_FINDING_IMAGES,
+                    shared_by_normals: bool = False) -> pd.DataFrame:
+    """Test AUC per finding (and per severity bin): the normal test images against each finding's test images.
+
+    Every row compares a set of abnormal test images with the normal ones, by the same
+    scores: the first row (:data:`ANY_FINDING`) takes every abnormal image (its AUC is
+    the split's test AUC), then one row per finding, most frequent first. An image
+    with several findings (a multi-label NIH film) counts under each of them. With
+    ``severity``, each of these rows is followed by one row per bin of ``bins``
+    holding the abnormal images whose severity for that finding falls in the bin
+    (for :data:`ANY_FINDING`: an image's largest severity); bins are
+    ``[b0, b1], (b1, b2], ...``. A row with fewer than ``min_images`` abnormal or
+    normal images gets NaN AUCs and a ``note`` saying so: no finding is dropped.
+
+    Where a method gives several replicates' scores, its AUC is the mean over
+    replicates with the 95% half-width ``1.96 * std`` (:func:`salad_lite.metrics.mean_ci`);
+    a single run (the deterministic PCA baseline) has a NaN half-width.
+
+    Args:
+        test_labels: ``[M]`` 0 normal / 1 abnormal.
+        scores_by_method: method name -> scores ``[M]`` (one run) or ``[R, M]`` (R
+            replicates; a list of R sequences of M), higher = more abnormal (e.g.
+            ``{"SALAD": [r.test_scores for r in replicates], "PCA": pca["test_scores"]}``).
+        findings: ``[M]``: per image its finding names, as a tuple or as one
+            ``|``-separated text (``"Effusion|Mass"``). Normal images' entries are ignored,
+            unless ``shared_by_normals``.
+        severity: ``[M]`` or None: per image a mapping finding -> severity, or one
+            number for all its findings, or None / NaN for a normal image; every
+            finding of an abnormal image needs a finite severity inside ``bins``.
+        bins: increasing severity bin edges (at least 2), used only with ``severity``.
+        min_images: fewest abnormal and normal images a row needs (>= 1).
+        shared_by_normals: the findings are groups that normal images belong to as well
+            (MURA's body part, see :class:`salad_lite.data.findings.SplitFindings`): each
+            group's abnormal images are compared with the normal images of that group.
+
+    Returns:
+        DataFrame, one row per (finding, severity bin): ``finding``, ``severity``
+        (``"all"`` or the bin, e.g. ``"(0.33, 0.67]"``), ``n abnormal``, ``n normal``,
+        then per method ``<method> AUC`` and ``<method> 95% CI`` (in [0, 1]; NaN when
+        not scored or a single run), and ``note`` (empty when scored).
+
+    Raises:
+        ValueError: a label other than 0/1; ``findings``, ``severity`` or a method's
+            scores (per replicate) not of length M (both lengths named); no method, an
+            empty method name, or a score that is NaN/inf; an abnormal image with no
+            finding; a severity missing, not finite or outside ``bins`` (image and
+            finding named); ``bins`` not increasing; ``min_images`` < 1.
+        TypeError: a ``findings`` or ``severity`` entry of another type (position named).
+
+    Source: this book's protocol. ChestX-ray14 results are usually reported per finding
+    (Wang et al., CVPR 2017, for a supervised classifier); here the one-class scores of
+    the test split, each finding against the same normal images.
+    """
+    labels = binary_labels(np.asarray(test_labels).ravel(), "per_finding_auc", need_both=False)
+    m = len(labels)
+    scores = _method_scores(scores_by_method, m)
+    names = _per_image_findings(findings, labels, m, shared_by_normals)
+    if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+        raise ValueError(f"min_images must be an int >= 1, got {min_images!r}")
+    edges = _severity_bins(bins) if severity is not None else None
+    levels = _per_image_severity(severity, labels, names, m, edges) if severity is not None else None
+
+    abnormal = labels == 1
+    counts: dict[str, int] = {}
+    for i in np.flatnonzero(abnormal):
+        for name in names[i]:
+            counts[name] = counts.get(name, 0) + 1
+    groups = [ANY_FINDING] + sorted(counts, key=lambda g: (-counts[g], g))
+    rows = []
+    for group in groups:
+        if group == ANY_FINDING:
+            members = abnormal.copy()
+            normal = ~abnormal
+            level = np.array([max(levels[i].values()) if abnormal[i] else np.nan for i in range(m)]) \
+                if levels is not None else None
+        else:
+            member = np.array([group in n for n in names])
+            members = abnormal & member
+            normal = ~abnormal & (member if shared_by_normals else True)
+            level = np.array([levels[i].get(group, np.nan) for i in range(m)]) if levels is not None else None
+        rows.append(_auc_row(group, "all", labels, scores, members, normal, min_images))
+        if edges is not None and level is not None:
+            for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+                in_bin = (level >= lo if k == 0 else level > lo) & (level <= hi)
+                label = f"{'[' if k == 0 else '('}{lo:.2f}, {hi:.2f}]"
+                rows.append(_auc_row(group, label, labels, scores, members & in_bin, normal, min_images))
+    return pd.DataFrame(rows)
+
+
+def _method_scores(scores_by_method: Mapping[str, Any], m: int) -> dict[str, np.ndarray]:
+    """Method -> ``float64 [R, M]``, checked (names, lengths, finite values)."""
+    if not isinstance(scores_by_method, Mapping) or not scores_by_method:
+        raise ValueError("scores_by_method must map at least one method name to its test scores")
+    out = {}
+    for name, value in scores_by_method.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"method names must be non-empty text, got {name!r}")
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"scores of {name!r} are not an [M] or [R, M] array of numbers ({error})") from None
+        arr = arr[None] if arr.ndim == 1 else arr
+        if arr.ndim != 2 or arr.shape[0] < 1:
+            raise ValueError(f"scores of {name!r} must be [M] or [R, M], got shape {np.shape(value)}")
+        if arr.shape[1] != m:
+            raise ValueError(f"scores of {name!r} have {arr.shape[1]} values per run but test_labels has {m}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"scores of {name!r}: {int((~np.isfinite(arr)).sum())} value(s) are NaN or inf")
+        out[name] = arr
+    return out
+
+
+def _per_image_findings(findings: Sequence[Any], labels: np.ndarray, m: int,
+                        shared: bool) -> list[tuple[str, ...]]:
+    """Per image its finding names (normal images: none, unless ``shared``); checked."""
+    if isinstance(findings, str) or not hasattr(findings, "__len__"):
+        raise TypeError(f"findings must be a sequence of M = {m} entries, got {type(findings).__name__}")
+    if len(findings) != m:
+        raise ValueError(f"findings has {len(findings)} entries but test_labels has {m}")
+    names: list[tuple[str, ...]] = []
+    for i, entry in enumerate(findings):
+        if isinstance(entry, str):
+            parts = entry.split("|")
+        elif isinstance(entry, (tuple, list)) and all(isinstance(p, str) for p in entry):
+            parts = list(entry)
+        else:
+            raise TypeError(f"findings[{i}] must be text or a tuple of text, got {entry!r}")
+        kept = tuple(dict.fromkeys(p.strip() for p in parts if p.strip().lower() not in _NORMAL_NAMES))
+        if labels[i] == 1 and not kept:
+            raise ValueError(f"abnormal test image {i} has no finding (findings[{i}] = {entry!r})")
+        names.append(kept if labels[i] == 1 or shared else ())
+    return names
+
+
+def _severity_bins(bins: Sequence[float]) -> np.ndarray:
+    edges = np.asarray(bins, dtype=np.float64).ravel()
+    if edges.size < 2 or not np.isfinite(edges).all() or (np.diff(edges) <= 0).any():
+        raise ValueError(f"bins must be at least 2 finite, strictly increasing edges, got {list(bins)}")
+    return edges
+
+
+def _per_image_severity(severity: Sequence[Any], labels: np.ndarray, names: list[tuple[str, ...]], m: int,
+                        edges: np.ndarray) -> list[dict[str, float]]:
+    """Per image finding -> severity (abnormal images: every finding, inside the bins); checked."""
+    if isinstance(severity, str) or not hasattr(severity, "__len__"):
+        raise TypeError(f"severity must be a sequence of M = {m} entries, got {type(severity).__name__}")
+    if len(severity) != m:
+        raise ValueError(f"severity has {len(severity)} entries but test_labels has {m}")
+    out: list[dict[str, float]] = []
+    for i, entry in enumerate(severity):
+        if labels[i] == 0:
+            out.append({})
+            continue
+        if isinstance(entry, Mapping):
+            given = dict(entry)
+        elif isinstance(entry, (int, float, np.integer, np.floating)) and not isinstance(entry, bool):
+            given = {name: entry for name in names[i]}
+        elif entry is None:
+            given = {}
+        else:
+            raise TypeError(f"severity[{i}] must be a number or a mapping finding -> number, got {entry!r}")
+        levels = {}
+        for name in names[i]:
+            value = given.get(name)
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                and np.isfinite(value) and edges[0] <= value <= edges[-1]
+            if not ok:
+                raise ValueError(f"severity of finding {name!r} of abnormal test image {i} must be a finite number "
+                                 f"in [{edges[0]:g}, {edges[-1]:g}], got {value!r}")
+            levels[name] = float(value)
+        out.append(levels)
+    return out
+
+
+def _auc_row(finding: str, severity: str, labels: np.ndarray, scores: Mapping[str, np.ndarray],
+             abnormal: np.ndarray, normal: np.ndarray, min_images: int) -> dict[str, Any]:
+    """One table row: counts, then AUC (mean over replicates) and 95% half-width per method, and the note."""
+    n_abnormal, n_normal = int(abnormal.sum()), int(normal.sum())
+    row: dict[str, Any] = {"finding": finding, "severity": severity, "n abnormal": n_abnormal, "n normal": n_normal}
+    enough = n_abnormal >= min_images and n_normal >= min_images
+    keep = abnormal | normal
+    for name, runs in scores.items():
+        if enough:
+            mean, half = mean_ci([auc(labels[keep], run[keep]) for run in runs])
+        else:
+            mean, half = float("nan"), float("nan")
+        row[f"{name} AUC"], row[f"{name} 95% CI"] = mean, half
+    row["note"] = "" if enough else (f"too few test images ({n_abnormal} abnormal, {n_normal} normal; "
+                                     f"each needs >= {min_images})")
+    return row
+
+
+def per_finding_text(table: pd.DataFrame, method: str = "SALAD", baseline: str = "PCA",
+                     what: str = "finding") -> str:
+    """Two to four sentences read off a :func:`per_finding_auc` table: best and worst finding, wins, severity.
+
+    Names the finding ``method`` detects best and worst (the rows over all severities,
+    :data:`ANY_FINDING` excluded) with ``baseline``'s AUC beside each, counts the
+    findings where ``method`` beats ``baseline``, compares the mildest and the most
+    severe bin of :data:`ANY_FINDING` when the table has severity bins, and lists
+    the findings with too few test images. ``what`` names a row (``"finding"``,
+    ``"body part"``...).
+
+    Raises:
+        ValueError: ``table`` lacks the columns of ``method`` or ``baseline`` (the
+            methods it has are named), or is not a :func:`per_finding_auc` table.
+    """
+    needed = {"finding", "severity", "note"}
+    if not isinstance(table, pd.DataFrame) or not needed <= set(table.columns):
+        raise ValueError(f"not a per_finding_auc table: needs columns {sorted(needed)}")
+    known = [c[: -len(" AUC")] for c in table.columns if c.endswith(" AUC")]
+    for name in (method, baseline):
+        if name not in known:
+            raise ValueError(f"unknown method {name!r}: the table has {known}")
+    col, base = f"{method} AUC", f"{baseline} AUC"
+    whole = table[(table["severity"] == "all") & (table["finding"] != ANY_FINDING)]
+    scored = whole[whole[col].notna()]
+    plural = what if what.endswith("s") else f"{what}s"
+    sentences = []
+    if scored.empty:
+        sentences.append(f"No {what} has enough test images to be scored on its own.")
+    elif len(scored) == 1:
+        only = scored.iloc[0]
+        sentences.append(f"Only one {what} has enough test images: {only['finding']}, which {method} detects with "
+                         f"AUC {only[col]:.3f} ({baseline}: {only[base]:.3f}).")
+    else:
+        best, worst = scored.loc[scored[col].idxmax()], scored.loc[scored[col].idxmin()]
+        sentences.append(f"Of {len(scored)} {plural}, {method} detects {best['finding']} best (AUC {best[col]:.3f}; "
+                         f"{baseline} {best[base]:.3f}) and {worst['finding']} worst (AUC {worst[col]:.3f}; "
+                         f"{baseline} {worst[base]:.3f}).")
+        both = scored[scored[base].notna()]
+        wins = int((both[col] > both[base]).sum())
+        sentences.append(f"It beats {baseline} on {wins} of {len(both)} {plural}.")
+    bins = table[(table["finding"] == ANY_FINDING) & (table["severity"] != "all") & table[col].notna()]
+    if len(bins) >= 2:
+        low, high = bins.iloc[0], bins.iloc[-1]
+        sentences.append(f"Over all {plural}, its AUC is {low[col]:.3f} at the mildest severity scored, "
+                         f"{low['severity']}, and {high[col]:.3f} at the most severe, {high['severity']}.")
+    few = whole[whole[col].isna()]["finding"].tolist()
+    if few:
+        sentences.append(f"Too few test images to score: {', '.join(few)}.")
+    return " ".join(sentences)

@@ -641,3 +641,150 @@ def plot_k_grid(grid: Sequence[Mapping[str, Any]], *, chosen_k: int | None = Non
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return _finish(fig)
+
+
+#: Panels of :func:`plot_latent_probe`: probe kind -> (x-axis label, value drawn, the "knows nothing" line).
+_PROBE_PANELS: dict[str, tuple[str, str]] = {
+    "r2": ("R² (continuous targets)", "0 = the mean"),
+    "accuracy": ("accuracy − majority rate (categories)", "0 = the majority class"),
+    "auc": ("AUC of the neighbours' vote (two classes)", "0.5 = chance"),
+}
+
+
+def plot_latent_probe(tables: Mapping[str, Any] | Any, *, max_per_panel: int = 10,
+                      keep: Sequence[str] = ("label",), kinds: Sequence[str] = ("r2", "accuracy", "auc"),
+                      title: str = "What the nearest latent neighbours predict") -> Figure:
+    """Horizontal bars of k-NN probe scores per target, one panel per kind, one bar colour per stage.
+
+    ``tables``: one ``latent_predictability`` table (columns ``target``,
+    ``kind``, ``score``, ``baseline``), or stage name -> table (e.g.
+    ``{"pre-training": ..., "round 3": ...}``), drawn side by side in each
+    panel, the last stage darkest. Panels (those of ``kinds`` present): R²
+    (0 = predicting the mean), accuracy minus the majority-class rate
+    (0 = always the commonest class) and AUC (0.5 = chance); every bar starts
+    at the "knows nothing" value, so its length is what the latent knows.
+
+    Each panel keeps its ``max_per_panel`` targets with the highest last-stage
+    value, plus those named in ``keep`` (e.g. the label), best at the top.
+    """
+    import pandas as pd
+    from matplotlib.colors import LinearSegmentedColormap
+
+    stages = dict(tables) if isinstance(tables, Mapping) else {"": tables}
+    if not stages:
+        raise ValueError("plot_latent_probe needs at least one probe table")
+    frames = []
+    for stage, table in stages.items():
+        frame = pd.DataFrame(table)
+        missing = {"target", "kind", "score", "baseline"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"probe table {stage!r} lacks {sorted(missing)}; expected latent_predictability()")
+        frames.append(frame.assign(stage=stage))
+    data = pd.concat(frames, ignore_index=True)
+    data["value"] = np.where(data["kind"] == "accuracy", data["score"] - data["baseline"], data["score"])
+    panels = [k for k in kinds if k in set(data["kind"])]
+    if not panels:
+        raise ValueError(f"no probe row of kind {list(kinds)}")
+    names = list(stages)
+    last = names[-1]
+    shade = LinearSegmentedColormap.from_list("probe_stages", ["#bdbdbd", "#1a4f72"])
+    colours = [shade(1.0)] if len(names) == 1 else list(shade(np.linspace(0, 1, len(names))))
+    chosen = {}
+    for kind in panels:
+        part = data[(data["kind"] == kind) & (data["stage"] == last)].sort_values("value", ascending=False)
+        top = list(part["target"].head(max_per_panel))
+        top += [t for t in keep if t in set(part["target"]) and t not in top]
+        chosen[kind] = top[::-1]  # best at the top of the panel
+    rows = max(len(t) for t in chosen.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), max(2.6, 1.2 + 0.28 * rows * len(names))),
+                             squeeze=False)
+    height = 0.8 / len(names)
+    for ax, kind in zip(axes[0], panels):
+        targets = chosen[kind]
+        origin = 0.5 if kind == "auc" else 0.0
+        for s, stage in enumerate(names):
+            part = data[(data["kind"] == kind) & (data["stage"] == stage)].set_index("target")
+            values = [float(part.loc[t, "value"]) if t in part.index else np.nan for t in targets]
+            y = np.arange(len(targets)) - 0.4 + height * (len(names) - 1 - s + 0.5)
+            ax.barh(y, np.asarray(values) - origin, left=origin, height=height * 0.95, color=colours[s],
+                    label=stage or None)
+        ax.axvline(origin, color="black", linewidth=0.8)
+        ax.set_yticks(np.arange(len(targets)))
+        ax.set_yticklabels(targets, fontsize=8)
+        for tick in ax.get_yticklabels():
+            if tick.get_text() in keep:
+                tick.set_fontweight("bold")
+        label, nothing = _PROBE_PANELS.get(kind, (kind, ""))
+        ax.set_xlabel(f"{label}\n({nothing})" if nothing else label, fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    if len(names) > 1 or names[0]:
+        axes[0, 0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+__all__.append("plot_latent_probe")
+
+
+def plot_per_finding_auc(table: Any, methods: Sequence[str] = ("SALAD", "PCA"), *, overall: str = "any finding",
+                         title: str = "Test AUC per finding") -> Figure:
+    """Test AUC per finding, one dot per method with its 95% CI bar (left); per severity bin when the table has bins.
+
+    ``table``: the DataFrame of :func:`salad_lite.report.per_finding_auc` (columns ``finding``,
+    ``severity``, ``n abnormal``, ``<method> AUC``, ``<method> 95% CI``, ``note``). The left
+    panel shows the rows over all severities, top to bottom in table order (``overall``
+    first), with ``n abnormal`` beside each name; a row with too few images reads
+    "too few". CI bars are drawn inside [0, 1]. The right panel, drawn only when the table has severity bins, shows the
+    ``overall`` row per bin. A dotted line marks chance (AUC 0.5).
+
+    Raises:
+        ValueError: ``methods`` is empty, or ``table`` lacks a column it needs (named).
+    """
+    methods = list(methods)
+    if not methods:
+        raise ValueError("plot_per_finding_auc needs at least one method")
+    needed = ["finding", "severity", "n abnormal"] + [f"{m} {c}" for m in methods for c in ("AUC", "95% CI")]
+    missing = [c for c in needed if c not in getattr(table, "columns", ())]
+    if missing:
+        raise ValueError(f"table lacks column(s) {missing}; expected report.per_finding_auc's table")
+    whole = table[table["severity"] == "all"]
+    bins = table[(table["finding"] == overall) & (table["severity"] != "all")]
+    panels = 2 if len(bins) else 1
+    height = 1.2 + 0.42 * len(whole)
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 if panels == 1 else 10.5, max(2.6, height)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if panels == 2 else None)
+    colours = [ABNORMAL_COLOUR, NORMAL_COLOUR, "#7b3294", "#008837", "#e66101"]
+    offsets = np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else np.zeros(1)
+
+    def dots(ax: Any, rows: Any, names: list[str]) -> None:
+        y = np.arange(len(rows))[::-1]
+        for k, method in enumerate(methods):
+            mean = rows[f"{method} AUC"].to_numpy(float)
+            half = np.nan_to_num(rows[f"{method} 95% CI"].to_numpy(float))
+            known = np.nan_to_num(mean, nan=0.5)
+            xerr = np.vstack([np.minimum(half, known), np.minimum(half, 1.0 - known)])  # drawn inside [0, 1]
+            ax.errorbar(mean, y + offsets[k], xerr=xerr, fmt="o", color=colours[k % len(colours)],
+                        capsize=3, markersize=5, label=method)
+        unscored = np.all([np.isnan(rows[f"{m} AUC"].to_numpy(float)) for m in methods], axis=0)
+        for yy in y[unscored]:
+            ax.text(0.5, yy, "too few", ha="center", va="center", fontsize=8, color="grey")
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_yticks(y)
+        ax.set_yticklabels(names, fontsize=8)
+        ax.set_ylim(-0.6, max(len(rows), 3) - 0.4)
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("test AUC (normal vs this group)")
+        ax.spines[["top", "right"]].set_visible(False)
+
+    names = [f"{f} (n={n})" for f, n in zip(whole["finding"], whole["n abnormal"])]
+    dots(axes[0, 0], whole, names)
+    axes[0, 0].set_title(title, fontsize=10)
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    if panels == 2:
+        names = [f"{b} (n={n})" for b, n in zip(bins["severity"], bins["n abnormal"])]
+        dots(axes[0, 1], bins, names)
+        axes[0, 1].set_title(f"{overall}, by severity", fontsize=10)
+    fig.tight_layout()
+    return _finish(fig)
+

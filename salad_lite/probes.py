@@ -1,0 +1,384 @@
+"""What does the latent encode? k-NN probes of per-image targets, and the targets of a split.
+
+Analysis code for the book (no model, no training). An image's nearest latent
+neighbours predict a property of the image to the extent that the latent
+encodes it. :func:`latent_predictability` measures this for every column of a
+table of per-image targets, under K-fold cross-validation, with scikit-learn's
+k-NN estimators on the cosine similarity of the latents (a k-NN probe, as in
+the instance-discrimination literature: Wu et al. 2018, "Unsupervised feature
+learning via non-parametric instance discrimination", CVPR):
+
+- a continuous target (breast thickness, film shift, field of view...) gets
+  the cross-validated R² of a k-NN regressor (0 = no better than the mean);
+- a categorical or two-valued target (label, view, marker, a finding...) gets
+  the cross-validated accuracy of a k-NN classifier beside the majority-class
+  rate, and a two-class target also the AUC of the neighbours' vote share.
+
+:func:`image_parameters` builds that table for a split: the columns of the
+split's metadata (label, view, age, sex, one 0/1 column per finding) and, for
+the embedded synthetic chest set, the renderer's per-image parameters
+(``synth_metadata.csv`` beside the set's ``Data_Entry_2017.csv``), aligned row
+by row with the split's images.
+
+The probe is the measurement of issue 9: on the default model (seed 0,
+validation images) the latent predicted breast thickness, film shift,
+inspiration and field of view far better than the label.
+:func:`describe_probe` and :func:`describe_formation` turn the numbers into
+the sentences chapter 4 prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from salad_lite.data.base import read_text_csv, text_to_numbers
+from salad_lite.knn import unit_rows
+
+__all__ = [
+    "PROBE_KINDS",
+    "RENDER_CATEGORIES",
+    "RENDER_NUMBERS",
+    "SYNTH_METADATA",
+    "ProbeWarning",
+    "describe_formation",
+    "describe_probe",
+    "image_parameters",
+    "latent_predictability",
+]
+
+#: The renderer's per-image table, beside the embedded chest set's ``Data_Entry_2017.csv``.
+SYNTH_METADATA = "synth_metadata.csv"
+#: Renderer columns read as numbers (pose, anatomy, geometry, exposure and post-processing).
+RENDER_NUMBERS: tuple[str, ...] = (
+    "tilt_deg", "turn_deg", "soft_gain", "bone_gain", "lung_gain", "heart_t", "lateral_scale", "inspiration",
+    "breast_mm", "inplane_deg", "fov_mm", "shift_x_mm", "shift_y_mm", "exposure_k", "window_lo", "window_hi",
+    "gamma", "noise", "equalise", "sharpen", "collimation_value",
+)
+#: Renderer columns read as categories (an empty caption is the category ``"none"``).
+RENDER_CATEGORIES: tuple[str, ...] = ("marker", "marker_corner", "caption")
+#: What :func:`latent_predictability` reports: a target's ``kind`` column.
+PROBE_KINDS: tuple[str, ...] = ("r2", "accuracy", "auc")
+_METADATA_CATEGORIES: tuple[str, ...] = ("label", "view", "sex")
+_METADATA_NUMBERS: tuple[str, ...] = ("age",)
+
+
+class ProbeWarning(UserWarning):
+    """A probe skipped target columns it cannot score (the message counts and names them)."""
+
+
+# --------------------------------------------------------------------------- the probe
+def _is_categorical(column: pd.Series) -> bool:
+    """Text, category and bool columns, and numbers with exactly two values, are classified; other numbers regressed."""
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return True
+    return column.nunique(dropna=True) == 2
+
+
+def _folds(n: int, folds: int, seed: int, classes: np.ndarray | None) -> Any:
+    """Shuffled K folds; stratified for a classification target whose every class has ``folds`` members."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if classes is not None and np.bincount(classes).min() >= folds:
+        return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return KFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, folds: int = 5, seed: int = 0,
+                          kinds: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """How well an image's k nearest latent neighbours predict each per-image target (cross-validated k-NN probe).
+
+    For every column of ``targets``, a k-NN estimator on the latents (cosine
+    metric on the unit rows, brute-force search, uniform votes) predicts each
+    image from the other folds of a shuffled K-fold split
+    (``sklearn.model_selection.cross_val_predict``):
+
+    - a continuous column: ``KNeighborsRegressor``, score = R² of the
+      out-of-fold predictions (``kind="r2"``, baseline 0: predicting the mean;
+      negative when worse);
+    - a categorical column (text, category, bool, or numbers with exactly two
+      values): ``KNeighborsClassifier``, score = accuracy of the out-of-fold
+      predictions (``kind="accuracy"``, baseline = the majority-class rate of
+      the column); the folds are stratified when every class has ``folds``
+      members. A two-class column gets a second row (``kind="auc"``, baseline
+      0.5): the AUC of the out-of-fold share of neighbours voting for the
+      second class (the larger value, e.g. label 1 = abnormal).
+
+    Args:
+        latents: ``[N, d]`` tensor or array (need not be normalised; rows are
+            divided by their L2 norm).
+        targets: ``N`` rows aligned with ``latents`` (row i describes latent
+            i; the index is ignored), one column per target.
+        k: neighbours per prediction, at most the size of the smallest
+            training part (``N - ceil(N / folds)``).
+        folds: number of cross-validation folds, at least 2.
+        seed: seeds the shuffle of the folds.
+        kinds: column -> ``"regression"`` or ``"classification"``, overriding
+            the rule above (e.g. a pose id written as a number).
+
+    Returns:
+        One row per scored target and kind, in the column order of
+        ``targets``: ``target``, ``kind`` (:data:`PROBE_KINDS`), ``score``,
+        ``baseline``, ``n`` (images scored).
+
+    Columns that cannot be scored are skipped, with ONE :class:`ProbeWarning`
+    that counts them and names each with its reason: missing values (NaN,
+    None; the count is given), a single value (R² and accuracy say nothing).
+
+    Raises:
+        TypeError: ``targets`` is not a DataFrame.
+        ValueError: ``latents`` is not ``[N, d]`` with finite, non-zero rows;
+            ``targets`` has not N rows, has no column, or repeats a column
+            name; ``folds`` < 2 or > N; ``k`` < 1 or larger than the smallest
+            training part; ``kinds`` names an unknown column or kind; no
+            column can be scored.
+    """
+    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    x = unit_rows(latents, "latents").numpy().astype(np.float64)
+    n = x.shape[0]
+    if not isinstance(targets, pd.DataFrame):
+        raise TypeError(f"targets must be a pandas DataFrame, got {type(targets).__name__}")
+    if len(targets) != n:
+        raise ValueError(f"targets has {len(targets)} rows for {n} latents; row i must describe latent i")
+    if targets.shape[1] == 0:
+        raise ValueError("targets has no column to probe")
+    if targets.columns.duplicated().any():
+        raise ValueError(f"targets repeats column(s) {sorted(map(str, targets.columns[targets.columns.duplicated()]))}")
+    if not 2 <= int(folds) <= n:
+        raise ValueError(f"folds must lie in 2..{n} (the number of images), got {folds}")
+    smallest_train = n - math.ceil(n / folds)
+    if not 1 <= int(k) <= smallest_train:
+        raise ValueError(f"k must lie in 1..{smallest_train} (the smallest training part of {folds} folds over "
+                         f"{n} images), got k={k}")
+    kinds = dict(kinds or {})
+    unknown = sorted(set(kinds) - set(targets.columns))
+    bad_kind = sorted({v for v in kinds.values()} - {"regression", "classification"})
+    if unknown or bad_kind:
+        raise ValueError(f"kinds names unknown column(s) {unknown} or kind(s) {bad_kind}; kinds are "
+                         "'regression' or 'classification'")
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for name in targets.columns:
+        column = targets[name].reset_index(drop=True)
+        missing = int(column.isna().sum())
+        if missing:
+            skipped.append(f"{name!r} ({missing} missing value(s))")
+            continue
+        if column.nunique() < 2:
+            skipped.append(f"{name!r} (a single value)")
+            continue
+        classify = kinds[name] == "classification" if name in kinds else _is_categorical(column)
+        if not classify:
+            y = column.to_numpy(np.float64)
+            model = KNeighborsRegressor(n_neighbors=k, metric="cosine", algorithm="brute")
+            predicted = cross_val_predict(model, x, y, cv=_folds(n, folds, seed, None))
+            rows.append({"target": name, "kind": "r2", "score": float(r2_score(y, predicted)), "baseline": 0.0,
+                         "n": n})
+            continue
+        codes, _ = pd.factorize(column, sort=True)  # class c = the c-th smallest value
+        model = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
+        with warnings.catch_warnings():  # a rare class absent from a training fold gets probability 0
+            warnings.filterwarnings("ignore", message="Number of classes in training fold")
+            proba = cross_val_predict(model, x, codes, cv=_folds(n, folds, seed, codes), method="predict_proba")
+        counts = np.bincount(codes)
+        rows.append({"target": name, "kind": "accuracy",
+                     "score": float(accuracy_score(codes, proba.argmax(axis=1))),
+                     "baseline": float(counts.max() / n), "n": n})
+        if len(counts) == 2:
+            rows.append({"target": name, "kind": "auc", "score": float(roc_auc_score(codes, proba[:, 1])),
+                         "baseline": 0.5, "n": n})
+    if skipped:
+        warnings.warn(f"latent_predictability skipped {len(skipped)} of {targets.shape[1]} target column(s): "
+                      + ", ".join(skipped), ProbeWarning, stacklevel=2)
+    if not rows:
+        raise ValueError("no target column can be scored (every column was skipped, see the warning)")
+    return pd.DataFrame(rows, columns=["target", "kind", "score", "baseline", "n"])
+
+
+# --------------------------------------------------------------------------- the targets of a split
+def _image_names(metadata: pd.DataFrame) -> pd.Series:
+    """Each row's image file name: the NIH ``image_index`` column, else the file name of ``path``."""
+    if "image_index" in metadata.columns:
+        return metadata["image_index"].astype(str).str.strip().reset_index(drop=True)
+    return metadata["path"].map(lambda p: os.path.basename(str(p))).reset_index(drop=True)
+
+
+def _finding_columns(findings: pd.Series) -> pd.DataFrame:
+    """One 0/1 column ``finding_<name>`` per finding of a ``|``-separated column ("No Finding" has none)."""
+    split = findings.astype(str).str.split("|").map(lambda names: {s.strip() for s in names} - {"", "No Finding"})
+    names = sorted(set().union(*split)) if len(split) else []
+    return pd.DataFrame({f"finding_{name}": split.map(lambda s, name=name: int(name in s)).to_numpy(np.int64)
+                         for name in names})
+
+
+def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *,
+                     findings: bool = True) -> pd.DataFrame:
+    """Per-image targets of a split for :func:`latent_predictability`, row i describing image i.
+
+    Args:
+        dataset: a split (e.g. ``load_splits(...)["val"]``) with ``.metadata``
+            (columns ``label``, ``finding``, ``path``; ``image_index``, ``view``,
+            ``age``, ``sex`` when the loader has them).
+        root: the folder of the set (the NIH root holding
+            ``Data_Entry_2017.csv``); None uses ``dataset.root``. When it holds
+            :data:`SYNTH_METADATA` (the embedded synthetic chest set), the
+            renderer's parameters are added.
+        findings: add one 0/1 column ``finding_<name>`` per finding present in
+            the split.
+
+    Returns:
+        DataFrame of ``len(dataset)`` rows (index 0..N-1): ``label`` and those
+        of ``view``, ``sex``, ``age`` the metadata has; ``finding_<name>``
+        columns; with a renderer table, :data:`RENDER_NUMBERS` (float) and
+        :data:`RENDER_CATEGORIES` (text) that it holds. Real data (no renderer
+        table) give the metadata columns only.
+
+    Raises:
+        TypeError: ``dataset`` has no ``.metadata`` table.
+        ValueError: the renderer table lacks ``Image Index``, lists an image
+            twice, misses images of the split (counted, first names given), or
+            holds a parameter that is not a number (column and images named).
+        CorruptFileError: the renderer table cannot be parsed as CSV.
+    """
+    metadata = getattr(dataset, "metadata", None)
+    if not isinstance(metadata, pd.DataFrame):
+        raise TypeError(f"{type(dataset).__name__} has no .metadata table")
+    metadata = metadata.reset_index(drop=True)
+    table = pd.DataFrame(index=pd.RangeIndex(len(metadata)))
+    for name in _METADATA_CATEGORIES:
+        if name in metadata.columns:
+            table[name] = metadata[name].to_numpy()
+    if findings and "finding" in metadata.columns:
+        table = pd.concat([table, _finding_columns(metadata["finding"])], axis=1)
+    for name in _METADATA_NUMBERS:
+        if name in metadata.columns:
+            table[name] = pd.to_numeric(metadata[name], errors="coerce").to_numpy(np.float64)
+    folder = Path(root) if root not in (None, "") else getattr(dataset, "root", None)
+    csv = Path(folder) / SYNTH_METADATA if folder is not None else None
+    if csv is None or not csv.is_file():
+        return table
+    render = read_text_csv(csv, what="renderer table")
+    if "Image Index" not in render.columns:
+        raise ValueError(f"{csv} lacks the column 'Image Index'; found {list(render.columns)}")
+    keys = render["Image Index"].str.strip()
+    if keys.duplicated().any():
+        raise ValueError(f"{csv} lists image(s) twice: {keys[keys.duplicated()].head(3).tolist()}")
+    position = pd.Series(np.arange(len(render)), index=keys.to_numpy())
+    names = _image_names(metadata)
+    found = names.isin(position.index).to_numpy()
+    if not found.all():
+        raise ValueError(f"{csv} misses {int((~found).sum())} of the split's {len(names)} images, e.g. "
+                         f"{names[~found].head(3).tolist()}; is it the table of another set?")
+    render = render.iloc[position[names].to_numpy()].reset_index(drop=True)
+    for name in RENDER_NUMBERS:
+        if name in render.columns:
+            numbers, bad = text_to_numbers(render[name], required=True)
+            if len(bad):
+                shown = dict(zip(render["Image Index"].iloc[bad[:5]], render[name].iloc[bad[:5]]))
+                raise ValueError(f"{csv}: column {name!r} holds {len(bad)} value(s) that are not finite "
+                                 f"numbers; image: value {shown}")
+            table[name] = numbers.to_numpy(np.float64)
+    for name in RENDER_CATEGORIES:
+        if name in render.columns:
+            table[name] = render[name].str.strip().replace("", "none").to_numpy(object)
+    return table
+
+
+# --------------------------------------------------------------------------- the book's sentences
+def _score(table: pd.DataFrame, target: str, kind: str) -> float | None:
+    """The score of (target, kind) in a probe table, None when absent."""
+    hit = table[(table["target"] == target) & (table["kind"] == kind)]
+    return float(hit["score"].iloc[0]) if len(hit) else None
+
+
+def _signed(delta: float, digits: int) -> str:
+    """``+0.06`` / ``-0.01``; a change that rounds to zero is ``±0.00`` (never ``-0.00``)."""
+    text = f"{abs(delta):.{digits}f}"
+    return f"±{text}" if float(text) == 0 else f"{'+' if delta > 0 else '-'}{text}"
+
+
+def _change(now: float, before: pd.DataFrame | None, target: str, kind: str, before_name: str) -> str:
+    """``", +0.12 from 0.40 at <before_name>"``, or "" without an earlier score."""
+    then = _score(before, target, kind) if before is not None else None
+    if then is None:
+        return ""
+    return f", {_signed(now - then, 2)} from {then:.2f} at {before_name}"
+
+
+def describe_probe(table: pd.DataFrame, label: str = "label", top: int = 3, before: pd.DataFrame | None = None,
+                   before_name: str = "pre-training") -> str:
+    """Sentences on a :func:`latent_predictability` table: the best-predicted continuous targets, then the label.
+
+    Args:
+        table: the probe of the stage described.
+        label: the target reported with accuracy, majority rate and AUC.
+        top: how many of the highest R² to name.
+        before: the probe of an earlier stage (same targets): each number then
+            also says how far it moved since ``before_name``.
+
+    Raises:
+        ValueError: the table has neither an R² row nor an accuracy row of ``label``.
+    """
+    r2 = table[table["kind"] == "r2"].sort_values("score", ascending=False).head(top)
+    lines = []
+    if len(r2):
+        named = "; ".join(f"{t} (R² {s:.2f}{_change(s, before, t, 'r2', before_name)})"
+                          for t, s in zip(r2["target"], r2["score"]))
+        lines.append(f"Best predicted by the nearest latent neighbours: {named}.")
+    accuracy = table[(table["target"] == label) & (table["kind"] == "accuracy")]
+    if len(accuracy):
+        score, majority = float(accuracy["score"].iloc[0]), float(accuracy["baseline"].iloc[0])
+        text = (f"The {label}: k-NN accuracy {score:.2f} against a majority rate of {majority:.2f}"
+                f"{_change(score, before, label, 'accuracy', before_name)}")
+        auc = _score(table, label, "auc")
+        if auc is not None:
+            moved = _change(auc, before, label, "auc", before_name)
+            text += f"; AUC of the neighbours' vote {auc:.2f} (0.5 = chance{moved})"
+        lines.append(text + ".")
+    if not lines:
+        raise ValueError(f"the probe table has no R² row and no accuracy row of {label!r}")
+    return "\n".join(lines)
+
+
+def describe_formation(formation: pd.DataFrame,
+                       columns: Sequence[str] = ("neighbour_cosine", "knn_purity", "silhouette"),
+                       tolerance: float = 0.005) -> str:
+    """One line per measure of a ``cluster_formation`` table: up or down from the first to the last round, by how much.
+
+    Each line says whether the measure rose or fell (or is unchanged at three
+    decimals), the change and both values; a change smaller than ``tolerance``
+    (absolute) is marked as negligible. The k-NN purity line also gives the
+    chance purity.
+
+    Raises:
+        ValueError: fewer than two rounds, or a column missing.
+    """
+    if len(formation) < 2:
+        raise ValueError("describe_formation needs at least two rounds")
+    missing = [c for c in columns if c not in formation.columns]
+    if missing:
+        raise ValueError(f"the formation table lacks {missing}; expected cluster_formation()'s columns")
+    first, last = formation.iloc[0], formation.iloc[-1]
+    r0, r1 = formation.index[0], formation.index[-1]
+    lines = []
+    for name in columns:
+        before, after = float(first[name]), float(last[name])
+        change = _signed(after - before, 3)
+        verb = "unchanged" if change.startswith("±") else ("rose" if after > before else "fell")
+        text = f"{name}: {verb} from round {r0} to {r1}, {before:.3f} -> {after:.3f} ({change}"
+        text += f", under {tolerance:g}: negligible)" if abs(after - before) < tolerance else ")"
+        if name == "knn_purity" and "chance_purity" in formation.columns:
+            text += f"; chance {float(first['chance_purity']):.3f}"
+        lines.append(text)
+    return "\n".join(lines)
