@@ -90,6 +90,37 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """The views of Eq. 1 (AUG_i): the random ranges of :func:`salad_lite.augment.augment_params`.
+
+    A view warps an image (rotation up to ``max_rotation_deg`` degrees, scale up
+    to +-``max_scale``, shift up to +-``max_shift`` of the half-width, a
+    horizontal flip with ``flip_probability``, a width/height stretch with
+    log-ratio up to +-``max_aspect``) and changes its tones (contrast and
+    brightness up to +-``max_contrast`` / +-``max_brightness``, a tone curve
+    ``x ** exp(g)`` with ``|g| <= max_gamma``). L_ss makes the latent invariant
+    to exactly these changes, so they must be nuisances of an acquisition,
+    never what makes an image abnormal. The defaults are those of earlier
+    versions (no stretch, no tone curve).
+
+    Raises:
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``augment.field``.
+    """
+
+    max_rotation_deg: float = 10.0
+    max_scale: float = 0.1
+    max_shift: float = 0.05
+    flip_probability: float = 0.5
+    max_brightness: float = 0.1
+    max_contrast: float = 0.2
+    max_aspect: float = 0.0
+    max_gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and the progressive schedule.
 
@@ -197,8 +228,9 @@ class DataConfig:
 class SaladConfig:
     """Everything that describes one run: model, loss, training schedule, scoring and data.
 
-    Five frozen sections, each validated when it is built: ``model``
-    (:class:`ModelConfig`), ``loss`` (:class:`LossConfig`), ``train``
+    Six frozen sections, each validated when it is built: ``model``
+    (:class:`ModelConfig`), ``loss`` (:class:`LossConfig`), ``augment``
+    (:class:`AugmentConfig`, the views of Eq. 1), ``train``
     (:class:`TrainConfig`), ``score`` (:class:`ScoreConfig`) and ``data``
     (:class:`DataConfig`). The defaults are the paper's NIH settings;
     :func:`paper_config` and :func:`profile_config` build the others. A config
@@ -216,6 +248,7 @@ class SaladConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -317,7 +350,7 @@ class ConfigError(ValueError):
     """A configuration field has the wrong type or lies out of range; the message names ``section.field``."""
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
+SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "augment": AugmentConfig, "train": TrainConfig,
                              "score": ScoreConfig, "data": DataConfig}
 SECTION_OF: dict[type, str] = {section_cls: name for name, section_cls in SECTIONS.items()}
 
@@ -352,6 +385,10 @@ RANGES: dict[str, dict[str, _Rule]] = {
     "model": {"in_channels": _at_least(1), "latent_dim": _at_least(1), "width": _at_least(1)},
     "loss": {"temperature": _POSITIVE, "latent_weight": _at_least(0.0), "num_views": _at_least(0),
              "anchor_neighbours": _at_least(1)},
+    "augment": {"max_rotation_deg": _between(0.0, 180.0, False, False), "max_scale": _between(0.0, 1.0, False, True),
+                "max_shift": _between(0.0, 1.0, False, False), "flip_probability": _between(0.0, 1.0, False, False),
+                "max_brightness": _between(0.0, 1.0, False, False), "max_contrast": _between(0.0, 1.0, False, True),
+                "max_aspect": _between(0.0, 1.0, False, False), "max_gamma": _between(0.0, 1.0, False, False)},
     "train": {"batch_size": _at_least(1), "lr": _POSITIVE, "betas": _between(0.0, 1.0, False, True),
               "weight_decay": _at_least(0.0), "memory_momentum": _FRACTION, "pretrain_epochs": _at_least(0),
               "rounds": _at_least(0), "epochs_per_round": _at_least(0), "prototype_fraction_start": _FRACTION,

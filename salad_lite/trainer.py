@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import time
@@ -60,7 +61,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from salad_lite.augment import apply_augment, augment_params
+from salad_lite.augment import AugmentParams, apply_augment, augment_params
 from salad_lite.checkpoint import checkpoint_exists, checkpoint_paths, load_checkpoint, save_checkpoint
 from salad_lite.config import SaladConfig
 from salad_lite.data.batches import check_splits, dataset_labels, gather_images, image_batches
@@ -250,6 +251,10 @@ class SaladTrainer:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _view_params(self, batch: int, generator: torch.Generator) -> AugmentParams:
+        """The parameters of one view of each of ``batch`` images, drawn in the ranges of ``cfg.augment``."""
+        return augment_params(batch, generator, **dataclasses.asdict(self.cfg.augment))
+
     def train_step(self, indices: np.ndarray, round_index: int, generator: torch.Generator) -> dict[str, float]:
         """One optimiser step on the batch ``indices``; returns the loss terms as floats.
 
@@ -272,7 +277,7 @@ class SaladTrainer:
             view_inputs = None
             if num_views > 0:  # every rank draws the global batch's parameters and applies its own rows
                 view_inputs = self._to_device(torch.cat([
-                    apply_augment(x, augment_params(len(indices), generator).rows(start, start + len(local)))
+                    apply_augment(x, self._view_params(len(indices), generator).rows(start, start + len(local)))
                     for _ in range(num_views)]))  # [V b, 1, S, S]
             z, x_hat, views = self._forward(x, view_inputs)  # [b, d], [b, 1, S, S], [V b, d] or None
             if views is not None:
