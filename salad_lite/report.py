@@ -122,6 +122,8 @@ def differences_from_paper(cfg: SaladConfig, splits: Mapping[str, Any],
         "epochs": (f"{pt.pretrain_epochs} + {pt.rounds} rounds x {pt.epochs_per_round}",
                    f"{t.pretrain_epochs} + {t.rounds} rounds x {t.epochs_per_round}"),
         "batch size, learning rate": (f"{pt.batch_size}, {pt.lr:g}", f"{t.batch_size}, {t.lr:g}"),
+        "temperature tau (Eqs. 1-2)": (paper.loss.temperature, cfg.loss.temperature),
+        "views of Eq. 1": ("not specified (public code: horizontal flip only)", view_summary(cfg)),
         "anomaly ratio AR": (f"{paper.data.anomaly_ratio:.0%} (also 10%, 15%)", f"{cfg.data.anomaly_ratio:.0%}"),
         "K (Eq. 4)": (paper.score.k, f"chosen on validation: {', '.join(map(str, ks))}" if ks else cfg.score.k),
         "scoring bank": (paper.score.bank, cfg.score.bank),
@@ -130,6 +132,16 @@ def differences_from_paper(cfg: SaladConfig, splits: Mapping[str, Any],
     }
     return pd.DataFrame([{"aspect": k, "paper": str(v[0]), "this run": str(v[1])} for k, v in rows.items()]
                         ).set_index("aspect")
+
+
+def view_summary(cfg: SaladConfig) -> str:
+    """The ranges of the views of Eq. 1 (``cfg.augment``) in one line, zero ranges left out."""
+    a = cfg.augment
+    parts = [(a.max_rotation_deg, f"rotation ±{a.max_rotation_deg:g}°"), (a.max_scale, f"scale ±{a.max_scale:.0%}"),
+             (a.max_shift, f"shift ±{a.max_shift:.0%}"), (a.flip_probability, f"flip p={a.flip_probability:g}"),
+             (a.max_aspect, f"stretch ±{a.max_aspect:g} (log)"), (a.max_contrast, f"contrast ±{a.max_contrast:.0%}"),
+             (a.max_brightness, f"brightness ±{a.max_brightness:g}"), (a.max_gamma, f"tone curve ±{a.max_gamma:g}")]
+    return ", ".join(text for value, text in parts if value > 0) or "none"
 
 
 def paper_row(dataset: str, method: str = "SALAD", ar_percent: float = 5) -> dict[str, Any]:
@@ -198,6 +210,7 @@ def profile_table(dataset: str = "nih") -> pd.DataFrame:
             "architecture": c.model.arch, "image px": c.model.image_size,
             "pre-training epochs": c.train.pretrain_epochs, "rounds": c.train.rounds,
             "epochs per round": c.train.epochs_per_round, "batch": c.train.batch_size,
+            "temperature": c.loss.temperature,
             "K (scoring)": c.score.k, "max training images": c.data.max_train_images or "all",
             "replicates": c.data.replicates,
         }

@@ -61,6 +61,11 @@ def test_differences_from_paper_names_the_gaps() -> None:
     assert table.loc["training images", "this run"] == "10 (9 normal, 1 abnormal)"
     assert table.loc["K (Eq. 4)", "this run"] == "chosen on validation: 5, 6"
     assert "synthetic" in table.loc["data", "this run"]
+    assert table.loc["temperature tau (Eqs. 1-2)", "paper"] == "0.1"
+    views = report.view_summary(cfg.replace(augment={"max_rotation_deg": 0.0, "max_gamma": 0.25}))
+    assert "rotation" not in views and "tone curve ±0.25" in views and "scale ±10%" in views
+    assert report.view_summary(cfg.replace(augment={f: 0.0 for f in (
+        "max_rotation_deg", "max_scale", "max_shift", "flip_probability", "max_brightness", "max_contrast")})) == "none"
 
 
 def test_figure_module_keeps_no_tables() -> None:
