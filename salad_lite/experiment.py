@@ -315,7 +315,10 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     ``reconstruction_test_auc`` / ``_auprc`` score the same selected models by their
     reconstruction error instead of Eq. 4 (a baseline: what the latent adds);
     ``pca_baseline`` is the raw-pixel reference of :func:`salad_lite.baselines.pca_baseline`
-    (cached in ``run_dir/<dataset>/pca_baseline.json``, with its per-image ``test_scores``).
+    (cached in ``run_dir/<dataset>/pca_baseline.json``, with its per-image ``test_scores``);
+    ``untrained_encoder`` is Eq. 4 on the same network before any training
+    (:func:`untrained_encoder_baseline`, cached in ``run_dir/<dataset>/untrained_encoder.json``):
+    what the training adds.
 
     Writes ``run_dir/<dataset>/metrics.json`` and returns the same dict.
 
@@ -338,6 +341,8 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
         mean, half = mean_ci([getattr(r, metric) for r in results])
         summary[metric] = {"mean": mean, "ci95": half}
     summary["pca_baseline"] = _pca_baseline_once(splits, Path(run_dir) / cfg.data.dataset / "pca_baseline.json")
+    summary["untrained_encoder"] = _untrained_once(cfg, splits, count,
+                                                   Path(run_dir) / cfg.data.dataset / "untrained_encoder.json", device)
     first = results[0]
     summary["curves_seed0"] = {
         "roc": {k: v.tolist() for k, v in roc_curve_data(first.test_labels, first.test_scores).items()
@@ -347,6 +352,63 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     }
     write_json_atomic(Path(run_dir) / cfg.data.dataset / "metrics.json", summary, indent=2)
     return summary
+
+
+def untrained_encoder_baseline(cfg: SaladConfig, splits: dict[str, Any], replicates: int,
+                               device: str = "auto") -> dict[str, Any]:
+    """Eq. 4 on the randomly initialised network of seeds 0..R-1: the protocol of a replicate, without training.
+
+    For each seed the untrained encoder (eval mode) embeds the splits; K and the
+    bank policy are chosen on validation (:func:`select_scoring`) and the test
+    split is scored once. A trained SALAD that does not beat this reference has
+    learned nothing its initialisation did not already give (random convolutional
+    features are a known strong k-NN baseline).
+
+    Returns:
+        ``{"per_seed": [{"seed", "k", "discard_anomalous", "val_auc", "test_auc", "test_auprc"}],
+        "test_auc": {"mean", "ci95"}, "test_auprc": {"mean", "ci95"}}``.
+
+    Raises:
+        KeyError: ``splits`` lacks train, val or test.
+        ValueError: ``replicates`` < 1; validation or test lacks a class.
+    """
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise ValueError(f"replicates must be an int >= 1, got {replicates!r}")
+    check_splits(splits, required=SPLIT_NAMES, both_classes=("val", "test"))
+    labels = dataset_labels(splits["test"])
+    rows = []
+    for seed in range(replicates):
+        trainer = SaladTrainer(cfg.replace(train={"seed": seed}), splits["train"], splits["val"], device=device)
+        selection = select_scoring(trainer)
+        scores = score_split(trainer, splits["test"], selection["k"], selection["discard_anomalous"])
+        rows.append({"seed": seed, "k": selection["k"], "discard_anomalous": selection["discard_anomalous"],
+                     "val_auc": selection["val_auc"], "test_auc": auc(labels, scores),
+                     "test_auprc": auprc(labels, scores)})
+    summary: dict[str, Any] = {"per_seed": rows}
+    for metric in ("test_auc", "test_auprc"):
+        mean, half = mean_ci([r[metric] for r in rows])
+        summary[metric] = {"mean": mean, "ci95": half}
+    return summary
+
+
+def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, path: Path,
+                    device: str = "auto") -> dict[str, Any]:
+    """:func:`untrained_encoder_baseline`, stored in ``path`` with its config and the splits' fingerprint.
+
+    Raises:
+        salad_lite.files.CorruptFileError: ``path`` is damaged (named).
+        ValueError: ``path`` was computed with another configuration or other splits (named).
+    """
+    fingerprint = splits_fingerprint(splits)
+    if path.exists():
+        stored = read_json(path, "untrained-encoder result")
+        if not isinstance(stored, dict) or "test_auc" not in stored or "per_seed" not in stored:
+            raise CorruptFileError(f"untrained-encoder result {path} lacks 'test_auc'; delete it to recompute")
+        if _stored_for(stored, path, cfg, fingerprint) and len(stored["per_seed"]) == replicates:
+            return stored
+    result = untrained_encoder_baseline(cfg, splits, replicates, device)
+    write_json_atomic(path, {**result, "config": cfg.to_dict(), "splits_sha256": fingerprint}, indent=2)
+    return result
 
 
 def _pca_baseline_once(splits: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -56,8 +56,9 @@ PAPER_TABLE1: tuple[dict[str, Any], ...] = (
 def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str = "this run") -> pd.DataFrame:
     """The paper's Table 1 rows for ``dataset`` with this run's mean test AUC / AUPRC (and 95% CI) below.
 
-    When ``summary`` has them, two baseline rows follow: the same models scored by
-    reconstruction error, and the raw-pixel PCA reconstruction (deterministic: one run).
+    When ``summary`` has them, three baseline rows follow: the same models scored by
+    reconstruction error, the same network before training scored by Eq. 4, and the
+    raw-pixel PCA reconstruction (deterministic: one run).
 
     ``summary``: the dict of :func:`salad_lite.experiment.evaluate_replicates`. Returns a
     pandas DataFrame with columns ``method``, ``AR %``, ``AUC``, ``AUPRC``, ``AUC 95% CI``,
@@ -83,6 +84,10 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
         auc_s, auprc_s = summary["reconstruction_test_auc"], summary["reconstruction_test_auprc"]
         rows.append(row("same AE, reconstruction error (baseline)", ar, auc_s["mean"], auprc_s["mean"],
                         auc_s["ci95"], auprc_s["ci95"], reps))
+    if "untrained_encoder" in summary:
+        auc_s, auprc_s = summary["untrained_encoder"]["test_auc"], summary["untrained_encoder"]["test_auprc"]
+        rows.append(row("same network untrained, Eq. 4 (baseline)", ar, auc_s["mean"], auprc_s["mean"],
+                        auc_s["ci95"], auprc_s["ci95"], len(summary["untrained_encoder"]["per_seed"])))
     if "pca_baseline" in summary:
         pca = summary["pca_baseline"]
         rows.append(row(f"raw pixels, PCA-{pca['n_components']} reconstruction (baseline)", ar, pca["test_auc"],

@@ -16,9 +16,11 @@ from salad_lite.experiment import (
     evaluate_replicates,
     replicate_dir,
     score_split,
+    select_scoring,
     train_or_load,
 )
 from salad_lite.files import CorruptFileError
+from salad_lite.metrics import auc
 from salad_lite.trainer import SaladTrainer
 
 
@@ -38,6 +40,14 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     assert summary["reconstruction_test_auc"]["mean"] == np.mean(recon)
     assert summary["pca_baseline"]["test_auc"] > 0.9  # the raw-pixel reference sees the planted disks
     assert (tmp_path / "nih" / "pca_baseline.json").exists()
+    untrained = summary["untrained_encoder"]  # Eq. 4 on the initial network of each seed: what training adds
+    assert [row["seed"] for row in untrained["per_seed"]] == [0, 1]
+    assert untrained["test_auc"]["mean"] == np.mean([row["test_auc"] for row in untrained["per_seed"]])
+    fresh = SaladTrainer(cfg.replace(train={"seed": 1}), splits["train"], splits["val"], device="cpu")
+    choice = select_scoring(fresh)
+    reference = auc(test_labels, score_split(fresh, splits["test"], choice["k"], choice["discard_anomalous"]))
+    assert untrained["per_seed"][1]["test_auc"] == reference and untrained["per_seed"][1]["k"] == choice["k"]
+    assert (tmp_path / "nih" / "untrained_encoder.json").exists()
     seed0 = replicate_dir(tmp_path, cfg, 0)
     selection = json.loads((seed0 / "selection.json").read_text())
     assert {"k", "discard_anomalous", "grid"} <= set(selection)
