@@ -552,8 +552,12 @@ def profile_config(profile: Profile, dataset: DatasetName = "nih", data_root: st
                 score={"k": 20, "bank": "embeddings"},
                 data={"replicates": 2, "max_train_images": 250},
             )
+        # tau = 0.5, not the paper's 0.1: the one recipe change that raised the validation AUC on the
+        # embedded chest set over 3 seeds (0.64 against 0.59); at 0.1 the latent encodes build and
+        # framing (chapter 4's probe). The issue-9 note lists every lever tried.
         return cfg.replace(
             model={"image_size": size, "width": 16},
+            loss={"temperature": 0.5},
             train={"pretrain_epochs": 6, "rounds": 3, "epochs_per_round": 3, "batch_size": 32,
                    "lr": 1e-3, "neighbours_start": 5, "neighbours_end": 10, "progress": True},
             score={"k": 20, "bank": "embeddings"},
