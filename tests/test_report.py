@@ -102,3 +102,17 @@ def test_profile_table_has_one_column_per_profile() -> None:
     assert table.loc["architecture", "full"] == "resnet18" and table.loc["image px", "full"] == 512
     assert table.loc["image px", "smoke"] == profile_config("smoke", "mura").model.image_size
     assert table.loc["max training images", "full"] == "all"
+
+
+def test_baseline_verdicts_follow_the_intervals() -> None:
+    summary = {"test_auc": {"mean": 0.70, "ci95": 0.02},
+               "untrained_encoder": {"test_auc": {"mean": 0.69, "ci95": 0.02}},
+               "reconstruction_test_auc": {"mean": 0.60, "ci95": 0.05},
+               "pca_baseline": {"test_auc": 0.75}}
+    lines = report.baseline_verdicts(summary).splitlines()
+    assert "not distinguishable from the same network before training (0.690 ± 0.020)" in lines[0]
+    assert "clearly above the reconstruction error" in lines[1]
+    assert "clearly below the raw-pixel PCA (0.750)." in lines[2]
+    assert report.baseline_verdicts({"test_auc": {"mean": 0.5, "ci95": 0.0}}) == ""
+    with pytest.raises(ValueError, match="missing"):
+        report.baseline_verdicts({})
