@@ -43,6 +43,7 @@ import torch
 from matplotlib.figure import Figure
 
 from salad_lite.config import ScoreRule
+from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
 from salad_lite.metrics import auc, binary_labels
 from salad_lite.scorer import eq4_search
@@ -328,12 +329,24 @@ def score_grid(query_z: Any, bank: Any, bank_labels: Any, k_grid: Iterable[int],
     return grid
 
 
+NO_FINDING_TEXT = "no finding"
+"""What a film whose ``finding`` names no finding (``No Finding``, ``normal``...) shows."""
+
+
 def findings_of(dataset: Any) -> list[str] | None:
-    """The ``finding`` column of a dataset's metadata (NIH ``Finding Labels``), or None without one."""
+    """The findings of each film of a dataset as shown text, or None when its metadata has no ``finding`` column.
+
+    Read by :func:`salad_lite.data.findings.finding_column`: names joined by ``|``
+    (``"Effusion|Mass"``), :data:`NO_FINDING_TEXT` for a film that names none.
+
+    Raises:
+        ValueError: a missing ``finding`` (None, NaN; its position named).
+        TypeError: a ``finding`` that is not text (position named).
+    """
     metadata = getattr(dataset, "metadata", None)
     if metadata is None or "finding" not in getattr(metadata, "columns", ()):
         return None
-    return [str(v) for v in metadata["finding"].to_numpy()]
+    return ["|".join(names) or NO_FINDING_TEXT for names in finding_column(metadata["finding"], "metadata 'finding'")]
 
 
 # --------------------------------------------------------------------------- static figures

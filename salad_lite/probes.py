@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.data.base import read_text_csv, text_to_numbers
+from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
 
 __all__ = [
@@ -215,11 +216,16 @@ def _image_names(metadata: pd.DataFrame) -> pd.Series:
 
 
 def _finding_columns(findings: pd.Series) -> pd.DataFrame:
-    """One 0/1 column ``finding_<name>`` per finding of a ``|``-separated column ("No Finding" has none)."""
-    split = findings.astype(str).str.split("|").map(lambda names: {s.strip() for s in names} - {"", "No Finding"})
-    names = sorted(set().union(*split)) if len(split) else []
-    return pd.DataFrame({f"finding_{name}": split.map(lambda s, name=name: int(name in s)).to_numpy(np.int64)
-                         for name in names})
+    """One 0/1 column ``finding_<name>`` per finding of a ``|``-separated column, sorted by name.
+
+    Read by :func:`salad_lite.data.findings.finding_column`: the normal words
+    (``No Finding``, ``normal``, ``none``, empty; any case) give no column, a missing
+    entry (None, NaN) is a ValueError naming its position.
+    """
+    split = [set(names) for names in finding_column(findings, "metadata 'finding'")]
+    names = sorted(set().union(*split)) if split else []
+    return pd.DataFrame({f"finding_{name}": np.array([int(name in s) for s in split], dtype=np.int64)
+                         for name in names}, index=pd.RangeIndex(len(split)))
 
 
 def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *,
@@ -245,8 +251,8 @@ def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *
         table) give the metadata columns only.
 
     Raises:
-        TypeError: ``dataset`` has no ``.metadata`` table.
-        ValueError: the renderer table lacks ``Image Index``, lists an image
+        TypeError: ``dataset`` has no ``.metadata`` table; a ``finding`` that is not text.
+        ValueError: a missing ``finding`` (None, NaN; position named); the renderer table lacks ``Image Index``, lists an image
             twice, misses images of the split (counted, first names given), or
             holds a parameter that is not a number (column and images named).
         CorruptFileError: the renderer table cannot be parsed as CSV.

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.config import Profile, SaladConfig, paper_config, profile_config
+from salad_lite.data.findings import parse_findings
 from salad_lite.metrics import auc, binary_labels, mean_ci
 
 __all__ = ["ANY_FINDING", "DEFAULT_SEVERITY_BINS", "MIN_FINDING_IMAGES", "PAPER_TABLE1", "TABLE1_DATASETS",
@@ -229,7 +230,6 @@ ANY_FINDING = "any finding"
 MIN_FINDING_IMAGES = 5
 #: Severity bin edges of :func:`per_finding_auc`: thirds of [0, 1] (subtle, moderate, obvious).
 DEFAULT_SEVERITY_BINS: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
-_NORMAL_NAMES = frozenset({"", "no finding", "normal", "none"})
 
 
 def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
@@ -259,8 +259,10 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
             replicates; a list of R sequences of M), higher = more abnormal (e.g.
             ``{"SALAD": [r.test_scores for r in replicates], "PCA": pca["test_scores"]}``).
         findings: ``[M]``: per image its finding names, as a tuple or as one
-            ``|``-separated text (``"Effusion|Mass"``). Normal images' entries are ignored,
-            unless ``shared_by_normals``.
+            ``|``-separated text (``"Effusion|Mass"``), read by
+            :func:`salad_lite.data.findings.parse_findings` (normal words such as
+            ``No Finding`` dropped, any case). Normal images' names are ignored, unless
+            ``shared_by_normals``; a missing entry (None, NaN) is refused for every image.
         severity: ``[M]`` or None: per image a mapping finding -> severity, or one
             number for all its findings, or None / NaN for a normal image; every
             finding of an abnormal image needs a finite severity inside ``bins``.
@@ -279,8 +281,8 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
     Raises:
         ValueError: a label other than 0/1; ``findings``, ``severity`` or a method's
             scores (per replicate) not of length M (both lengths named); no method, an
-            empty method name, or a score that is NaN/inf; an abnormal image with no
-            finding; a severity missing, not finite or outside ``bins`` (image and
+            empty method name, or a score that is NaN/inf; a missing ``findings`` entry
+            (None, NaN; position named); an abnormal image with no finding; a severity missing, not finite or outside ``bins`` (image and
             finding named); ``bins`` not increasing; ``min_images`` < 1.
         TypeError: a ``findings`` or ``severity`` entry of another type (position named).
 
@@ -356,13 +358,7 @@ def _per_image_findings(findings: Sequence[Any], labels: np.ndarray, m: int,
         raise ValueError(f"findings has {len(findings)} entries but test_labels has {m}")
     names: list[tuple[str, ...]] = []
     for i, entry in enumerate(findings):
-        if isinstance(entry, str):
-            parts = entry.split("|")
-        elif isinstance(entry, (tuple, list)) and all(isinstance(p, str) for p in entry):
-            parts = list(entry)
-        else:
-            raise TypeError(f"findings[{i}] must be text or a tuple of text, got {entry!r}")
-        kept = tuple(dict.fromkeys(p.strip() for p in parts if p.strip().lower() not in _NORMAL_NAMES))
+        kept = parse_findings(entry, f"findings[{i}]")
         if labels[i] == 1 and not kept:
             raise ValueError(f"abnormal test image {i} has no finding (findings[{i}] = {entry!r})")
         names.append(kept if labels[i] == 1 or shared else ())

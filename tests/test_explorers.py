@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -198,6 +199,18 @@ def tiny_trainer(latents: dict[str, np.ndarray]) -> SimpleNamespace:
                            cfg=SimpleNamespace(score=ScoreConfig(k_grid=(1, 5, 10, 50), bank="embeddings")),
                            embed=lambda dataset: torch.from_numpy(embeds[id(dataset)]),
                            scoring_bank=lambda: torch.from_numpy(latents["bank"]))
+
+
+def test_findings_shown_come_from_the_one_parser(tiny_trainer: SimpleNamespace) -> None:
+    shown = explorers.findings_of(tiny_trainer.train_set)
+    labels = tiny_trainer.train_labels
+    assert shown == ["Mass" if label else explorers.NO_FINDING_TEXT for label in labels]
+    assert explorers.findings_of(tiny_trainer.val_set) is None  # no 'finding' column: the labels are shown
+    films = SimpleNamespace(metadata=pd.DataFrame({"finding": ["Effusion | Mass", "NORMAL", None]}))
+    with pytest.raises(ValueError, match=r"metadata 'finding' of image 2 is missing \((None|nan)\)"):
+        explorers.findings_of(films)
+    films.metadata["finding"] = ["Effusion | Mass", "NORMAL", ""]
+    assert explorers.findings_of(films) == ["Effusion|Mass", "no finding", "no finding"]
 
 
 def test_static_figures(tiny_trainer: SimpleNamespace) -> None:

@@ -15,7 +15,14 @@ from salad_lite import report, viz
 from salad_lite.baselines import pca_baseline
 from salad_lite.config import profile_config
 from salad_lite.data.base import CachedXrayDataset
-from salad_lite.data.findings import MURA_ANNOTATIONS, NIH_SYNTH_METADATA, split_findings
+from salad_lite.data.findings import (
+    MURA_ANNOTATIONS,
+    NIH_SYNTH_METADATA,
+    finding_column,
+    is_normal_finding,
+    parse_findings,
+    split_findings,
+)
 from salad_lite.data.registry import load_splits
 from salad_lite.files import CorruptFileError
 
@@ -194,6 +201,36 @@ def test_figure_has_a_severity_panel_only_with_bins() -> None:
     assert len(viz.plot_per_finding_auc(binned).axes) == 2
     with pytest.raises(ValueError, match=r"table lacks column\(s\) \['AE AUC', 'AE 95% CI'\]"):
         viz.plot_per_finding_auc(plain, ("SALAD", "AE"))
+
+
+# ------------------------------------------------------------------------------------------ the findings parser
+def test_one_parser_reads_findings_everywhere() -> None:
+    assert parse_findings(" Effusion | Mass|Effusion") == ("Effusion", "Mass")  # stripped, a repeat kept once
+    assert parse_findings(("A", "B|C")) == ("A", "B", "C")
+    for normal in ("", "No Finding", "no finding", "NORMAL", " none ", "No Finding|"):
+        assert parse_findings(normal) == () and all(is_normal_finding(p) for p in normal.split("|"))
+    assert not is_normal_finding("Mass")
+    for missing in (None, float("nan"), np.nan, pd.NA):
+        with pytest.raises(ValueError, match=r"findings\[4\] is missing"):
+            parse_findings(missing, "findings[4]")
+    with pytest.raises(TypeError, match=r"x must be text or a tuple of text, got 3"):
+        parse_findings(3, "x")
+    assert finding_column(pd.Series(["normal", "A|B"])) == [(), ("A", "B")]
+    with pytest.raises(ValueError, match=r"'finding' of image 1 is missing \(nan\)"):
+        finding_column(pd.Series(["A", np.nan], dtype=object))
+
+
+def test_a_missing_finding_is_refused_naming_its_position() -> None:
+    labels = np.array([0, 0, 1, 1])
+    for kind in ("nih", "folder"):
+        data = ArrayDataset(blob_images(labels, size=8), labels)
+        data.metadata["finding"] = pd.Series(["No Finding", "No Finding", "Mass", np.nan], dtype=object)
+        with pytest.raises(ValueError, match=r"(NIH 'Finding Labels'|metadata 'finding') of image 3 is missing \(nan\)"):
+            split_findings(data, kind)  # never the finding "nan"
+    with pytest.raises(ValueError, match=r"findings\[17\] is missing \(None\)"):
+        report.per_finding_auc(LABELS, {"m": _scores(6)}, FINDINGS[:-1] + [None])
+    with pytest.raises(ValueError, match=r"findings\[2\] is missing \(nan\)"):  # a normal image's too
+        report.per_finding_auc(LABELS, {"m": _scores(6)}, FINDINGS[:2] + [np.nan] + FINDINGS[3:])
 
 
 # ------------------------------------------------------------------------------------------ findings of a split

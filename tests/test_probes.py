@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -183,6 +184,19 @@ def test_renderer_tables_that_do_not_fit_are_refused(nih_small: Path, tmp_path: 
         probes.image_parameters(lazy, root=tmp_path)
     with pytest.raises(TypeError, match="metadata"):
         probes.image_parameters(object())
+
+
+def test_finding_columns_use_the_one_findings_parser() -> None:
+    metadata = pd.DataFrame({"label": [0, 0, 1, 1, 0], "finding": ["normal", "No finding", "abnormal", "Mass",
+                                                                    " NONE "]})
+    table = probes.image_parameters(SimpleNamespace(metadata=metadata, root=None))
+    findings = [c for c in table.columns if c.startswith("finding_")]
+    assert findings == ["finding_Mass", "finding_abnormal"]  # no column for a normal word in any case
+    assert table["finding_abnormal"].tolist() == [0, 0, 1, 0, 0] and table["finding_Mass"].tolist() == [0, 0, 0, 1, 0]
+    for missing in (np.nan, None):
+        metadata["finding"] = pd.Series(["No Finding", "Mass", missing, "Mass", ""], dtype=object)
+        with pytest.raises(ValueError, match=r"metadata 'finding' of image 2 is missing \((nan|None)\)"):
+            probes.image_parameters(SimpleNamespace(metadata=metadata, root=None))
 
 
 # --------------------------------------------------------------------------- sentences and figure
