@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from salad_lite.config import MAX_SEED
 from salad_lite.data.base import read_text_csv, text_to_numbers
 from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
@@ -81,6 +82,22 @@ def _is_categorical(column: pd.Series) -> bool:
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return True
     return column.nunique(dropna=True) == 2
+
+
+def _int_argument(name: str, value: Any, low: int, high: int, why: str = "") -> int:
+    """``value`` as an int when it is an int (not bool) in ``low..high``; ValueError naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int in {low}..{high}{why}, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}{why}, got {name}={value!r}")
+    return int(value)
+
+
+def _infinite_count(column: pd.Series) -> int:
+    """How many entries of ``column`` are +-inf (numbers of a numeric column, or float entries of any other)."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return int(np.isinf(column.to_numpy(np.float64, na_value=np.nan)).sum())
+    return int(sum(isinstance(v, (float, np.floating)) and math.isinf(v) for v in column))
 
 
 def _folds(n: int, folds: int, seed: int, classes: np.ndarray | None) -> Any:
@@ -131,15 +148,17 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
 
     Columns that cannot be scored are skipped, with ONE :class:`ProbeWarning`
     that counts them and names each with its reason: missing values (NaN,
-    None; the count is given), a single value (R² and accuracy say nothing).
+    None) or infinite values (the counts are given), a single value (R² and
+    accuracy say nothing).
 
     Raises:
         TypeError: ``targets`` is not a DataFrame.
         ValueError: ``latents`` is not ``[N, d]`` with finite, non-zero rows;
             ``targets`` has not N rows, has no column, or repeats a column
-            name; ``folds`` < 2 or > N; ``k`` < 1 or larger than the smallest
-            training part; ``kinds`` names an unknown column or kind; no
-            column can be scored.
+            name; ``folds`` not an int in 2..N; ``k`` not an int in 1..the
+            smallest training part; ``seed`` not an int in 0..2**32 - 1 (NumPy's
+            range); a bool for any of them; ``kinds`` names an unknown column
+            or kind; no column can be scored.
     """
     from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
     from sklearn.model_selection import cross_val_predict
@@ -155,12 +174,10 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
         raise ValueError("targets has no column to probe")
     if targets.columns.duplicated().any():
         raise ValueError(f"targets repeats column(s) {sorted(map(str, targets.columns[targets.columns.duplicated()]))}")
-    if not 2 <= int(folds) <= n:
-        raise ValueError(f"folds must lie in 2..{n} (the number of images), got {folds}")
+    folds = _int_argument("folds", folds, 2, n, " (the number of images)")
     smallest_train = n - math.ceil(n / folds)
-    if not 1 <= int(k) <= smallest_train:
-        raise ValueError(f"k must lie in 1..{smallest_train} (the smallest training part of {folds} folds over "
-                         f"{n} images), got k={k}")
+    k = _int_argument("k", k, 1, smallest_train, f" (the smallest training part of {folds} folds over {n} images)")
+    seed = _int_argument("seed", seed, 0, MAX_SEED, " (NumPy's seed range)")
     kinds = dict(kinds or {})
     unknown = sorted(set(kinds) - set(targets.columns))
     bad_kind = sorted({v for v in kinds.values()} - {"regression", "classification"})
@@ -172,9 +189,10 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
     skipped: list[str] = []
     for name in targets.columns:
         column = targets[name].reset_index(drop=True)
-        missing = int(column.isna().sum())
-        if missing:
-            skipped.append(f"{name!r} ({missing} missing value(s))")
+        missing, infinite = int(column.isna().sum()), _infinite_count(column)
+        if missing or infinite:
+            counts = [f"{missing} missing value(s)"] * bool(missing) + [f"{infinite} infinite value(s)"] * bool(infinite)
+            skipped.append(f"{name!r} ({', '.join(counts)})")
             continue
         if column.nunique() < 2:
             skipped.append(f"{name!r} (a single value)")

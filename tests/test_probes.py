@@ -99,6 +99,40 @@ def test_columns_that_cannot_be_scored_are_skipped_with_one_counted_warning() ->
             probes.latent_predictability(z, targets[["holes", "flat"]], k=5)
 
 
+def test_an_infinite_target_is_skipped_like_a_missing_one() -> None:
+    z = _sphere(n=60)
+    targets = pd.DataFrame({"ok": z[:, 0], "blown": np.where(np.arange(60) == 4, np.inf, z[:, 1]),
+                            "both": np.where(np.arange(60) == 2, -np.inf, np.where(np.arange(60) == 3, np.nan, 1.0)),
+                            "text": ["a", "b"] * 29 + ["a", float("inf")]})
+    with pytest.warns(probes.ProbeWarning) as caught:
+        table = probes.latent_predictability(z, targets, k=5)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "3 of 4" in message and "'blown' (1 infinite value(s))" in message
+    assert "'both' (1 missing value(s), 1 infinite value(s))" in message and "'text' (1 infinite value(s))" in message
+    assert table["target"].tolist() == ["ok"]
+
+
+@pytest.mark.parametrize("argument, value, message", [
+    ("k", 3.7, r"k must be an int in 1\.\.32 .*got 3\.7"),
+    ("k", True, r"k must be an int in 1\.\.32 .*got True"),
+    ("k", "5", r"k must be an int .*got '5'"),
+    ("folds", "3", r"folds must be an int in 2\.\.40 \(the number of images\), got '3'"),
+    ("folds", 3.0, r"folds must be an int .*got 3\.0"),
+    ("folds", False, r"folds must be an int .*got False"),
+    ("seed", -1, r"seed must lie in 0\.\.4294967295 \(NumPy's seed range\), got seed=-1"),
+    ("seed", 2**32, r"seed must lie in 0\.\.4294967295"),
+    ("seed", 1.5, r"seed must be an int .*got 1\.5"),
+])
+def test_k_folds_and_seed_must_be_ints_in_range(argument: str, value: object, message: str) -> None:
+    z = _sphere(n=40)
+    arguments = {"k": 5, "folds": 5, "seed": 0, argument: value}
+    with pytest.raises(ValueError, match=message):
+        probes.latent_predictability(z, pd.DataFrame({"y": z[:, 0]}), **arguments)
+    assert len(probes.latent_predictability(z, pd.DataFrame({"y": z[:, 0]}), k=np.int64(5), folds=np.int32(4),
+                                            seed=np.uint32(2**32 - 1))) == 1  # NumPy ints are ints
+
+
 def test_bad_inputs_are_refused() -> None:
     z = _sphere(n=40)
     targets = pd.DataFrame({"y": z[:, 0]})
