@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_text_names_best_and_worst_from_the_numbers() -> None:
     text = report.per_finding_text(table, "SALAD", "PCA")
     assert text.startswith("Of 2 findings, SALAD detects Easy best (AUC 1.000; PCA 0.500) and Hard worst "
                            "(AUC 0.167; PCA 1.000).")
-    assert "It beats PCA on 1 of 2 findings." in text
+    assert "Its AUC is clearly above PCA's (the lower end of its 95% CI higher) on 1 of 2 findings." in text
     swapped = report.per_finding_text(table, "PCA", "SALAD")
     assert "PCA detects Hard best" in swapped and "Easy worst" in swapped
     with pytest.raises(ValueError, match=r"unknown method 'AE': the table has \['SALAD', 'PCA'\]"):
@@ -191,6 +192,44 @@ def test_text_names_best_and_worst_from_the_numbers() -> None:
                                     min_images=2)
     low = _row(binned, report.ANY_FINDING, "[0.00, 0.33]")["SALAD AUC"]
     assert f"its AUC is {low:.3f} at the mildest severity scored, [0.00, 0.33]" in report.per_finding_text(binned)
+
+
+def test_a_win_over_the_baseline_needs_the_ci_above_it_not_a_higher_mean() -> None:
+    labels = np.array([0] * 6 + [1] * 12)
+    findings = ["No Finding"] * 6 + ["Easy"] * 6 + ["Close"] * 6
+    base = np.r_[np.zeros(6), np.full(6, 5.0), np.r_[-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]]  # Close: AUC 4 / 6
+    tilted = base.copy()
+    tilted[12] = 1.0  # replicate 2: Close AUC 5 / 6
+    runs = [base, tilted]  # Close: mean 0.75, CI 1.96 * std = 0.23: lower end 0.52
+    pca = np.r_[np.zeros(6), np.full(6, -1.0), np.r_[-1.0, -1.0, 1.0, 1.0, 1.0, 0.0]]  # Easy 0, Close 3.5 / 6
+    table = report.per_finding_auc(labels, {"SALAD": runs, "PCA": pca}, findings)
+    close = _row(table, "Close")
+    assert close["SALAD AUC"] > close["PCA AUC"] > close["SALAD AUC"] - close["SALAD 95% CI"]  # higher mean, CI across
+    text = report.per_finding_text(table, "SALAD", "PCA")
+    assert "clearly above PCA's (the lower end of its 95% CI higher) on 1 of 2 findings." in text  # Easy only
+    single = report.per_finding_auc(labels, {"SALAD": base, "PCA": pca}, findings)
+    assert ("A single run gives no 95% CI, so no finding is clearly above PCA; its AUC is higher on 2 of 2 findings."
+            in report.per_finding_text(single, "SALAD", "PCA"))
+
+
+def test_labels_must_be_one_dimensional() -> None:
+    for shape in ((18, 1), (1, 18)):
+        with pytest.raises(ValueError, match=re.escape(f"test_labels must be 1-D [M], got shape {shape}")):
+            report.per_finding_auc(LABELS.reshape(shape), {"m": _scores(6)}, FINDINGS)
+
+
+def test_severity_bins_close_on_the_right_and_close_edges_print_apart() -> None:
+    edges = (0.0, 0.101, 0.104, 1.0)
+    assert report.severity_bin_labels(edges) == ["[0.000, 0.101]", "(0.101, 0.104]", "(0.104, 1.000]"]
+    assert report.severity_bin_labels(report.DEFAULT_SEVERITY_BINS) == ["[0.00, 0.33]", "(0.33, 0.67]",
+                                                                      "(0.67, 1.00]"]
+    assert report.severity_bin_index([0.0, 1 / 3, 0.34, 2 / 3, 1.0, 1.2, np.nan], report.DEFAULT_SEVERITY_BINS
+                                     ).tolist() == [0, 0, 1, 1, 2, -1, -1]  # an inner edge belongs to the bin below
+    severity = [None] * 8 + [0.102, 0.103, 0.101, 0.104, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    findings = ["No Finding"] * 8 + ["A"] * 10
+    table = report.per_finding_auc(LABELS, {"m": _scores(3)}, findings, severity, bins=edges, min_images=1)
+    counts = table[table["finding"] == report.ANY_FINDING].set_index("severity")["n abnormal"]
+    assert counts.to_dict() == {"all": 10, "[0.000, 0.101]": 1, "(0.101, 0.104]": 3, "(0.104, 1.000]": 6}
 
 
 def test_figure_has_a_severity_panel_only_with_bins() -> None:
