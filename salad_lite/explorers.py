@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from salad_lite.config import ScoreRule
 from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
-from salad_lite.metrics import auc, binary_labels
+from salad_lite.metrics import auc, binary_labels, finite_scores
 from salad_lite.scorer import eq4_search
 
 ThresholdMode = Literal["percentile", "absolute"]
@@ -97,13 +97,10 @@ class Confusion:
 
 
 def _scores(scores: Any, what: str = "scores") -> np.ndarray:
-    """``scores`` as a finite float64 [M] array (M >= 1); ValueError otherwise."""
-    values = np.asarray(scores, dtype=np.float64)
+    """``scores`` as a finite float64 [M] array, M >= 1 (:func:`salad_lite.metrics.finite_scores`); else ValueError."""
+    values = finite_scores(scores, what)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"{what} must be a non-empty 1-D array [M], got shape {values.shape}")
-    bad = int((~np.isfinite(values)).sum())
-    if bad:
-        raise ValueError(f"{bad} of {values.size} {what} are NaN or inf")
     return values
 
 

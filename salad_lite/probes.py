@@ -17,8 +17,8 @@ learning via non-parametric instance discrimination", CVPR):
 :func:`image_parameters` builds that table for a split: the columns of the
 split's metadata (label, view, age, sex, one 0/1 column per finding) and, for
 the embedded synthetic chest set, the renderer's per-image parameters
-(``synth_metadata.csv`` beside the set's ``Data_Entry_2017.csv``), aligned row
-by row with the split's images.
+(``synth_metadata.csv`` beside the set's ``Data_Entry_2017.csv``, read only when
+the renderer's manifest is there too), aligned row by row with the split's images.
 
 The probe is the measurement of issue 9: on the default model (seed 0,
 validation images) the latent predicted breast thickness, film shift,
@@ -33,7 +33,6 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from salad_lite.config import MAX_SEED
 from salad_lite.data.base import read_text_csv, text_to_numbers
 from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, embedded_side_file
 
 __all__ = [
     "PROBE_KINDS",
@@ -56,8 +56,9 @@ __all__ = [
     "latent_predictability",
 ]
 
-#: The renderer's per-image table, beside the embedded chest set's ``Data_Entry_2017.csv``.
-SYNTH_METADATA = "synth_metadata.csv"
+#: The renderer's per-image table, beside the embedded chest set's ``Data_Entry_2017.csv``
+#: (:data:`salad_lite.synth.CHEST_METADATA`).
+SYNTH_METADATA = CHEST_METADATA
 #: Renderer columns read as numbers (pose, anatomy, geometry, exposure and post-processing).
 RENDER_NUMBERS: tuple[str, ...] = (
     "tilt_deg", "turn_deg", "soft_gain", "bone_gain", "lung_gain", "heart_t", "lateral_scale", "inspiration",
@@ -256,8 +257,10 @@ def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *
             ``age``, ``sex`` when the loader has them).
         root: the folder of the set (the NIH root holding
             ``Data_Entry_2017.csv``); None uses ``dataset.root``. When it holds
-            :data:`SYNTH_METADATA` (the embedded synthetic chest set), the
-            renderer's parameters are added.
+            :data:`SYNTH_METADATA` and the renderer's manifest beside it (the
+            embedded synthetic chest set, :func:`salad_lite.synth.embedded_side_file`:
+            a table of that name in a real download is not read), the renderer's
+            parameters are added.
         findings: add one 0/1 column ``finding_<name>`` per finding present in
             the split.
 
@@ -288,9 +291,9 @@ def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *
     for name in _METADATA_NUMBERS:
         if name in metadata.columns:
             table[name] = pd.to_numeric(metadata[name], errors="coerce").to_numpy(np.float64)
-    folder = Path(root) if root not in (None, "") else getattr(dataset, "root", None)
-    csv = Path(folder) / SYNTH_METADATA if folder is not None else None
-    if csv is None or not csv.is_file():
+    folder = root if root not in (None, "") else getattr(dataset, "root", None)
+    csv = embedded_side_file(folder, CHEST_METADATA, CHEST_MANIFEST)  # the rule of data/findings.py too
+    if csv is None:
         return table
     render = read_text_csv(csv, what="renderer table")
     if "Image Index" not in render.columns:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from salad_lite.config import Profile, SaladConfig, paper_config, profile_config
 from salad_lite.data.findings import parse_findings
-from salad_lite.metrics import auc, binary_labels, mean_ci
+from salad_lite.metrics import auc, binary_labels, finite_scores, mean_ci
 
 __all__ = ["ANY_FINDING", "DEFAULT_SEVERITY_BINS", "MIN_FINDING_IMAGES", "PAPER_TABLE1", "TABLE1_DATASETS",
            "differences_from_paper", "metric_lines", "paper_comparison", "paper_row", "per_finding_auc",
@@ -377,17 +377,12 @@ def _method_scores(scores_by_method: Mapping[str, Any], m: int) -> dict[str, np.
     for name, value in scores_by_method.items():
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"method names must be non-empty text, got {name!r}")
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"scores of {name!r} are not an [M] or [R, M] array of numbers ({error})") from None
+        arr = finite_scores(value, f"scores of {name!r}")  # numbers, NaN/inf refused (counted)
         arr = arr[None] if arr.ndim == 1 else arr
         if arr.ndim != 2 or arr.shape[0] < 1:
             raise ValueError(f"scores of {name!r} must be [M] or [R, M], got shape {np.shape(value)}")
         if arr.shape[1] != m:
             raise ValueError(f"scores of {name!r} have {arr.shape[1]} values per run but test_labels has {m}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"scores of {name!r}: {int((~np.isfinite(arr)).sum())} value(s) are NaN or inf")
         out[name] = arr
     return out
 

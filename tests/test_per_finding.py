@@ -152,7 +152,7 @@ def test_bad_inputs_are_refused_naming_the_field() -> None:
         report.per_finding_auc(LABELS, {"": _scores(6)}, FINDINGS)
     nan = _scores(6)
     nan[3] = np.nan
-    with pytest.raises(ValueError, match=r"scores of 'm': 1 value\(s\) are NaN or inf"):
+    with pytest.raises(ValueError, match=r"scores of 'm': 1 of 18 value\(s\) are NaN or inf"):
         report.per_finding_auc(LABELS, {"m": nan}, FINDINGS)
     with pytest.raises(ValueError, match=r"abnormal test image 17 has no finding \(findings\[17\] = 'No Finding'\)"):
         report.per_finding_auc(LABELS, good, FINDINGS[:-1] + ["No Finding"])
@@ -398,3 +398,22 @@ def test_pca_test_scores_are_stored_and_an_old_file_is_recomputed(blob_splits, t
     path.write_text(json.dumps({**old, "splits_sha256": "0" * 64}))  # an old file of other splits: refused
     with pytest.raises(ValueError, match=rf"{path} was computed from other splits"):
         experiment._pca_baseline_once(splits, path)
+
+
+def test_one_finite_score_check_for_metrics_report_and_explorers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from salad_lite import explorers, metrics
+
+    with pytest.raises(ValueError, match=r"^scores: 1 of 4 value\(s\) are NaN or inf$"):
+        metrics.auc([0, 0, 1, 1], [0.1, np.inf, 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"^scores: 2 of 3 value\(s\) are NaN or inf$"):
+        explorers.confusion_at([np.nan, 1.0, -np.inf], [0, 1, 1], 0.5)
+    with pytest.raises(ValueError, match=r"^scores of 'm' must be numbers"):
+        report.per_finding_auc(LABELS, {"m": ["x"] * 18}, FINDINGS)
+    calls = []
+    real = metrics.finite_scores
+    for module in (metrics, explorers, report):  # each goes through the one helper
+        monkeypatch.setattr(module, "finite_scores", lambda v, n="scores": calls.append(n) or real(v, n))
+    metrics.auc([0, 1], [0.1, 0.2])
+    explorers.confusion_at([0.1, 0.2], [0, 1], 0.15)
+    report.per_finding_auc(LABELS, {"m": _scores(1)}, FINDINGS)
+    assert calls[:3] == ["scores", "scores", "scores of 'm'"]  # then the AUCs' own checks

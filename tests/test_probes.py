@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from salad_lite import probes, viz
 from salad_lite.data.base import subset
 from salad_lite.data.nih import NIHChestXray
 from salad_lite.data.registry import ensure_embedded
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA
 
 matplotlib.use("Agg")
 
@@ -170,6 +172,19 @@ def nih_small() -> Path:
     return ensure_embedded("nih", progress=False, scale="small")
 
 
+def test_the_side_file_names_are_defined_once() -> None:
+    from salad_lite.data import findings
+    from salad_lite.synth import LIMB_ANNOTATIONS, LIMB_MANIFEST, chest, limb
+
+    assert probes.SYNTH_METADATA is CHEST_METADATA and findings.NIH_SYNTH_METADATA is CHEST_METADATA
+    assert findings.MURA_ANNOTATIONS is LIMB_ANNOTATIONS
+    assert chest.MANIFEST_NAME is CHEST_MANIFEST and limb.MANIFEST_NAME is LIMB_MANIFEST
+    for module in (probes, findings, chest, limb):  # no module spells a name out again
+        source = Path(module.__file__).read_text()
+        for name in (CHEST_METADATA, CHEST_MANIFEST, LIMB_MANIFEST, LIMB_ANNOTATIONS):
+            assert f'"{name}"' not in source, (module.__name__, name)
+
+
 def test_renderer_parameters_are_aligned_with_the_split(nih_small: Path) -> None:
     lazy = NIHChestXray(nih_small, view="all", image_size=32)
     order = np.random.default_rng(0).permutation(len(lazy))[:50]
@@ -206,6 +221,10 @@ def test_renderer_tables_that_do_not_fit_are_refused(nih_small: Path, tmp_path: 
     lazy = NIHChestXray(nih_small, view="all", image_size=32)
     render = pd.read_csv(nih_small / probes.SYNTH_METADATA, dtype=str, keep_default_na=False)
     render.iloc[1:].to_csv(tmp_path / probes.SYNTH_METADATA, index=False)
+    # without the renderer's manifest beside it, a table of that name is not the renderer's: not read
+    alone = probes.image_parameters(lazy, root=tmp_path)
+    assert not set(probes.RENDER_NUMBERS) & set(alone.columns)
+    shutil.copy(nih_small / CHEST_MANIFEST, tmp_path / CHEST_MANIFEST)  # as split_findings requires it
     with pytest.raises(ValueError, match="misses 1 of the split's"):
         probes.image_parameters(lazy, root=tmp_path)
     broken = render.copy()

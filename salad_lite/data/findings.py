@@ -43,17 +43,18 @@ import pandas as pd
 
 from salad_lite.data.base import read_text_csv, text_to_numbers
 from salad_lite.data.batches import dataset_labels
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, LIMB_ANNOTATIONS, LIMB_MANIFEST, embedded_side_file
 
 __all__ = ["FINDING_KINDS", "MURA_ANNOTATIONS", "NIH_SYNTH_METADATA", "NORMAL_FINDING_WORDS", "SplitFindings",
            "finding_column", "is_normal_finding", "parse_findings", "split_findings"]
 
 FINDING_KINDS = ("nih", "mura", "folder")
-#: The embedded chest renderer's side table (per-finding severities), in the NIH root.
-NIH_SYNTH_METADATA = "synth_metadata.csv"
-#: The embedded limb renderer's side table (lesion kind and severity), beside the ``MURA-v1.1`` folder.
-MURA_ANNOTATIONS = "groundtruth/annotations.csv"
-_NIH_MANIFEST = "synth_chest_manifest.json"  # salad_lite.synth.chest.MANIFEST_NAME
-_MURA_MANIFEST = "synth_limb_manifest.json"  # salad_lite.synth.limb.MANIFEST_NAME
+#: The embedded chest renderer's side table (per-finding severities), in the NIH root
+#: (:data:`salad_lite.synth.CHEST_METADATA`).
+NIH_SYNTH_METADATA = CHEST_METADATA
+#: The embedded limb renderer's side table (lesion kind and severity), beside the ``MURA-v1.1`` folder
+#: (:data:`salad_lite.synth.LIMB_ANNOTATIONS`).
+MURA_ANNOTATIONS = LIMB_ANNOTATIONS
 #: Words that name no finding (compared stripped and lower-cased): a normal image's ``finding``.
 NORMAL_FINDING_WORDS = frozenset({"", "no finding", "normal", "none"})
 
@@ -200,14 +201,6 @@ def _abnormal_findings(meta: pd.DataFrame, labels: np.ndarray, what: str) -> tup
     return found
 
 
-def _side_file(folder: Path | None, name: str, manifest: str) -> Path | None:
-    """``folder/name`` when it and the renderer's ``manifest`` exist (an embedded set), else None."""
-    if folder is None:
-        return None
-    path = folder / name
-    return path if path.is_file() and (folder / manifest).is_file() else None
-
-
 def _severities(table: pd.DataFrame, rows: np.ndarray, columns: list[str], path: Path,
                 keys: list[str]) -> np.ndarray:
     """``float [n]`` severities ``table[columns[j]][rows[j]]``, refusing a value that is not a finite number."""
@@ -233,7 +226,7 @@ def _lookup(table: pd.DataFrame, key_column: str, keys: list[str], path: Path) -
 def _nih_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> SplitFindings:
     _require(meta, "finding", "nih")
     findings = _abnormal_findings(meta, labels, "NIH 'Finding Labels'")
-    side = _side_file(root, NIH_SYNTH_METADATA, _NIH_MANIFEST)
+    side = embedded_side_file(root, CHEST_METADATA, CHEST_MANIFEST)
     if side is None:
         return SplitFindings(labels, findings, None, "finding", False,
                              "NIH 'Finding Labels' of each test image (no severity is recorded for these films)")
@@ -265,7 +258,7 @@ def _nih_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> 
 
 def _mura_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> SplitFindings:
     _require(meta, "path", "mura")
-    side = _side_file(root.parent if root is not None else None, MURA_ANNOTATIONS, _MURA_MANIFEST)
+    side = embedded_side_file(root.parent if root is not None else None, LIMB_ANNOTATIONS, LIMB_MANIFEST)
     if side is None:
         _require(meta, "body_part", "mura")
         parts = tuple((str(p).strip(),) for p in meta["body_part"])
