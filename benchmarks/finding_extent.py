@@ -8,7 +8,8 @@ default). Prints, per set and finding: n, the median and 10th / 90th percentile
 equivalent diameter (px) at each size and the share of findings whose
 equivalent diameter is >= ``--min-px`` (3) px; then the share whose *thickness*
 (largest inscribed disc) reaches it, the median peak contrast, the shares by
-severity, and the smallest size at which most findings of each set span
+severity bin (those of the evaluation chapters, `report.per_finding_auc`: closed on the right),
+and the smallest size at which most findings of each set span
 ``--min-px`` px.
 
 The specs come from the sets' manifests under the embedded root (``n_images``,
@@ -35,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from salad_lite.report import DEFAULT_SEVERITY_BINS, severity_bin_index, severity_bin_labels
 from salad_lite.synth import EMBEDDED_SCALES, embedded_root
 from salad_lite.synth import chest, limb
 from salad_lite.synth.extent import (
@@ -104,6 +106,19 @@ def _smallest(rows: Sequence[FindingExtent], sizes: Sequence[int], min_px: float
     return f"none of {sorted(sizes)}"
 
 
+def severity_groups(rows: Sequence[FindingExtent],
+                    bins: Sequence[float] = DEFAULT_SEVERITY_BINS) -> list[tuple[str, list[FindingExtent]]]:
+    """``(bin label, rows)`` per severity bin, binned as the evaluation chapters bin them.
+
+    The rule of :func:`salad_lite.report.per_finding_auc`: ``[b0, b1], (b1, b2], ...``
+    (closed on the right), labelled as its rows (:func:`salad_lite.report.severity_bin_labels`);
+    empty bins are left out, a severity outside the bins is in none.
+    """
+    index = severity_bin_index([r.severity for r in rows], bins)
+    groups = [(label, [r for r, i in zip(rows, index) if i == k]) for k, label in enumerate(severity_bin_labels(bins))]
+    return [(label, part) for label, part in groups if part]
+
+
 def print_tables(rows_by_set: dict[str, list[FindingExtent]], sizes: Sequence[int], min_px: float) -> None:
     head = " | ".join(f"d@{s} median [p10, p90]" for s in sizes)
     share_head = " | ".join(f">= {min_px:g} px @{s}" for s in sizes)
@@ -136,10 +151,7 @@ def print_tables(rows_by_set: dict[str, list[FindingExtent]], sizes: Sequence[in
     print("| set | severity | n | " + " | ".join(f"@{s}" for s in sizes) + " |")
     print("|---|---|---|" + "---|" * len(sizes))
     for name, rows in rows_by_set.items():
-        for low, high, label in ((0.0, 1 / 3, "[0, 0.33)"), (1 / 3, 2 / 3, "[0.33, 0.67)"), (2 / 3, 1.01, "[0.67, 1]")):
-            part = [r for r in rows if low <= r.severity < high]
-            if not part:
-                continue
+        for label, part in severity_groups(rows):  # the bins of the evaluation chapters (report.per_finding_auc)
             shares = [f"{(_at(part, s, 'diameter_px') >= min_px).mean():.0%}" for s in sizes]
             print(f"| {name} | {label} | {len(part) // len(sizes)} | " + " | ".join(shares) + " |")
 

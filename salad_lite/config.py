@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from salad_lite.augment import AUGMENT_LIMITS, limits_text, within_limits
 from salad_lite.files import read_json, write_text_atomic
 
 ReconstructionKind = Literal["mse", "l1", "none"]
@@ -385,10 +386,8 @@ RANGES: dict[str, dict[str, _Rule]] = {
     "model": {"in_channels": _at_least(1), "latent_dim": _at_least(1), "width": _at_least(1)},
     "loss": {"temperature": _POSITIVE, "latent_weight": _at_least(0.0), "num_views": _at_least(0),
              "anchor_neighbours": _at_least(1)},
-    "augment": {"max_rotation_deg": _between(0.0, 180.0, False, False), "max_scale": _between(0.0, 1.0, False, True),
-                "max_shift": _between(0.0, 1.0, False, False), "flip_probability": _between(0.0, 1.0, False, False),
-                "max_brightness": _between(0.0, 1.0, False, False), "max_contrast": _between(0.0, 1.0, False, True),
-                "max_aspect": _between(0.0, 1.0, False, False), "max_gamma": _between(0.0, 1.0, False, False)},
+    "augment": {name: ((lambda v, name=name: within_limits(name, v)), limits_text(name))
+                for name in AUGMENT_LIMITS},  # the limits augment_params itself applies
     "train": {"batch_size": _at_least(1), "lr": _POSITIVE, "betas": _between(0.0, 1.0, False, True),
               "weight_decay": _at_least(0.0), "memory_momentum": _FRACTION, "pretrain_epochs": _at_least(0),
               "rounds": _at_least(0), "epochs_per_round": _at_least(0), "prototype_fraction_start": _FRACTION,

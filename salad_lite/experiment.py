@@ -364,9 +364,14 @@ def untrained_encoder_baseline(cfg: SaladConfig, splits: dict[str, Any], replica
     learned nothing its initialisation did not already give (random convolutional
     features are a known strong k-NN baseline).
 
+    The bank is always the untrained network's embeddings of the training images
+    (``score.bank="embeddings"``), whatever ``cfg.score.bank`` says: an untrained
+    network has no trained memory, and its memory bank holds the random unit
+    vectors it was initialised with, which are no embedding of any image.
+
     Returns:
-        ``{"per_seed": [{"seed", "k", "discard_anomalous", "val_auc", "test_auc", "test_auprc"}],
-        "test_auc": {"mean", "ci95"}, "test_auprc": {"mean", "ci95"}}``.
+        ``{"bank": "embeddings", "per_seed": [{"seed", "k", "discard_anomalous", "val_auc", "test_auc",
+        "test_auprc"}], "test_auc": {"mean", "ci95"}, "test_auprc": {"mean", "ci95"}}``.
 
     Raises:
         KeyError: ``splits`` lacks train, val or test.
@@ -376,35 +381,84 @@ def untrained_encoder_baseline(cfg: SaladConfig, splits: dict[str, Any], replica
         raise ValueError(f"replicates must be an int >= 1, got {replicates!r}")
     check_splits(splits, required=SPLIT_NAMES, both_classes=("val", "test"))
     labels = dataset_labels(splits["test"])
+    untrained = cfg.replace(score={"bank": UNTRAINED_BANK})  # no trained memory: score the images' embeddings
     rows = []
     for seed in range(replicates):
-        trainer = SaladTrainer(cfg.replace(train={"seed": seed}), splits["train"], splits["val"], device=device)
+        trainer = SaladTrainer(untrained.replace(train={"seed": seed}), splits["train"], splits["val"], device=device)
         selection = select_scoring(trainer)
         scores = score_split(trainer, splits["test"], selection["k"], selection["discard_anomalous"])
         rows.append({"seed": seed, "k": selection["k"], "discard_anomalous": selection["discard_anomalous"],
                      "val_auc": selection["val_auc"], "test_auc": auc(labels, scores),
                      "test_auprc": auprc(labels, scores)})
-    summary: dict[str, Any] = {"per_seed": rows}
+    summary: dict[str, Any] = {"bank": UNTRAINED_BANK, "per_seed": rows}
     for metric in ("test_auc", "test_auprc"):
         mean, half = mean_ci([r[metric] for r in rows])
         summary[metric] = {"mean": mean, "ci95": half}
     return summary
 
 
+UNTRAINED_BANK = "embeddings"
+"""The bank :func:`untrained_encoder_baseline` scores against, recorded in its result as ``"bank"``."""
+
+_UNTRAINED_ROW = {"seed": int, "k": int, "discard_anomalous": bool, "val_auc": float, "test_auc": float,
+                  "test_auprc": float}
+
+
+def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
+    """Refuse a stored untrained-encoder result whose structure is not the one written (the file named).
+
+    Raises:
+        salad_lite.files.CorruptFileError: ``per_seed`` is not a non-empty list of objects with the
+            fields of a row, or ``test_auc`` / ``test_auprc`` are not objects with finite ``mean`` and ``ci95``.
+    """
+    def refuse(what: str) -> None:
+        raise CorruptFileError(f"untrained-encoder result {path}: {what}; delete it to recompute")
+
+    rows = stored.get("per_seed")
+    if not isinstance(rows, list) or not rows:
+        refuse("'per_seed' must be a non-empty list, got " + ("an empty list" if rows == [] else type(rows).__name__))
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            refuse(f"'per_seed'[{i}] must be an object, got {type(row).__name__}")
+        for name, kind in _UNTRAINED_ROW.items():
+            value = row.get(name)
+            ok = isinstance(value, bool) if kind is bool else (
+                not isinstance(value, bool) and (isinstance(value, int) if kind is int
+                                                 else isinstance(value, (int, float)) and np.isfinite(value)))
+            if not ok:
+                refuse(f"'per_seed'[{i}]['{name}'] must be {'a finite number' if kind is float else kind.__name__}, "
+                       f"got {value!r}")
+    for metric in ("test_auc", "test_auprc"):
+        summary = stored.get(metric)
+        if not isinstance(summary, dict):
+            refuse(f"'{metric}' must be an object with 'mean' and 'ci95', got {type(summary).__name__}")
+        for name in ("mean", "ci95"):
+            value = summary.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                refuse(f"'{metric}'['{name}'] must be a finite number, got {value!r}")
+
+
 def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, path: Path,
                     device: str = "auto") -> dict[str, Any]:
     """:func:`untrained_encoder_baseline`, stored in ``path`` with its config and the splits' fingerprint.
 
+    A stored file without the ``"bank"`` record was written by an older salad_lite that
+    scored against the memory bank when ``cfg.score.bank`` was ``"memory"``: it is recomputed.
+
     Raises:
-        salad_lite.files.CorruptFileError: ``path`` is damaged (named).
+        salad_lite.files.CorruptFileError: ``path`` is damaged or its structure is not the one
+            written (:func:`_check_untrained_result`; named).
         ValueError: ``path`` was computed with another configuration or other splits (named).
     """
     fingerprint = splits_fingerprint(splits)
     if path.exists():
         stored = read_json(path, "untrained-encoder result")
-        if not isinstance(stored, dict) or "test_auc" not in stored or "per_seed" not in stored:
-            raise CorruptFileError(f"untrained-encoder result {path} lacks 'test_auc'; delete it to recompute")
-        if _stored_for(stored, path, cfg, fingerprint) and len(stored["per_seed"]) == replicates:
+        if not isinstance(stored, dict):
+            raise CorruptFileError(f"untrained-encoder result {path} must hold a JSON object, "
+                                   f"got {type(stored).__name__}; delete it to recompute")
+        _check_untrained_result(stored, path)
+        if (_stored_for(stored, path, cfg, fingerprint) and stored.get("bank") == UNTRAINED_BANK
+                and len(stored["per_seed"]) == replicates):
             return stored
     result = untrained_encoder_baseline(cfg, splits, replicates, device)
     write_json_atomic(path, {**result, "config": cfg.to_dict(), "splits_sha256": fingerprint}, indent=2)

@@ -43,8 +43,9 @@ import torch
 from matplotlib.figure import Figure
 
 from salad_lite.config import ScoreRule
+from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
-from salad_lite.metrics import auc, binary_labels
+from salad_lite.metrics import auc, binary_labels, finite_scores
 from salad_lite.scorer import eq4_search
 
 ThresholdMode = Literal["percentile", "absolute"]
@@ -96,13 +97,10 @@ class Confusion:
 
 
 def _scores(scores: Any, what: str = "scores") -> np.ndarray:
-    """``scores`` as a finite float64 [M] array (M >= 1); ValueError otherwise."""
-    values = np.asarray(scores, dtype=np.float64)
+    """``scores`` as a finite float64 [M] array, M >= 1 (:func:`salad_lite.metrics.finite_scores`); else ValueError."""
+    values = finite_scores(scores, what)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"{what} must be a non-empty 1-D array [M], got shape {values.shape}")
-    bad = int((~np.isfinite(values)).sum())
-    if bad:
-        raise ValueError(f"{bad} of {values.size} {what} are NaN or inf")
     return values
 
 
@@ -112,6 +110,28 @@ def _finite_number(value: Any, name: str) -> float:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def _bool_argument(value: Any, name: str) -> bool:
+    """``value`` when it is a bool (NumPy's too); ValueError naming ``name`` otherwise (``"no"`` is not False)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _int_argument(value: Any, name: str, low: int = 1) -> int:
+    """``value`` when it is an int >= ``low`` (not bool; NumPy ints too); ValueError naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _percentile(value: Any, name: str = "percentile") -> float:
+    """A finite number in [0, 100]; ValueError naming ``name`` otherwise (never clamped)."""
+    number = _finite_number(value, name)
+    if not 0.0 <= number <= 100.0:
+        raise ValueError(f"{name} must lie in [0, 100], got {number:g}")
     return number
 
 
@@ -153,9 +173,7 @@ def threshold_at(scores: Any, value: float, mode: ThresholdMode = "percentile") 
         return number
     if mode != "percentile":
         raise ValueError(f"unknown threshold mode {mode!r}; choose percentile or absolute")
-    if not 0.0 <= number <= 100.0:
-        raise ValueError(f"a percentile must lie in [0, 100], got {number}")
-    return float(np.percentile(_scores(scores), number))
+    return float(np.percentile(_scores(scores), _percentile(number, "a percentile")))
 
 
 def _kept_rows(bank_labels: Any, n_bank: int, discard_anomalous: bool) -> np.ndarray:
@@ -193,9 +211,11 @@ def eq4_neighbours(query_z: Any, bank: Any, bank_labels: Any, k: int, discard_an
         ``(scores [M] float32, rows [M, K] int64 training rows nearest first, cosines [M, K] float32)``.
 
     Raises:
-        ValueError: K outside 1..N'-1; bank labels not 0/1 or of another length than the bank;
+        ValueError: K outside 1..N'-1; ``discard_anomalous`` not a bool; bank labels not 0/1 or of
+            another length than the bank;
             NaN/inf/zero-norm latents (counted, from :func:`salad_lite.knn.unit_rows`); another d; a bad rule.
     """
+    discard_anomalous = _bool_argument(discard_anomalous, "discard_anomalous")
     bank_t = unit_rows(bank, "bank")  # [N, d]
     kept = _kept_rows(bank_labels, bank_t.shape[0], discard_anomalous)
     k = _check_k(k, kept.size, discard_anomalous)
@@ -312,28 +332,45 @@ def score_grid(query_z: Any, bank: Any, bank_labels: Any, k_grid: Iterable[int],
         ``{(k, discard_anomalous): scores [M] float32}`` in grid order.
 
     Raises:
-        ValueError: no setting fits; bad latents or labels (as :func:`eq4_neighbours`).
+        ValueError: a K of ``k_grid`` that is not an int >= 1, an entry of ``discard_options``
+            that is not a bool (``"no"`` is not False), either of them empty (the entry named);
+            no setting fits; bad latents or labels (as :func:`eq4_neighbours`).
     """
+    k_grid = [_int_argument(k, f"k_grid[{i}]") for i, k in enumerate(k_grid)]
+    discard_options = [_bool_argument(d, f"discard_options[{i}]") for i, d in enumerate(discard_options)]
+    if not k_grid or not discard_options:
+        raise ValueError(f"k_grid and discard_options need at least one entry each, got {k_grid} and "
+                         f"{discard_options}")
     n_bank = unit_rows(bank, "bank").shape[0]  # checks the bank once, before any search
-    k_grid = list(k_grid)
     grid: GridScores = {}
     for discard in discard_options:
-        n_kept = _kept_rows(bank_labels, n_bank, bool(discard)).size
+        n_kept = _kept_rows(bank_labels, n_bank, discard).size
         for k in k_grid:
             if k <= n_kept - 1:
-                grid[(int(k), bool(discard))] = eq4_neighbours(query_z, bank, bank_labels, k, bool(discard),
-                                                               rule)[0]
+                grid[(k, discard)] = eq4_neighbours(query_z, bank, bank_labels, k, discard, rule)[0]
     if not grid:
         raise ValueError(f"no K in {k_grid} fits a bank of {n_bank} rows")
     return grid
 
 
+NO_FINDING_TEXT = "no finding"
+"""What a film whose ``finding`` names no finding (``No Finding``, ``normal``...) shows."""
+
+
 def findings_of(dataset: Any) -> list[str] | None:
-    """The ``finding`` column of a dataset's metadata (NIH ``Finding Labels``), or None without one."""
+    """The findings of each film of a dataset as shown text, or None when its metadata has no ``finding`` column.
+
+    Read by :func:`salad_lite.data.findings.finding_column`: names joined by ``|``
+    (``"Effusion|Mass"``), :data:`NO_FINDING_TEXT` for a film that names none.
+
+    Raises:
+        ValueError: a missing ``finding`` (None, NaN; its position named).
+        TypeError: a ``finding`` that is not text (position named).
+    """
     metadata = getattr(dataset, "metadata", None)
     if metadata is None or "finding" not in getattr(metadata, "columns", ()):
         return None
-    return [str(v) for v in metadata["finding"].to_numpy()]
+    return ["|".join(names) or NO_FINDING_TEXT for names in finding_column(metadata["finding"], "metadata 'finding'")]
 
 
 # --------------------------------------------------------------------------- static figures
@@ -371,10 +408,10 @@ def film_gallery_figure(gallery: FilmGallery, query_set: Any, bank_set: Any, *, 
     cosine and finding.
 
     Raises:
-        ValueError: ``n_films`` or ``n_neighbours`` < 1.
+        ValueError: ``n_films`` or ``n_neighbours`` not an int >= 1 (named).
     """
-    if n_films < 1 or n_neighbours < 1:
-        raise ValueError(f"n_films and n_neighbours must be >= 1, got {n_films} and {n_neighbours}")
+    n_films = _int_argument(n_films, "n_films")
+    n_neighbours = _int_argument(n_neighbours, "n_neighbours")
     films = [f for f in gallery.films if f.rank <= n_films]
     shown = min(n_neighbours, gallery.k)
     fig = Figure(figsize=(max(size * (shown + 1) + 0.3, 5.0), size * 1.3 * len(films) + 0.8))
@@ -481,12 +518,11 @@ def film_explorer_widget(gallery: FilmGallery, query_set: Any, bank_set: Any, *,
 
     Raises:
         ImportError: ipywidgets is not installed.
-        ValueError: ``n_neighbours`` < 1.
+        ValueError: ``n_neighbours`` not an int >= 1.
     """
     import ipywidgets as widgets
 
-    if n_neighbours < 1:
-        raise ValueError(f"n_neighbours must be >= 1, got {n_neighbours}")
+    n_neighbours = _int_argument(n_neighbours, "n_neighbours")
     shown = min(n_neighbours, gallery.k)
     options = [(f"{f.title} (A = {f.score:.4g}, {f.finding})", i) for i, f in enumerate(gallery.films)]
     chooser = widgets.Dropdown(options=options, value=0, description="film",
@@ -543,10 +579,12 @@ def threshold_explorer_widget(grid: Mapping[tuple[int, bool], Any], labels: Any,
 
     Raises:
         ImportError: ipywidgets is not installed.
-        ValueError: an empty grid; labels of another length than the scores; (k, discard) not in the grid.
+        ValueError: an empty grid; labels of another length than the scores; (k, discard) not in the grid;
+            a ``percentile`` that is not a finite number in [0, 100] (refused, not clamped by the slider).
     """
     import ipywidgets as widgets
 
+    percentile = _percentile(percentile)
     if not grid:
         raise ValueError("the score grid is empty")
     truth = binary_labels(np.asarray(labels), "threshold explorer labels", need_both=False)

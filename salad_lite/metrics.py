@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -30,13 +31,31 @@ def binary_labels(labels: np.ndarray, what: str = "AUC", need_both: bool = True)
     return labels.astype(np.int64)
 
 
+def finite_scores(values: Any, name: str = "scores") -> np.ndarray:
+    """``values`` as a float64 array of the same shape, every value finite: the one check of scores.
+
+    Args:
+        values: array-like of numbers (any shape).
+        name: names them in the error, e.g. ``"scores of 'PCA'"``.
+
+    Raises:
+        ValueError: a value that is not a number, or NaN/inf values (counted).
+    """
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be numbers ({error})") from None
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise ValueError(f"{name}: {bad} of {arr.size} value(s) are NaN or inf")
+    return arr
+
+
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels, scores = np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != scores.shape:
         raise ValueError(f"labels ({labels.shape[0]}) and scores ({scores.shape[0]}) differ in length")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{int((~np.isfinite(scores)).sum())} score(s) are NaN or inf")
-    return binary_labels(labels, "AUC"), scores
+    return binary_labels(labels, "AUC"), finite_scores(scores)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -17,8 +17,8 @@ learning via non-parametric instance discrimination", CVPR):
 :func:`image_parameters` builds that table for a split: the columns of the
 split's metadata (label, view, age, sex, one 0/1 column per finding) and, for
 the embedded synthetic chest set, the renderer's per-image parameters
-(``synth_metadata.csv`` beside the set's ``Data_Entry_2017.csv``), aligned row
-by row with the split's images.
+(``synth_metadata.csv`` beside the set's ``Data_Entry_2017.csv``, read only when
+the renderer's manifest is there too), aligned row by row with the split's images.
 
 The probe is the measurement of issue 9: on the default model (seed 0,
 validation images) the latent predicted breast thickness, film shift,
@@ -33,14 +33,16 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from salad_lite.config import MAX_SEED
 from salad_lite.data.base import read_text_csv, text_to_numbers
+from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, embedded_side_file
 
 __all__ = [
     "PROBE_KINDS",
@@ -54,8 +56,9 @@ __all__ = [
     "latent_predictability",
 ]
 
-#: The renderer's per-image table, beside the embedded chest set's ``Data_Entry_2017.csv``.
-SYNTH_METADATA = "synth_metadata.csv"
+#: The renderer's per-image table, beside the embedded chest set's ``Data_Entry_2017.csv``
+#: (:data:`salad_lite.synth.CHEST_METADATA`).
+SYNTH_METADATA = CHEST_METADATA
 #: Renderer columns read as numbers (pose, anatomy, geometry, exposure and post-processing).
 RENDER_NUMBERS: tuple[str, ...] = (
     "tilt_deg", "turn_deg", "soft_gain", "bone_gain", "lung_gain", "heart_t", "lateral_scale", "inspiration",
@@ -80,6 +83,22 @@ def _is_categorical(column: pd.Series) -> bool:
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return True
     return column.nunique(dropna=True) == 2
+
+
+def _int_argument(name: str, value: Any, low: int, high: int, why: str = "") -> int:
+    """``value`` as an int when it is an int (not bool) in ``low..high``; ValueError naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int in {low}..{high}{why}, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}{why}, got {name}={value!r}")
+    return int(value)
+
+
+def _infinite_count(column: pd.Series) -> int:
+    """How many entries of ``column`` are +-inf (numbers of a numeric column, or float entries of any other)."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return int(np.isinf(column.to_numpy(np.float64, na_value=np.nan)).sum())
+    return int(sum(isinstance(v, (float, np.floating)) and math.isinf(v) for v in column))
 
 
 def _folds(n: int, folds: int, seed: int, classes: np.ndarray | None) -> Any:
@@ -130,15 +149,17 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
 
     Columns that cannot be scored are skipped, with ONE :class:`ProbeWarning`
     that counts them and names each with its reason: missing values (NaN,
-    None; the count is given), a single value (R² and accuracy say nothing).
+    None) or infinite values (the counts are given), a single value (R² and
+    accuracy say nothing).
 
     Raises:
         TypeError: ``targets`` is not a DataFrame.
         ValueError: ``latents`` is not ``[N, d]`` with finite, non-zero rows;
             ``targets`` has not N rows, has no column, or repeats a column
-            name; ``folds`` < 2 or > N; ``k`` < 1 or larger than the smallest
-            training part; ``kinds`` names an unknown column or kind; no
-            column can be scored.
+            name; ``folds`` not an int in 2..N; ``k`` not an int in 1..the
+            smallest training part; ``seed`` not an int in 0..2**32 - 1 (NumPy's
+            range); a bool for any of them; ``kinds`` names an unknown column
+            or kind; no column can be scored.
     """
     from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
     from sklearn.model_selection import cross_val_predict
@@ -154,12 +175,10 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
         raise ValueError("targets has no column to probe")
     if targets.columns.duplicated().any():
         raise ValueError(f"targets repeats column(s) {sorted(map(str, targets.columns[targets.columns.duplicated()]))}")
-    if not 2 <= int(folds) <= n:
-        raise ValueError(f"folds must lie in 2..{n} (the number of images), got {folds}")
+    folds = _int_argument("folds", folds, 2, n, " (the number of images)")
     smallest_train = n - math.ceil(n / folds)
-    if not 1 <= int(k) <= smallest_train:
-        raise ValueError(f"k must lie in 1..{smallest_train} (the smallest training part of {folds} folds over "
-                         f"{n} images), got k={k}")
+    k = _int_argument("k", k, 1, smallest_train, f" (the smallest training part of {folds} folds over {n} images)")
+    seed = _int_argument("seed", seed, 0, MAX_SEED, " (NumPy's seed range)")
     kinds = dict(kinds or {})
     unknown = sorted(set(kinds) - set(targets.columns))
     bad_kind = sorted({v for v in kinds.values()} - {"regression", "classification"})
@@ -171,9 +190,10 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
     skipped: list[str] = []
     for name in targets.columns:
         column = targets[name].reset_index(drop=True)
-        missing = int(column.isna().sum())
-        if missing:
-            skipped.append(f"{name!r} ({missing} missing value(s))")
+        missing, infinite = int(column.isna().sum()), _infinite_count(column)
+        if missing or infinite:
+            counts = [f"{missing} missing value(s)"] * bool(missing) + [f"{infinite} infinite value(s)"] * bool(infinite)
+            skipped.append(f"{name!r} ({', '.join(counts)})")
             continue
         if column.nunique() < 2:
             skipped.append(f"{name!r} (a single value)")
@@ -215,11 +235,16 @@ def _image_names(metadata: pd.DataFrame) -> pd.Series:
 
 
 def _finding_columns(findings: pd.Series) -> pd.DataFrame:
-    """One 0/1 column ``finding_<name>`` per finding of a ``|``-separated column ("No Finding" has none)."""
-    split = findings.astype(str).str.split("|").map(lambda names: {s.strip() for s in names} - {"", "No Finding"})
-    names = sorted(set().union(*split)) if len(split) else []
-    return pd.DataFrame({f"finding_{name}": split.map(lambda s, name=name: int(name in s)).to_numpy(np.int64)
-                         for name in names})
+    """One 0/1 column ``finding_<name>`` per finding of a ``|``-separated column, sorted by name.
+
+    Read by :func:`salad_lite.data.findings.finding_column`: the normal words
+    (``No Finding``, ``normal``, ``none``, empty; any case) give no column, a missing
+    entry (None, NaN) is a ValueError naming its position.
+    """
+    split = [set(names) for names in finding_column(findings, "metadata 'finding'")]
+    names = sorted(set().union(*split)) if split else []
+    return pd.DataFrame({f"finding_{name}": np.array([int(name in s) for s in split], dtype=np.int64)
+                         for name in names}, index=pd.RangeIndex(len(split)))
 
 
 def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *,
@@ -232,8 +257,10 @@ def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *
             ``age``, ``sex`` when the loader has them).
         root: the folder of the set (the NIH root holding
             ``Data_Entry_2017.csv``); None uses ``dataset.root``. When it holds
-            :data:`SYNTH_METADATA` (the embedded synthetic chest set), the
-            renderer's parameters are added.
+            :data:`SYNTH_METADATA` and the renderer's manifest beside it (the
+            embedded synthetic chest set, :func:`salad_lite.synth.embedded_side_file`:
+            a table of that name in a real download is not read), the renderer's
+            parameters are added.
         findings: add one 0/1 column ``finding_<name>`` per finding present in
             the split.
 
@@ -245,8 +272,8 @@ def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *
         table) give the metadata columns only.
 
     Raises:
-        TypeError: ``dataset`` has no ``.metadata`` table.
-        ValueError: the renderer table lacks ``Image Index``, lists an image
+        TypeError: ``dataset`` has no ``.metadata`` table; a ``finding`` that is not text.
+        ValueError: a missing ``finding`` (None, NaN; position named); the renderer table lacks ``Image Index``, lists an image
             twice, misses images of the split (counted, first names given), or
             holds a parameter that is not a number (column and images named).
         CorruptFileError: the renderer table cannot be parsed as CSV.
@@ -264,9 +291,9 @@ def image_parameters(dataset: Any, root: str | os.PathLike[str] | None = None, *
     for name in _METADATA_NUMBERS:
         if name in metadata.columns:
             table[name] = pd.to_numeric(metadata[name], errors="coerce").to_numpy(np.float64)
-    folder = Path(root) if root not in (None, "") else getattr(dataset, "root", None)
-    csv = Path(folder) / SYNTH_METADATA if folder is not None else None
-    if csv is None or not csv.is_file():
+    folder = root if root not in (None, "") else getattr(dataset, "root", None)
+    csv = embedded_side_file(folder, CHEST_METADATA, CHEST_MANIFEST)  # the rule of data/findings.py too
+    if csv is None:
         return table
     render = read_text_csv(csv, what="renderer table")
     if "Image Index" not in render.columns:

@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.config import Profile, SaladConfig, paper_config, profile_config
-from salad_lite.metrics import auc, binary_labels, mean_ci
+from salad_lite.data.findings import parse_findings
+from salad_lite.metrics import auc, binary_labels, finite_scores, mean_ci
 
 __all__ = ["ANY_FINDING", "DEFAULT_SEVERITY_BINS", "MIN_FINDING_IMAGES", "PAPER_TABLE1", "TABLE1_DATASETS",
            "differences_from_paper", "metric_lines", "paper_comparison", "paper_row", "per_finding_auc",
-           "per_finding_text", "profile_table", "results_table", "summary_curves"]
+           "per_finding_text", "profile_table", "results_table", "severity_bin_index", "severity_bin_labels",
+           "summary_curves"]
 
 TABLE1_DATASETS = ("nih", "mura")
 
@@ -268,7 +270,6 @@ ANY_FINDING = "any finding"
 MIN_FINDING_IMAGES = 5
 #: Severity bin edges of :func:`per_finding_auc`: thirds of [0, 1] (subtle, moderate, obvious).
 DEFAULT_SEVERITY_BINS: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
-_NORMAL_NAMES = frozenset({"", "no finding", "normal", "none"})
 
 
 def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
@@ -285,7 +286,8 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
     ``severity``, each of these rows is followed by one row per bin of ``bins``
     holding the abnormal images whose severity for that finding falls in the bin
     (for :data:`ANY_FINDING`: an image's largest severity); bins are
-    ``[b0, b1], (b1, b2], ...``. A row with fewer than ``min_images`` abnormal or
+    ``[b0, b1], (b1, b2], ...`` (:func:`severity_bin_index`, labelled by
+    :func:`severity_bin_labels`). A row with fewer than ``min_images`` abnormal or
     normal images gets NaN AUCs and a ``note`` saying so: no finding is dropped.
 
     Where a method gives several replicates' scores, its AUC is the mean over
@@ -298,8 +300,10 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
             replicates; a list of R sequences of M), higher = more abnormal (e.g.
             ``{"SALAD": [r.test_scores for r in replicates], "PCA": pca["test_scores"]}``).
         findings: ``[M]``: per image its finding names, as a tuple or as one
-            ``|``-separated text (``"Effusion|Mass"``). Normal images' entries are ignored,
-            unless ``shared_by_normals``.
+            ``|``-separated text (``"Effusion|Mass"``), read by
+            :func:`salad_lite.data.findings.parse_findings` (normal words such as
+            ``No Finding`` dropped, any case). Normal images' names are ignored, unless
+            ``shared_by_normals``; a missing entry (None, NaN) is refused for every image.
         severity: ``[M]`` or None: per image a mapping finding -> severity, or one
             number for all its findings, or None / NaN for a normal image; every
             finding of an abnormal image needs a finite severity inside ``bins``.
@@ -316,10 +320,11 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
         not scored or a single run), and ``note`` (empty when scored).
 
     Raises:
-        ValueError: a label other than 0/1; ``findings``, ``severity`` or a method's
+        ValueError: ``test_labels`` not 1-D (an ``[M, 1]`` array is refused, not flattened);
+            a label other than 0/1; ``findings``, ``severity`` or a method's
             scores (per replicate) not of length M (both lengths named); no method, an
-            empty method name, or a score that is NaN/inf; an abnormal image with no
-            finding; a severity missing, not finite or outside ``bins`` (image and
+            empty method name, or a score that is NaN/inf; a missing ``findings`` entry
+            (None, NaN; position named); an abnormal image with no finding; a severity missing, not finite or outside ``bins`` (image and
             finding named); ``bins`` not increasing; ``min_images`` < 1.
         TypeError: a ``findings`` or ``severity`` entry of another type (position named).
 
@@ -327,7 +332,11 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
     (Wang et al., CVPR 2017, for a supervised classifier); here the one-class scores of
     the test split, each finding against the same normal images.
     """
-    labels = binary_labels(np.asarray(test_labels).ravel(), "per_finding_auc", need_both=False)
+    shape = np.shape(test_labels)
+    if len(shape) != 1:
+        raise ValueError(f"test_labels must be 1-D [M], got shape {shape}; an [M, 1] or [1, M] array is not "
+                         "flattened silently")
+    labels = binary_labels(np.asarray(test_labels), "per_finding_auc", need_both=False)
     m = len(labels)
     scores = _method_scores(scores_by_method, m)
     names = _per_image_findings(findings, labels, m, shared_by_normals)
@@ -356,11 +365,47 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
             level = np.array([levels[i].get(group, np.nan) for i in range(m)]) if levels is not None else None
         rows.append(_auc_row(group, "all", labels, scores, members, normal, min_images))
         if edges is not None and level is not None:
-            for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-                in_bin = (level >= lo if k == 0 else level > lo) & (level <= hi)
-                label = f"{'[' if k == 0 else '('}{lo:.2f}, {hi:.2f}]"
-                rows.append(_auc_row(group, label, labels, scores, members & in_bin, normal, min_images))
+            bin_of = severity_bin_index(level, edges)
+            for k, label in enumerate(severity_bin_labels(edges)):
+                rows.append(_auc_row(group, label, labels, scores, members & (bin_of == k), normal, min_images))
     return pd.DataFrame(rows)
+
+
+def severity_bin_index(values: Any, edges: Sequence[float]) -> np.ndarray:
+    """The bin of each severity under :func:`per_finding_auc`'s rule: ``[b0, b1], (b1, b2], ...``.
+
+    Bins are closed on the right (and the first also on the left): a value on an inner
+    edge belongs to the bin below it. Returns ``int64`` of the shape of ``values``: the
+    bin (0-based), or -1 for NaN and values outside ``[b0, b_last]``.
+
+    Raises:
+        ValueError: ``edges`` are not at least 2 finite, strictly increasing numbers.
+    """
+    edges = _severity_bins(edges)
+    values = np.asarray(values, dtype=np.float64)
+    index = np.searchsorted(edges, values, side="left") - 1  # value in (edges[i], edges[i + 1]] -> i
+    index = np.where(values == edges[0], 0, index)
+    inside = np.isfinite(values) & (values >= edges[0]) & (values <= edges[-1])
+    return np.where(inside, index, -1).astype(np.int64)
+
+
+def severity_bin_labels(edges: Sequence[float]) -> list[str]:
+    """Row labels of the severity bins: ``["[0.00, 0.33]", "(0.33, 0.67]", ...]``.
+
+    Edges are written with the fewest decimals (at least 2) that keep every edge
+    distinct, so close edges never print alike (``0.101`` and ``0.104``: 3 decimals).
+
+    Raises:
+        ValueError: ``edges`` are not at least 2 finite, strictly increasing numbers.
+    """
+    edges = _severity_bins(edges)
+    for digits in range(2, 18):
+        texts = [f"{e:.{digits}f}" for e in edges]
+        if len(set(texts)) == len(texts):
+            break
+    else:  # distinct floats always differ in repr
+        texts = [repr(float(e)) for e in edges]
+    return [f"{'[' if k == 0 else '('}{lo}, {hi}]" for k, (lo, hi) in enumerate(zip(texts[:-1], texts[1:]))]
 
 
 def _method_scores(scores_by_method: Mapping[str, Any], m: int) -> dict[str, np.ndarray]:
@@ -371,17 +416,12 @@ def _method_scores(scores_by_method: Mapping[str, Any], m: int) -> dict[str, np.
     for name, value in scores_by_method.items():
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"method names must be non-empty text, got {name!r}")
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"scores of {name!r} are not an [M] or [R, M] array of numbers ({error})") from None
+        arr = finite_scores(value, f"scores of {name!r}")  # numbers, NaN/inf refused (counted)
         arr = arr[None] if arr.ndim == 1 else arr
         if arr.ndim != 2 or arr.shape[0] < 1:
             raise ValueError(f"scores of {name!r} must be [M] or [R, M], got shape {np.shape(value)}")
         if arr.shape[1] != m:
             raise ValueError(f"scores of {name!r} have {arr.shape[1]} values per run but test_labels has {m}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"scores of {name!r}: {int((~np.isfinite(arr)).sum())} value(s) are NaN or inf")
         out[name] = arr
     return out
 
@@ -395,13 +435,7 @@ def _per_image_findings(findings: Sequence[Any], labels: np.ndarray, m: int,
         raise ValueError(f"findings has {len(findings)} entries but test_labels has {m}")
     names: list[tuple[str, ...]] = []
     for i, entry in enumerate(findings):
-        if isinstance(entry, str):
-            parts = entry.split("|")
-        elif isinstance(entry, (tuple, list)) and all(isinstance(p, str) for p in entry):
-            parts = list(entry)
-        else:
-            raise TypeError(f"findings[{i}] must be text or a tuple of text, got {entry!r}")
-        kept = tuple(dict.fromkeys(p.strip() for p in parts if p.strip().lower() not in _NORMAL_NAMES))
+        kept = parse_findings(entry, f"findings[{i}]")
         if labels[i] == 1 and not kept:
             raise ValueError(f"abnormal test image {i} has no finding (findings[{i}] = {entry!r})")
         names.append(kept if labels[i] == 1 or shared else ())
@@ -472,7 +506,9 @@ def per_finding_text(table: pd.DataFrame, method: str = "SALAD", baseline: str =
 
     Names the finding ``method`` detects best and worst (the rows over all severities,
     :data:`ANY_FINDING` excluded) with ``baseline``'s AUC beside each, counts the
-    findings where ``method`` beats ``baseline``, compares the mildest and the most
+    findings where ``method`` is clearly above ``baseline`` (the lower end of its 95% CI
+    above ``baseline``'s AUC: a higher mean alone is not counted; a single run, without a
+    CI, is never clearly above, and the sentence says so), compares the mildest and the most
     severe bin of :data:`ANY_FINDING` when the table has severity bins, and lists
     the findings with too few test images. ``what`` names a row (``"finding"``,
     ``"body part"``...).
@@ -505,8 +541,15 @@ def per_finding_text(table: pd.DataFrame, method: str = "SALAD", baseline: str =
                          f"{baseline} {best[base]:.3f}) and {worst['finding']} worst (AUC {worst[col]:.3f}; "
                          f"{baseline} {worst[base]:.3f}).")
         both = scored[scored[base].notna()]
-        wins = int((both[col] > both[base]).sum())
-        sentences.append(f"It beats {baseline} on {wins} of {len(both)} {plural}.")
+        lower = both[col] - both[f"{method} 95% CI"]  # NaN for a single run: never clearly above
+        wins = int((lower > both[base]).sum())
+        if both[f"{method} 95% CI"].notna().any():
+            sentences.append(f"Its AUC is clearly above {baseline}'s (the lower end of its 95% CI higher) on "
+                             f"{wins} of {len(both)} {plural}.")
+        else:
+            above = int((both[col] > both[base]).sum())
+            sentences.append(f"A single run gives no 95% CI, so no {what} is clearly above {baseline}; its AUC is "
+                             f"higher on {above} of {len(both)} {plural}.")
     bins = table[(table["finding"] == ANY_FINDING) & (table["severity"] != "all") & table[col].notna()]
     if len(bins) >= 2:
         low, high = bins.iloc[0], bins.iloc[-1]

@@ -14,8 +14,10 @@ For every page it
    ``main-svg``, added by plotly.js in the browser), the slider groups
    (``slider-container``), the ``<img>`` figures, whose local files must exist, and
    the explorers of chapter 5 (``salad_lite.explorers``): static explorer figures
-   (``<figure class="salad-explorer">`` holding an ``<img>``) plus widgets a widget
-   manager rendered (``jupyter-widgets``);
+   (``<figure class="salad-explorer">`` holding an ``<img>``) plus the widget outputs a
+   widget manager rendered: top-level views only (:func:`widget_outputs`: the outermost
+   ``widget-subarea`` / ``jupyter-widgets-view`` container or ``jupyter-widgets``
+   element holding a drawn widget; the child widgets of one box are not counted);
 3. records every request the page itself made in the browser (Chromium's network
    log, ``--log-net-log``; requests of the browser's own services, whose initiator
    is "not an origin", are left out): any http(s)/ws(s) URL, e.g. a CDN script
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -63,7 +66,7 @@ class PageReport:
     sliders: int = 0  # slider-container groups drawn by plotly.js
     images: int = 0  # <img> elements (matplotlib figures, diagrams)
     explorer_figures: int = 0  # static explorer figures with an image (<figure class="salad-explorer">)
-    widgets_rendered: int = 0  # widget views drawn by a widget manager (class jupyter-widgets)
+    widgets_rendered: int = 0  # top-level widget outputs drawn by a widget manager (widget_outputs)
     network_requests: list[str] = field(default_factory=list)  # URLs the page requested in the browser
     broken_images: list[str] = field(default_factory=list)  # local <img src> files that do not exist
     screenshot: str = ""
@@ -107,6 +110,76 @@ def explorer_figures(dom: str) -> int:
     return sum(1 for inner in _EXPLORER_FIGURE.findall(dom) if _IMG_SRC.search(inner))
 
 
+# The containers a widget manager puts one output's view in: the HTML manager of a static page
+# (``widget-subarea``, @jupyter-widgets/html-manager) and the notebook's output area (``jupyter-widgets-view``).
+_WIDGET_CONTAINERS = frozenset({"widget-subarea", "jupyter-widgets-view"})
+_WIDGET_VIEW = "jupyter-widgets"  # the class of every drawn widget view, children of a box included
+_VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+                        "track", "wbr"})
+
+
+class _WidgetOutputCounter(HTMLParser):
+    """Counts the outermost widget containers / views that hold a drawn widget (see :func:`widget_outputs`)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.count = 0
+        self._stack: list[str] = []  # open non-void elements
+        self._outer_depth: int | None = None  # stack depth of the open top-level candidate
+        self._drawn = False  # the open candidate holds a drawn widget view
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        classes = set(next((v or "" for k, v in attrs if k == "class"), "").split())
+        if self._outer_depth is None and classes & (_WIDGET_CONTAINERS | {_WIDGET_VIEW}):
+            self._outer_depth, self._drawn = len(self._stack), False
+        if self._outer_depth is not None and _WIDGET_VIEW in classes:
+            self._drawn = True
+        if tag in _VOID_TAGS:
+            if self._outer_depth == len(self._stack):  # a void element as the candidate: closed at once
+                self._close_candidate()
+            return
+        self._stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID_TAGS:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in self._stack:
+            return  # a stray end tag
+        while self._stack:
+            top = self._stack.pop()
+            if self._outer_depth is not None and len(self._stack) == self._outer_depth:
+                self._close_candidate()
+            if top == tag:
+                break
+
+    def close(self) -> None:
+        super().close()
+        if self._outer_depth is not None:  # a DOM cut short inside a widget
+            self._close_candidate()
+
+    def _close_candidate(self) -> None:
+        self.count += int(self._drawn)
+        self._outer_depth, self._drawn = None, False
+
+
+def widget_outputs(dom: str) -> int:
+    """Widget outputs drawn in a rendered DOM: one per displayed widget, however many children it has.
+
+    A widget manager puts each displayed view in a container (``widget-subarea`` in a
+    static page, ``jupyter-widgets-view`` in the notebook) and every view it draws,
+    the child widgets of a box included, has the class ``jupyter-widgets``. This
+    counts the outermost such elements that hold at least one drawn view: a box of
+    five controls is one output, an empty container (a view that failed) none.
+    """
+    counter = _WidgetOutputCounter()
+    counter.feed(dom)
+    counter.close()
+    return counter.count
+
+
 def page_requests(netlog: Path) -> list[str]:
     """Network URLs (http, https, ws, wss, ftp) that the page requested, from a Chromium ``--log-net-log`` file.
 
@@ -146,7 +219,7 @@ def analyse_dom(dom: str) -> dict[str, int]:
     return {
         "images": len(_IMG_SRC.findall(dom)),
         "explorer_figures": explorer_figures(dom),
-        "widgets_rendered": _class_count(dom, "jupyter-widgets"),
+        "widgets_rendered": widget_outputs(dom),
         "plotly_divs": _class_count(dom, "plotly-graph-div"),
         "plotly_rendered": _class_count(dom, "js-plotly-plot"),
         "plotly_svgs": _class_count(dom, "main-svg"),
@@ -235,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-sliders", type=int, default=0, help="plotly sliders every page must have")
     parser.add_argument("--min-images", type=int, default=0, help="<img> figures every page must have")
     parser.add_argument("--min-explorers", type=int, default=0,
-                        help="explorers (static explorer figures or rendered widgets) every page must show")
+                        help="explorers (static explorer figures or rendered top-level widget outputs) every page "
+                             "must show")
     parser.add_argument("--window", default="1280,2400", help="browser window WIDTH,HEIGHT in pixels")
     parser.add_argument("--budget-ms", type=int, default=8000, help="virtual time the page may run its scripts")
     args = parser.parse_args(argv)

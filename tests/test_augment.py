@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
 
-from salad_lite.augment import AugmentParams, apply_augment, augment_params
+from salad_lite.augment import AUGMENT_LIMITS, AugmentParams, apply_augment, augment_batch, augment_params
 from salad_lite.config import AugmentConfig, ConfigError, profile_config
 from salad_lite.trainer import SaladTrainer
 
@@ -66,6 +67,54 @@ def test_config_ranges_are_checked_by_name() -> None:
     old = cfg.to_dict()
     del old["augment"]  # a run stored before the section existed loads with the earlier views
     assert type(cfg).from_dict(old).augment == AugmentConfig()
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("max_aspect", -0.2, r"in \[0.0, 1.0\]"),  # a negative range silently gave zeros
+    ("max_gamma", -0.1, r"in \[0.0, 1.0\]"),
+    ("max_scale", 5.0, r"in \[0.0, 1.0\)"),  # 1 + s < 0 inverts the warp
+    ("max_scale", 1.0, r"in \[0.0, 1.0\)"),
+    ("max_rotation_deg", -10.0, r"in \[0.0, 180.0\]"),
+    ("max_contrast", float("nan"), r"in \[0.0, 1.0\)"),
+    ("max_shift", float("inf"), r"in \[0.0, 1.0\]"),
+    ("flip_probability", 1.5, r"in \[0.0, 1.0\]"),
+    ("max_brightness", True, r"a number in \[0.0, 1.0\]"),
+    ("max_gamma", "0.2", r"a number in \[0.0, 1.0\]"),
+])
+def test_a_range_outside_its_limits_is_refused_naming_it(name: str, value: object, expected: str) -> None:
+    message = rf"^{name} must be {expected}, got {re.escape(repr(value))}$"
+    with pytest.raises(ValueError, match=message):
+        augment_params(4, torch.Generator().manual_seed(0), **{name: value})
+    with pytest.raises(ValueError, match=message):
+        augment_batch(torch.rand(2, 1, 8, 8), torch.Generator().manual_seed(0), **{name: value})
+    with pytest.raises(ConfigError, match=rf"augment\.{name} must be"):  # the config applies the same limits
+        AugmentConfig(**{name: value})
+
+
+def test_config_and_augment_share_the_limits() -> None:
+    for name, (low, high, low_open, high_open) in AUGMENT_LIMITS.items():
+        edge = AugmentConfig(**{name: high}) if not high_open else None
+        assert edge is None or getattr(edge, name) == high
+        if high_open:
+            with pytest.raises(ConfigError, match=rf"augment\.{name}"):
+                AugmentConfig(**{name: high})
+            with pytest.raises(ValueError, match=rf"^{name} must be"):
+                augment_params(2, **{name: high})
+        else:
+            augment_params(2, **{name: high})
+        assert not low_open and AugmentConfig(**{name: low}) is not None
+    assert set(AUGMENT_LIMITS) == {f.name for f in dataclasses.fields(AugmentConfig)}
+
+
+def test_the_tone_curve_keeps_the_padding_at_zero_and_gradients_finite() -> None:
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 4:12, 4:12] = 0.5
+    x.requires_grad_(True)
+    shifted = _identity(1, gamma=torch.tensor([-0.7]), shift_x=torch.tensor([0.5]))  # exponent < 1, padding
+    out = apply_augment(x, shifted)
+    assert float(out.detach()[0, 0, :, -3:].abs().max()) == 0.0  # the zero padding of the shift stays exactly 0
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_the_trainer_draws_its_views_in_the_configured_ranges(blob_splits: dict) -> None:

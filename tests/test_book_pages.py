@@ -149,6 +149,21 @@ def test_analyse_dom_counts_classes() -> None:
                                             "plotly_divs": 2, "plotly_rendered": 1, "plotly_svgs": 1, "sliders": 1}
 
 
+def test_one_widget_box_is_one_explorer_not_one_per_child() -> None:
+    box = ('<div class="widget-subarea"><div class="lm-Widget jupyter-widgets widget-container widget-vbox">'
+           '<div class="lm-Widget jupyter-widgets widget-dropdown"><select><option>5</option></select></div>'
+           '<div class="lm-Widget jupyter-widgets widget-toggle-buttons"><button>discard</button></div>'
+           '<div class="lm-Widget jupyter-widgets widget-hslider"><input type="range"></div>'
+           '<div class="lm-Widget jupyter-widgets widget-html"><table><tr><td>3</td></tr></table></div>'
+           '</div></div><script type="application/vnd.jupyter.widget-view+json">{"model_id": "a"}</script>')
+    assert check_pages.analyse_dom(box)["widgets_rendered"] == 1  # five views, one displayed widget
+    assert check_pages.widget_outputs(box + box) == 2
+    notebook = '<div class="output_subarea jupyter-widgets-view"><div class="jupyter-widgets widget-vbox"></div></div>'
+    assert check_pages.widget_outputs(notebook) == 1
+    assert check_pages.widget_outputs('<div class="widget-subarea"></div><p class="x">text</p>') == 0  # not drawn
+    assert check_pages.widget_outputs('<div class="widget-subarea"><div class="jupyter-widgets">') == 1  # cut short
+
+
 def _netlog(events: list[dict], *, cut: bool = False) -> str:
     import json
 

@@ -171,3 +171,56 @@ def test_a_one_class_validation_split_is_refused_before_training(blob_splits, la
     one_class = ArrayDataset(val.images[:10], np.full(10, label), prefix="val-")
     with pytest.raises(ValueError, match=r"split 'val' needs both normal \(0\) and abnormal \(1\) images: it holds"):
         SaladTrainer(profile_config("smoke"), blob_splits["train"], one_class, device="cpu")
+
+
+def test_the_untrained_baseline_scores_the_untrained_embeddings_even_with_a_memory_bank(blob_splits, monkeypatch):
+    """bank="memory" (the paper's default): an untrained network's memory holds random init vectors, not images."""
+    import torch
+
+    import salad_lite.experiment as experiment
+
+    test_labels = np.r_[np.zeros(10), np.ones(10)].astype(np.int64)
+    splits = {**blob_splits, "test": ArrayDataset(blob_images(test_labels, seed=24), test_labels, prefix="test-")}
+    cfg = profile_config("smoke").replace(score={"bank": "memory", "k_grid": (5,), "discard_options": (True,)})
+    banks = []
+
+    class Recording(experiment.SaladScorer):
+        def fit(self, bank, labels):
+            banks.append(torch.as_tensor(bank).clone())
+            return super().fit(bank, labels)
+
+    monkeypatch.setattr(experiment, "SaladScorer", Recording)
+    result = experiment.untrained_encoder_baseline(cfg, splits, 1, device="cpu")
+    assert result["bank"] == "embeddings"
+    untrained = SaladTrainer(cfg.replace(train={"seed": 0}), splits["train"], splits["val"], device="cpu")
+    expected = untrained.embed(splits["train"])
+    assert not torch.allclose(untrained.scoring_bank(), expected)  # the memory bank is not the images' embeddings
+    assert banks and all(torch.allclose(bank, expected, atol=1e-6) for bank in banks)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s.update(per_seed={"seed": 0}), r"'per_seed' must be a non-empty list, got dict"),
+    (lambda s: s.update(per_seed=[]), r"'per_seed' must be a non-empty list, got an empty list"),
+    (lambda s: s["per_seed"].__setitem__(0, 3), r"'per_seed'\[0\] must be an object, got int"),
+    (lambda s: s["per_seed"][0].pop("test_auc"), r"'per_seed'\[0\]\['test_auc'\] must be a finite number, got None"),
+    (lambda s: s["per_seed"][0].update(k="5"), r"'per_seed'\[0\]\['k'\] must be int, got '5'"),
+    (lambda s: s.update(test_auc=0.7), r"'test_auc' must be an object with 'mean' and 'ci95', got float"),
+    (lambda s: s["test_auprc"].update(ci95=None), r"'test_auprc'\['ci95'\] must be a finite number, got None"),
+    (lambda s: s["test_auc"].update(mean=float("nan")), r"'test_auc'\['mean'\] must be a finite number, got nan"),
+])
+def test_a_damaged_untrained_result_is_refused_naming_the_file(blob_splits, tmp_path, damage, message):
+    import salad_lite.experiment as experiment
+
+    cfg = profile_config("smoke")
+    splits = {**blob_splits, "test": blob_splits["val"]}
+    stored = {"bank": "embeddings", "per_seed": [{"seed": 0, "k": 5, "discard_anomalous": True, "val_auc": 0.6,
+                                                  "test_auc": 0.6, "test_auprc": 0.6}],
+              "test_auc": {"mean": 0.6, "ci95": 0.0}, "test_auprc": {"mean": 0.6, "ci95": 0.0},
+              "config": json.loads(json.dumps(cfg.to_dict())), "splits_sha256": experiment.splits_fingerprint(splits)}
+    path = tmp_path / "untrained_encoder.json"
+    path.write_text(json.dumps(stored))
+    assert experiment._untrained_once(cfg, splits, 1, path) == stored  # intact: loaded, not recomputed
+    damage(stored)
+    path.write_text(json.dumps(stored))
+    with pytest.raises(CorruptFileError, match=rf"untrained-encoder result {path}: {message}; delete it"):
+        experiment._untrained_once(cfg, splits, 1, path)

