@@ -1,0 +1,52 @@
+"""benchmarks/bench_profiles.py: its pure helpers (the timing itself is a script, not a test)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from salad_lite.config import profile_config
+from salad_lite.trainer import SaladTrainer
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_profiles.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_profiles", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_validations_per_run_follows_the_trainer(bench) -> None:
+    """The count the script prints is the number of validations SaladTrainer.fit runs."""
+    assert bench.validations_per_run(15, 1) == 15
+    assert bench.validations_per_run(15, 3) == 5  # after epochs 3, 6, 9, 12, 15
+    assert bench.validations_per_run(14, 3) == 5  # ... 12, and the last (14)
+    assert bench.validations_per_run(1, 3) == 1
+    cfg = profile_config("smoke", "nih").replace(train={"progress": False, "pretrain_epochs": 3, "rounds": 0,
+                                                        "validate_every": 2})
+    train = bench.LabelledImages(8, 32, 0, 0.0, "t")
+    val = bench.LabelledImages(6, 32, 1, 0.5, "v")
+    trainer = SaladTrainer(cfg, train, val, run_dir=None, device="cpu")
+    history = trainer.fit()
+    assert sum("val_auc" in record for record in history) == bench.validations_per_run(3, 2) == 2
+
+
+def test_faster_variants_needs_both_ratios_above_the_margin(bench) -> None:
+    ratios = {"a": (1.2, 1.15), "b": (1.3, 1.05), "c": (0.9, 1.4), "d": (1.11, 1.11)}
+    assert bench.faster_variants(ratios) == ["a", "d"]
+    assert bench.faster_variants(ratios, margin=0.2) == []
+
+
+def test_variants_flip_what_they_name(bench) -> None:
+    cfg = profile_config("default", "nih")
+    variants = bench.profile_variants(cfg, 2, bench.VARIANTS)
+    reference, flipped, one, compiled, bf16 = variants
+    assert (reference.channels_last, reference.threads, reference.compile, reference.bf16) == \
+        (cfg.train.channels_last, 2, False, False)
+    assert flipped.channels_last != cfg.train.channels_last
+    assert one.threads == 1 and compiled.compile and bf16.bf16 and bf16.slow
