@@ -340,9 +340,11 @@ def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str |
     for metric in ("test_auc", "test_auprc", "reconstruction_test_auc", "reconstruction_test_auprc"):
         mean, half = mean_ci([getattr(r, metric) for r in results])
         summary[metric] = {"mean": mean, "ci95": half}
-    summary["pca_baseline"] = _pca_baseline_once(splits, Path(run_dir) / cfg.data.dataset / "pca_baseline.json")
-    summary["untrained_encoder"] = _untrained_once(cfg, splits, count,
-                                                   Path(run_dir) / cfg.data.dataset / "untrained_encoder.json", device)
+    fingerprint = splits_fingerprint(splits)  # hashed once for both stored baselines
+    folder = Path(run_dir) / cfg.data.dataset
+    summary["pca_baseline"] = _pca_baseline_once(splits, folder / "pca_baseline.json", fingerprint)
+    summary["untrained_encoder"] = _untrained_once(cfg, splits, count, folder / "untrained_encoder.json", device,
+                                                   fingerprint)
     first = results[0]
     summary["curves_seed0"] = {
         "roc": {k: v.tolist() for k, v in roc_curve_data(first.test_labels, first.test_scores).items()
@@ -439,7 +441,7 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
 
 
 def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, path: Path,
-                    device: str = "auto") -> dict[str, Any]:
+                    device: str = "auto", fingerprint: str | None = None) -> dict[str, Any]:
     """:func:`untrained_encoder_baseline`, stored in ``path`` with its config and the splits' fingerprint.
 
     A stored file without the ``"bank"`` record was written by an older salad_lite that
@@ -450,7 +452,7 @@ def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, p
             written (:func:`_check_untrained_result`; named).
         ValueError: ``path`` was computed with another configuration or other splits (named).
     """
-    fingerprint = splits_fingerprint(splits)
+    fingerprint = splits_fingerprint(splits) if fingerprint is None else fingerprint
     if path.exists():
         stored = read_json(path, "untrained-encoder result")
         if not isinstance(stored, dict):
@@ -465,7 +467,7 @@ def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, p
     return result
 
 
-def _pca_baseline_once(splits: dict[str, Any], path: Path) -> dict[str, Any]:
+def _pca_baseline_once(splits: dict[str, Any], path: Path, fingerprint: str | None = None) -> dict[str, Any]:
     """:func:`pca_baseline` of ``splits``, computed once and stored in ``path`` with the splits' fingerprint.
 
     Deterministic and replicate-free: the test split is scored once. The stored dict
@@ -477,7 +479,7 @@ def _pca_baseline_once(splits: dict[str, Any], path: Path) -> dict[str, Any]:
             ``test_scores`` are not M finite numbers (named).
         ValueError: ``path`` was computed from other splits (named).
     """
-    fingerprint = splits_fingerprint(splits)
+    fingerprint = splits_fingerprint(splits) if fingerprint is None else fingerprint
     if path.exists():
         stored = _stored_pca_baseline(path, fingerprint)
         if "test_scores" in stored:
