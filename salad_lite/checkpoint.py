@@ -256,3 +256,44 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, tuple)):
         return list(value)
     raise TypeError(f"cannot store {type(value).__name__} in checkpoint JSON")
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The tensors of an optimiser's state as ``optim.<param id>.<name>`` -> tensor (for :func:`save_checkpoint`)."""
+    tensors = {}
+    for param_id, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{param_id}.{name}"] = value
+    return tensors
+
+
+def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The JSON part of an optimiser's state: param groups and the tensor names of each parameter."""
+    state = optimizer.state_dict()
+    names = {str(pid): sorted(k for k, v in s.items() if torch.is_tensor(v)) for pid, s in state["state"].items()}
+    return {"param_groups": state["param_groups"], "tensor_names": names}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                    source: Path) -> None:
+    """Restore the optimiser state stored by :func:`optimizer_tensors` / :func:`optimizer_meta`.
+
+    Raises:
+        CorruptFileError: a tensor is missing, has another shape than its parameter,
+            or the metadata is malformed (``source`` named).
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        state = {int(pid): {name: tensors[f"optim.{pid}.{name}"] for name in names}
+                 for pid, names in meta["tensor_names"].items()}
+        for pid, entries in state.items():
+            for name, value in entries.items():
+                if value.ndim and tuple(value.shape) != tuple(params[pid].shape):
+                    raise ValueError(f"optim.{pid}.{name} has shape {tuple(value.shape)}, its parameter "
+                                     f"{tuple(params[pid].shape)}")
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise CorruptFileError(f"the optimiser state of checkpoint {source} does not fit this model ({error!r}); "
+                               "delete the checkpoint to start over") from None

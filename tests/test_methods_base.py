@@ -1,0 +1,81 @@
+"""The shared baseline glue (salad_lite.methods.base) and Deep AE: selection, resume, refusal, learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from salad_lite.config import profile_config
+from salad_lite.methods import BASELINE_IDS, baseline_config, build_method
+from salad_lite.methods.deep_ae import DeepAE, DeepAEConfig, per_image_mse
+from salad_lite.metrics import auc
+
+SMALL = dict(image_size=32, width=8, latent_dim=16, batch_size=32, lr=1e-3, progress=False)
+
+
+def test_per_image_mse_matches_plain_reference() -> None:
+    x, x_hat = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    expected = [float(((x_hat[i] - x[i]) ** 2).sum()) / 16 for i in range(3)]
+    assert np.allclose(per_image_mse(x, x_hat).numpy(), expected, atol=1e-6)
+
+
+def test_deep_ae_learns_the_planted_anomaly(planted_splits) -> None:
+    model = DeepAE(DeepAEConfig(epochs=6, **SMALL), device="cpu").fit(planted_splits["train"], planted_splits["val"])
+    test = planted_splits["test"]
+    assert auc(test.labels, model.decision_function(test)) >= 0.85
+    assert model.selected_epoch == int(np.argmax([h["val_auc"] for h in model.history]))
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(planted_splits, tmp_path, monkeypatch) -> None:
+    train, val = planted_splits["train"], planted_splits["val"]
+    cfg = DeepAEConfig(epochs=3, **SMALL)
+    whole = DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "whole")
+    run_epoch = DeepAE._run_epoch
+
+    def killed_at_epoch_two(self, *args):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(self, *args)
+
+    monkeypatch.setattr(DeepAE, "_run_epoch", killed_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "cut")
+    monkeypatch.undo()
+    resumed = DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "cut")
+    losses = [[h["loss"], h["val_auc"]] for h in resumed.history]
+    assert np.allclose(losses, [[h["loss"], h["val_auc"]] for h in whole.history])
+    assert resumed.selected_epoch == whole.selected_epoch
+    assert np.allclose(resumed.decision_function(val), whole.decision_function(val), atol=1e-5)
+    # a finished run is loaded, not retrained; a changed configuration is refused
+    assert DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "whole").selected_epoch == whole.selected_epoch
+    with pytest.raises(ValueError, match="another configuration"):
+        DeepAE(DeepAEConfig(epochs=4, **SMALL), device="cpu").fit(train, val, tmp_path / "whole")
+
+
+def test_a_folder_of_another_method_is_refused(planted_splits, tmp_path) -> None:
+    train, val = planted_splits["train"], planted_splits["val"]
+    DeepAE(DeepAEConfig(epochs=1, **SMALL), device="cpu").fit(train, val, tmp_path)
+    other = DeepAE(DeepAEConfig(epochs=1, **SMALL), device="cpu")
+    other.method_id = "deep_svdd"
+    with pytest.raises(ValueError, match="deep_ae"):
+        other.fit(train, val, tmp_path)
+
+
+def test_config_fields_are_validated() -> None:
+    with pytest.raises(ValueError, match="DeepAEConfig.epochs"):
+        DeepAEConfig(epochs=0)
+    with pytest.raises(ValueError, match="DeepAEConfig.arch"):
+        DeepAEConfig(arch="vgg")
+    with pytest.raises(ValueError, match="unknown baseline"):
+        build_method("ocgan", profile_config("smoke"))
+
+
+def test_baseline_config_takes_salads_budget() -> None:
+    cfg = profile_config("default")
+    base = baseline_config("deep_ae", cfg)
+    t = cfg.train
+    assert base.epochs == t.pretrain_epochs + t.rounds * t.epochs_per_round
+    assert (base.image_size, base.width, base.batch_size, base.lr) == (cfg.model.image_size, cfg.model.width,
+                                                                         t.batch_size, t.lr)
+    assert "deep_ae" in BASELINE_IDS and len(BASELINE_IDS) == 6
