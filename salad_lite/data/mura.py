@@ -38,7 +38,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -255,6 +255,7 @@ def mura_group_split(
     group_column: str = "patient_id",
     normal_train_fraction: float = 0.5,
     max_train: int = 0,
+    reserve_ratio: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The paper's MURA split, group-wise (patient + body part).
 
@@ -276,6 +277,13 @@ def mura_group_split(
             in the paper; ``patient`` keeps a patient's body parts together).
         normal_train_fraction: share of normal groups used for training.
         max_train: cap on training images (0 = none).
+        reserve_ratio: ``None`` (default) = the rule above. Otherwise the
+            held-out sets do not depend on the AR, for every AR up to
+            ``reserve_ratio`` (Table 1's AR sweep on one test set): the abnormal
+            groups that step 2 would add at ``max(AR, reserve_ratio)`` are
+            reserved, the training split takes its abnormal groups from them at
+            AR, and the reserved groups it does not take stay unused; the normal
+            groups that ``max_train`` cuts from training stay unused too.
 
     Returns:
         ``{"train", "val", "test"}`` -> sorted ``np.int64`` row positions.
@@ -298,28 +306,45 @@ def mura_group_split(
     abnormal = rng.permutation(abnormal)
 
     n_train_normal = min(len(normal) - 2, max(1, int(round(normal_train_fraction * len(normal)))))
-    train_groups = list(normal[:n_train_normal])
-    if max_train > 0:
-        cap = max(1, int(np.floor(max_train * (1.0 - anomaly_ratio))))
-        cumulative = table.loc[train_groups, "images"].to_numpy().cumsum()
-        train_groups = train_groups[: max(1, int(np.searchsorted(cumulative, cap, side="right")))]
-    in_train = set(train_groups)
-    held_normal = [g for g in normal if g not in in_train]
 
-    n_images = int(table.loc[train_groups, "images"].sum())
-    n_abnormal = 0
-    held_abnormal: list[object] = []
-    for group in abnormal:
-        add_images = int(table.at[group, "images"])
-        add_abnormal = int(table.at[group, "abnormal_images"])
-        fits = anomaly_ratio > 0 and (n_abnormal + add_abnormal) <= anomaly_ratio * (n_images + add_images) + 1e-9
-        fits = fits and (max_train == 0 or n_images + add_images <= max_train)
-        if fits:
-            train_groups.append(group)
-            n_images += add_images
-            n_abnormal += add_abnormal
-        else:
-            held_abnormal.append(group)
+    def normal_training(ratio: float) -> list[object]:
+        """The normal training groups: the first ``n_train_normal``, cut at ``max_train * (1 - ratio)`` images."""
+        groups = list(normal[:n_train_normal])
+        if max_train > 0:
+            cap = max(1, int(np.floor(max_train * (1.0 - ratio))))
+            cumulative = table.loc[groups, "images"].to_numpy().cumsum()
+            groups = groups[: max(1, int(np.searchsorted(cumulative, cap, side="right")))]
+        return groups
+
+    def contaminate(candidates: Any, ratio: float, normal_groups: list[object]) -> tuple[list[object], list[object]]:
+        """Add abnormal groups in order while the training split's abnormal share stays <= ratio."""
+        n_images, n_abnormal = int(table.loc[normal_groups, "images"].sum()), 0
+        chosen: list[object] = []
+        rest: list[object] = []
+        for group in candidates:
+            add_images = int(table.at[group, "images"])
+            add_abnormal = int(table.at[group, "abnormal_images"])
+            fits = ratio > 0 and (n_abnormal + add_abnormal) <= ratio * (n_images + add_images) + 1e-9
+            fits = fits and (max_train == 0 or n_images + add_images <= max_train)
+            if fits:
+                chosen.append(group)
+                n_images += add_images
+                n_abnormal += add_abnormal
+            else:
+                rest.append(group)
+        return chosen, rest
+
+    train_groups = normal_training(anomaly_ratio)
+    if reserve_ratio is None:
+        in_train = set(train_groups)
+        held_normal = [g for g in normal if g not in in_train]
+        contaminating, held_abnormal = contaminate(abnormal, anomaly_ratio, train_groups)
+    else:
+        held_normal = list(normal[n_train_normal:])
+        reserve_ar = max(anomaly_ratio, reserve_ratio)
+        reserved, held_abnormal = contaminate(abnormal, reserve_ar, normal_training(reserve_ar))
+        contaminating = contaminate(reserved, anomaly_ratio, train_groups)[0]
+    train_groups += contaminating
     if len(held_abnormal) < 2:  # keep two abnormal groups for validation and test
         moved = [g for g in train_groups if table.at[g, "kind"] != "normal"][-(2 - len(held_abnormal)):]
         train_groups = [g for g in train_groups if g not in set(moved)]

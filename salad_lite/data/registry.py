@@ -302,6 +302,11 @@ def dataset_source(
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
 
 
+HELD_OUT_RESERVE_RATIO = 0.15
+"""The seeded splits reserve abnormal training images as for AR 15 % (Table 1's largest): every AR from 0 to
+15 % then shares one validation and one test set, so that Table 1's rows are compared on the same test images."""
+
+
 def split_function(
     dataset: str,
     anomaly_ratio: float = 0.05,
@@ -315,7 +320,8 @@ def split_function(
     Args:
         dataset: ``"nih"`` / ``"folder"`` (:func:`one_class_split`) or ``"mura"``
             (``mura_group_split``, groups = patient + body part, or ``group_column``).
-        anomaly_ratio, seed, max_train_images: of the seeded split (ignored with a split file).
+        anomaly_ratio, seed, max_train_images: of the seeded split (ignored with a split file);
+            its held-out sets are those of every AR <= :data:`HELD_OUT_RESERVE_RATIO`.
         split_file: a CSV naming each image's split
             (:mod:`salad_lite.data.split_file`): read and checked now.
         group_column: ``mura``: the grouping column.
@@ -335,8 +341,9 @@ def split_function(
         from salad_lite.data.mura import mura_group_split
 
         return partial(mura_group_split, anomaly_ratio=anomaly_ratio, seed=seed, group_column=group_column,
-                       max_train=max_train_images)
-    return partial(one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images)
+                       max_train=max_train_images, reserve_ratio=HELD_OUT_RESERVE_RATIO)
+    return partial(one_class_split, anomaly_ratio=anomaly_ratio, seed=seed, max_train=max_train_images,
+                   reserve_ratio=HELD_OUT_RESERVE_RATIO)
 
 
 def image_preprocess(dataset: str, image_size: int) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -175,6 +175,7 @@ def one_class_split(
     val_fraction: float = 0.5,
     seed: int = 0,
     max_train: int = 0,
+    reserve_ratio: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Patient-wise one-class split (Tang et al. 2019 style).
 
@@ -186,6 +187,10 @@ def one_class_split(
             (by image count); the rest is the test split.
         seed: random seed of the patient shuffles.
         max_train: cap on the number of training images (0 = no cap).
+        reserve_ratio: reserve abnormal patients as for this AR (at least
+            ``anomaly_ratio``); ``None`` = ``anomaly_ratio``. The held-out sets
+            then do not depend on the AR: every AR up to ``reserve_ratio`` gets the
+            same validation and test images (Table 1's AR sweep on one test set).
 
     Returns:
         ``{"train", "val", "test"}`` -> sorted ``np.int64`` row positions into
@@ -195,8 +200,9 @@ def one_class_split(
     patient; all images of a patient go to one split; the two groups of
     patients are shuffled with ``seed``):
 
-    1. With AR > 0, the first abnormal patients are reserved for training,
-       enough for the largest possible training set.
+    1. With AR > 0 (or a ``reserve_ratio`` > 0), the first abnormal patients are
+       reserved for training, enough for the largest possible training set at
+       ``max(AR, reserve_ratio)``.
     2. Held-out: the remaining abnormal patients and normal-only patients (taken
        from the first half of the normal-only images) are trimmed, whole
        patients in shuffled order, so that held-out normal images (including
@@ -218,6 +224,8 @@ def one_class_split(
         PatientLeakError: never expected; checked before returning.
     """
     check_split_arguments(anomaly_ratio, max_train, val_fraction=val_fraction)
+    reserve_ar = anomaly_ratio if reserve_ratio is None else max(anomaly_ratio, reserve_ratio)
+    check_split_arguments(reserve_ar, max_train)
     for column in ("label", "patient_id"):
         if column not in metadata.columns:
             raise ValueError(f"metadata lacks column {column!r}; it has {list(metadata.columns)}")
@@ -241,10 +249,10 @@ def one_class_split(
             f"one_class_split: {len(normal_patients)} patient(s) with only normal images; need at least 3 "
             "(train, validation and test each need one)"
         )
-    if len(abnormal_patients) < 2 + (anomaly_ratio > 0):
+    if len(abnormal_patients) < 2 + (reserve_ar > 0):
         raise ValueError(
             f"one_class_split: {len(abnormal_patients)} patient(s) with abnormal images; need at least "
-            f"{2 + (anomaly_ratio > 0)} (validation and test{' and training' if anomaly_ratio > 0 else ''})"
+            f"{2 + (reserve_ar > 0)} (validation and test{' and training' if reserve_ar > 0 else ''})"
         )
     images_per_patient = per_patient.size()
     abnormal_per_patient = per_patient.sum()
@@ -257,12 +265,13 @@ def one_class_split(
     normal_cap = normal_total if max_train == 0 else max(1, int(np.floor(max_train * (1.0 - anomaly_ratio))))
     ratio = anomaly_ratio / (1.0 - anomaly_ratio)  # abnormal per normal training image
 
-    # 1. reserve abnormal patients for contamination, enough for the largest possible training set
-    reserve = int(round(ratio * min(normal_cap, normal_total)))
+    # 1. reserve abnormal patients for contamination, enough for the largest possible training set at reserve_ar
+    reserve_cap = normal_total if max_train == 0 else max(1, int(np.floor(max_train * (1.0 - reserve_ar))))
+    reserve = int(round(reserve_ar / (1.0 - reserve_ar) * min(reserve_cap, normal_total)))
     contaminating, held_abnormal = _take_until(abnormal_order, abnormal_per_patient, reserve)
     if len(held_abnormal) < 2:
         raise ValueError(
-            f"one_class_split: anomaly_ratio={anomaly_ratio} needs up to {reserve} abnormal training images, "
+            f"one_class_split: anomaly_ratio={reserve_ar} needs up to {reserve} abnormal training images, "
             f"leaving fewer than 2 abnormal patients for validation and test; lower the ratio or max_train"
         )
 
