@@ -42,21 +42,32 @@ def summary_curves(summary: Mapping[str, Any]) -> dict[str, Any]:
             "prevalence": float(np.asarray(pr["precision"])[0])}
 
 
-#: Table 1 of Bozorgtabar et al. (MICCAI 2020): test AUC / AUPRC, anomaly ratio AR in % of training images.
-PAPER_TABLE1: tuple[dict[str, Any], ...] = (
-    {"method": "MemDAE", "AR %": 0, "nih_auc": 0.8778, "nih_auprc": 0.9198, "mura_auc": 0.7660, "mura_auprc": 0.8823},
-    {"method": "SALAD w/o L_mse", "AR %": 5, "nih_auc": 0.8693, "nih_auprc": 0.9121, "mura_auc": 0.7765,
-     "mura_auprc": 0.8892},
-    {"method": "SALAD w/o L_agg", "AR %": 5, "nih_auc": 0.8824, "nih_auprc": 0.9332, "mura_auc": 0.7923,
-     "mura_auprc": 0.9128},
-    {"method": "SALAD", "AR %": 5, "nih_auc": 0.9091, "nih_auprc": 0.9552, "mura_auc": 0.8117, "mura_auprc": 0.9419},
-    {"method": "SALAD", "AR %": 10, "nih_auc": 0.9167, "nih_auprc": 0.9674, "mura_auc": 0.8195, "mura_auprc": 0.9502},
-    {"method": "SALAD", "AR %": 15, "nih_auc": 0.9189, "nih_auprc": 0.9705, "mura_auc": 0.8245, "mura_auprc": 0.9582},
+#: Table 1 of Bozorgtabar et al. (MICCAI 2020), all 10 rows in the paper's order: test AUC / AUPRC (mean over 4
+#: replicates) and, under ``*_pm``, the paper's ± figure for each cell (its 95% CI, 1.96 std); the anomaly ratio
+#: ``AR %`` is the share of abnormal training images. ``fig5`` names the data sets where the row is the paper's †
+#: model, the one compared with the other methods in Fig. 5 (NIH: SALAD at AR 10 %; MURA: SALAD at AR 5 %).
+PAPER_TABLE1: tuple[dict[str, Any], ...] = tuple(
+    {"method": method, "AR %": ar, "nih_auc": nih_auc, "nih_auc_pm": nih_auc_pm, "nih_auprc": nih_auprc,
+     "nih_auprc_pm": nih_auprc_pm, "mura_auc": mura_auc, "mura_auc_pm": mura_auc_pm, "mura_auprc": mura_auprc,
+     "mura_auprc_pm": mura_auprc_pm, "fig5": fig5}
+    for (method, ar, nih_auc, nih_auc_pm, nih_auprc, nih_auprc_pm, mura_auc, mura_auc_pm, mura_auprc, mura_auprc_pm,
+         fig5) in (
+        ("MemDAE", 0, 0.8778, 0.0072, 0.9198, 0.0024, 0.7660, 0.0102, 0.8823, 0.0035, ()),
+        ("SALAD w/o L_mse", 5, 0.8693, 0.0095, 0.9121, 0.0032, 0.7765, 0.0094, 0.8892, 0.0085, ()),
+        ("SALAD w/o L_agg", 5, 0.8824, 0.0105, 0.9332, 0.0062, 0.7923, 0.0061, 0.9128, 0.0026, ()),
+        ("SALAD", 5, 0.9091, 0.0069, 0.9552, 0.0049, 0.8117, 0.0028, 0.9419, 0.0075, ("mura",)),
+        ("SALAD w/o L_mse", 10, 0.8739, 0.0071, 0.9287, 0.0024, 0.7882, 0.0104, 0.8926, 0.0031, ()),
+        ("SALAD w/o L_agg", 10, 0.8913, 0.0056, 0.9426, 0.0035, 0.8012, 0.0042, 0.9196, 0.0023, ()),
+        ("SALAD", 10, 0.9167, 0.0031, 0.9674, 0.0051, 0.8195, 0.0087, 0.9502, 0.0085, ("nih",)),
+        ("SALAD w/o L_mse", 15, 0.8774, 0.0095, 0.9290, 0.0023, 0.7904, 0.0025, 0.8985, 0.0082, ()),
+        ("SALAD w/o L_agg", 15, 0.8975, 0.0105, 0.9494, 0.0055, 0.8084, 0.0014, 0.9214, 0.0103, ()),
+        ("SALAD", 15, 0.9189, 0.0076, 0.9705, 0.0011, 0.8245, 0.0017, 0.9582, 0.0108, ()),
+    )
 )
 
 
 def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str = "this run") -> pd.DataFrame:
-    """The paper's Table 1 rows for ``dataset`` with this run's mean test AUC / AUPRC (and 95% CI) below.
+    """The paper's Table 1 (all 10 rows) for ``dataset`` with this run's mean test AUC / AUPRC (and 95% CI) below.
 
     When ``summary`` has them, three baseline rows follow: the same models scored by
     reconstruction error, the same network before training scored by Eq. 4, and the
@@ -64,7 +75,8 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
 
     ``summary``: the dict of :func:`salad_lite.experiment.evaluate_replicates`. Returns a
     pandas DataFrame with columns ``method``, ``AR %``, ``AUC``, ``AUPRC``, ``AUC 95% CI``,
-    ``AUPRC 95% CI``, ``replicates`` and ``source``.
+    ``AUPRC 95% CI``, ``replicates`` and ``source``. The paper rows' CI columns hold the
+    paper's own ± figure; this run's hold ``1.96 std`` over its replicates (NaN for one).
 
     Raises:
         ValueError: ``dataset`` is not ``nih`` or ``mura`` (Table 1 has no other columns).
@@ -76,8 +88,8 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
         return {"method": method, "AR %": ar_percent, "AUC": auc_value, "AUPRC": auprc_value,
                 "AUC 95% CI": auc_ci, "AUPRC 95% CI": auprc_ci, "replicates": replicates, "source": source}
 
-    rows = [row(r["method"], r["AR %"], r[f"{dataset}_auc"], r[f"{dataset}_auprc"], replicates=4,
-                source="paper, Table 1") for r in PAPER_TABLE1]
+    rows = [row(r["method"], r["AR %"], r[f"{dataset}_auc"], r[f"{dataset}_auprc"], r[f"{dataset}_auc_pm"],
+                r[f"{dataset}_auprc_pm"], replicates=4, source="paper, Table 1") for r in PAPER_TABLE1]
     ar = round(float(summary["config"]["data"]["anomaly_ratio"]) * 100, 1)
     reps = int(summary["replicates"])
     auc_s, auprc_s = summary["test_auc"], summary["test_auprc"]
@@ -154,7 +166,9 @@ def view_summary(cfg: SaladConfig) -> str:
 
 
 def paper_row(dataset: str, method: str = "SALAD", ar_percent: float = 5) -> dict[str, Any]:
-    """One row of :data:`PAPER_TABLE1` as ``{"method", "AR %", "auc", "auprc"}`` for ``dataset``.
+    """One row of :data:`PAPER_TABLE1` as ``{"method", "AR %", "auc", "auc_pm", "auprc", "auprc_pm"}`` for ``dataset``.
+
+    ``auc_pm`` / ``auprc_pm``: the paper's ± figure of the cell (95% CI over 4 replicates).
 
     Raises:
         ValueError: ``dataset`` is not in Table 1, or no row has this method and AR.
@@ -162,8 +176,9 @@ def paper_row(dataset: str, method: str = "SALAD", ar_percent: float = 5) -> dic
     _check_table1_dataset(dataset)
     for row in PAPER_TABLE1:
         if row["method"] == method and row["AR %"] == ar_percent:
-            return {"method": method, "AR %": ar_percent, "auc": row[f"{dataset}_auc"],
-                    "auprc": row[f"{dataset}_auprc"]}
+            return {"method": method, "AR %": row["AR %"], "auc": row[f"{dataset}_auc"],
+                    "auc_pm": row[f"{dataset}_auc_pm"], "auprc": row[f"{dataset}_auprc"],
+                    "auprc_pm": row[f"{dataset}_auprc_pm"]}
     raise ValueError(f"Table 1 has no row for method {method!r} at AR {ar_percent} %")
 
 
@@ -224,7 +239,7 @@ def baseline_verdicts(summary: Mapping[str, Any]) -> str:
 
 
 def paper_comparison(summary: Mapping[str, Any], test_labels: Any, dataset: str) -> str:
-    """This run's mean test AUC / AUPRC, the chance AUPRC of the test split and the paper's SALAD row (AR 5 %).
+    """This run's mean test AUC / AUPRC, the chance AUPRC of the test split and the paper's SALAD row (AR 5 %, with ±).
 
     ``test_labels`` ``[M]`` in {0, 1}: the abnormal share is the AUPRC of a random score.
 
@@ -239,7 +254,8 @@ def paper_comparison(summary: Mapping[str, Any], test_labels: Any, dataset: str)
     prevalence = float(np.mean(np.asarray(test_labels) == 1))
     return (f"Our test AUC {auc_m:.3f} and AUPRC {auprc_m:.3f}\n"
             f"(chance AUPRC = abnormal share of the test split = {prevalence:.3f});\n"
-            f"the paper reports {paper['auc']:.3f} / {paper['auprc']:.3f} for SALAD at AR {paper['AR %']} % "
+            f"the paper reports {paper['auc']:.3f} ± {paper['auc_pm']:.3f} / {paper['auprc']:.3f} ± "
+            f"{paper['auprc_pm']:.3f} (its 95% CI over 4 replicates) for SALAD at AR {paper['AR %']} % "
             f"on {dataset.upper()}.")
 
 

@@ -788,3 +788,139 @@ def plot_per_finding_auc(table: Any, methods: Sequence[str] = ("SALAD", "PCA"), 
     fig.tight_layout()
     return _finish(fig)
 
+
+
+# --------------------------------------------------------------------------- Table-1 chapter (method x AR grid)
+def plot_fig5_bars(table1: Mapping[str, Any], ar_percent: float | None = None, *, paper: bool = True,
+                   title: str = "Test AUC and AUPRC per method (cf. the paper's Fig. 5)") -> Figure:
+    """Fig. 5 of the paper for this run: one bar per method, test AUC (left) and AUPRC (right), error bar 1.96 std.
+
+    ``table1``: the grid's ``table1.json`` dict (see :mod:`salad_lite.table1_report`).
+    Bars in a fixed order (:func:`salad_lite.table1_report.fig5_bar_rows`): MemDAE
+    (AR 0), the Table-1 rows at ``ar_percent`` (default: the paper's † AR), then the
+    baselines; rows the run skipped are left out. Error bars are each row's ``ci95``
+    (none for a single replicate). With ``paper``, the paper's Table-1 value of a row
+    (mean ± its error figure) is drawn as a black tick on the bar; Fig. 5 gives no
+    number for a baseline, so baselines have none.
+
+    Raises:
+        ValueError: ``table1`` is not a table1.json dict, or has no row to draw.
+    """
+    from salad_lite.table1_report import fig5_bar_rows
+
+    bars = fig5_bar_rows(table1, ar_percent)
+    if bars.empty:
+        raise ValueError("plot_fig5_bars: the table1 dict has no row that ran (all skipped or none)")
+    x = np.arange(len(bars))
+    colours = [ABNORMAL_COLOUR if t else "#7f7f7f" for t in bars["table1"]]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * len(bars) + 3.0), 4.2), sharey=False)
+    paper_handle = None
+    for ax, metric in zip(axes, ("AUC", "AUPRC")):
+        heights = bars[metric].to_numpy(float)
+        errors = np.nan_to_num(bars[f"{metric} ±"].to_numpy(float))
+        ax.bar(x, heights, yerr=errors, color=colours, capsize=3, edgecolor="black", linewidth=0.5,
+               error_kw={"elinewidth": 1})
+        if paper:
+            known = bars[f"paper {metric}"].notna().to_numpy()
+            if known.any():
+                paper_handle = ax.errorbar(x[known], bars[f"paper {metric}"].to_numpy(float)[known],
+                                           yerr=bars[f"paper {metric} ±"].to_numpy(float)[known], fmt="_",
+                                           color="black", markersize=14, capsize=2,
+                                           label="paper, Table 1 (mean ± its CI)")
+        if metric == "AUC":
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        low = np.nanmin(np.r_[heights - errors, bars[f"paper {metric}"].to_numpy(float)])
+        ax.set_ylim(max(0.0, min(0.5, np.floor(low * 10) / 10)), 1.0)
+        ax.set_xticks(x)
+        ax.set_xticklabels(bars["label"], rotation=40, ha="right", fontsize=8)
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(f"test {metric} (mean ± 1.96 std)", fontsize=10)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(title)
+    if paper_handle is not None:
+        fig.legend(handles=[paper_handle], loc="upper left", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return _finish(fig)
+
+
+def plot_roc_methods(cells: Sequence[Mapping[str, Any]], seed: int = 0, ar_percent: float | None = None, *,
+                     title: str = "") -> Figure:
+    """Fig. 6a of the paper for this run: the test ROC curve of every method for one replicate, AUC in the legend.
+
+    ``cells``: the grid's per-cell results (``method``, ``ar_percent``, ``seed``,
+    ``test_labels``, ``test_scores``; see :mod:`salad_lite.table1_report`). Draws every
+    cell of ``seed`` (with ``ar_percent``, only the cells at that AR and at AR 0, where
+    MemDAE lives), one line each, then the chance diagonal.
+
+    Raises:
+        ValueError: no cell for ``seed`` (and ``ar_percent``); labels and scores of a
+            cell differ in length, hold NaN/inf, or have one class only.
+    """
+    from salad_lite.metrics import auc, roc_curve_data
+
+    chosen = [c for c in cells if int(c["seed"]) == int(seed)
+              and (ar_percent is None or float(c["ar_percent"]) in (float(ar_percent), 0.0))]
+    if not chosen:
+        raise ValueError(f"plot_roc_methods: no cell for seed {seed}" + (
+            f" at AR {ar_percent} %" if ar_percent is not None else ""))
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    for cell in chosen:
+        labels, scores = np.asarray(cell["test_labels"]), np.asarray(cell["test_scores"], dtype=float)
+        curve = roc_curve_data(labels, scores)
+        ar = float(cell["ar_percent"])
+        name = f"{cell['method']} (AR {int(ar) if ar.is_integer() else ar}%)"
+        ax.plot(curve["fpr"], curve["tpr"], linewidth=1.4, label=f"{name}: AUC {auc(labels, scores):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.02),
+           title=title or f"Test ROC per method, replicate seed {seed}")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def plot_k_curves(k_table: Any, *, title: str = "Validation AUC over K, per method and replicate") -> Figure:
+    """Validation AUC against K (log axis): one line per method x AR x replicate, a star at each replicate's chosen K.
+
+    ``k_table``: the tidy DataFrame of :func:`salad_lite.table1_report.k_curves`
+    (``method``, ``ar_percent``, ``seed``, ``k``, ``val_auc``, ``chosen``). The lines of
+    one method and AR share a colour (one line style per replicate), so a reader sees
+    whether the chosen K is the same across replicates or moves with the noise.
+
+    Raises:
+        ValueError: ``k_table`` lacks a column it needs, or is empty.
+    """
+    needed = ["method", "ar_percent", "seed", "k", "val_auc", "chosen"]
+    missing = [c for c in needed if c not in getattr(k_table, "columns", ())]
+    if missing:
+        raise ValueError(f"k_table lacks column(s) {missing}; expected table1_report.k_curves' table")
+    if len(k_table) == 0:
+        raise ValueError("plot_k_curves: the K table is empty (no method with a K curve)")
+    palette = [ABNORMAL_COLOUR, NORMAL_COLOUR, "#7b3294", "#008837", "#e66101", "#525252", "#a6611a", "#1b9e77"]
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    groups = list(k_table.groupby(["method", "ar_percent"], sort=False))
+    for g, ((method, ar), part) in enumerate(groups):
+        colour = palette[g % len(palette)]
+        for r, (seed, run) in enumerate(part.groupby("seed", sort=True)):
+            run = run.sort_values("k")
+            ax.plot(run["k"], run["val_auc"], color=colour, linestyle=styles[r % len(styles)], marker=".",
+                    linewidth=1.2, label=f"{method} (AR {ar}%)" if r == 0 else None)
+            pick = run[run["chosen"].astype(bool)]
+            ax.scatter(pick["k"], pick["val_auc"], marker="*", s=130, color=colour, edgecolors="black",
+                       linewidths=0.6, zorder=5)
+    ax.scatter([], [], marker="*", s=130, color="white", edgecolors="black", label="chosen K (one per replicate)")
+    ax.set_xscale("log")
+    ks = sorted({int(k) for k in k_table["k"]})
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set(xlabel="K (nearest bank entries, Eq. 4)", ylabel="validation AUC", title=title)
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+__all__ += ["plot_fig5_bars", "plot_k_curves", "plot_roc_methods"]

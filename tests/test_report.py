@@ -30,8 +30,13 @@ def test_summary_curves_and_results_table() -> None:
     assert curves["auc"] == 0.8 and curves["prevalence"] == 0.4
     assert len(viz.plot_roc_pr({"run": curves}).axes) == 2
     table = report.results_table(summary, "mura")
-    assert len(table) == len(report.PAPER_TABLE1) + 1
+    assert len(report.PAPER_TABLE1) == 10 and len(table) == len(report.PAPER_TABLE1) + 1
     assert table["AUC"].iloc[3] == 0.8117  # SALAD, AR 5 %, MURA
+    paper = table[table["source"] == "paper, Table 1"]
+    assert paper["AUC 95% CI"].notna().all() and paper["AUPRC 95% CI"].notna().all()
+    assert paper["AUC 95% CI"].iloc[3] == 0.0028 and paper["AUPRC 95% CI"].iloc[3] == 0.0075
+    last = paper.iloc[-1]
+    assert (last["method"], last["AR %"], last["AUC"], last["AUPRC 95% CI"]) == ("SALAD", 15, 0.8245, 0.0108)
     ours = table.iloc[-1]
     assert ours["AUC"] == pytest.approx(0.75) and ours["AR %"] == 5.0 and ours["replicates"] == 2
     baseline = {"reconstruction_test_auc": {"mean": 0.6, "ci95": 0.02},
@@ -73,9 +78,24 @@ def test_figure_module_keeps_no_tables() -> None:
         assert not hasattr(viz, name), f"salad_lite.viz.{name} should live in salad_lite.report only"
 
 
+def test_paper_table1_is_the_whole_table() -> None:
+    rows = report.PAPER_TABLE1
+    assert [(r["method"], r["AR %"]) for r in rows] == [("MemDAE", 0)] + [
+        (m, ar) for ar in (5, 10, 15) for m in ("SALAD w/o L_mse", "SALAD w/o L_agg", "SALAD")]
+    for r in rows:
+        for d in report.TABLE1_DATASETS:
+            for metric in ("auc", "auprc"):
+                assert 0.5 < r[f"{d}_{metric}"] < 1 and 0 < r[f"{d}_{metric}_pm"] < 0.02
+    assert [(r["method"], r["AR %"]) for r in rows if "nih" in r["fig5"]] == [("SALAD", 10)]
+    assert [(r["method"], r["AR %"]) for r in rows if "mura" in r["fig5"]] == [("SALAD", 5)]
+
+
 def test_paper_row_reads_table1() -> None:
-    assert report.paper_row("nih") == {"method": "SALAD", "AR %": 5, "auc": 0.9091, "auprc": 0.9552}
+    assert report.paper_row("nih") == {"method": "SALAD", "AR %": 5, "auc": 0.9091, "auc_pm": 0.0069,
+                                       "auprc": 0.9552, "auprc_pm": 0.0049}
     assert report.paper_row("mura", "MemDAE", 0)["auprc"] == 0.8823
+    assert report.paper_row("nih", "SALAD w/o L_agg", 10)["auc_pm"] == 0.0056
+    assert report.paper_row("mura", "SALAD w/o L_mse", 15)["auprc"] == 0.8985
     with pytest.raises(ValueError, match="NIH and MURA"):
         report.paper_row("folder")
     with pytest.raises(ValueError, match="AR 7 %"):
@@ -89,7 +109,7 @@ def test_metric_lines_and_paper_comparison() -> None:
                      "test_auprc: 0.8000 ± 0.1000 (95% CI over 2 replicates)"]
     text = report.paper_comparison(summary, np.array([0, 0, 0, 1]), "mura")
     assert "AUC 0.750 and AUPRC 0.800" in text and "= 0.250)" in text
-    assert "0.812 / 0.942 for SALAD at AR 5 % on MURA" in text
+    assert "0.812 ± 0.003 / 0.942 ± 0.007" in text and "for SALAD at AR 5 % on MURA" in text
     with pytest.raises(ValueError, match="test_auprc"):
         report.metric_lines({"replicates": 1, "test_auc": {"mean": 0.5, "ci95": 0.0}})
     with pytest.raises(ValueError, match="NIH and MURA"):
