@@ -57,7 +57,7 @@ html: setup
 pages: setup
 	$(PY) scripts/check_pages.py _build/html/book/04_aggregation.html --min-plotly 1 --min-sliders 1 >/dev/null
 	$(PY) scripts/check_pages.py _build/html/book/05_scoring.html --min-explorers 2 --window 1280,9000 >/dev/null
-	$(PY) scripts/check_pages.py _build/html/book/0[1-7]_*.html --min-images 1 --window 1280,9000 >/dev/null
+	$(PY) scripts/check_pages.py _build/html/book/0[1-8]_*.html --min-images 1 --window 1280,9000 >/dev/null
 	@echo "pages OK: screenshots in _build/page_checks/"
 
 book: setup

@@ -14,7 +14,8 @@ Commands (run from anywhere; paths are relative to the repository root):
 
 Which data a chapter gets: every chapter receives --dataset / --data-root, except a chapter whose
 own ``parameters`` cell pins ``dataset = "mura"`` (the MURA evaluation): it keeps ``mura`` with
---mura-root, unless --dataset is ``mura`` too. An empty data root means the embedded synthetic data.
+--mura-root, unless --dataset is ``mura`` too; a chapter whose ``parameters`` cell has a ``mura_root``
+(chapter 8, both data sets) gets --mura-root there. An empty data root means the embedded synthetic data.
 
 The run folder, the environment overrides and the progress-bar policy are those of
 ``salad_lite.book`` (the chapters' own set-up): an empty --run-dir means ``runs/<profile>``;
@@ -115,6 +116,8 @@ def chapter_parameters(defaults: dict[str, Any], args: argparse.Namespace) -> di
         params.update(dataset="mura", data_root=args.mura_root)
     else:
         params.update(dataset=args.dataset, data_root=args.data_root)
+    if "mura_root" in defaults:  # a chapter of both data sets (chapter 8): its MURA part reads --mura-root
+        params["mura_root"] = args.mura_root
     return {k: v for k, v in params.items() if k in defaults or not defaults}
 
 
