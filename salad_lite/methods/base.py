@@ -126,7 +126,7 @@ class DeepBaseline(abc.ABC):
     folder-safe id), :attr:`uses_labels` (True when the training labels enter
     the objective: Deep SAD, the supervised classifier) and implement
     :meth:`build`, :meth:`train_step` and :meth:`score_batch`; optional hooks are
-    :meth:`begin_epoch`, :meth:`selectable`, :meth:`extra_tensors` and
+    :meth:`begin_epoch`, :meth:`end_epoch`, :meth:`selectable`, :meth:`extra_tensors` and
     :meth:`load_extra_tensors`.
 
     After :meth:`fit`, the networks hold the validation-selected epoch, and
@@ -176,6 +176,9 @@ class DeepBaseline(abc.ABC):
 
     def begin_epoch(self, epoch: int, train_set: Any) -> None:
         """Called before epoch ``epoch`` is trained (e.g. Deep SVDD fixes its centre after pre-training)."""
+
+    def end_epoch(self, epoch: int, train_set: Any) -> None:
+        """Called after epoch ``epoch``'s last step, before validation (e.g. recalibrating BatchNorm statistics)."""
 
     def selectable(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` may be selected (validated); False e.g. during an autoencoder pre-training."""
@@ -285,6 +288,7 @@ class DeepBaseline(abc.ABC):
                     raise FloatingPointError(f"{self.name}: {key} became {value} at epoch {self.epoch}; "
                                              "lower the learning rate or check the data")
                 sums[key] = sums.get(key, 0.0) + value
+        self.end_epoch(self.epoch, train_set)
         record: dict[str, Any] = {"epoch": self.epoch, **{k: v / len(batches) for k, v in sums.items()}}
         last = self.epoch + 1 == self.cfg.epochs
         if self.selectable(self.epoch) and ((self.epoch + 1) % self.cfg.validate_every == 0 or last):
