@@ -104,3 +104,20 @@ def test_geometric_learns_the_planted_anomaly() -> None:
                                                    ("test", held_out, 13)))
     model = Geometric(GeometricConfig(epochs=6, **SMALL), device="cpu").fit(train, val)
     assert auc(test.labels, model.decision_function(test)) >= 0.85
+
+
+def test_geometrics_budget_is_counted_in_images_seen() -> None:
+    from salad_lite.config import profile_config
+    from salad_lite.methods import baseline_config
+
+    def salad_epochs(profile: str) -> int:
+        t = profile_config(profile).train
+        return t.pretrain_epochs + t.rounds * t.epochs_per_round
+
+    assert (salad_epochs("default"), salad_epochs("full")) == (15, 550)
+    assert baseline_config("geometric", profile_config("default")).epochs == 2
+    assert baseline_config("geometric", profile_config("full")).epochs == 62
+    assert baseline_config("geometric", profile_config("smoke")).epochs == 2  # at least 2
+    assert baseline_config("geometric", profile_config("full")).validate_every == 1
+    assert baseline_config("geometric", profile_config("default"), epochs=7).epochs == 7  # an override wins
+    assert baseline_config("deep_ae", profile_config("full")).epochs == 550  # the others keep SALAD's

@@ -79,3 +79,71 @@ def test_baseline_config_takes_salads_budget() -> None:
     assert (base.image_size, base.width, base.batch_size, base.lr) == (cfg.model.image_size, cfg.model.width,
                                                                          t.batch_size, t.lr)
     assert "deep_ae" in BASELINE_IDS and len(BASELINE_IDS) == 6
+
+
+def test_a_checkpoint_of_other_splits_is_refused(planted_splits, tmp_path) -> None:
+    import json
+
+    from salad_lite.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+
+    train, val = planted_splits["train"], planted_splits["val"]
+    cfg = DeepAEConfig(epochs=2, **SMALL)
+    done = DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint="aaa")
+    for stem in ("last", "best"):  # every checkpoint carries the fingerprint
+        assert json.loads(checkpoint_paths(tmp_path / "run" / stem)[1].read_text())["data_fingerprint"] == "aaa"
+    again = DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint="aaa")
+    assert again.selected_epoch == done.selected_epoch
+    for other in ("bbb", ""):
+        with pytest.raises(ValueError, match=r"last\.json was trained on other splits"):
+            DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint=other)
+    # an interrupted run (last at epoch 1 of 2) is not resumed on other splits either
+    DeepAE(cfg.replace(epochs=1), device="cpu").fit(train, val, tmp_path / "cut", data_fingerprint="aaa")
+    with pytest.raises(ValueError, match="other splits"):
+        DeepAE(cfg.replace(epochs=1), device="cpu").fit(train, val, tmp_path / "cut", data_fingerprint="bbb")
+    # the best checkpoint is checked too, not only last
+    tensors, meta = load_checkpoint(tmp_path / "run" / "best", "cpu")
+    save_checkpoint(tmp_path / "run" / "best", tensors, {**meta, "data_fingerprint": "zzz"})
+    with pytest.raises(ValueError, match=r"best\.json was trained on other splits"):
+        DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint="aaa")
+
+
+@pytest.mark.parametrize("method_id", BASELINE_IDS)
+def test_only_label_using_methods_see_the_training_labels(method_id, planted_splits, monkeypatch) -> None:
+    from salad_lite.data.batches import dataset_labels
+    from salad_lite.methods import baseline_class
+
+    cls = baseline_class(method_id)
+    assert cls.uses_labels == (method_id in ("deep_sad", "supervised"))
+    seen: list[torch.Tensor] = []
+
+    def recording_step(self, x, y, generator):
+        seen.append(y.detach().cpu().clone())
+        assert y.dtype == torch.long and y.shape == (len(x),) and y.device == x.device
+        return {"loss": 0.0}
+
+    monkeypatch.setattr(cls, "train_step", recording_step)
+    train = planted_splits["train"]
+    labels = torch.as_tensor(dataset_labels(train), dtype=torch.long)
+    assert labels.sum() > 0  # the training split holds abnormal images to withhold
+    model = build_method(method_id, profile_config("smoke"), device="cpu", image_size=32, width=8, latent_dim=16,
+                         epochs=2, validate_every=2, progress=False)
+    model._run_epoch(train, labels, planted_splits["val"], planted_splits["val"].labels)  # epoch 0: no validation
+    received = torch.cat(seen)
+    assert len(received) == len(train)  # each image once per epoch
+    if cls.uses_labels:
+        assert int(received.sum()) == int(labels.sum())
+    else:
+        assert not received.any()
+
+
+def test_a_finished_run_without_its_best_checkpoint_is_refused(planted_splits, tmp_path) -> None:
+    from salad_lite.checkpoint import checkpoint_paths
+    from salad_lite.files import CorruptFileError
+
+    train, val = planted_splits["train"], planted_splits["val"]
+    cfg = DeepAEConfig(epochs=2, **SMALL)
+    DeepAE(cfg, device="cpu").fit(train, val, tmp_path)
+    for path in checkpoint_paths(tmp_path / "best"):
+        path.unlink()
+    with pytest.raises(CorruptFileError, match=r"best\.safetensors is missing"):
+        DeepAE(cfg, device="cpu").fit(train, val, tmp_path)

@@ -54,3 +54,18 @@ def test_a_training_split_without_abnormal_images_is_refused(planted_splits) -> 
     ar0 = ArrayDataset(train.images[normal], train.labels[normal], prefix="train-")
     with pytest.raises(ValueError, match="needs abnormal .*0 abnormal and 228 normal"):
         SupervisedResNet18(SupervisedConfig(epochs=1, **SMALL), device="cpu").fit(ar0, planted_splits["val"])
+
+
+def test_fit_passes_the_data_fingerprint_on(planted_splits, monkeypatch) -> None:
+    from salad_lite.methods.base import DeepBaseline
+
+    received = {}
+
+    def base_fit(self, train_set, val_set, folder=None, data_fingerprint=""):
+        received.update(folder=folder, data_fingerprint=data_fingerprint)
+        return self
+
+    monkeypatch.setattr(DeepBaseline, "fit", base_fit)
+    model = SupervisedResNet18(SupervisedConfig(epochs=1, **SMALL), device="cpu")
+    model.fit(planted_splits["train"], planted_splits["val"], "somewhere", data_fingerprint="abc")
+    assert received == {"folder": "somewhere", "data_fingerprint": "abc"}

@@ -17,7 +17,10 @@ does for SALAD:
 - after every epoch a checkpoint ``last`` (networks, optimisers, the method's
   extra tensors, history) is written all-or-nothing (:mod:`salad_lite.checkpoint`)
   and :meth:`~DeepBaseline.fit` resumes from it; a checkpoint of another
-  configuration is refused.
+  method or configuration, or one trained on other data (its
+  ``data_fingerprint`` differs), is refused;
+- a method whose :attr:`~DeepBaseline.uses_labels` is False never sees the
+  training labels: its :meth:`~DeepBaseline.train_step` gets zeros in their place.
 
 Conventions (PyOD's ``BaseDetector``): :meth:`~DeepBaseline.decision_function`
 returns one score per image, higher = more abnormal. Images are float
@@ -79,7 +82,8 @@ class BaselineConfig:
     encoder family (:class:`salad_lite.config.ModelConfig`); ``epochs`` counts
     every epoch of the method (pre-training included); ``lr`` is Adam's learning
     rate. :func:`salad_lite.methods.baseline_config` derives them from a book
-    profile, so that each baseline gets SALAD's budget.
+    profile, so that each baseline gets SALAD's budget (Geometric's counted in images
+    seen: fewer epochs, each over 72 transformed copies).
 
     Raises:
         ValueError: a field out of range (named ``<Config>.<field>``).
@@ -124,7 +128,8 @@ class DeepBaseline(abc.ABC):
 
     Subclasses set :attr:`name` (the figure's label), :attr:`method_id` (a
     folder-safe id), :attr:`uses_labels` (True when the training labels enter
-    the objective: Deep SAD, the supervised classifier) and implement
+    the objective: Deep SAD, the supervised classifier; when False, the shared loop
+    hands :meth:`train_step` zeros instead of the labels) and implement
     :meth:`build`, :meth:`train_step` and :meth:`score_batch`; optional hooks are
     :meth:`begin_epoch`, :meth:`end_epoch`, :meth:`selectable`, :meth:`extra_tensors` and
     :meth:`load_extra_tensors`.
@@ -156,6 +161,7 @@ class DeepBaseline(abc.ABC):
         self.history: list[dict[str, Any]] = []
         self.best_val_auc = float("-inf")
         self.selected_epoch: int | None = None
+        self.data_fingerprint = ""  # of the splits fit was given; stored in every checkpoint
 
     # ------------------------------------------------------------------ what a method supplies
     @abc.abstractmethod
@@ -167,7 +173,7 @@ class DeepBaseline(abc.ABC):
         """One optimisation step on images ``x`` [B, 1, S, S] (on the device) with labels ``y`` [B] (0/1, long).
 
         ``generator`` (CPU) seeds any randomness of the step. Returns the loss terms as floats.
-        Unsupervised methods must ignore ``y``.
+        When :attr:`uses_labels` is False, ``y`` is all zeros (the true labels are withheld).
         """
 
     @abc.abstractmethod
@@ -178,7 +184,8 @@ class DeepBaseline(abc.ABC):
         """Called before epoch ``epoch`` is trained (e.g. Deep SVDD fixes its centre after pre-training)."""
 
     def end_epoch(self, epoch: int, train_set: Any) -> None:
-        """Called after epoch ``epoch``'s last step, before validation (e.g. recalibrating BatchNorm statistics)."""
+        """Called after epoch ``epoch``'s last step, before validation and the checkpoint
+        (e.g. the supervised classifier recalibrates its BatchNorm statistics)."""
 
     def selectable(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` may be selected (validated); False e.g. during an autoencoder pre-training."""
@@ -192,25 +199,34 @@ class DeepBaseline(abc.ABC):
         """Restore what :meth:`extra_tensors` saved (``tensors`` holds exactly those names)."""
 
     # ------------------------------------------------------------------ the protocol
-    def fit(self, train_set: Any, val_set: Any, folder: str | Path | None = None) -> "DeepBaseline":
+    def fit(self, train_set: Any, val_set: Any, folder: str | Path | None = None,
+            data_fingerprint: str = "") -> "DeepBaseline":
         """Train (or resume) on ``train_set``, select the epoch with the best validation AUC on ``val_set``.
 
         With ``folder``, checkpoints ``last`` / ``best`` and ``history.json`` / ``.csv`` are
-        written there and a finished run is only loaded. Returns ``self`` holding the
-        selected epoch's networks.
+        written there and a finished run is only loaded. ``data_fingerprint`` (e.g.
+        :func:`salad_lite.experiment.splits_fingerprint` of the splits) is stored in every
+        checkpoint; a checkpoint whose stored fingerprint differs is refused, so a folder
+        is never resumed on other images, labels or patients ("" = not checked unless the
+        checkpoint holds one). Returns ``self`` holding the selected epoch's networks.
 
         Raises:
             salad_lite.data.splits.PatientLeakError: a patient is in both sets.
             salad_lite.data.batches.OneClassSplitError: validation lacks a class.
             salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels.
             ValueError: fewer than 2 training images; ``folder`` holds a run of another
-                method or configuration (file named).
-            salad_lite.files.CorruptFileError: a checkpoint is damaged or does not fit (file named).
+                method or configuration, or one trained on other splits (file named).
+            salad_lite.files.CorruptFileError: a checkpoint is damaged or does not fit, or a
+                finished run's ``best`` checkpoint is missing (file named).
             FloatingPointError: a loss became NaN/inf (epoch named).
+            TypeError: ``data_fingerprint`` is not a str.
         """
         if len(train_set) < 2:
             raise ValueError(f"{self.name}: the training set needs at least 2 images, got {len(train_set)}")
         check_splits({"train": train_set, "val": val_set}, both_classes=("val",))
+        if not isinstance(data_fingerprint, str):
+            raise TypeError(f"data_fingerprint must be a str, got {type(data_fingerprint).__name__}")
+        self.data_fingerprint = data_fingerprint
         folder = Path(folder) if folder is not None else None
         train_labels = torch.as_tensor(dataset_labels(train_set), dtype=torch.long)
         val_labels = dataset_labels(val_set)
@@ -246,6 +262,11 @@ class DeepBaseline(abc.ABC):
         elif folder is not None and checkpoint_exists(folder / "best"):
             tensors, meta = self._load_verified(folder / "best")
             self.selected_epoch, self.best_val_auc = meta["selected_epoch"], float(meta["best_val_auc"])
+        elif folder is not None and self.selected_epoch is not None:
+            # the networks hold the last epoch, not the selected one: never return them under its name
+            raise CorruptFileError(f"checkpoint {checkpoint_paths(folder / 'best')[0]} is missing, but "
+                                   f"{checkpoint_paths(folder / 'last')[1]} selected epoch {self.selected_epoch}; "
+                                   "delete the folder to train again")
         if self.selected_epoch is None:
             raise ValueError(f"{self.name}: no epoch was validated (epochs={self.cfg.epochs}); nothing to select")
         return self
@@ -282,7 +303,10 @@ class DeepBaseline(abc.ABC):
         batches = epoch_batches(len(train_set), self.cfg.batch_size, order_gen)
         for batch in batches:
             x = gather_images(train_set, batch).to(self.device)
-            terms = self.train_step(x, train_labels[torch.as_tensor(batch)].to(self.device), step_gen)
+            y = train_labels[torch.as_tensor(batch)].to(self.device)
+            if not self.uses_labels:
+                y = torch.zeros_like(y)  # an unsupervised method never sees the labels
+            terms = self.train_step(x, y, step_gen)
             for key, value in terms.items():
                 if not np.isfinite(value):
                     raise FloatingPointError(f"{self.name}: {key} became {value} at epoch {self.epoch}; "
@@ -299,7 +323,8 @@ class DeepBaseline(abc.ABC):
         return record
 
     def _metadata(self) -> dict[str, Any]:
-        return {"method": self.method_id, "config": self.cfg.to_dict(), "epoch": self.epoch,
+        return {"method": self.method_id, "data_fingerprint": self.data_fingerprint,
+                "config": self.cfg.to_dict(), "epoch": self.epoch,
                 "history": self.history, "best_val_auc": self.best_val_auc, "selected_epoch": self.selected_epoch}
 
     def _state_tensors(self, with_optimizers: bool) -> dict[str, torch.Tensor]:
@@ -322,7 +347,7 @@ class DeepBaseline(abc.ABC):
             self.load_extra_tensors(extra)
 
     def _load_verified(self, stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Load checkpoint ``stem`` after checking that it belongs to this method and configuration."""
+        """Load checkpoint ``stem`` after checking that it belongs to this method, configuration and data."""
         json_path = checkpoint_paths(stem)[1]
         tensors, meta = load_checkpoint(stem, self.device)
         for key in ("method", "config", "epoch", "history", "best_val_auc", "selected_epoch"):
@@ -338,6 +363,11 @@ class DeepBaseline(abc.ABC):
         if changed:
             raise ValueError(f"{json_path} was trained with another configuration ({'; '.join(changed)}); "
                              "use another folder or the same config")
+        stored_data = meta.get("data_fingerprint", "")
+        if stored_data != self.data_fingerprint:
+            raise ValueError(f"{json_path} was trained on other splits (images, labels or patients); use "
+                             f"another folder or delete it (data fingerprint {stored_data!r}, now "
+                             f"{self.data_fingerprint!r})")
         expected = {key: tuple(value.shape) for key, value in self._state_tensors(with_optimizers=False).items()}
         found = {key: tuple(value.shape) for key, value in tensors.items() if key in expected}
         if found != expected:

@@ -21,6 +21,16 @@ transformation index. The transformed images of a batch of the shared loop are
 shuffled and stepped through in mini-batches of ``batch_size``, so an epoch is one
 pass over N x transforms_per_image images, Golan's epoch over the transformed set.
 
+Budget: counted in images seen, not epochs. At SALAD's epoch count an epoch of
+72 transformed copies (and a validation of 72 forward passes per image) made
+Geometric ~27x slower than Deep AE (~266 s against ~10 s per replicate at the
+default profile; impractical at the full one, 550 epochs at 256 px), so
+:func:`salad_lite.methods.baseline_config` gives it ``max(2, ceil(E / 9))``
+epochs for SALAD's E: 8x the images SALAD's E epochs show (72 / 9), 2 epochs
+at the default profile, 62 at the full one. Golan's own code trains
+``ceil(200 / 72) = 3`` epochs over the transformed set. It keeps SALAD's
+``validate_every`` (1 in the book's profiles: every epoch), its epochs being few.
+
 Network: SALAD's encoder family (:func:`classifier_for`) with a linear head over the
 72 transformations.
 

@@ -112,7 +112,8 @@ class SupervisedResNet18(DeepBaseline):
         self.optimizers["adam"] = torch.optim.Adam(self.networks["classifier"].parameters(), lr=self.cfg.lr,
                                                    weight_decay=self.cfg.weight_decay)
 
-    def fit(self, train_set: Any, val_set: Any, folder: str | Path | None = None) -> "SupervisedResNet18":
+    def fit(self, train_set: Any, val_set: Any, folder: str | Path | None = None,
+            data_fingerprint: str = "") -> "SupervisedResNet18":
         """:meth:`DeepBaseline.fit` with ``pos_weight`` taken from ``train_set``'s labels.
 
         Raises:
@@ -120,7 +121,7 @@ class SupervisedResNet18(DeepBaseline):
                 normal one; and everything :meth:`DeepBaseline.fit` raises.
         """
         self.pos_weight = positive_weight(dataset_labels(train_set), self.name)
-        return super().fit(train_set, val_set, folder)
+        return super().fit(train_set, val_set, folder, data_fingerprint=data_fingerprint)
 
     def end_epoch(self, epoch: int, train_set: Any) -> None:
         """Recalibrate BatchNorm's running statistics on the training set (see the module docstring)."""
