@@ -13,8 +13,11 @@ use the pairing.
   algorithm of Sun & Xu (2014), "Fast implementation of DeLong's algorithm for
   comparing the areas under correlated receiver operating characteristic curves",
   IEEE Signal Processing Letters 21(11):1389-1393.
-- :func:`align_on_ids`: restrict two scored test sets to their common images, for
-  cells whose test splits differ (e.g. MemDAE at AR 0 against SALAD at AR 5).
+- :func:`align_on_ids`: match two scored test sets by image id and keep their common
+  images. The seeded splits give every AR from 0 to 15 % the same test images
+  (:data:`salad_lite.data.registry.HELD_OUT_RESERVE_RATIO`), so MemDAE at AR 0 and
+  SALAD at AR 5 score the same set; the alignment is a safety net for split files
+  and other data whose test sets differ.
 
 Label 1 = abnormal, higher score = more abnormal, as everywhere in the package.
 """
@@ -212,9 +215,10 @@ def align_on_ids(ids_a: Sequence[Any], scores_a: Any, ids_b: Sequence[Any], scor
                  labels_b: Any) -> Aligned:
     """Keep the test images scored in both cells, matched by id (order of ``ids_a``).
 
-    For cells whose test splits differ (e.g. AR 0 against AR 5, where the abnormal
-    images moved into training are no longer in the test split), the paired tests
-    need the images both cells scored.
+    The paired tests need the images both cells scored, in one order. The seeded
+    splits share one test set across AR 0 to 15 %, so there the common images are
+    the whole test set (possibly in another order); a split file or other data can
+    give two cells different test sets, and then only the common images are kept.
 
     Args:
         ids_a, scores_a, labels_a: ``[M_a]`` image ids (unique), scores and 0/1 labels of cell a.

@@ -5,16 +5,30 @@ Two inputs, both written by the grid:
 ``table1`` (the content of its ``table1.json``)::
 
     {"dataset": "nih" | "mura" | ..., "profile": str, "data_root": str, "replicates": int,
+     "baseline_ar": int,
      "rows": [{"method": "SALAD", "method_id": "salad", "ar_percent": 5, "replicates": 2,
                "test_auc": {"mean": float, "ci95": float}, "test_auprc": {...}, "val_auc": {...},
                "per_replicate": [{"seed": 0, "test_auc": .., "test_auprc": .., "val_auc": ..,
                                   "selected_epoch": int, "k": int | None}]}],
-     "skipped": [{"method": "Geometric", "ar_percent": 5, "reason": "run with PROFILE=full"}]}
+     "skipped": [{"method": "Supervised ResNet-18", "method_id": "supervised", "ar_percent": 0,
+                  "reason": "the supervised classifier needs abnormal training images (AR > 0)"}]}
+
+A skipped entry names the AR it would have run at; an older ``table1.json`` may hold
+``"ar_percent": null`` (or no ``ar_percent``): the method was skipped at every AR, and
+every row of that method that did not run shows the reason.
 
 ``cells``: one dict per method x AR x seed with ``method``, ``method_id``, ``ar_percent``,
 ``seed``, ``test_scores`` ``[M]``, ``test_labels`` ``[M]`` (1 = abnormal), ``test_ids`` ``[M]``,
-``val_auc``, ``k`` (``None`` for a method without one) and ``k_curve`` (``[{"k", "val_auc"}]``
-or ``[]``).
+``val_auc``, ``k`` (``None`` for a method without one), ``k_curve`` (``[{"k", "val_auc"}]``
+or ``[]``) and, for the Table-1 rows, ``selected_round`` (the aggregation round of the
+selected checkpoint, 0 = the end of pre-training, before any round; ``None`` or absent
+for a baseline or an older cell).
+
+The seeded splits share one validation and one test set across AR 0 to 15 %
+(:data:`salad_lite.data.registry.HELD_OUT_RESERVE_RATIO`), so two cells of a data set
+and seed are compared on the same test images; :func:`paired_differences` still
+matches them by image id (:func:`salad_lite.paired.align_on_ids`), a safety net for
+split files and other data whose test sets differ.
 
 ``ci95`` is ``1.96 std`` over the replicates (:func:`salad_lite.metrics.mean_ci`; NaN or
 ``None`` for one replicate). The paper's numbers come from
@@ -36,12 +50,13 @@ from salad_lite.metrics import mean_ci
 from salad_lite.paired import align_on_ids, delong_test, paired_bootstrap_auc
 from salad_lite.report import PAPER_TABLE1, TABLE1_DATASETS
 
-__all__ = ["FIG5_BASELINES", "FIG5_NO_NUMBER", "OCGAN_NIH_AUC", "PAPER_ORDERINGS", "TABLE1_METHODS",
+__all__ = ["FIG5_BASELINES", "FIG5_NO_NUMBER", "OCGAN_NIH_AUC", "PAPER_ORDERINGS", "TABLE1_METHOD_NAMES",
            "chosen_k_summary", "fig5_ar", "fig5_bar_rows", "fig5_table", "k_curves", "ordering_checks",
            "ordering_sentence", "paired_differences", "paper_auc_difference", "table1_side_by_side"]
 
-#: The methods of the paper's Table 1, in its order (the ``method`` field of the grid's rows).
-TABLE1_METHODS: tuple[str, ...] = ("MemDAE", "SALAD w/o L_mse", "SALAD w/o L_agg", "SALAD")
+#: The methods of the paper's Table 1, in its order: display names, the ``method`` field of the grid's rows
+#: (their ids, the ``method_id`` field, are :data:`salad_lite.table1.TABLE1_METHODS`).
+TABLE1_METHOD_NAMES: tuple[str, ...] = ("MemDAE", "SALAD w/o L_mse", "SALAD w/o L_agg", "SALAD")
 #: The Fig. 5 baselines the grid can run, in the order of the chapter's tables and figures.
 FIG5_BASELINES: tuple[str, ...] = ("Deep AE", "Deep SVDD", "Deep SAD", "Geometric", "GAN-GP",
                                    "Supervised ResNet-18")
@@ -70,8 +85,9 @@ def _check_table1(table1: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[st
                 raise ValueError(f"table1 rows[{i}][{metric!r}] must be {{'mean', 'ci95'}}, got {row[metric]!r}")
     skipped = list(table1.get("skipped") or [])
     for i, skip in enumerate(skipped):
-        if not isinstance(skip, Mapping) or "method" not in skip or "ar_percent" not in skip:
-            raise ValueError(f"table1 skipped[{i}] must be a dict with 'method' and 'ar_percent', got {skip!r}")
+        if not isinstance(skip, Mapping) or "method" not in skip:
+            raise ValueError(f"table1 skipped[{i}] must be a dict with 'method' (and 'ar_percent', 'reason'), "
+                             f"got {skip!r}")
     return rows, skipped
 
 
@@ -80,8 +96,20 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _key(method: str, ar: Any) -> tuple[str, float]:
-    return str(method), float(ar)
+def _key(method: str, ar: Any) -> tuple[str, float | None]:
+    """``(method, AR)`` as a lookup key; an AR of ``None`` (a skipped entry of an older table1.json) stays None."""
+    return str(method), None if ar is None else float(ar)
+
+
+def _skip_lookup(skipped: Sequence[Mapping[str, Any]]) -> Any:
+    """``find(method, ar)``: the skipped entry of ``method`` at ``ar``, else one of ``method`` at any AR, else None."""
+    exact = {_key(s["method"], s.get("ar_percent")): s for s in skipped if s.get("ar_percent") is not None}
+    any_ar = {str(s["method"]): s for s in skipped if s.get("ar_percent") is None}
+
+    def find(method: str, ar: float) -> Mapping[str, Any] | None:
+        return exact.get(_key(method, ar)) or any_ar.get(str(method))
+
+    return find
 
 
 def _ar_text(ar: float) -> int | float:
@@ -140,10 +168,11 @@ def table1_side_by_side(table1: Mapping[str, Any], dataset: str | None = None, *
     dataset = str(table1.get("dataset", "")) if dataset is None else dataset
     has_paper = dataset in TABLE1_DATASETS
     ran = {_key(r["method"], r["ar_percent"]): r for r in rows}
-    skips = {_key(s["method"], s["ar_percent"]): s for s in skipped}
+    find_skip = _skip_lookup(skipped)
+    skip_keys = [_key(s["method"], s.get("ar_percent")) for s in skipped if s.get("ar_percent") is not None]
     keys = list(_PAPER_KEYS)
-    extra = {k for k in list(ran) + list(skips) if k[0] in TABLE1_METHODS and k not in keys}
-    keys += sorted(extra, key=lambda k: (k[1], TABLE1_METHODS.index(k[0])))
+    extra = {k for k in list(ran) + skip_keys if k[0] in TABLE1_METHOD_NAMES and k not in keys}
+    keys += sorted(extra, key=lambda k: (k[1], TABLE1_METHOD_NAMES.index(k[0])))
     paper = {(r["method"], float(r["AR %"])): r for r in PAPER_TABLE1}
     out = []
     for key in keys:
@@ -160,8 +189,8 @@ def table1_side_by_side(table1: Mapping[str, Any], dataset: str | None = None, *
         line["replicates"] = int(r.get("replicates", len(r.get("per_replicate", [])))) if r else 0
         if r:
             note = "" if p or not has_paper else "not in the paper's Table 1"
-        elif key in skips:
-            note = _skip_reason(skips[key])
+        elif find_skip(method, ar) is not None:
+            note = _skip_reason(find_skip(method, ar))
         else:
             note = "not in this grid"
         line["note"] = note
@@ -203,7 +232,7 @@ def fig5_table(table1: Mapping[str, Any], ar_percent: float | None = None) -> pd
     dataset = str(table1.get("dataset", ""))
     ar_salad = float(fig5_ar(dataset) if ar_percent is None else ar_percent)
     baseline_names = list(FIG5_BASELINES) + [m for m in dict.fromkeys(str(r["method"]) for r in rows)
-                                             if m not in FIG5_BASELINES and m not in TABLE1_METHODS]
+                                             if m not in FIG5_BASELINES and m not in TABLE1_METHOD_NAMES]
     out = []
 
     def add(method: str, ar: float, row: Mapping[str, Any] | None, paper: str, note: str) -> None:
@@ -216,7 +245,7 @@ def fig5_table(table1: Mapping[str, Any], ar_percent: float | None = None) -> pd
         out.append(line)
 
     salad = [r for r in rows if r["method"] == "SALAD" and float(r["ar_percent"]) == ar_salad]
-    salad_skip = [s for s in skipped if s["method"] == "SALAD" and float(s["ar_percent"]) == ar_salad]
+    salad_skip = [s for s in [_skip_lookup(skipped)("SALAD", ar_salad)] if s is not None]
     paper_salad = next((p for p in PAPER_TABLE1 if p["method"] == "SALAD" and float(p["AR %"]) == ar_salad), None)
     salad_paper = (f"Table 1: AUC {paper_salad[f'{dataset}_auc']:.4f} ± {paper_salad[f'{dataset}_auc_pm']:.4f}"
                    if paper_salad and dataset in TABLE1_DATASETS else "")
@@ -229,7 +258,12 @@ def fig5_table(table1: Mapping[str, Any], ar_percent: float | None = None) -> pd
             add(name, float(r["ar_percent"]), r, FIG5_NO_NUMBER, "")
         ran_ars = {float(r["ar_percent"]) for r in mine}
         for s in skipped:
-            if s["method"] == name and float(s["ar_percent"]) not in ran_ars:
+            if s["method"] != name:
+                continue
+            if s.get("ar_percent") is None:  # an older table1.json: skipped at every AR
+                if not mine:
+                    add(name, _num(table1.get("baseline_ar")), None, FIG5_NO_NUMBER, _skip_reason(s))
+            elif float(s["ar_percent"]) not in ran_ars:
                 add(name, float(s["ar_percent"]), None, FIG5_NO_NUMBER, _skip_reason(s))
     add("OCGAN", float("nan"), None,
         f"Tang et al. 2019: NIH AUC {OCGAN_NIH_AUC:.3f}" + ("" if dataset == "nih" else " (NIH only)"),
@@ -279,9 +313,11 @@ def paired_differences(cells: Sequence[Mapping[str, Any]], a: tuple[str, float] 
     """Test AUC of cell ``a`` minus cell ``b``, paired on the same test images, per replicate, plus a pooled line.
 
     Replicate ``s`` of ``a`` is compared with replicate ``s`` of ``b`` (seeds both
-    cells have). When the two test sets differ (e.g. AR 0 against AR 5), the
-    images both scored are kept (:func:`salad_lite.paired.align_on_ids`) and
-    ``n common`` says how many.
+    cells have). The seeded splits give every AR from 0 to 15 % the same test
+    images, so ``n common`` is the whole test set; the images are still matched by
+    id (:func:`salad_lite.paired.align_on_ids`), and when two test sets differ
+    (a split file, other data) only the images both scored are kept and ``n common``
+    says how many.
 
     Args:
         cells: the grid's per-cell results (see the module docstring).
@@ -294,9 +330,13 @@ def paired_differences(cells: Sequence[Mapping[str, Any]], a: tuple[str, float] 
     Returns:
         One row per seed: ``seed``, ``n common``, ``n abnormal``, ``AUC a``, ``AUC b``,
         ``difference``, ``ci_low``, ``ci_high``, ``p_value`` (DeLong only, else NaN),
-        ``method``; then the row ``seed = "pooled"``: the mean difference over the
+        ``method``, ``identical scores`` (the two cells gave every common image the
+        same score: they selected identical models), ``round a`` / ``round b`` (the
+        cells' ``selected_round``, 0 = before any aggregation round; blank ``""`` for a
+        cell without one); then the row ``seed = "pooled"``: the mean difference over the
         replicates with ``mean ± 1.96 std`` of the per-replicate differences (the
-        training variation, NaN for one replicate), its method "mean over replicates".
+        training variation, NaN for one replicate), its method "mean over replicates",
+        ``identical scores`` true when every replicate's are, rounds blank.
 
     Raises:
         ValueError: ``method`` unknown; a cell lacks a field; no cell for ``a`` or
@@ -326,28 +366,44 @@ def paired_differences(cells: Sequence[Mapping[str, Any]], a: tuple[str, float] 
             p_value = res["p_value"]
         out.append({"seed": s, "n common": len(aligned.ids), "n abnormal": int(aligned.labels.sum()),
                     "AUC a": res["auc_a"], "AUC b": res["auc_b"], "difference": res["difference"],
-                    "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_value": p_value, "method": method})
+                    "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_value": p_value, "method": method,
+                    "identical scores": bool(np.array_equal(aligned.scores_a, aligned.scores_b)),
+                    "round a": _round_text(ca.get("selected_round")),
+                    "round b": _round_text(cb.get("selected_round"))})
     mean, half = mean_ci([r["difference"] for r in out])
     out.append({"seed": "pooled", "n common": int(np.mean([r["n common"] for r in out])),
                 "n abnormal": int(np.mean([r["n abnormal"] for r in out])),
                 "AUC a": float(np.mean([r["AUC a"] for r in out])), "AUC b": float(np.mean([r["AUC b"] for r in out])),
                 "difference": mean, "ci_low": mean - half, "ci_high": mean + half, "p_value": float("nan"),
-                "method": "mean over replicates"})
+                "method": "mean over replicates", "identical scores": all(r["identical scores"] for r in out),
+                "round a": "", "round b": ""})
     return pd.DataFrame(out)
 
 
+def _round_text(value: Any) -> int | str:
+    """A cell's ``selected_round`` for the table: the round as int, ``""`` for None (a baseline, an older cell)."""
+    return "" if value is None else int(value)
+
+
 def ordering_sentence(diff_table: pd.DataFrame, a_name: str, b_name: str,
-                      paper_difference: float | None = None) -> str:
+                      paper_difference: float | None = None, *, aggregation_of_a: bool = False) -> str:
     """One sentence, computed from ``diff_table``: does the paper's ordering ``a > b`` hold on this data?
 
     Read from the per-replicate rows of :func:`paired_differences` (the pooled row is
-    left out):
+    left out). The verdict is symmetric:
 
     - "holds" when every replicate's 95% CI lies above 0;
-    - "does not hold" when every CI lies below 0, or the mean difference is <= 0;
-    - otherwise "is not resolved by this run (CIs include 0 in n of R replicates)".
+    - "is reversed on this data" when every CI lies below 0;
+    - otherwise "is not resolved by this run (CIs include 0 in n of R replicates)",
+      whatever the sign of the mean difference.
 
-    ``paper_difference`` (e.g. :func:`paper_auc_difference`) is quoted for context.
+    When the two cells gave identical test scores (``identical scores``: they
+    selected identical models, the difference is exactly 0) the sentence says so:
+    in every replicate, the ordering is not tested at all; in some, a note names how
+    many. ``paper_difference`` (e.g. :func:`paper_auc_difference`) is quoted for
+    context. With ``aggregation_of_a`` (``a`` against SALAD w/o L_agg) and a
+    ``round a`` column, the replicates whose ``a`` selected round 0 (the checkpoint
+    before any aggregation round, on which L_agg never acted) are counted in a note.
 
     Raises:
         ValueError: ``diff_table`` lacks the columns of :func:`paired_differences` or
@@ -365,23 +421,42 @@ def ordering_sentence(diff_table: pd.DataFrame, a_name: str, b_name: str,
     mean = float(diffs.mean())
     above, below = int((low > 0).sum()), int((high < 0).sum())
     include = n - above - below
+    identical = (reps["identical scores"].to_numpy(bool) if "identical scores" in reps.columns
+                 else np.zeros(n, dtype=bool)) & (diffs == 0)
+    n_identical = int(identical.sum())
     paper = (f" (the paper's Table 1: {paper_difference:+.4f})" if paper_difference is not None
              and not math.isnan(paper_difference) else "")
     replicates = "replicate" if n == 1 else "replicates"
-    if above == n:
+    if n_identical == n:
+        verdict = "is not tested by this run"
+        where = "the one replicate" if n == 1 else f"all {n} replicates"
+        detail = (f"the two cells selected identical models: their test scores are identical in {where}, "
+                  "so the difference is exactly 0")
+    elif above == n:
         verdict, detail = "holds on this data", f"every replicate's 95% CI lies above 0 ({n} {replicates})"
     elif below == n:
-        verdict, detail = "does not hold on this data", f"every replicate's 95% CI lies below 0 ({n} {replicates})"
-    elif mean <= 0:
-        verdict = "does not hold on this data"
-        detail = f"the 95% CIs include 0 in {include} of {n} {replicates}" + (
-            f" and lie below 0 in {below}" if below else "")
+        verdict, detail = "is reversed on this data", f"every replicate's 95% CI lies below 0 ({n} {replicates})"
     else:
-        verdict = f"is not resolved by this run (CIs include 0 in {include} of {n} {replicates}" + (
-            f", lie below 0 in {below})" if below else ")")
+        parts = [f"lie above 0 in {above}"] * bool(above) + [f"lie below 0 in {below}"] * bool(below)
+        verdict = (f"is not resolved by this run (CIs include 0 in {include} of {n} {replicates}"
+                   + "".join(f", {p}" for p in parts) + ")")
         detail = ""
+    notes = [detail] if detail else []
+    if 0 < n_identical < n:
+        notes.append(f"the two cells selected identical models in {n_identical} of {n} {replicates} "
+                     "(identical test scores, difference exactly 0)")
+    if aggregation_of_a and "round a" in reps.columns:
+        rounds = [r for r in reps["round a"].tolist() if r is not None and str(r) != "" and not _is_nan(r)]
+        n_zero = sum(int(r) == 0 for r in rounds)
+        if n_zero:
+            notes.append(f"in {n_zero} of {n} {replicates} {a_name}'s selected checkpoint predates every "
+                         "aggregation round, so L_agg never acted on it")
     return (f"The paper's ordering {a_name} > {b_name} {verdict}: the test-AUC difference {a_name} − {b_name} "
-            f"is {mean:+.4f} on average over {n} {replicates}{paper}" + (f"; {detail}." if detail else "."))
+            f"is {mean:+.4f} on average over {n} {replicates}{paper}" + "".join(f"; {x}" for x in notes) + ".")
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 # --------------------------------------------------------------------------- K curves
@@ -462,7 +537,7 @@ def fig5_bar_rows(table1: Mapping[str, Any], ar_percent: float | None = None) ->
     """
     rows, _ = _check_table1(table1)
     dataset = str(table1.get("dataset", ""))
-    t1_ars = sorted({float(r["ar_percent"]) for r in rows if r["method"] in TABLE1_METHODS} - {0.0})
+    t1_ars = sorted({float(r["ar_percent"]) for r in rows if r["method"] in TABLE1_METHOD_NAMES} - {0.0})
     if ar_percent is None:
         ar = float(fig5_ar(dataset))
         ar = ar if ar in t1_ars or not t1_ars else t1_ars[0]
@@ -474,9 +549,9 @@ def fig5_bar_rows(table1: Mapping[str, Any], ar_percent: float | None = None) ->
     memdae = sorted((r for r in rows if r["method"] == "MemDAE"), key=lambda r: float(r["ar_percent"]))
     if memdae:
         chosen.append(memdae[0])
-    chosen += [by_key[(m, ar)] for m in TABLE1_METHODS[1:] if (m, ar) in by_key]
+    chosen += [by_key[(m, ar)] for m in TABLE1_METHOD_NAMES[1:] if (m, ar) in by_key]
     others = list(FIG5_BASELINES) + [m for m in dict.fromkeys(str(r["method"]) for r in rows)
-                                     if m not in FIG5_BASELINES and m not in TABLE1_METHODS]
+                                     if m not in FIG5_BASELINES and m not in TABLE1_METHOD_NAMES]
     for name in others:
         mine = sorted((r for r in rows if r["method"] == name), key=lambda r: float(r["ar_percent"]))
         if mine:
@@ -486,7 +561,7 @@ def fig5_bar_rows(table1: Mapping[str, Any], ar_percent: float | None = None) ->
         key = _key(r["method"], r["ar_percent"])
         p = paper.get(key)
         line: dict[str, Any] = {"method": key[0], "AR %": _ar_text(key[1]),
-                                "label": f"{key[0]} (AR {_ar_text(key[1])}%)", "table1": key[0] in TABLE1_METHODS}
+                                "label": f"{key[0]} (AR {_ar_text(key[1])}%)", "table1": key[0] in TABLE1_METHOD_NAMES}
         for metric, label in (("auc", "AUC"), ("auprc", "AUPRC")):
             line[label] = _num(r[f"test_{metric}"]["mean"])
             line[f"{label} ±"] = _num(r[f"test_{metric}"].get("ci95"))
@@ -511,7 +586,9 @@ def ordering_checks(cells: Sequence[Mapping[str, Any]], dataset: str, ar_percent
     Returns:
         ``(table, sentences)``: :func:`paired_differences`' rows of both comparisons under a
         ``comparison`` column, and :func:`ordering_sentence` for each. A comparison whose
-        cells the grid did not run is left out.
+        cells the grid did not run is left out. The sentence of SALAD against SALAD w/o
+        L_agg notes the replicates whose SALAD cell selected round 0 (``selected_round``:
+        a checkpoint before any aggregation round, on which L_agg never acted).
     """
     names = {row["method_id"]: row["method"] for row in cells}
     tables, sentences = [], []
@@ -524,6 +601,6 @@ def ordering_checks(cells: Sequence[Mapping[str, Any]], dataset: str, ar_percent
         tables.append(diff.assign(comparison=f"{names[a_id]} (AR {a[1]}) - {names[b_id]} (AR {b[1]})"))
         paper = paper_auc_difference(dataset, (names[a_id], a[1]), (names[b_id], b[1]))
         sentences.append(ordering_sentence(diff, f"{names[a_id]} (AR {a[1]} %)", f"{names[b_id]} (AR {b[1]} %)",
-                                           paper))
+                                           paper, aggregation_of_a=b_id == "salad_no_agg"))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return table.set_index(["comparison", "seed"]) if tables else table, sentences

@@ -51,12 +51,12 @@ def make_table1(dataset: str = "nih") -> dict:
 
 
 def _cell(method: str, ar: float, seed: int, ids: list[str], labels: np.ndarray, scores: np.ndarray,
-          k: int | None = None) -> dict:
+          k: int | None = None, selected_round: int | None = None) -> dict:
     curve = [{"k": kk, "val_auc": 0.7 + 0.01 * np.log(kk) - (0.02 if kk == 100 else 0) + 0.001 * seed}
              for kk in (1, 10, 30, 100)] if k is not None else []
     return {"method": method, "method_id": METHOD_IDS[method], "ar_percent": ar, "seed": seed,
             "test_scores": [float(s) for s in scores], "test_labels": [int(v) for v in labels], "test_ids": ids,
-            "val_auc": 0.7, "k": k, "k_curve": curve}
+            "val_auc": 0.7, "k": k, "k_curve": curve, "selected_round": selected_round}
 
 
 def make_cells(salad_shift: float = 2.0, memdae_shift: float = 0.5, seeds: tuple[int, ...] = (0, 1)) -> list[dict]:
@@ -67,9 +67,10 @@ def make_cells(salad_shift: float = 2.0, memdae_shift: float = 0.5, seeds: tuple
     extra_ids, extra_labels = [f"img{i:03d}" for i in range(200, 220)], np.ones(20, dtype=int)
     cells = []
     for seed in seeds:
-        cells.append(_cell("SALAD", 5, seed, ids, labels, salad_shift * labels + rng.normal(size=200), k=30))
+        cells.append(_cell("SALAD", 5, seed, ids, labels, salad_shift * labels + rng.normal(size=200), k=30,
+                           selected_round=seed))  # seed 0 selects the checkpoint before any round
         cells.append(_cell("SALAD w/o L_agg", 5, seed, ids, labels, 1.0 * labels + rng.normal(size=200),
-                           k=10 if seed == 0 else 30))
+                           k=10 if seed == 0 else 30, selected_round=2))
         cells.append(_cell("Deep SVDD", 5, seed, ids, labels, 0.3 * labels + rng.normal(size=200)))
         all_labels = np.r_[labels, extra_labels][::-1]
         cells.append(_cell("MemDAE", 0, seed, (ids + extra_ids)[::-1], all_labels,
@@ -127,6 +128,42 @@ def test_fig5_table_lists_the_baselines_and_the_one_known_number() -> None:
         t1.fig5_table({"dataset": "nih"})
     with pytest.raises(ValueError, match=r"rows\[0\] lacks \['test_auprc'\]"):
         t1.table1_side_by_side({"rows": [{"method": "SALAD", "ar_percent": 5, "test_auc": {"mean": 0.5}}]})
+
+
+def test_skipped_at_any_ar_shows_the_reason_on_every_row_of_the_method() -> None:
+    """An older table1.json names no AR for a skipped method (null or no key): every row of it shows the reason."""
+    grid = make_table1("nih")
+    grid["rows"] = [r for r in grid["rows"] if r["method"] != "SALAD w/o L_mse"]
+    grid["skipped"] = [{"method": "SALAD w/o L_mse", "method_id": "salad_no_mse", "ar_percent": None,
+                        "reason": "run with PROFILE=full"},
+                       {"method": "Geometric", "reason": "run with PROFILE=full"},  # no ar_percent at all
+                       {"method": "SALAD", "ar_percent": 15, "reason": "AR 15 left out"}]
+    grid["baseline_ar"] = 5
+    table = t1.table1_side_by_side(grid)
+    no_mse = table[table["method"] == "SALAD w/o L_mse"]
+    assert list(no_mse["AR %"]) == [5, 10, 15] and (no_mse["note"] == "run with PROFILE=full").all()
+    assert table[(table["method"] == "SALAD") & (table["AR %"] == 15)].iloc[0]["note"] == "AR 15 left out"
+    assert len(table) == 11  # the paper's 10 rows and SALAD at AR 20; no row for an AR-less entry
+    text = t1.table1_side_by_side(grid, text=True)
+    assert (text[text["method"] == "SALAD w/o L_mse"]["this run AUC"] == "run with PROFILE=full").all()
+    fig5 = t1.fig5_table(grid)
+    geometric = fig5[fig5["method"] == "Geometric"]
+    assert len(geometric) == 1 and geometric.iloc[0]["note"] == "run with PROFILE=full"
+    assert geometric.iloc[0]["AR %"] == 5  # the grid's baseline AR
+    grid["skipped"].append({"method": "SALAD", "ar_percent": None, "reason": "no SALAD"})
+    grid["rows"] = [r for r in grid["rows"] if r["method"] != "SALAD"]
+    assert t1.fig5_table(grid).iloc[0]["note"] == "no SALAD"
+    notes = list(t1.table1_side_by_side(grid).query("method == 'SALAD'")["note"])
+    assert notes == ["no SALAD", "no SALAD", "AR 15 left out"]  # an entry naming the AR wins
+    assert len(t1.fig5_bar_rows(grid)) == 4  # MemDAE, SALAD w/o L_agg, Deep AE, Deep SVDD
+
+
+def test_display_names_and_ids_are_two_constants() -> None:
+    from salad_lite import table1
+
+    assert t1.TABLE1_METHOD_NAMES == ("MemDAE", "SALAD w/o L_mse", "SALAD w/o L_agg", "SALAD")
+    assert not hasattr(t1, "TABLE1_METHODS") and "TABLE1_METHOD_NAMES" in t1.__all__
+    assert tuple(table1.METHODS[m] for m in table1.TABLE1_METHODS) == t1.TABLE1_METHOD_NAMES
 
 
 def test_paper_auc_difference() -> None:
@@ -187,13 +224,31 @@ def test_ordering_sentence_three_outcomes() -> None:
     assert "SALAD > MemDAE holds on this data" in holds and "is +0.0450 on average over 2 replicates (the paper's Table 1: +0.0457)" in holds
     assert "every replicate's 95% CI lies above 0" in holds
     below = t1.ordering_sentence(_diffs([(-0.05, -0.09, -0.01), (-0.04, -0.07, -0.005)]), "SALAD", "MemDAE")
-    assert "does not hold on this data" in below and "every replicate's 95% CI lies below 0" in below
+    assert "SALAD > MemDAE is reversed on this data" in below and "every replicate's 95% CI lies below 0" in below
     assert "Table 1" not in below
-    mean_negative = t1.ordering_sentence(_diffs([(-0.02, -0.05, 0.01), (0.01, -0.02, 0.04)]), "A", "B", 0.03)
-    assert "A > B does not hold" in mean_negative and "include 0 in 2 of 2" in mean_negative
     unresolved = t1.ordering_sentence(_diffs([(0.05, 0.01, 0.09), (0.02, -0.01, 0.05), (0.01, -0.02, 0.04)]),
                                       "SALAD", "SALAD w/o L_agg", 0.0254)
-    assert "is not resolved by this run (CIs include 0 in 2 of 3 replicates)" in unresolved
+    assert "is not resolved by this run (CIs include 0 in 2 of 3 replicates, lie above 0 in 1)" in unresolved
+    with pytest.raises(ValueError, match="paired_differences"):
+        t1.ordering_sentence(pd.DataFrame({"seed": [0]}), "A", "B")
+    with pytest.raises(ValueError, match="no replicate row"):
+        t1.ordering_sentence(_diffs([]), "A", "B")
+
+
+def test_ordering_sentence_is_symmetric_a_negative_mean_is_not_a_reversal() -> None:
+    """Only CIs all below 0 reverse the ordering; a mean <= 0 with CIs across 0 is unresolved, as a mean > 0 is."""
+    mean_negative = t1.ordering_sentence(_diffs([(-0.02, -0.05, 0.01), (0.01, -0.02, 0.04)]), "A", "B", 0.03)
+    assert "A > B is not resolved by this run (CIs include 0 in 2 of 2 replicates)" in mean_negative
+    assert "does not hold" not in mean_negative and "reversed" not in mean_negative
+    mixed = t1.ordering_sentence(_diffs([(-0.05, -0.09, -0.01), (-0.01, -0.04, 0.02)]), "A", "B")
+    assert "is not resolved by this run (CIs include 0 in 1 of 2 replicates, lie below 0 in 1)" in mixed
+    assert "reversed" not in mixed and "does not hold" not in mixed
+    zero = t1.ordering_sentence(_diffs([(0.0, -0.03, 0.03), (0.0, -0.02, 0.02)]), "A", "B")
+    assert "is not resolved" in zero and "identical models" not in zero  # equal AUCs, different scores
+    # mirror images get mirrored verdicts
+    pos = t1.ordering_sentence(_diffs([(0.03, 0.01, 0.05), (0.02, 0.005, 0.04)]), "A", "B")
+    neg = t1.ordering_sentence(_diffs([(-0.03, -0.05, -0.01), (-0.02, -0.04, -0.005)]), "A", "B")
+    assert "A > B holds on this data" in pos and "A > B is reversed on this data" in neg
     with pytest.raises(ValueError, match="paired_differences"):
         t1.ordering_sentence(pd.DataFrame({"seed": [0]}), "A", "B")
     with pytest.raises(ValueError, match="no replicate row"):
@@ -204,7 +259,59 @@ def test_ordering_sentence_from_computed_differences() -> None:
     strong = t1.paired_differences(make_cells(2.0, 0.5), n_boot=300)
     assert " holds on this data" in t1.ordering_sentence(strong, "SALAD", "MemDAE", t1.paper_auc_difference("nih"))
     reversed_ = t1.paired_differences(make_cells(0.3, 2.0), n_boot=300)
-    assert "does not hold" in t1.ordering_sentence(reversed_, "SALAD", "MemDAE")
+    assert " is reversed on this data" in t1.ordering_sentence(reversed_, "SALAD", "MemDAE")
+
+
+def _same_model(cells: list[dict], seeds: tuple[int, ...]) -> list[dict]:
+    """``cells`` where SALAD w/o L_agg scored every test image as SALAD did, in ``seeds``."""
+    out = [dict(c) for c in cells]
+    for c in out:
+        if c["method_id"] == "salad_no_agg" and c["seed"] in seeds:
+            salad = next(s for s in out if s["method_id"] == "salad" and s["seed"] == c["seed"])
+            c["test_scores"], c["test_ids"] = list(salad["test_scores"]), list(salad["test_ids"])
+    return out
+
+
+@pytest.mark.parametrize("method", ["bootstrap", "delong"])
+def test_identical_models_are_named_not_judged(method) -> None:
+    both = t1.paired_differences(_same_model(make_cells(), (0, 1)), ("salad", 5), ("salad_no_agg", 5),
+                                 method=method, n_boot=200)
+    assert list(both["identical scores"]) == [True, True, True] and (both["difference"] == 0).all()
+    sentence = t1.ordering_sentence(both, "SALAD", "SALAD w/o L_agg")
+    assert "is not tested by this run" in sentence
+    assert "the two cells selected identical models: their test scores are identical in all 2 replicates" in sentence
+    assert "holds" not in sentence and "reversed" not in sentence and "not resolved" not in sentence
+    one = t1.paired_differences(_same_model(make_cells(), (1,)), ("salad", 5), ("salad_no_agg", 5),
+                                method=method, n_boot=200)
+    assert list(one["identical scores"]) == [False, True, False]
+    sentence = t1.ordering_sentence(one, "SALAD", "SALAD w/o L_agg")
+    assert "is not resolved" in sentence and "selected identical models in 1 of 2 replicates" in sentence
+    different = t1.paired_differences(make_cells(), ("salad", 5), ("salad_no_agg", 5), method=method, n_boot=200)
+    assert not different["identical scores"].any()
+    assert "identical" not in t1.ordering_sentence(different, "SALAD", "SALAD w/o L_agg")
+
+
+def test_selected_rounds_are_shown_and_round_zero_against_no_agg_is_noted() -> None:
+    cells = make_cells()
+    table = t1.paired_differences(cells, ("salad", 5), ("salad_no_agg", 5), n_boot=200)
+    assert list(table["round a"]) == [0, 1, ""] and list(table["round b"]) == [2, 2, ""]
+    memdae = t1.paired_differences(cells, ("salad", 5), ("memdae", 0), n_boot=200)
+    assert list(memdae["round b"]) == ["", "", ""]  # MemDAE's cells carry None
+    old = [{k: v for k, v in c.items() if k != "selected_round"} for c in cells]  # older cells: no key
+    old_table = t1.paired_differences(old, ("salad", 5), ("salad_no_agg", 5), n_boot=200)
+    assert list(old_table["round a"]) == ["", "", ""]
+    table, sentences = t1.ordering_checks(cells, "nih", 5, method="delong")
+    assert len(sentences) == 2
+    note = ("in 1 of 2 replicates SALAD (AR 5 %)'s selected checkpoint predates every aggregation round, "
+            "so L_agg never acted on it")
+    assert note not in sentences[0]  # SALAD against MemDAE: no note
+    assert sentences[1].startswith("The paper's ordering SALAD (AR 5 %) > SALAD w/o L_agg (AR 5 %)")
+    assert note in sentences[1]
+    assert table.loc[("SALAD (AR 5) - SALAD w/o L_agg (AR 5)", 0), "round a"] == 0
+    _, old_sentences = t1.ordering_checks(old, "nih", 5, method="delong")
+    assert "predates" not in old_sentences[1]
+    later = [c | {"selected_round": 3} if c["method_id"] == "salad" else c for c in cells]
+    assert "predates" not in t1.ordering_checks(later, "nih", 5)[1][1]
 
 
 # --------------------------------------------------------------------------- K curves

@@ -283,7 +283,11 @@ def mura_group_split(
             groups that step 2 would add at ``max(AR, reserve_ratio)`` are
             reserved, the training split takes its abnormal groups from them at
             AR, and the reserved groups it does not take stay unused; the normal
-            groups that ``max_train`` cuts from training stay unused too.
+            groups that ``max_train`` cuts from training stay unused too. When
+            fewer than 2 abnormal groups would be held out, the missing ones are
+            the last reserved groups, taken out of the reserve before any AR
+            draws on it (without ``reserve_ratio`` they are the last abnormal
+            groups of the AR's training split, so the held-out sets depend on AR).
 
     Returns:
         ``{"train", "val", "test"}`` -> sorted ``np.int64`` row positions.
@@ -343,9 +347,13 @@ def mura_group_split(
         held_normal = list(normal[n_train_normal:])
         reserve_ar = max(anomaly_ratio, reserve_ratio)
         reserved, held_abnormal = contaminate(abnormal, reserve_ar, normal_training(reserve_ar))
+        if len(held_abnormal) < 2:  # keep two abnormal groups for validation and test: the reserve's last,
+            n_move = 2 - len(held_abnormal)  # taken out before any AR draws on it, so no AR depends on them
+            held_abnormal = reserved[-n_move:] + held_abnormal
+            reserved = reserved[:-n_move]
         contaminating = contaminate(reserved, anomaly_ratio, train_groups)[0]
     train_groups += contaminating
-    if len(held_abnormal) < 2:  # keep two abnormal groups for validation and test
+    if len(held_abnormal) < 2:  # without reserve_ratio: keep two abnormal groups for validation and test
         moved = [g for g in train_groups if table.at[g, "kind"] != "normal"][-(2 - len(held_abnormal)):]
         train_groups = [g for g in train_groups if g not in set(moved)]
         held_abnormal = moved + held_abnormal
