@@ -104,6 +104,31 @@ def check_device(name: str, value: object) -> str:
     raise ChapterParameterError(f"{name} must be {DEVICE_FORMS}; got {_shown(value)}")
 
 
+def check_available_device(name: str, value: object) -> str:
+    """:func:`check_device`, then refuse a device this machine lacks, before any data is read.
+
+    Returns:
+        the device text (stripped).
+
+    Raises:
+        ChapterParameterError: not a device of :data:`DEVICE_FORMS` (``name`` and the value named).
+        ValueError: CUDA or MPS requested on a machine without it (``name`` and the value named).
+    """
+    import torch
+
+    from salad_lite.utils import resolve_device
+
+    device = check_device(name, value)
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError as error:
+        raise ValueError(f"{name} {device}: {error}") from None
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"{name} {device}: MPS is not available on this machine")
+    return device
+
+
 def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
 

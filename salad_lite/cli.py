@@ -264,17 +264,14 @@ def _absolute(path: str) -> str:
 
 
 def _check_device(device: str) -> None:
-    """Refuse a CUDA device on a machine without CUDA, before anything is read or written.
+    """Refuse a CUDA or MPS device on a machine without it, before anything is read or written.
 
     Raises:
         ValueError: the device is not available (named).
     """
-    from salad_lite.utils import resolve_device
+    from salad_lite.book import check_available_device
 
-    try:
-        resolve_device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {device}: {error}") from None
+    check_available_device("--device", device)
 
 
 def _check_run_dir(run_dir: str) -> None:

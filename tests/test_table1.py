@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from salad_lite import table1
+from salad_lite import table1, table1_report
+from salad_lite.experiment import splits_fingerprint
+from salad_lite.files import CorruptFileError
 from salad_lite.methods import BASELINE_IDS, baseline_class
 from salad_lite.methods.base import DeepBaseline
-from salad_lite.table1 import ALL_METHODS, METHODS, Cell, GridSpec, grid_spec, plan_cells, run_cell
+from salad_lite.table1 import ALL_METHODS, METHODS, Cell, GridSpec, grid_spec, plan_cells, run_cell, run_grid
 
 TINY = {"train": {"progress": False, "pretrain_epochs": 1, "rounds": 1, "epochs_per_round": 1}}
 
@@ -19,14 +22,37 @@ def test_method_names_are_the_classes_names() -> None:
     assert all(METHODS[m] == baseline_class(m).name for m in BASELINE_IDS)
 
 
-def test_default_plan_runs_the_issue_minimum_and_lists_the_rest() -> None:
+def test_default_plan_runs_every_method_with_the_baselines_at_the_papers_dagger_ar() -> None:
     cells, skipped = plan_cells(grid_spec("default", "nih"))
+    assert not skipped
+    assert {c.method for c in cells} == set(ALL_METHODS)
     pairs = {(c.method, c.ar_percent) for c in cells}
-    assert pairs == {("memdae", 0), ("salad_no_mse", 5), ("salad_no_agg", 5), ("salad", 5), ("deep_ae", 5),
-                     ("deep_svdd", 5), ("deep_sad", 5)}
+    salad_rows = {(m, ar) for m in ("salad_no_mse", "salad_no_agg", "salad") for ar in (5, 10, 15)}
+    assert pairs == {("memdae", 0), *salad_rows, *((m, 10) for m in BASELINE_IDS)}
     assert {c.seed for c in cells} == {0, 1}
-    assert {s["method_id"]: s["reason"] for s in skipped} == {m: "run with PROFILE=full"
-                                                             for m in ("geometric", "gan_gp", "supervised")}
+    assert {c.ar_percent for c in plan_cells(grid_spec("default", "mura"))[0] if c.method in BASELINE_IDS} == {5}
+    assert grid_spec("default", "folder").baseline_ar == 5  # outside Table 1: the paper's default AR
+
+
+def test_the_dagger_ar_comes_from_the_papers_table_and_smoke_keeps_its_ars() -> None:
+    assert table1.PAPER_BASELINE_AR == {"nih": 10, "mura": 5}
+    assert all(table1.PAPER_BASELINE_AR[d] == table1_report.fig5_ar(d) for d in ("nih", "mura"))
+    assert grid_spec("smoke", "nih").baseline_ar == 5 and grid_spec("smoke", "mura").baseline_ar == 5
+    assert not hasattr(table1, "GRID_FILES")
+
+
+def test_full_only_methods_are_listed_and_the_chapter_tables_show_them() -> None:
+    spec = grid_spec("default", "nih", full_only=("geometric", "gan_gp", "supervised"))
+    cells, skipped = plan_cells(spec)
+    assert {s["method_id"]: (s["reason"], s["ar_percent"]) for s in skipped} == {
+        m: ("run with PROFILE=full", 10) for m in ("geometric", "gan_gp", "supervised")}
+    assert not {c.method for c in cells} & {"geometric", "gan_gp", "supervised"}
+    table = table1.summarise(spec, [], skipped)
+    side = table1_report.table1_side_by_side(table, text=True)
+    assert len(side) == 10
+    fig5 = table1_report.fig5_table(table)
+    notes = dict(zip(fig5["method"], fig5["note"]))
+    assert notes["Geometric"] == notes["GAN-GP"] == notes["Supervised ResNet-18"] == "run with PROFILE=full"
 
 
 def test_full_plan_is_the_papers_grid() -> None:
@@ -67,7 +93,16 @@ def test_a_baseline_cell_is_stored_loaded_and_a_changed_config_refused(planted_s
     cell = Cell("deep_ae", 5, 0)
     first = run_cell(_spec(), cell, planted_splits, tmp_path, "cpu")
     assert first["k"] is None and first["k_curve"] == [] and len(first["test_scores"]) == len(planted_splits["test"])
-    assert 0.0 <= first["test_auc"] <= 1.0 and first["method"] == "Deep AE"
+    assert 0.0 <= first["test_auc"] <= 1.0 and first["method"] == "Deep AE" and first["selected_round"] is None
+    # the checkpoints are tied to the splits: without result.json, other splits' fingerprint is refused
+    result = table1.cell_folder(_spec(), cell, tmp_path) / "result.json"
+    stored = result.read_text()
+    result.unlink()
+    with pytest.raises(ValueError, match=str(result.parent)):
+        run_cell(_spec(), cell, planted_splits, tmp_path, "cpu", fingerprint="0" * 64)
+    assert run_cell(_spec(), cell, planted_splits, tmp_path, "cpu",
+                    fingerprint=splits_fingerprint(planted_splits))["test_scores"] == first["test_scores"]
+    assert json.loads(result.read_text()) == json.loads(stored)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
@@ -78,6 +113,29 @@ def test_a_baseline_cell_is_stored_loaded_and_a_changed_config_refused(planted_s
     changed = _spec(overrides={"train": {**TINY["train"], "lr": 3e-4}})
     with pytest.raises(ValueError, match=r"result.json was computed with other config fields \['lr'\]"):
         run_cell(changed, cell, planted_splits, tmp_path, "cpu")
+    for field, value, message in (("config", [1], "'config' must be an object"),
+                                  ("test_auc", "0.9", "'test_auc' must be a finite number"),
+                                  ("selected_epoch", 1.5, "'selected_epoch' must be an int"),
+                                  ("test_scores", ["x"], "'test_scores' must be a list of numbers")):
+        result.write_text(json.dumps({**json.loads(stored), field: value}))
+        with pytest.raises(CorruptFileError, match=f"{result}: {message}"):
+            run_cell(_spec(), cell, planted_splits, tmp_path, "cpu")
+    result.write_text("[]")
+    with pytest.raises(CorruptFileError, match=f"{result}: must hold a JSON object"):
+        run_cell(_spec(), cell, planted_splits, tmp_path, "cpu")
+
+
+def test_a_baseline_is_fitted_with_the_fingerprint_of_its_splits(planted_splits, tmp_path, monkeypatch) -> None:
+    seen = []
+    fit = DeepBaseline.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append(kwargs.get("data_fingerprint"))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepBaseline, "fit", recording_fit)
+    run_cell(_spec(), Cell("deep_ae", 5, 0), planted_splits, tmp_path, "cpu")
+    assert seen == [splits_fingerprint(planted_splits)]
 
 
 def test_a_table1_cell_selects_k_on_validation(planted_splits, tmp_path) -> None:
@@ -85,14 +143,26 @@ def test_a_table1_cell_selects_k_on_validation(planted_splits, tmp_path) -> None
     assert result["k"] in [row["k"] for row in result["k_curve"]]
     best = max(result["k_curve"], key=lambda row: row["val_auc"])["val_auc"]
     assert result["val_auc"] == pytest.approx(best)
-    assert (tmp_path / "nih" / "table1" / "memdae" / "ar0" / "nih" / "seed0" / "result.json").exists()
+    folder = tmp_path / "nih" / "table1" / "memdae" / "ar0" / "nih" / "seed0"
+    assert (folder / "result.json").exists()
+    stored = json.loads((folder / "result.json").read_text())
+    assert isinstance(result["selected_round"], int) and result["selected_round"] == stored["selected_round"]
+    selection = folder / "selection.json"
+    good = json.loads(selection.read_text())
+    for body, message in (([1, 2], "must hold a JSON object"), ({"grid": 3}, "'grid' must be a list"),
+                          ({"grid": [{"k": 5}]}, r"'grid'\[0\] lacks \['discard_anomalous', 'val_auc'\]"),
+                          ({"grid": [{**good["grid"][0], "val_auc": "high"}]}, r".*numeric 'val_auc'")):
+        selection.write_text(json.dumps(body))
+        with pytest.raises(CorruptFileError, match=f"scoring selection {selection}: {message}"):
+            run_cell(_spec(), Cell("memdae", 0, 0), planted_splits, tmp_path, "cpu")
 
 
 def _cells() -> list[dict]:
     rng = np.random.default_rng(0)
     return [{"method": METHODS[m], "method_id": m, "ar_percent": ar, "seed": s, "val_auc": 0.6 + 0.01 * s,
-             "selected_epoch": 1, "k": 5 if m == "memdae" else None, "test_auc": float(rng.uniform(0.5, 0.9)),
-             "test_auprc": 0.7} for m, ar in (("memdae", 0), ("deep_ae", 5)) for s in range(2)]
+             "selected_epoch": 1, "selected_round": 1 if m == "memdae" else None, "k": 5 if m == "memdae" else None,
+             "test_auc": float(rng.uniform(0.5, 0.9)), "test_auprc": 0.7}
+            for m, ar in (("memdae", 0), ("deep_ae", 5)) for s in range(2)]
 
 
 def test_summary_files_merge_datasets(tmp_path) -> None:
@@ -108,9 +178,93 @@ def test_summary_files_merge_datasets(tmp_path) -> None:
     assert row["test_auc"]["ci95"] == pytest.approx(1.96 * np.std(values, ddof=1))
     csv = (tmp_path / "table1.csv").read_text().splitlines()
     assert len(csv) == 1 + 2 * 2 and csv[0].startswith("dataset,method,method_id,ar_percent")
+    assert row["per_replicate"][0]["selected_round"] == 1
     (tmp_path / "table1.json").write_text("[1, 2]")
-    with pytest.raises(Exception, match="table1.json"):
+    with pytest.raises(CorruptFileError, match="table1.json"):
         table1._write_tables(tmp_path, "nih", nih)
+
+
+def test_a_single_replicate_stores_null_not_nan(tmp_path) -> None:
+    one = [c for c in _cells() if c["seed"] == 0]
+    table = table1.summarise(_spec(), one, [])
+    assert all(row[m]["ci95"] is None for row in table["rows"] for m in ("test_auc", "test_auprc", "val_auc"))
+    table1._write_tables(tmp_path, "nih", table)
+    text = (tmp_path / "table1.json").read_text()
+    assert "NaN" not in text and json.loads(text)["nih"]["rows"][0]["test_auc"]["ci95"] is None
+    header, first = (tmp_path / "table1.csv").read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), first.split(",")))
+    assert values["test_auc_ci95"] == "" and values["test_auc_mean"] != "" and values["selected_rounds"] == "1"
+    # a NaN stored by an older salad_lite is rewritten as null
+    stored = json.loads(text)
+    stored["mura"] = {**stored["nih"], "dataset": "mura"}
+    (tmp_path / "table1.json").write_text(json.dumps(stored).replace("null", "NaN"))
+    table1._write_tables(tmp_path, "nih", table)
+    assert "NaN" not in (tmp_path / "table1.json").read_text()
+
+
+def _grid_spec(methods, **changes) -> GridSpec:
+    return grid_spec("smoke", "nih", methods=methods, overrides=TINY, **changes)
+
+
+def test_table1_json_merges_rows_of_successive_grids(planted_splits, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(table1, "splits_for", lambda cfg, progress=False: planted_splits)
+    first = run_grid(_grid_spec(("deep_ae",), full_only=("memdae",)), tmp_path, "cpu", progress=False)
+    assert [(s["method_id"], s["ar_percent"]) for s in first.table["skipped"]] == [("memdae", 0)]
+    second = run_grid(_grid_spec(("memdae",)), tmp_path, "cpu", progress=False)
+    assert [r["method_id"] for r in second.table["rows"]] == ["memdae"]
+    stored = json.loads((tmp_path / "table1.json").read_text())["nih"]
+    assert [(r["method_id"], r["ar_percent"]) for r in stored["rows"]] == [("memdae", 0), ("deep_ae", 5)]
+    assert stored["skipped"] == []  # MemDAE at AR 0 now has a row
+    rounds = {r["method_id"]: r["per_replicate"][0]["selected_round"] for r in stored["rows"]}
+    assert isinstance(rounds["memdae"], int) and rounds["deep_ae"] is None
+    assert len((tmp_path / "table1.csv").read_text().splitlines()) == 1 + 2
+    # a rerun replaces its own rows (the cells load) and keeps the others
+    deep_ae = stored["rows"][1]
+    run_grid(_grid_spec(("memdae",)), tmp_path, "cpu", progress=False)
+    assert json.loads((tmp_path / "table1.json").read_text())["nih"]["rows"][1] == deep_ae
+
+
+def test_a_damaged_table1_json_is_refused_before_any_cell_runs(tmp_path, monkeypatch) -> None:
+    def no_splits(*args, **kwargs):
+        raise AssertionError("the grid started before table1.json was checked")
+
+    monkeypatch.setattr(table1, "splits_for", no_splits)
+    row = table1.summarise(_spec(), _cells(), [])
+    broken = {**row, "rows": [{k: v for k, v in r.items() if k != "per_replicate"} for r in row["rows"]]}
+    path = tmp_path / "table1.json"
+    path.write_text(json.dumps({"nih": row, "mura": broken}))  # the other data set's entry is checked too
+    with pytest.raises(CorruptFileError, match=rf"{path}: entry 'mura' rows\[0\] lacks \['per_replicate'\]"):
+        run_grid(_grid_spec(("deep_ae",)), tmp_path, "cpu", progress=False)
+    assert table1.main(["--profile", "smoke", "--methods", "deep_ae", "--run-dir", str(tmp_path),
+                        "--device", "cpu"]) == 2
+
+
+def test_the_progress_bar_is_closed_when_a_cell_fails(tmp_path, monkeypatch) -> None:
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.closed = False
+            bars.append(self)
+
+        def set_postfix_str(self, text):
+            pass
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    def broken_data(*args, **kwargs):
+        raise ValueError("no images")
+
+    monkeypatch.setattr(table1, "tqdm", Bar)
+    monkeypatch.setattr(table1, "progress_enabled", lambda: True)
+    monkeypatch.setattr(table1, "splits_for", broken_data)
+    with pytest.raises(ValueError, match="no images"):
+        run_grid(_grid_spec(("deep_ae",)), tmp_path, "cpu")
+    assert len(bars) == 1 and bars[0].closed
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -126,3 +280,37 @@ def test_the_command_line_refuses_a_malformed_argument(argv, message, tmp_path, 
 def test_the_command_line_names_a_value_out_of_range(tmp_path, capsys) -> None:
     assert table1.main(["--ar", "0,30", "--run-dir", str(tmp_path)]) == 2
     assert "error: ars must be integer percentages in 0..15" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "error: --device must be"),
+    pytest.param("cuda", "error: --device cuda: ", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                           reason="this machine has CUDA")),
+])
+def test_the_command_line_refuses_a_device_before_reading_data(device, message, tmp_path, capsys, monkeypatch) -> None:
+    def no_splits(*args, **kwargs):
+        raise AssertionError("the splits were built before the device was checked")
+
+    monkeypatch.setattr(table1, "splits_for", no_splits)
+    assert table1.main(["--device", device, "--run-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(message)
+    with pytest.raises(ValueError, match="device"):
+        run_grid(_grid_spec(("deep_ae",)), tmp_path, device)
+
+
+def test_the_command_line_makes_the_data_root_absolute_and_prints_one_run(tmp_path, capsys, monkeypatch) -> None:
+    seen = []
+
+    def fake_grid(spec, run_dir, device="auto", progress=True):
+        seen.append(spec)
+        return table1.GridResult(table=table1.summarise(spec, [c for c in _cells() if c["seed"] == 0], []), cells=[])
+
+    monkeypatch.setattr(table1, "run_grid", fake_grid)
+    monkeypatch.chdir(tmp_path)
+    assert table1.main(["--data-root", "data", "--run-dir", "runs", "--device", "cpu"]) == 0
+    assert seen[0].data_root == str((tmp_path / "data").resolve())
+    out = capsys.readouterr().out
+    assert "(1 run)" in out and "nan" not in out.lower()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert table1.main(["--data-root", "~/nih", "--run-dir", "runs", "--device", "cpu"]) == 0
+    assert seen[1].data_root == str((tmp_path / "nih").resolve())
