@@ -242,6 +242,10 @@ class SaladScorer:
     def set_threshold(self, z_val: ArrayLike, y_val: ArrayLike) -> float:
         """Choose ``threshold_`` on a VALIDATION split by Youden's J (max TPR - FPR); returns it.
 
+        The threshold lies halfway between the lowest validation score it flags and the
+        next lower one, so that the same films scored again (in another batch, with
+        float rounding of its own) fall on the same side.
+
         ``z_val`` [M, d] latents, ``y_val`` [M] labels (0 normal, 1 abnormal). When no
         threshold separates the classes at all (max J = 0) the chosen one flags
         nothing, and a ``UserWarning`` says so.
@@ -263,7 +267,11 @@ class SaladScorer:
         if tpr[best] - fpr[best] <= 0:
             warnings.warn("set_threshold: the validation scores do not separate the classes (max Youden J = 0); "
                           "the threshold chosen flags nothing as abnormal", UserWarning, stacklevel=2)
-        self.threshold_ = float(min(thresholds[best], np.finfo(np.float32).max))
+        chosen = float(thresholds[best])
+        below = scores[scores < chosen]
+        if np.isfinite(chosen) and below.size:  # halfway to the next lower score: a boundary film whose score is
+            chosen = (chosen + float(below.max())) / 2  # recomputed in another batch (float noise) keeps its side
+        self.threshold_ = float(min(chosen, np.finfo(np.float32).max))
         return self.threshold_
 
     def predict(self, z: ArrayLike) -> np.ndarray:
