@@ -68,9 +68,11 @@ class LossConfig:
 
     ``latent_objective="paper"`` uses L_ss (Eq. 1) + L_agg (Eq. 2);
     ``"anchors"`` uses the authors' public code's AND-style criterion instead.
-    The ablations of Table 1: MemDAE = ``use_aggregation=False`` with
-    ``num_views=0``; "w/o L_mse" = ``reconstruction="none"``;
-    "w/o L_agg" = ``use_aggregation=False``.
+    The rows of Table 1 (:data:`salad_lite.table1.TABLE1_LOSSES`): MemDAE =
+    reconstruction only (``use_instance=False, use_aggregation=False,
+    num_views=0``; the memory bank still follows the latents and Eq. 4 scores
+    against it), "w/o L_mse" = ``reconstruction="none"``, "w/o L_agg" =
+    ``use_aggregation=False``.
 
     Raises:
         ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``loss.field``.
