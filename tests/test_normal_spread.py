@@ -1,0 +1,35 @@
+"""benchmarks/normal_spread.py: its spread measure on data of known shape (the script itself compares real sets)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "normal_spread.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("normal_spread", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_one_direction_class_needs_one_component(bench) -> None:
+    rng = np.random.default_rng(0)
+    line = rng.normal(size=(50, 1)) * rng.normal(size=(1, 30)) + 0.001 * rng.normal(size=(50, 30))
+    s = bench.spread(line, n=50)
+    assert s["k90"] == 1 and s["top1"] > 0.99
+
+
+def test_wider_class_needs_more_components_and_has_fewer_near_twins(bench) -> None:
+    rng = np.random.default_rng(1)
+    narrow = rng.normal(size=(80, 3)) @ rng.normal(size=(3, 40)) + 0.05 * rng.normal(size=(80, 40))
+    wide = rng.normal(size=(80, 40))
+    a, b = bench.spread(narrow, n=60), bench.spread(wide, n=60)
+    assert a["n"] == b["n"] == 60
+    assert a["k90"] < b["k90"] and a["top1"] > b["top1"]
+    twins = np.repeat(rng.normal(size=(30, 40)), 2, axis=0) + 0.01 * rng.normal(size=(60, 40))
+    assert bench.spread(twins, n=60)["nn_ratio"] < 0.1 < b["nn_ratio"]
