@@ -13,7 +13,7 @@ from salad_lite.experiment import splits_fingerprint
 from salad_lite.files import CorruptFileError
 from salad_lite.methods import BASELINE_IDS, baseline_class
 from salad_lite.methods.base import DeepBaseline
-from salad_lite.table1 import ALL_METHODS, METHODS, Cell, GridSpec, grid_spec, plan_cells, run_cell, run_grid
+from salad_lite.table1 import ALL_METHODS, DEFAULT_FULL_ONLY, METHODS, Cell, GridSpec, grid_spec, plan_cells, run_cell, run_grid
 
 TINY = {"train": {"progress": False, "pretrain_epochs": 1, "rounds": 1, "epochs_per_round": 1}}
 
@@ -22,16 +22,21 @@ def test_method_names_are_the_classes_names() -> None:
     assert all(METHODS[m] == baseline_class(m).name for m in BASELINE_IDS)
 
 
-def test_default_plan_runs_every_method_with_the_baselines_at_the_papers_dagger_ar() -> None:
+def test_default_plan_runs_table1_and_the_cheap_baselines_at_the_papers_dagger_ar() -> None:
     cells, skipped = plan_cells(grid_spec("default", "nih"))
-    assert not skipped
-    assert {c.method for c in cells} == set(ALL_METHODS)
+    assert {s["method_id"]: s["reason"] for s in skipped} == {m: "run with PROFILE=full" for m in DEFAULT_FULL_ONLY}
+    assert {c.method for c in cells} == set(ALL_METHODS) - set(DEFAULT_FULL_ONLY)
+    assert {"deep_ae", "deep_svdd", "deep_sad"} <= {c.method for c in cells}  # the minimum at default
     pairs = {(c.method, c.ar_percent) for c in cells}
     salad_rows = {(m, ar) for m in ("salad_no_mse", "salad_no_agg", "salad") for ar in (5, 10, 15)}
-    assert pairs == {("memdae", 0), *salad_rows, *((m, 10) for m in BASELINE_IDS)}
+    cheap = [m for m in BASELINE_IDS if m not in DEFAULT_FULL_ONLY]
+    assert pairs == {("memdae", 0), *salad_rows, *((m, 10) for m in cheap)}
     assert {c.seed for c in cells} == {0, 1}
     assert {c.ar_percent for c in plan_cells(grid_spec("default", "mura"))[0] if c.method in BASELINE_IDS} == {5}
     assert grid_spec("default", "folder").baseline_ar == 5  # outside Table 1: the paper's default AR
+    full_cells, full_skipped = plan_cells(grid_spec("full", "nih"))
+    assert not full_skipped and {c.method for c in full_cells} == set(ALL_METHODS)
+    assert {c.seed for c in full_cells} == {0, 1, 2, 3}
 
 
 def test_the_dagger_ar_comes_from_the_papers_table_and_smoke_keeps_its_ars() -> None:
