@@ -40,7 +40,7 @@ def normal_pixels(data_root: str, size: int) -> np.ndarray:
 
 
 def spread(pixels: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
-    """``k90``, ``k95``, ``top1`` and ``nn_ratio`` (see the module docstring) of ``n`` seeded rows of ``pixels`` [N, D]."""
+    """``k90``, ``k95``, ``top1`` and ``nn_ratio`` (module docstring) of ``n`` seeded rows of ``pixels`` [N, D]."""
     rng = np.random.default_rng(seed)
     x = pixels[rng.choice(len(pixels), size=min(n, len(pixels)), replace=False)].astype(np.float64)
     centred = x - x.mean(0)
@@ -55,7 +55,8 @@ def spread(pixels: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--real-root", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/nih_subset"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_subset"  # ../shared beside the repository
+    parser.add_argument("--real-root", default=str(shared))
     parser.add_argument("--n", type=int, default=300, help="normal images per set (equal for a fair count)")
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()

@@ -68,8 +68,8 @@ try:
 except ImportError:  # pragma: no cover
     tqdm = None
 
-__all__ = ["ALL_METHODS", "DEFAULT_FULL_ONLY", "GridSpec", "METHODS", "PAPER_BASELINE_AR", "TABLE1_LOSSES", "TABLE1_METHODS",
-           "chapter_grid_spec", "grid_spec", "main", "merge_table", "plan_cells", "run_cell",
+__all__ = ["ALL_METHODS", "DEFAULT_FULL_ONLY", "GridSpec", "METHODS", "PAPER_BASELINE_AR", "TABLE1_LOSSES",
+           "TABLE1_METHODS", "chapter_grid_spec", "grid_spec", "main", "merge_table", "plan_cells", "run_cell",
            "run_grid", "summarise", "table1_csv"]
 
 #: Table 1's rows as loss settings of :class:`salad_lite.config.LossConfig` (everything else is the profile's).
@@ -86,7 +86,7 @@ METHODS: dict[str, str] = {"memdae": "MemDAE", "salad_no_mse": "SALAD w/o L_mse"
                            "salad": "SALAD", "deep_ae": "Deep AE", "deep_svdd": "Deep SVDD", "deep_sad": "Deep SAD",
                            "geometric": "Geometric", "gan_gp": "GAN-GP", "supervised": "Supervised ResNet-18"}
 #: The baselines that ``default`` lists as "run with PROFILE=full": on the 2-core CPU they cost about 16 of
-#: chapter 8's 29 minutes (measured 2026-12-01: Geometric 165 + 121 s, GAN-GP 194 + 110 s, the supervised
+#: chapter 8's 29 minutes (measured 2026-12-02: Geometric 165 + 121 s, GAN-GP 194 + 110 s, the supervised
 #: ResNet-18 245 + 146 s for NIH + MURA, 2 replicates), which would take the book past its 30 minutes.
 DEFAULT_FULL_ONLY: tuple[str, ...] = ("geometric", "gan_gp", "supervised")
 #: The AR (%) of the paper's † models, against which Fig. 5 compares the baselines (NIH 10, MURA 5): the AR of

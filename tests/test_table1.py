@@ -13,7 +13,8 @@ from salad_lite.experiment import splits_fingerprint
 from salad_lite.files import CorruptFileError
 from salad_lite.methods import BASELINE_IDS, baseline_class
 from salad_lite.methods.base import DeepBaseline
-from salad_lite.table1 import ALL_METHODS, DEFAULT_FULL_ONLY, METHODS, Cell, GridSpec, grid_spec, plan_cells, run_cell, run_grid
+from salad_lite.table1 import (ALL_METHODS, DEFAULT_FULL_ONLY, METHODS, Cell, GridSpec, grid_spec, plan_cells, run_cell,
+                               run_grid)
 
 TINY = {"train": {"progress": False, "pretrain_epochs": 1, "rounds": 1, "epochs_per_round": 1}}
 
