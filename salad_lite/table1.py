@@ -18,8 +18,9 @@ Rows (:data:`METHODS`):
   :data:`salad_lite.report.PAPER_TABLE1`).
 
 Profiles (:func:`grid_spec`): ``smoke`` runs every method once at AR 0 and 5;
-``default`` every method at AR 0/5/10/15 with 2 replicates (a default NIH cell takes
-5-55 s on a CPU); ``full`` the same with 4 replicates at the paper's full-size
+``default`` Table 1's rows at AR 0/5/10/15 and the baselines but
+:data:`DEFAULT_FULL_ONLY` at the † AR, with 2 replicates (a default NIH cell takes
+5-55 s on a CPU); ``full`` every method with 4 replicates at the paper's full-size
 configuration.
 
 Folders (``run_dir`` is shared with the chapters)::
@@ -126,12 +127,16 @@ class GridSpec:
         unknown = [m for m in (*self.methods, *self.full_only) if m not in ALL_METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)} or 'all'")
+        for name, values in (("methods (--methods)", self.methods), ("ars (--ar)", self.ars)):
+            repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+            if repeated:  # a repeated AR would run seed 0 twice and count it as two replicates
+                raise ValueError(f"{name} lists {repeated} more than once: give each once, got {list(values)}")
         bad = [a for a in self.ars if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= 15]
         if bad or not self.ars:
-            raise ValueError(f"ars must be integer percentages in 0..15 (the held-out sets are shared up to "
-                             f"15 %), got {list(self.ars)}")
+            raise ValueError(f"ars (--ar) must be integer percentages in 0..15 (the held-out sets are shared up "
+                             f"to 15 %), got {list(self.ars)}")
         if isinstance(self.replicates, bool) or not isinstance(self.replicates, int) or self.replicates < 1:
-            raise ValueError(f"replicates must be an int >= 1, got {self.replicates!r}")
+            raise ValueError(f"replicates (--replicates) must be an int >= 1, got {self.replicates!r}")
         if any(m in BASELINE_IDS for m in self.methods) and self.baseline_ar not in self.ars:
             raise ValueError(f"baseline_ar {self.baseline_ar} is not one of ars {list(self.ars)}: add it to the "
                              "ARs, or give the baselines one of them (--baseline-ar)")
@@ -415,8 +420,9 @@ def run_grid(spec: GridSpec, run_dir: str | Path, device: str = "auto", progress
     cell running), and each cell's epoch bar.
 
     Raises:
-        ValueError, OSError: a device not on this machine; from the data (wrong root, a split that
-            cannot be built); a cell stored under another configuration or other splits (file named).
+        ValueError, OSError: a device not on this machine; a grid that plans no cell (the skip reasons
+            named); from the data (wrong root, a split that cannot be built); a cell stored under another
+            configuration or other splits (file named).
         salad_lite.files.CorruptFileError: a damaged cell result, selection, checkpoint or table1.json
             (named).
     """
@@ -426,6 +432,9 @@ def run_grid(spec: GridSpec, run_dir: str | Path, device: str = "auto", progress
         raise NotADirectoryError(f"run folder {run_dir} is a file")
     _read_tables(run_dir)  # a damaged table1.json is refused before hours of training, not after
     cells, skipped = plan_cells(spec)
+    if not cells:
+        reasons = "; ".join(f"{s['method']} at AR {s['ar_percent']} %: {s['reason']}" for s in skipped)
+        raise ValueError(f"the grid plans no cell to run ({reasons or 'no method given'})")
     splits_by_ar: dict[int, tuple[dict[str, Any], str]] = {}
     results = []
     bar = tqdm(total=len(cells), desc=f"Table 1 grid ({spec.dataset})", unit="cell") \
@@ -667,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the grid from the command line; prints the summary table. Exit 2 on a bad argument or data problem."""
     args = build_parser().parse_args(argv)
+    if not args.run_dir.strip():
+        raise ValueError("--run-dir must name a folder (e.g. runs/default), got an empty string")
     device = check_available_device("--device", args.device)  # before any data is read
     changes = {key: value for key, value in (("methods", args.methods), ("ars", args.ar),
                                              ("replicates", args.replicates), ("baseline_ar", args.baseline_ar))

@@ -283,9 +283,24 @@ def test_the_command_line_refuses_a_malformed_argument(argv, message, tmp_path, 
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_command_line_names_a_value_out_of_range(tmp_path, capsys) -> None:
-    assert table1.main(["--ar", "0,30", "--run-dir", str(tmp_path)]) == 2
-    assert "error: ars must be integer percentages in 0..15" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--ar", "0,30"], "error: ars (--ar) must be integer percentages in 0..15"),
+    (["--ar", "5,5"], "error: ars (--ar) lists [5] more than once"),  # seed 0 twice would count as 2 replicates
+    (["--methods", "salad,salad"], "error: methods (--methods) lists ['salad'] more than once"),
+    (["--replicates", "0"], "error: replicates (--replicates) must be an int >= 1"),
+    (["--methods", "memdae", "--ar", "5"], "error: the grid plans no cell to run (MemDAE at AR 0 %: MemDAE trains"),
+])
+def test_the_command_line_names_a_value_out_of_range(argv, message, tmp_path, capsys) -> None:
+    assert table1.main([*argv, "--run-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "table1.json").exists()
+
+
+def test_the_command_line_refuses_an_empty_run_folder_name(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert table1.main(["--run-dir", " "]) == 2
+    assert "error: --run-dir must name a folder" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("device, message", [
