@@ -65,7 +65,7 @@ def main() -> None:
         sets["real NIH films"] = args.real_root
     else:
         print(f"no real NIH set at {args.real_root}: the embedded set alone")
-    print(f"| set | normal images | k90 | k95 | top-1 share | NN / median distance |\n|---|---|---|---|---|---|")
+    print("| set | normal images | k90 | k95 | top-1 share | NN / median distance |\n|---|---|---|---|---|---|")
     pixels = {name: normal_pixels(root, args.size) for name, root in sets.items()}
     n = min(args.n, *(len(p) for p in pixels.values()))
     for name, rows in pixels.items():

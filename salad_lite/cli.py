@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV
+from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir
 from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
     paper_config, profile_config
 from salad_lite.data.registry import DATASETS
@@ -274,12 +274,6 @@ def _check_device(device: str) -> None:
     check_available_device("--device", device)
 
 
-def _check_run_dir(run_dir: str) -> None:
-    """Raises ``NotADirectoryError`` when ``--run-dir`` is an existing file."""
-    if Path(run_dir).expanduser().is_file():
-        raise NotADirectoryError(f"run folder {run_dir} is a file")
-
-
 #: Library advice naming Python arguments -> the command line's options.
 _CLI_WORDS = (("pass csv_path=...", "pass --csv FILE"),
               ("pass class_map={'FOLDER': 0 or 1, ...}", "pass --class-map FOLDER=0 --class-map FOLDER=1"))
@@ -431,7 +425,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from salad_lite import distributed
     from salad_lite.data.batches import check_splits
 
-    _check_run_dir(args.run_dir)
+    check_run_dir(args.run_dir)
     cfg, split_file = _train_config(args, parser)
     _check_device(args.device)
     distributed.init_from_environment(args.device)  # under torchrun (WORLD_SIZE > 1): join the process group
@@ -479,7 +473,7 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
     from salad_lite.experiment import load_run_description, replicate_dir
     from salad_lite.trainer import SaladTrainer
 
-    _check_run_dir(args.run_dir)
+    check_run_dir(args.run_dir)
     _check_device(args.device)
     cfg, split_file = load_run_description(args.run_dir)
     cfg = cfg.replace(train={"progress": False, **({"seed": args.seed} if args.seed is not None else {})})

@@ -26,9 +26,10 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec
 
-__all__ = ["DATA_ERRORS", "EXIT_DATA_ERROR", "TRACEBACK_ENV", "data_script"]
+__all__ = ["DATA_ERRORS", "EXIT_DATA_ERROR", "TRACEBACK_ENV", "check_run_dir", "data_script"]
 
 #: Exception types that mean "the data (or a path given on the command line) is wrong".
 DATA_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError)
@@ -65,3 +66,18 @@ def data_script(main: Callable[P, int]) -> Callable[P, int]:
             return EXIT_DATA_ERROR
 
     return wrapper
+
+
+def check_run_dir(run_dir: str, option: str = "--run-dir") -> None:
+    """Refuse a run folder option that names no folder or an existing file, before anything is written.
+
+    An empty ``--run-dir ""`` would be the current directory: a run's files would land there.
+
+    Raises:
+        ValueError: ``run_dir`` is empty or blank (the option named).
+        NotADirectoryError: ``run_dir`` is an existing file.
+    """
+    if not run_dir.strip():
+        raise ValueError(f"{option} must name a folder (e.g. runs/default), got {run_dir!r}")
+    if Path(run_dir).expanduser().is_file():
+        raise NotADirectoryError(f"run folder {run_dir} is a file")

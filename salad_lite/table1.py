@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.book import check_available_device
-from salad_lite.cli_errors import data_script
+from salad_lite.cli_errors import check_run_dir, data_script
 from salad_lite.config import SaladConfig, profile_config
 from salad_lite.data.batches import check_splits, dataset_labels
 from salad_lite.experiment import evaluate_replicate, replicate_dir, splits_fingerprint, splits_for
@@ -420,16 +420,15 @@ def run_grid(spec: GridSpec, run_dir: str | Path, device: str = "auto", progress
     cell running), and each cell's epoch bar.
 
     Raises:
-        ValueError, OSError: a device not on this machine; a grid that plans no cell (the skip reasons
-            named); from the data (wrong root, a split that cannot be built); a cell stored under another
+        ValueError, OSError: a device not on this machine; a blank ``run_dir`` or one that is a file; a
+            grid that plans no cell (the skip reasons named); from the data (wrong root, a split that cannot be built); a cell stored under another
             configuration or other splits (file named).
         salad_lite.files.CorruptFileError: a damaged cell result, selection, checkpoint or table1.json
             (named).
     """
     device = check_available_device("device", device)
+    check_run_dir(str(run_dir), "run_dir")
     run_dir = Path(run_dir)
-    if run_dir.is_file():
-        raise NotADirectoryError(f"run folder {run_dir} is a file")
     _read_tables(run_dir)  # a damaged table1.json is refused before hours of training, not after
     cells, skipped = plan_cells(spec)
     if not cells:
@@ -676,8 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the grid from the command line; prints the summary table. Exit 2 on a bad argument or data problem."""
     args = build_parser().parse_args(argv)
-    if not args.run_dir.strip():
-        raise ValueError("--run-dir must name a folder (e.g. runs/default), got an empty string")
+    check_run_dir(args.run_dir)
     device = check_available_device("--device", args.device)  # before any data is read
     changes = {key: value for key, value in (("methods", args.methods), ("ars", args.ar),
                                              ("replicates", args.replicates), ("baseline_ar", args.baseline_ar))

@@ -328,6 +328,8 @@ def test_failed_train_writes_nothing(capsys: pytest.CaptureFixture[str], tmp_pat
     for argv in ([*base[:5], "--run-dir", str(file_dir)], ["evaluate", "--run-dir", str(file_dir)],
                  ["score", "--run-dir", str(file_dir), "x.png"]):
         _fails(capsys, argv, f"error: run folder {file_dir} is a file")
+    for argv in ([*base[:5], "--run-dir", " "], ["evaluate", "--run-dir", ""], ["score", "--run-dir", "", "x.png"]):
+        _fails(capsys, argv, "error: --run-dir must name a folder")  # '' would be the current directory
 
 
 def test_prepare_refuses_one_class_splits_and_counts_left_out(capsys: pytest.CaptureFixture[str],
