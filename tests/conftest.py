@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the repository that is not part of the package (``benchmarks/``, ``data_scripts/``), imported.
+
+    It is registered in ``sys.modules`` under its file stem, where its dataclasses look their module up.
+    """
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class ArrayDataset(torch.utils.data.Dataset):

@@ -1,24 +1,15 @@
 """benchmarks/bench_profiles.py: its pure helpers (the timing itself is a script, not a test)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from conftest import load_script
 from salad_lite.config import profile_config
 from salad_lite.trainer import SaladTrainer
-
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_profiles.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_profiles", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_profiles.py")
 
 
 def test_validations_per_run_follows_the_trainer(bench) -> None:

@@ -5,7 +5,6 @@ of the renderers (one writer, one place for the embedded sizes, no import back i
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import json
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import load_script
 from salad_lite.data import (
     CachedXrayDataset,
     DataWarning,
@@ -430,7 +430,7 @@ def test_embedded_sizes_defined_once(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert (inspect.signature(chest.render_chest_set).parameters["abnormal_fraction"].default
             == default.nih_abnormal_fraction)
     assert inspect.signature(limb.render_limb_set).parameters["n_patients"].default == default.mura_patients
-    args = _script("make_embedded").build_parser().parse_args([])
+    args = load_script("data_scripts/make_embedded.py").build_parser().parse_args([])
     assert (args.nih_images, args.abnormal_fraction, args.mura_patients) == (
         default.nih_images, default.nih_abnormal_fraction, default.mura_patients)
 
@@ -451,16 +451,9 @@ def test_embedded_sizes_defined_once(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 # ------------------------------------------------------------------ kind 8: scripts end in "error: ...", exit 2
-def _script(name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, REPO / "data_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _assert_main_fails_cleanly(capsys: pytest.CaptureFixture[str], script: str, argv: list[str],
                                *fragments: str) -> None:
-    code = _script(script).main(argv)
+    code = load_script(f"data_scripts/{script}.py").main(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: "), (code, err)
     for fragment in fragments:
@@ -508,7 +501,7 @@ def test_prepare_nih_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture
     _assert_main_fails_cleanly(capsys, "prepare_nih", ["--root", str(root), *args], "nih_all_32px.json",
                                "not valid JSON")
     with pytest.raises(SystemExit) as caught:  # refused where it enters, as an argument
-        _script("prepare_nih").main(["--root", str(root), "--anomaly-ratio", "1.5", *args])
+        load_script("data_scripts/prepare_nih.py").main(["--root", str(root), "--anomaly-ratio", "1.5", *args])
     assert caught.value.code == 2 and "argument --anomaly-ratio: must be a number in [0, 1)" in capsys.readouterr().err
 
 
@@ -531,7 +524,7 @@ def test_make_embedded_data_problems(tmp_path: Path, capsys: pytest.CaptureFixtu
     args = ["--out", str(tmp_path), "--only", "mura", "--mura-patients", "1", "--no-progress"]
     _assert_main_fails_cleanly(capsys, "make_embedded", args, "synth_limb_manifest.json", "empty")
     with pytest.raises(SystemExit) as caught:  # argparse: usage + "error: ...", status 2
-        _script("make_embedded").main([*args, "--cache-profile", "smoke"])
+        load_script("data_scripts/make_embedded.py").main([*args, "--cache-profile", "smoke"])
     assert caught.value.code == 2 and "--cache-profile works with the default" in capsys.readouterr().err
 
 
@@ -844,6 +837,6 @@ def test_gather_images_refuses_indices_outside_the_dataset(tmp_path: Path) -> No
 ])
 def test_script_option_errors_name_the_option(capsys: pytest.CaptureFixture[str], option: str, message: str) -> None:
     with pytest.raises(SystemExit) as caught:
-        _script("prepare_nih").main(["--root", "nowhere", option])
+        load_script("data_scripts/prepare_nih.py").main(["--root", "nowhere", option])
     message = f"argument {option.split('=')[0]}: {message}"
     assert caught.value.code == 2 and message in capsys.readouterr().err

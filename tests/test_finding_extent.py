@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from conftest import load_script
 from salad_lite.data.mura_preprocess import carrier_homography
 from salad_lite.data.transforms import resize_pad
 from salad_lite.synth import chest as sc
@@ -137,16 +138,10 @@ def test_bad_render_size_is_refused(renderer: sc.ChestRenderer) -> None:
 
 def test_the_benchmark_bins_severity_as_the_evaluation_chapters() -> None:
     """benchmarks/finding_extent.py groups by report.per_finding_auc's bins: closed on the right, same labels."""
-    import importlib.util
-    from pathlib import Path
-
     from salad_lite import report
     from salad_lite.synth.extent import FindingExtent
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "finding_extent.py"
-    spec = importlib.util.spec_from_file_location("finding_extent_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/finding_extent.py")
     severities = [0.0, 0.2, 1 / 3, 0.5, 2 / 3, 1.0]
     rows = [FindingExtent(f"i{i}", "Mass", s, 64, 10, 3.0, 2.0, 0.1) for i, s in enumerate(severities)]
     groups = bench.severity_groups(rows)

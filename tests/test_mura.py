@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import load_script
 from salad_lite.data import mura as mura_module
 from salad_lite.data.io import DataWarning, read_grayscale
 from salad_lite.data.mura import MURA, MuraFormatError, group_table, mura_group_split, read_mura_metadata
@@ -27,8 +27,6 @@ from salad_lite.data.mura_preprocess import (
 )
 from salad_lite.data.splits import PatientLeakError, check_patient_disjoint
 from salad_lite.synth.limb import read_annotations, render_limb_set
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -297,16 +295,8 @@ def test_empty_csv_and_label_suffix_mismatch(synth: Path, tmp_path: Path) -> Non
 # ----------------------------------------------------------------------------- prepare script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_mura", REPO / "data_scripts" / "prepare_mura.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_prepare_script(synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _load_script()
+    script = load_script("data_scripts/prepare_mura.py")
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--help"])
     assert exit_info.value.code == 0

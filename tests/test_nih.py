@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import load_script
 from salad_lite.data import DataWarning, subset
 from salad_lite.data.nih import NIHChestXray, find_torchxrayvision_csv, finding_counts, load_nih_labels
 from salad_lite.data.registry import embedded_root, load_splits
@@ -97,9 +98,7 @@ def test_load_splits_on_real_subset_and_prepare_script(tmp_path: Path, capsys: p
     check_patient_disjoint({k: v.patient_ids for k, v in splits.items()})
     assert (tmp_path / "cache" / "nih_all_16px.npy").is_file()
 
-    spec = importlib.util.spec_from_file_location("prepare_nih", REPO / "data_scripts" / "prepare_nih.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("data_scripts/prepare_nih.py")
     code = module.main(["--root", str(NIH_SUBSET), "--view", "PA", "--image-size", "32",
                         "--cache-dir", str(tmp_path / "c2"), "--no-progress"])
     out = capsys.readouterr().out

@@ -1,20 +1,14 @@
 """benchmarks/normal_spread.py: its spread measure on data of known shape (the script itself compares real sets)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "normal_spread.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("normal_spread", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/normal_spread.py")
 
 
 def test_a_one_direction_class_needs_one_component(bench) -> None:
