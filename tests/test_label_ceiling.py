@@ -1,0 +1,58 @@
+"""benchmarks/label_ceiling.py: its folds and its label-given scorers on data of known shape (no network trained)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("benchmarks/label_ceiling.py")
+
+
+def _planted(n_patients: int = 40, per_patient: int = 3, dim: int = 30, seed: int = 0):
+    """Images of a patient share a class; abnormal ones carry +1 on feature 0."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n_patients), per_patient).astype(str)
+    y = np.repeat(np.arange(n_patients) % 2, per_patient)
+    x = rng.normal(size=(len(y), dim))
+    x[:, 0] += 3.0 * y
+    return x, y, patients
+
+
+def test_folds_cover_every_image_once_and_keep_patients_apart(bench) -> None:
+    _, y, patients = _planted()
+    folds = bench.patient_folds(y, patients, 3)
+    scored = np.concatenate([s for _, s in folds])
+    assert sorted(scored) == list(range(len(y)))
+    for fit, held in folds:
+        assert not set(patients[fit]) & set(patients[held])
+
+
+def test_a_fold_of_one_class_is_refused(bench) -> None:
+    y = np.array([0, 0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="one class"):
+        bench.patient_folds(y, np.array(["a", "a", "b", "b", "c", "c"]), 3)
+
+
+def test_logistic_finds_a_planted_feature_and_not_noise(bench) -> None:
+    from salad_lite.metrics import auc
+    x, y, patients = _planted()
+    fit, scored = bench.patient_folds(y, patients, 2)[0]
+    assert auc(y[scored], bench.logistic_scores(x, y, patients, fit, scored)) > 0.95
+    x[:, 0] = np.random.default_rng(1).normal(size=len(y))  # the feature gone: near chance
+    assert auc(y[scored], bench.logistic_scores(x, y, patients, fit, scored)) < 0.8
+
+
+def test_pca_residual_sees_what_leaves_the_normal_subspace(bench) -> None:
+    from salad_lite.metrics import auc
+    rng = np.random.default_rng(2)
+    basis = torch.from_numpy(rng.normal(size=(3, 40))).float()
+    normal_train = torch.from_numpy(rng.normal(size=(60, 3))).float() @ basis
+    _, y, patients = _planted(n_patients=30, per_patient=2)
+    x = torch.from_numpy(rng.normal(size=(len(y), 3))).float() @ basis
+    x[torch.from_numpy(y == 1)] += 0.5 * torch.from_numpy(rng.normal(size=(int(y.sum()), 40))).float()
+    fit, scored = bench.patient_folds(y, patients, 2)[0]
+    assert auc(y[scored], bench.pca_scores(normal_train, x, y, fit, scored)) > 0.95
