@@ -100,17 +100,20 @@ def measure(dataset: str, data_root: str, n_folds: int, image_size: int = 64) ->
     return {"n_images": len(y), "n_abnormal": int(y.sum()), "folds": n_folds, **rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=("nih", "mura"), default="nih")
     parser.add_argument("--data-root", default="", help="a real set's root; empty: the embedded set")
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=64, help="the films' side in px (the default profile's: 64)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be >= 2, got {args.folds}")
     torch.manual_seed(0)
-    result = measure(args.dataset, args.data_root, args.folds, args.image_size)
+    try:
+        result = measure(args.dataset, args.data_root, args.folds, args.image_size)
+    except (ValueError, FileNotFoundError) as error:  # a bad --image-size or --data-root, a fold of one class
+        parser.error(str(error))
     name = args.data_root or f"embedded {args.dataset}"
     print(f"{name} at {args.image_size} px: validation split, {result['n_images']} images "
           f"({result['n_abnormal']} abnormal), {result['folds']} patient-grouped folds")

@@ -56,3 +56,15 @@ def test_pca_residual_sees_what_leaves_the_normal_subspace(bench) -> None:
     x[torch.from_numpy(y == 1)] += 0.5 * torch.from_numpy(rng.normal(size=(int(y.sum()), 40))).float()
     fit, scored = bench.patient_folds(y, patients, 2)[0]
     assert auc(y[scored], bench.pca_scores(normal_train, x, y, fit, scored)) > 0.95
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--image-size", "48"], "model.image_size=48"),
+    (["--folds", "1"], "--folds must be >= 2"),
+    (["--data-root", "/nowhere/at/all"], "/nowhere/at/all"),
+])
+def test_bad_options_end_in_a_usage_error(bench, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                          message: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        bench.main(argv)
+    assert caught.value.code == 2 and message in capsys.readouterr().err
