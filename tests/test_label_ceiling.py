@@ -13,7 +13,7 @@ def bench():
 
 
 def _planted(n_patients: int = 40, per_patient: int = 3, dim: int = 30, seed: int = 0):
-    """Images of a patient share a class; abnormal ones carry +1 on feature 0."""
+    """Images of a patient share a class; abnormal ones carry +3 on feature 0."""
     rng = np.random.default_rng(seed)
     patients = np.repeat(np.arange(n_patients), per_patient).astype(str)
     y = np.repeat(np.arange(n_patients) % 2, per_patient)
