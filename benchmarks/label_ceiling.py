@@ -16,8 +16,9 @@ by models fitted on the others:
   ``--image-size`` with the default profile's epoch budget, trained on the
   fitting folds. ``last`` is its final epoch; ``best`` is its best epoch *on
   the scored fold*, an optimistic upper bound, not a result;
-- ``pca``: the unsupervised reference, the raw-pixel PCA residual fitted on the
-  normal training images, its component count chosen on the fitting folds.
+- ``pca``: the unsupervised reference, the evaluation chapters' raw-pixel PCA
+  residual (:func:`salad_lite.baselines.pca_baseline`, at most 64 px) fitted on
+  the normal training images, its component count chosen on the fitting folds.
 
     python benchmarks/label_ceiling.py --dataset nih                      # embedded chest
     python benchmarks/label_ceiling.py --dataset mura                     # embedded limbs
@@ -36,7 +37,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
-from salad_lite.baselines import DEFAULT_COMPONENT_GRID, PCAReconstruction, pixel_vectors
+from salad_lite.baselines import pca_baseline, pixel_vectors
 from salad_lite.config import profile_config
 from salad_lite.data import subset
 from salad_lite.data.batches import dataset_labels
@@ -69,13 +70,13 @@ def logistic_scores(x: np.ndarray, y: np.ndarray, patients: np.ndarray, fit: np.
     return search.decision_function(x[scored])
 
 
-def pca_scores(normal_train: torch.Tensor, x: torch.Tensor, y: np.ndarray, fit: np.ndarray,
-               scored: np.ndarray) -> np.ndarray:
-    """PCA residuals of ``x[scored]`` [M]; the component count is the best of the grid on ``x[fit]``."""
-    def residuals(n: int, rows: np.ndarray) -> np.ndarray:
-        return PCAReconstruction(n).fit(normal_train).decision_function(x[torch.from_numpy(rows)])
-    best = max(DEFAULT_COMPONENT_GRID, key=lambda n: auc(y[fit], residuals(n, fit)))
-    return residuals(best, scored)
+def pca_fold_auc(train: Any, val: Any, fit: np.ndarray, scored: np.ndarray) -> float:
+    """Test AUC of the evaluation chapters' raw-pixel PCA (:func:`salad_lite.baselines.pca_baseline`) on ``val[scored]``.
+
+    Its protocol unchanged: fitted on the normal images of ``train``, the component
+    count chosen on ``val[fit]``, ``val[scored]`` scored once.
+    """
+    return pca_baseline({"train": train, "val": subset(val, fit), "test": subset(val, scored)})["test_auc"]
 
 
 def measure(dataset: str, data_root: str, n_folds: int, image_size: int = 64) -> dict[str, Any]:
@@ -86,12 +87,11 @@ def measure(dataset: str, data_root: str, n_folds: int, image_size: int = 64) ->
     val, train = splits["val"], splits["train"]
     y = np.asarray(dataset_labels(val))
     patients = val.metadata["patient_id"].astype(str).to_numpy()
-    x = pixel_vectors(val, cfg.model.image_size)
-    normal_train = pixel_vectors(train, cfg.model.image_size)[torch.from_numpy(dataset_labels(train) == 0)]
+    x = pixel_vectors(val, cfg.model.image_size).numpy()
     rows: dict[str, list[float]] = {"logistic": [], "resnet18_last": [], "resnet18_best": [], "pca": []}
     for fit, scored in patient_folds(y, patients, n_folds):
-        rows["logistic"].append(auc(y[scored], logistic_scores(x.numpy(), y, patients, fit, scored)))
-        rows["pca"].append(auc(y[scored], pca_scores(normal_train, x, y, fit, scored)))
+        rows["logistic"].append(auc(y[scored], logistic_scores(x, y, patients, fit, scored)))
+        rows["pca"].append(pca_fold_auc(train, val, fit, scored))
         network = build_method("supervised", cfg, device="cpu", progress=False)
         network.fit(subset(val, fit), subset(val, scored))
         epochs = [record["val_auc"] for record in network.history if "val_auc" in record]
