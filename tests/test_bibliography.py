@@ -14,7 +14,8 @@ import nbformat
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
 SPHINX = CONFIG.get("sphinx") or {}
 BIBFILES = [REPO / name for name in (SPHINX.get("config") or {}).get("bibtex_bibfiles") or []]

@@ -16,10 +16,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from conftest import REPO
 from salad_lite import book
 from salad_lite.book import ChapterParameterError, chapter_settings
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 import build_book  # noqa: E402
 

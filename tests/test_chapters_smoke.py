@@ -26,7 +26,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 NOTEBOOKS = sorted((REPO / "book").glob("*.ipynb"))
 SETTINGS_CALL = "chapter_settings("
 TIMEOUT_S = 1800  # the whole smoke book; a normal run takes a few minutes

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_script
+from conftest import REPO, load_script
 from salad_lite.data import (
     CachedXrayDataset,
     DataWarning,
@@ -48,7 +48,6 @@ from salad_lite.files import TEMP_SUFFIX, CorruptFileError
 from salad_lite.synth import EMBEDDED_SCALES
 from salad_lite.synth.writer import MANIFEST_FORMAT, SetWriter
 
-REPO = Path(__file__).resolve().parents[1]
 NIH_HEADER = [
     "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
     "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",

@@ -2,9 +2,8 @@
 
 import re
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 def normalise(requirement: str) -> str:
@@ -12,10 +11,10 @@ def normalise(requirement: str) -> str:
 
 
 def test_environment_yml_lists_the_pip_dependencies():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = {normalise(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
     listed = set()
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    for line in (REPO / "environment.yml").read_text().splitlines():
         stripped = line.split("#", 1)[0].strip()
         if stripped.startswith("- ") and line.startswith("      - ") and stripped != "- -e .":
             listed.add(normalise(stripped[2:]))

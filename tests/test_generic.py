@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import SHARED_DATA
 from salad_lite.data import DataWarning, LabelError
 from salad_lite.data.generic import ImageFolderXray, ManifestXray
 from salad_lite.data.registry import load_splits
 from salad_lite.data.splits import check_patient_disjoint
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KERMANY = SHARED_DATA / "kermany_subset"
 needs_kermany = pytest.mark.skipif(not (KERMANY / "manifest.csv").is_file(), reason=f"{KERMANY} not present")
 

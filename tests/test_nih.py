@@ -12,14 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import load_script
+from conftest import REPO, SHARED_DATA, load_script
 from salad_lite.data import DataWarning, subset
 from salad_lite.data.nih import NIHChestXray, find_torchxrayvision_csv, finding_counts, load_nih_labels
 from salad_lite.data.registry import embedded_root, load_splits
 from salad_lite.data.splits import check_patient_disjoint, one_class_split
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 NIH_SUBSET = SHARED_DATA / "nih_subset"
 NIH_HEADER = [
     "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",

@@ -19,11 +19,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import SHARED_DATA
 from salad_lite.synth import chest as sc
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGE_RE = re.compile(r"^\d{8}_\d{3}\.png$")
-
 
 
 @pytest.fixture(scope="module")
