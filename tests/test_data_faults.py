@@ -633,7 +633,7 @@ class _HandMade(torch.utils.data.Dataset):
 @pytest.mark.parametrize("bad", [0.9, 1.5, True, 2, -1, "yes", float("nan")])
 def test_labels_of_hand_made_splits_are_parsed_strictly(attribute: bool, bad: object) -> None:
     split = _HandMade([0, 1, bad], "v", attribute)
-    with pytest.raises(LabelError, match=rf"split 'val' \(_HandMade\): 1 label\(s\) not understood.*row 2: "):
+    with pytest.raises(LabelError, match=r"split 'val' \(_HandMade\): 1 label\(s\) not understood.*row 2: "):
         dataset_labels(split, "val")
     with pytest.raises(LabelError, match="split 'val'"):  # refused by the entry-point check, before training
         check_splits({"train": _HandMade([0, 0], "t"), "val": split})

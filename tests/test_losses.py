@@ -76,7 +76,7 @@ def test_aggregation_loss_without_prototypes_is_zero_and_keeps_graph():
 
 
 def test_anchor_loss_matches_loop_reference():
-    batch, n, d, k, tau = 4, 9, 4, 2, 0.1
+    batch, n, d, tau = 4, 9, 4, 0.1
     z, bank = unit(batch, d, seed=9), unit(n, d, seed=10)
     indices = torch.tensor([0, 4, 5, 8])
     neighbours = torch.tensor([[1, 2], [3, 5], [6, 7], [0, 1]])
