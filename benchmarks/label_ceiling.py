@@ -29,7 +29,6 @@ by models fitted on the others:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -81,8 +80,8 @@ def pca_fold_auc(train: Any, val: Any, fit: np.ndarray, scored: np.ndarray) -> f
 
 def measure(dataset: str, data_root: str, n_folds: int, image_size: int = 64) -> dict[str, Any]:
     """Per-fold validation AUCs of ``logistic``, ``resnet18_last``, ``resnet18_best`` and ``pca`` (module docstring)."""
-    cfg = profile_config("default", dataset, data_root)  # type: ignore[arg-type]
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_size=image_size))
+    cfg = profile_config("default", dataset, data_root).replace(  # type: ignore[arg-type]
+        model={"image_size": image_size})
     splits = splits_for(cfg, progress=False)
     val, train = splits["val"], splits["train"]
     y = np.asarray(dataset_labels(val))
