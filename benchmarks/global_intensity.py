@@ -1,0 +1,160 @@
+"""How much of a set's separation is global film density? Validation split only.
+
+On the real NIH subset the untrained network scores validation AUC 0.79, and
+SALAD's validation-selected checkpoints come from its first epochs (issue 9).
+Not a timing: this script measures, on the validation split of a set, what a
+detector gets from the film's overall density and from its view alone, and
+what the untrained network's Eq. 4 score owes to BatchNorm statistics that
+training has not yet adapted:
+
+- ``density``: the AUC of each film's mean pixel value (brighter = higher
+  score). 0.5 = no separation; below 0.5 = the abnormal films are darker.
+- per view (the metadata's ``view`` column, where the set has one): the same
+  AUC within each view, and the AUC of the view alone (PA scored 1, AP 0).
+- ``untrained``: Eq. 4 on the randomly initialised network of each seed (the
+  default profile's network; K and the bank policy chosen on validation, as
+  :func:`salad_lite.experiment.untrained_encoder_baseline` does), once with
+  BatchNorm at its initial running statistics (mean 0, variance 1: what the
+  untrained baseline scores) and once after they are re-estimated on the
+  training images (:func:`recalibrate_batchnorm`; no weight changes).
+
+    python benchmarks/global_intensity.py                    # embedded chest and ../shared/data/nih_subset
+    python benchmarks/global_intensity.py --data-root /data/nih --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from salad_lite.config import profile_config
+from salad_lite.data.batches import dataset_labels, image_batches
+from salad_lite.experiment import select_scoring, splits_for
+from salad_lite.metrics import auc
+from salad_lite.trainer import SaladTrainer
+
+VIEW_COLUMN = "view"
+
+
+def density_auc(images: np.ndarray, labels: np.ndarray) -> float:
+    """AUC of the mean pixel value of each image ``images`` [N, S, S] (brighter = higher score) for ``labels`` [N]."""
+    return auc(labels, images.reshape(len(images), -1).mean(axis=1, dtype=np.float64))
+
+
+def view_rows(images: np.ndarray, labels: np.ndarray, views: pd.Series) -> list[dict[str, Any]]:
+    """Per view: ``{"view", "images", "abnormal", "auc"}``, the mean-density AUC (``nan`` where the view holds one class).
+
+    A last row ``{"view": "view alone", ...}`` gives the AUC of the view itself (PA = 1) when the
+    split holds exactly the two views PA and AP, else it is left out.
+    """
+    views = pd.Series(views).astype(str).str.upper().to_numpy()
+    rows = []
+    for view in sorted(set(views)):
+        keep = views == view
+        one_class = len(set(labels[keep].tolist())) < 2
+        rows.append({"view": view, "images": int(keep.sum()), "abnormal": int(labels[keep].sum()),
+                     "auc": float("nan") if one_class else density_auc(images[keep], labels[keep])})
+    if set(views) == {"PA", "AP"}:
+        rows.append({"view": "view alone", "images": len(views), "abnormal": int(labels.sum()),
+                     "auc": auc(labels, (views == "PA").astype(np.float64))})
+    return rows
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: Any, batch_size: int = 32) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``dataset``'s images; weights are unchanged.
+
+    The statistics are the plain average over the batches (momentum ``None`` while they are
+    gathered; each layer's momentum is restored after). The model is left in eval mode.
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    device = next(model.parameters()).device
+    model.train()
+    for batch in image_batches(dataset, batch_size):
+        model.encode(batch.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def untrained_val_auc(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool) -> float:
+    """Validation AUC of Eq. 4 on the untrained network of ``seed`` (K and bank policy chosen on validation)."""
+    trainer = SaladTrainer(cfg.replace(train={"seed": seed}, score={"bank": "embeddings"}),
+                           splits["train"], splits["val"], device="cpu")
+    if recalibrate:
+        recalibrate_batchnorm(trainer.model, splits["train"], cfg.train.batch_size)
+    return float(select_scoring(trainer)["val_auc"])
+
+
+def measure(data_root: str, seeds: int = 3) -> dict[str, Any]:
+    """The module docstring's measures on the validation split of the NIH-layout set at ``data_root``
+    ("" = the embedded chest set), at the default profile's image size.
+
+    Returns:
+        ``{"images", "abnormal", "density_auc", "views": [view rows] or [], "untrained":
+        [{"seed", "initial", "recalibrated"}]}``.
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`salad_lite.experiment.splits_for` (a wrong root).
+    """
+    cfg = profile_config("default", "nih", data_root).replace(train={"progress": False})
+    splits = splits_for(cfg, progress=False)
+    val = splits["val"]
+    labels = dataset_labels(val)
+    images = np.asarray(val.images)
+    metadata = getattr(val, "metadata", None)
+    has_views = isinstance(metadata, pd.DataFrame) and VIEW_COLUMN in metadata
+    return {"images": len(labels), "abnormal": int(labels.sum()), "density_auc": density_auc(images, labels),
+            "views": view_rows(images, labels, metadata[VIEW_COLUMN]) if has_views else [],
+            "untrained": [{"seed": s, "initial": untrained_val_auc(splits, cfg, s, recalibrate=False),
+                           "recalibrated": untrained_val_auc(splits, cfg, s, recalibrate=True)}
+                          for s in range(seeds)]}
+
+
+def report(name: str, result: dict[str, Any]) -> str:
+    """Markdown lines for one set's :func:`measure` result."""
+    lines = [f"### {name}: validation split, {result['images']} films ({result['abnormal']} abnormal)",
+             f"- mean-density AUC (brighter = more abnormal): {result['density_auc']:.3f}"]
+    lines += [f"- {r['view']}: {r['images']} films ({r['abnormal']} abnormal), AUC {r['auc']:.3f}"
+              for r in result["views"]]
+    lines += ["", "| seed | untrained, BatchNorm at init | BatchNorm re-estimated on train |", "|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['initial']:.3f} | {r['recalibrated']:.3f} |" for r in result["untrained"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_subset"  # ../shared beside the repository
+    parser.add_argument("--data-root", default=None,
+                        help="an NIH-layout folder (default: the embedded chest set and ../shared/data/nih_subset)")
+    parser.add_argument("--seeds", type=int, default=3, help="untrained networks to measure (seeds 0..N-1)")
+    args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.data_root is not None:
+        sets = {args.data_root: args.data_root}
+    else:
+        sets = {"embedded chest": ""}
+        if shared.is_dir():
+            sets["real NIH films"] = str(shared)
+        else:
+            print(f"no real NIH set at {shared}: the embedded set alone")
+    for name, root in sets.items():
+        print(report(name, measure(root, args.seeds)), end="\n\n")
+
+
+if __name__ == "__main__":
+    main()

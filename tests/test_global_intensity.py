@@ -1,0 +1,71 @@
+"""benchmarks/global_intensity.py: its measures on data of known answer, and on the real NIH subset when present."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SHARED_DATA, load_script
+from salad_lite.config import ModelConfig, profile_config
+from salad_lite.experiment import untrained_encoder_baseline
+from salad_lite.models import build_model
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("benchmarks/global_intensity.py")
+
+
+def test_density_auc_follows_the_brighter_class(bench) -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    images = np.stack([np.full((4, 4), value, np.uint8) for value in (10, 20, 30, 40, 50, 60)])
+    assert bench.density_auc(images, labels) == 1.0
+    assert bench.density_auc(images[::-1].copy(), labels) == 0.0
+
+
+def test_view_rows_per_view_one_class_view_and_view_alone(bench) -> None:
+    labels = np.array([0, 1, 0, 1, 1, 1])
+    images = np.stack([np.full((2, 2), value, np.uint8) for value in (5, 9, 8, 7, 3, 4)])
+    rows = bench.view_rows(images, labels, pd.Series(["ap", "AP", "AP", "AP", "PA", "PA"]))
+    by_view = {r["view"]: r for r in rows}
+    assert by_view["AP"]["images"] == 4 and by_view["AP"]["abnormal"] == 2
+    assert by_view["AP"]["auc"] == 0.75  # abnormal 9, 7 against normal 5, 8: three of four pairs ordered
+    assert math.isnan(by_view["PA"]["auc"])  # PA holds abnormal films only
+    assert by_view["view alone"]["auc"] == pytest.approx(0.75)  # PA = 1: both PA films abnormal, AP mixed
+    no_pair = bench.view_rows(images, labels, pd.Series(["AP", "AP", "AP", "AP", "LL", "LL"]))
+    assert [r["view"] for r in no_pair] == ["AP", "LL"]
+
+
+def test_recalibrate_batchnorm_sets_the_data_statistics_and_keeps_the_weights(bench, blob_splits) -> None:
+    model = build_model(ModelConfig(image_size=32, width=8))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    first_norm = model.encoder[0][1]
+    bench.recalibrate_batchnorm(model, blob_splits["train"], batch_size=40)  # 240 images: 6 equal batches
+    images = torch.from_numpy(blob_splits["train"].images).unsqueeze(1).float() / 255.0
+    with torch.no_grad():
+        activations = model.encoder[0][0](images)  # [N, 8, 16, 16], what the first BatchNorm normalises
+    torch.testing.assert_close(first_norm.running_mean, activations.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert first_norm.momentum == 0.1 and not model.training
+    for name, value in model.state_dict().items():
+        if name in weights:
+            torch.testing.assert_close(value, weights[name])
+
+
+def test_initial_untrained_auc_is_the_untrained_baselines(bench, planted_splits) -> None:
+    cfg = profile_config("smoke")  # 32 px, the planted set's size
+    baseline = untrained_encoder_baseline(cfg, planted_splits, replicates=1, device="cpu")
+    initial = bench.untrained_val_auc(planted_splits, cfg, seed=0, recalibrate=False)
+    assert initial == pytest.approx(baseline["per_seed"][0]["val_auc"])
+    recalibrated = bench.untrained_val_auc(planted_splits, cfg, seed=0, recalibrate=True)
+    assert 0.0 <= recalibrated <= 1.0 and recalibrated != initial
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "nih_subset").is_dir(), reason="../shared/data/nih_subset is absent")
+def test_real_nih_subset_abnormal_films_are_darker(bench) -> None:
+    result = bench.measure(str(SHARED_DATA / "nih_subset"), seeds=1)
+    views = [r for r in result["views"] if r["view"] != "view alone"]
+    assert sum(r["images"] for r in views) == result["images"]
+    assert result["density_auc"] < 0.4  # the subset's Pneumonia films are darker overall (see the benchmarks README)
+    assert len(result["untrained"]) == 1
