@@ -16,7 +16,9 @@ training has not yet adapted:
   :func:`salad_lite.experiment.untrained_encoder_baseline` does), once with
   BatchNorm at its initial running statistics (mean 0, variance 1: what the
   untrained baseline scores) and once after they are re-estimated on the
-  training images (:func:`recalibrate_batchnorm`; no weight changes).
+  training images (:func:`recalibrate_batchnorm`; no weight changes). Beside each AUC, the
+  Spearman correlation of the Eq. 4 scores with the films' mean density (below 0: darker
+  films score as more abnormal), which says how much the score follows density.
 
     python benchmarks/global_intensity.py                    # embedded chest and ../shared/data/nih_subset
     python benchmarks/global_intensity.py --data-root /data/nih --seeds 3
@@ -31,11 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from salad_lite.config import profile_config
 from salad_lite.data.batches import dataset_labels, image_batches
-from salad_lite.experiment import select_scoring, splits_for
+from salad_lite.experiment import score_split, select_scoring, splits_for
 from salad_lite.metrics import auc
 from salad_lite.trainer import SaladTrainer
 
@@ -50,10 +53,12 @@ def density_auc(images: np.ndarray, labels: np.ndarray) -> float:
 def view_rows(images: np.ndarray, labels: np.ndarray, views: pd.Series) -> list[dict[str, Any]]:
     """Per view: ``{"view", "images", "abnormal", "auc"}``, the mean-density AUC (``nan`` where the view holds one class).
 
+    Views are compared stripped and upper-cased; a missing view (NaN, None) is its own row, ``"?"``.
+
     A last row ``{"view": "view alone", ...}`` gives the AUC of the view itself (PA = 1) when the
     split holds exactly the two views PA and AP, else it is left out.
     """
-    views = pd.Series(views).astype(str).str.upper().to_numpy()
+    views = pd.Series(views).fillna("?").astype(str).str.strip().str.upper().to_numpy()
     rows = []
     for view in sorted(set(views)):
         keep = views == view
@@ -68,44 +73,65 @@ def view_rows(images: np.ndarray, labels: np.ndarray, views: pd.Series) -> list[
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset: Any, batch_size: int = 32) -> None:
-    """Re-estimate every BatchNorm's running mean and variance on ``dataset``'s images; weights are unchanged.
+    """Re-estimate the running mean and variance of every BatchNorm in ``model.encoder`` on ``dataset``'s images.
 
-    The statistics are the plain average over the batches (momentum ``None`` while they are
-    gathered; each layer's momentum is restored after). The model is left in eval mode.
+    Only the encoder runs (Eq. 4 scores its latents), so only its BatchNorm layers change; the
+    decoder's and every weight are untouched. The statistics are the plain average over the
+    batches (momentum ``None`` while they are gathered). Each layer's momentum is restored after,
+    and the model is left in eval mode. All or nothing: if a batch fails, the encoder's running
+    statistics are put back as they were before the call.
 
     Raises:
-        ValueError: ``batch_size`` < 1.
+        ValueError: ``batch_size`` < 1 (before anything changes).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    norms = [m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in norms]
     device = next(model.parameters()).device
-    model.train()
-    for batch in image_batches(dataset, batch_size):
-        model.encode(batch.to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.eval()
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for batch in image_batches(dataset, batch_size):
+            model.encode(batch.to(device))
+    except BaseException:
+        for m, (state, _) in zip(norms, saved):
+            m.load_state_dict(state)
+        raise
+    finally:
+        for m, (_, momentum) in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
 
 
-def untrained_val_auc(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool) -> float:
-    """Validation AUC of Eq. 4 on the untrained network of ``seed`` (K and bank policy chosen on validation)."""
+def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool,
+                  device: str = "cpu") -> dict[str, float]:
+    """Eq. 4 on the validation split with the untrained network of ``seed`` (K and bank policy chosen on validation).
+
+    Returns:
+        ``{"auc": validation AUC, "density_rho": Spearman correlation of the chosen scores with
+        the films' mean pixel value}`` (below 0: darker films score as more abnormal).
+    """
     trainer = SaladTrainer(cfg.replace(train={"seed": seed}, score={"bank": "embeddings"}),
-                           splits["train"], splits["val"], device="cpu")
+                           splits["train"], splits["val"], device=device)
     if recalibrate:
         recalibrate_batchnorm(trainer.model, splits["train"], cfg.train.batch_size)
-    return float(select_scoring(trainer)["val_auc"])
+    chosen = select_scoring(trainer)
+    scores = score_split(trainer, splits["val"], chosen["k"], chosen["discard_anomalous"])
+    images = np.asarray(splits["val"].images)
+    densities = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64)
+    return {"auc": float(chosen["val_auc"]), "density_rho": float(spearmanr(scores, densities).statistic)}
 
 
-def measure(data_root: str, seeds: int = 3) -> dict[str, Any]:
+def measure(data_root: str, seeds: int = 3, device: str = "cpu") -> dict[str, Any]:
     """The module docstring's measures on the validation split of the NIH-layout set at ``data_root``
     ("" = the embedded chest set), at the default profile's image size.
 
     Returns:
         ``{"images", "abnormal", "density_auc", "views": [view rows] or [], "untrained":
-        [{"seed", "initial", "recalibrated"}]}``.
+        [{"seed", "initial": untrained_eq4(...), "recalibrated": untrained_eq4(...)}]}``.
 
     Raises:
         FileNotFoundError, ValueError: from :func:`salad_lite.experiment.splits_for` (a wrong root).
@@ -119,8 +145,8 @@ def measure(data_root: str, seeds: int = 3) -> dict[str, Any]:
     has_views = isinstance(metadata, pd.DataFrame) and VIEW_COLUMN in metadata
     return {"images": len(labels), "abnormal": int(labels.sum()), "density_auc": density_auc(images, labels),
             "views": view_rows(images, labels, metadata[VIEW_COLUMN]) if has_views else [],
-            "untrained": [{"seed": s, "initial": untrained_val_auc(splits, cfg, s, recalibrate=False),
-                           "recalibrated": untrained_val_auc(splits, cfg, s, recalibrate=True)}
+            "untrained": [{"seed": s, "initial": untrained_eq4(splits, cfg, s, False, device),
+                           "recalibrated": untrained_eq4(splits, cfg, s, True, device)}
                           for s in range(seeds)]}
 
 
@@ -130,22 +156,27 @@ def report(name: str, result: dict[str, Any]) -> str:
              f"- mean-density AUC (brighter = more abnormal): {result['density_auc']:.3f}"]
     lines += [f"- {r['view']}: {r['images']} films ({r['abnormal']} abnormal), AUC {r['auc']:.3f}"
               for r in result["views"]]
-    lines += ["", "| seed | untrained, BatchNorm at init | BatchNorm re-estimated on train |", "|---|---|---|"]
-    lines += [f"| {r['seed']} | {r['initial']:.3f} | {r['recalibrated']:.3f} |" for r in result["untrained"]]
+    lines += ["", "| seed | untrained Eq. 4, BatchNorm at init: AUC (score-density rho) "
+              "| BatchNorm re-estimated on train: AUC (rho) |", "|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['initial']['auc']:.3f} ({r['initial']['density_rho']:+.2f}) "
+              f"| {r['recalibrated']['auc']:.3f} ({r['recalibrated']['density_rho']:+.2f}) |"
+              for r in result["untrained"]]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_subset"  # ../shared beside the repository
     parser.add_argument("--data-root", default=None,
-                        help="an NIH-layout folder (default: the embedded chest set and ../shared/data/nih_subset)")
+                        help="an NIH-layout folder; empty: the embedded chest set "
+                             "(default: the embedded chest set and ../shared/data/nih_subset)")
     parser.add_argument("--seeds", type=int, default=3, help="untrained networks to measure (seeds 0..N-1)")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="torch device for the untrained networks")
+    args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.data_root is not None:
-        sets = {args.data_root: args.data_root}
+        sets = {args.data_root or "embedded chest": args.data_root}
     else:
         sets = {"embedded chest": ""}
         if shared.is_dir():
@@ -153,7 +184,11 @@ def main() -> None:
         else:
             print(f"no real NIH set at {shared}: the embedded set alone")
     for name, root in sets.items():
-        print(report(name, measure(root, args.seeds)), end="\n\n")
+        try:
+            result = measure(root, args.seeds, args.device)
+        except (ValueError, FileNotFoundError) as error:  # a wrong --data-root: no images, no metadata table
+            parser.error(str(error))
+        print(report(name, result), end="\n\n")
 
 
 if __name__ == "__main__":

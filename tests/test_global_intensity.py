@@ -38,28 +38,68 @@ def test_view_rows_per_view_one_class_view_and_view_alone(bench) -> None:
     assert [r["view"] for r in no_pair] == ["AP", "LL"]
 
 
-def test_recalibrate_batchnorm_sets_the_data_statistics_and_keeps_the_weights(bench, blob_splits) -> None:
+def test_view_rows_strips_spaces_and_keeps_missing_views(bench) -> None:
+    labels = np.array([0, 1, 0, 1])
+    images = np.stack([np.full((2, 2), value, np.uint8) for value in (1, 2, 3, 4)])
+    rows = bench.view_rows(images, labels, pd.Series([" pa", "PA ", None, float("nan")]))
+    assert [(r["view"], r["images"]) for r in rows] == [("?", 2), ("PA", 2)]
+
+
+def _norm_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_recalibrate_batchnorm_sets_the_encoder_statistics_and_nothing_else(bench, blob_splits) -> None:
     model = build_model(ModelConfig(image_size=32, width=8))
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    decoder_buffers = _norm_buffers(model.decoder)
     first_norm = model.encoder[0][1]
     bench.recalibrate_batchnorm(model, blob_splits["train"], batch_size=40)  # 240 images: 6 equal batches
     images = torch.from_numpy(blob_splits["train"].images).unsqueeze(1).float() / 255.0
     with torch.no_grad():
         activations = model.encoder[0][0](images)  # [N, 8, 16, 16], what the first BatchNorm normalises
     torch.testing.assert_close(first_norm.running_mean, activations.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    batch_variances = torch.stack([a.var(dim=(0, 2, 3)) for a in activations.split(40)])  # unbiased, per batch
+    torch.testing.assert_close(first_norm.running_var, batch_variances.mean(dim=0), rtol=1e-4, atol=1e-5)
     assert first_norm.momentum == 0.1 and not model.training
     for name, value in model.state_dict().items():
         if name in weights:
             torch.testing.assert_close(value, weights[name])
+    for name, value in _norm_buffers(model.decoder).items():  # the decoder does not run: its statistics stay
+        torch.testing.assert_close(value, decoder_buffers[name])
+
+
+def test_recalibrate_batchnorm_is_all_or_nothing(bench, blob_splits) -> None:
+    model = build_model(ModelConfig(image_size=32, width=8))
+    before = _norm_buffers(model)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        bench.recalibrate_batchnorm(model, blob_splits["train"], batch_size=0)
+    wrong_size = build_model(ModelConfig(image_size=64, width=8))  # the 32 px images fail its input check
+    wrong_before = _norm_buffers(wrong_size)
+    with pytest.raises(ValueError, match="expects images of shape"):
+        bench.recalibrate_batchnorm(wrong_size, blob_splits["train"], batch_size=40)
+    for restored, saved in ((model, before), (wrong_size, wrong_before)):
+        for name, value in _norm_buffers(restored).items():
+            torch.testing.assert_close(value, saved[name])
+        norms = [m for m in restored.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(m.momentum == 0.1 for m in norms)
+    assert model.training and not wrong_size.training  # the bad batch_size is refused before anything changes
 
 
 def test_initial_untrained_auc_is_the_untrained_baselines(bench, planted_splits) -> None:
     cfg = profile_config("smoke")  # 32 px, the planted set's size
     baseline = untrained_encoder_baseline(cfg, planted_splits, replicates=1, device="cpu")
-    initial = bench.untrained_val_auc(planted_splits, cfg, seed=0, recalibrate=False)
-    assert initial == pytest.approx(baseline["per_seed"][0]["val_auc"])
-    recalibrated = bench.untrained_val_auc(planted_splits, cfg, seed=0, recalibrate=True)
-    assert 0.0 <= recalibrated <= 1.0 and recalibrated != initial
+    initial = bench.untrained_eq4(planted_splits, cfg, seed=0, recalibrate=False)
+    assert initial["auc"] == pytest.approx(baseline["per_seed"][0]["val_auc"])
+    recalibrated = bench.untrained_eq4(planted_splits, cfg, seed=0, recalibrate=True)
+    assert 0.0 <= recalibrated["auc"] <= 1.0 and recalibrated["auc"] != initial["auc"]
+    assert all(-1.0 <= r["density_rho"] <= 1.0 for r in (initial, recalibrated))
+
+
+def test_main_turns_a_wrong_data_root_into_a_usage_error(bench, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--data-root", str(tmp_path / "absent"), "--seeds", "1"])
+    assert exit_info.value.code == 2 and "absent" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "nih_subset").is_dir(), reason="../shared/data/nih_subset is absent")
@@ -69,3 +109,7 @@ def test_real_nih_subset_abnormal_films_are_darker(bench) -> None:
     assert sum(r["images"] for r in views) == result["images"]
     assert result["density_auc"] < 0.4  # the subset's Pneumonia films are darker overall (see the benchmarks README)
     assert len(result["untrained"]) == 1
+    initial, recalibrated = result["untrained"][0]["initial"], result["untrained"][0]["recalibrated"]
+    # BatchNorm re-estimated on the training films costs the untrained network part of its separation
+    assert recalibrated["auc"] < initial["auc"]
+    assert initial["density_rho"] < 0  # its Eq. 4 score is higher for the darker films
