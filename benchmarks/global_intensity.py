@@ -45,9 +45,14 @@ from salad_lite.trainer import SaladTrainer
 VIEW_COLUMN = "view"
 
 
+def mean_density(images: np.ndarray) -> np.ndarray:
+    """Mean pixel value [N] (float64, the images' units) of each image of ``images`` [N, S, S]."""
+    return images.reshape(len(images), -1).mean(axis=1, dtype=np.float64)
+
+
 def density_auc(images: np.ndarray, labels: np.ndarray) -> float:
     """AUC of the mean pixel value of each image ``images`` [N, S, S] (brighter = higher score) for ``labels`` [N]."""
-    return auc(labels, images.reshape(len(images), -1).mean(axis=1, dtype=np.float64))
+    return auc(labels, mean_density(images))
 
 
 def view_rows(images: np.ndarray, labels: np.ndarray, views: pd.Series) -> list[dict[str, Any]]:
@@ -120,8 +125,7 @@ def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool
         recalibrate_batchnorm(trainer.model, splits["train"], cfg.train.batch_size)
     chosen = select_scoring(trainer)
     scores = score_split(trainer, splits["val"], chosen["k"], chosen["discard_anomalous"])
-    images = np.asarray(splits["val"].images)
-    densities = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64)
+    densities = mean_density(np.asarray(splits["val"].images))
     return {"auc": float(chosen["val_auc"]), "density_rho": float(spearmanr(scores, densities).statistic)}
 
 
