@@ -38,7 +38,7 @@ from torch import nn
 
 from salad_lite.config import profile_config
 from salad_lite.data.batches import dataset_labels, image_batches
-from salad_lite.experiment import score_split, select_scoring, splits_for
+from salad_lite.experiment import UNTRAINED_BANK, score_split, select_scoring, splits_for
 from salad_lite.metrics import auc
 from salad_lite.trainer import SaladTrainer
 
@@ -58,12 +58,12 @@ def density_auc(images: np.ndarray, labels: np.ndarray) -> float:
 def view_rows(images: np.ndarray, labels: np.ndarray, views: pd.Series) -> list[dict[str, Any]]:
     """Per view: ``{"view", "images", "abnormal", "auc"}``, the mean-density AUC (``nan`` where the view holds one class).
 
-    Views are compared stripped and upper-cased; a missing view (NaN, None) is its own row, ``"?"``.
+    Views are compared stripped and upper-cased; a missing or blank view (NaN, None, " ") is its own row, ``"?"``.
 
     A last row ``{"view": "view alone", ...}`` gives the AUC of the view itself (PA = 1) when the
     split holds exactly the two views PA and AP, else it is left out.
     """
-    views = pd.Series(views).fillna("?").astype(str).str.strip().str.upper().to_numpy()
+    views = pd.Series(views).fillna("").astype(str).str.strip().str.upper().replace("", "?").to_numpy()
     rows = []
     for view in sorted(set(views)):
         keep = views == view
@@ -119,7 +119,7 @@ def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool
         ``{"auc": validation AUC, "density_rho": Spearman correlation of the chosen scores with
         the films' mean pixel value}`` (below 0: darker films score as more abnormal).
     """
-    trainer = SaladTrainer(cfg.replace(train={"seed": seed}, score={"bank": "embeddings"}),
+    trainer = SaladTrainer(cfg.replace(train={"seed": seed}, score={"bank": UNTRAINED_BANK}),
                            splits["train"], splits["val"], device=device)
     if recalibrate:
         recalibrate_batchnorm(trainer.model, splits["train"], cfg.train.batch_size)
@@ -129,19 +129,23 @@ def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool
     return {"auc": float(chosen["val_auc"]), "density_rho": float(spearmanr(scores, densities).statistic)}
 
 
-def measure(data_root: str, seeds: int = 3, device: str = "cpu") -> dict[str, Any]:
-    """The module docstring's measures on the validation split of the NIH-layout set at ``data_root``
-    ("" = the embedded chest set), at the default profile's image size.
-
-    Returns:
-        ``{"images", "abnormal", "density_auc", "views": [view rows] or [], "untrained":
-        [{"seed", "initial": untrained_eq4(...), "recalibrated": untrained_eq4(...)}]}``.
+def load_splits(data_root: str) -> tuple[Any, dict[str, Any]]:
+    """The default profile's config and splits for the NIH-layout set at ``data_root`` ("" = the embedded chest set).
 
     Raises:
         FileNotFoundError, ValueError: from :func:`salad_lite.experiment.splits_for` (a wrong root).
     """
     cfg = profile_config("default", "nih", data_root).replace(train={"progress": False})
-    splits = splits_for(cfg, progress=False)
+    return cfg, splits_for(cfg, progress=False)
+
+
+def measure(cfg: Any, splits: dict[str, Any], seeds: int = 3, device: str = "cpu") -> dict[str, Any]:
+    """The module docstring's measures on the validation split of ``splits`` (from :func:`load_splits`).
+
+    Returns:
+        ``{"images", "abnormal", "density_auc", "views": [view rows] or [], "untrained":
+        [{"seed", "initial": untrained_eq4(...), "recalibrated": untrained_eq4(...)}]}``.
+    """
     val = splits["val"]
     labels = dataset_labels(val)
     images = np.asarray(val.images)
@@ -189,10 +193,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"no real NIH set at {shared}: the embedded set alone")
     for name, root in sets.items():
         try:
-            result = measure(root, args.seeds, args.device)
+            cfg, splits = load_splits(root)
         except (ValueError, FileNotFoundError) as error:  # a wrong --data-root: no images, no metadata table
             parser.error(str(error))
-        print(report(name, result), end="\n\n")
+        print(report(name, measure(cfg, splits, args.seeds, args.device)), end="\n\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/global_intensity.py: its measures on data of known answer, and on the real NIH subset when present."""
 
+import itertools
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from conftest import SHARED_DATA, load_script
 from salad_lite.config import ModelConfig, profile_config
+from salad_lite.data.batches import image_batches
 from salad_lite.experiment import untrained_encoder_baseline
 from salad_lite.models import build_model
 
@@ -41,7 +43,7 @@ def test_view_rows_per_view_one_class_view_and_view_alone(bench) -> None:
 def test_view_rows_strips_spaces_and_keeps_missing_views(bench) -> None:
     labels = np.array([0, 1, 0, 1])
     images = np.stack([np.full((2, 2), value, np.uint8) for value in (1, 2, 3, 4)])
-    rows = bench.view_rows(images, labels, pd.Series([" pa", "PA ", None, float("nan")]))
+    rows = bench.view_rows(images, labels, pd.Series([" pa", "PA ", None, " "]))
     assert [(r["view"], r["images"]) for r in rows] == [("?", 2), ("PA", 2)]
 
 
@@ -49,8 +51,20 @@ def _norm_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
 
 
+def _model_with_set_statistics(image_size: int = 32) -> torch.nn.Module:
+    """A conv AE whose every BatchNorm holds running statistics other than the reset values (0, 1, 0)."""
+    model = build_model(ModelConfig(image_size=image_size, width=8))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(0.3)
+                m.running_var.fill_(2.0)
+                m.num_batches_tracked.fill_(7)
+    return model
+
+
 def test_recalibrate_batchnorm_sets_the_encoder_statistics_and_nothing_else(bench, blob_splits) -> None:
-    model = build_model(ModelConfig(image_size=32, width=8))
+    model = _model_with_set_statistics()
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     decoder_buffers = _norm_buffers(model.decoder)
     first_norm = model.encoder[0][1]
@@ -69,21 +83,24 @@ def test_recalibrate_batchnorm_sets_the_encoder_statistics_and_nothing_else(benc
         torch.testing.assert_close(value, decoder_buffers[name])
 
 
-def test_recalibrate_batchnorm_is_all_or_nothing(bench, blob_splits) -> None:
-    model = build_model(ModelConfig(image_size=32, width=8))
+def test_recalibrate_batchnorm_is_all_or_nothing(bench, blob_splits, monkeypatch) -> None:
+    model = _model_with_set_statistics()
     before = _norm_buffers(model)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         bench.recalibrate_batchnorm(model, blob_splits["train"], batch_size=0)
-    wrong_size = build_model(ModelConfig(image_size=64, width=8))  # the 32 px images fail its input check
-    wrong_before = _norm_buffers(wrong_size)
-    with pytest.raises(ValueError, match="expects images of shape"):
-        bench.recalibrate_batchnorm(wrong_size, blob_splits["train"], batch_size=40)
-    for restored, saved in ((model, before), (wrong_size, wrong_before)):
-        for name, value in _norm_buffers(restored).items():
-            torch.testing.assert_close(value, saved[name])
-        norms = [m for m in restored.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert all(m.momentum == 0.1 for m in norms)
-    assert model.training and not wrong_size.training  # the bad batch_size is refused before anything changes
+    assert model.training  # the bad batch_size is refused before anything changes
+
+    def one_batch_then_fail(dataset, batch_size):
+        yield from itertools.islice(image_batches(dataset, batch_size), 1)  # this batch updates the statistics
+        raise OSError("the second batch could not be read")
+
+    monkeypatch.setattr(bench, "image_batches", one_batch_then_fail)
+    with pytest.raises(OSError, match="second batch"):
+        bench.recalibrate_batchnorm(model, blob_splits["train"], batch_size=40)
+    for name, value in _norm_buffers(model).items():
+        torch.testing.assert_close(value, before[name])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.momentum == 0.1 for m in norms) and not model.training
 
 
 def test_initial_untrained_auc_is_the_untrained_baselines(bench, planted_splits) -> None:
@@ -104,7 +121,7 @@ def test_main_turns_a_wrong_data_root_into_a_usage_error(bench, tmp_path, capsys
 
 @pytest.mark.skipif(not (SHARED_DATA / "nih_subset").is_dir(), reason="../shared/data/nih_subset is absent")
 def test_real_nih_subset_abnormal_films_are_darker(bench) -> None:
-    result = bench.measure(str(SHARED_DATA / "nih_subset"), seeds=1)
+    result = bench.measure(*bench.load_splits(str(SHARED_DATA / "nih_subset")), seeds=1)
     views = [r for r in result["views"] if r["view"] != "view alone"]
     assert sum(r["images"] for r in views) == result["images"]
     assert result["density_auc"] < 0.4  # the subset's Pneumonia films are darker overall (see the benchmarks README)
