@@ -111,13 +111,15 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Any, batch_size: int = 32) 
         model.eval()
 
 
-def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool,
+def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool, densities: np.ndarray,
                   device: str = "cpu") -> dict[str, float]:
     """Eq. 4 on the validation split with the untrained network of ``seed`` (K and bank policy chosen on validation).
 
+    ``densities`` [N_val] is :func:`mean_density` of the validation images, computed once by the caller.
+
     Returns:
         ``{"auc": validation AUC, "density_rho": Spearman correlation of the chosen scores with
-        the films' mean pixel value}`` (below 0: darker films score as more abnormal).
+        ``densities``}`` (below 0: darker films score as more abnormal).
     """
     trainer = SaladTrainer(cfg.replace(train={"seed": seed}, score={"bank": UNTRAINED_BANK}),
                            splits["train"], splits["val"], device=device)
@@ -125,7 +127,6 @@ def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool
         recalibrate_batchnorm(trainer.model, splits["train"], cfg.train.batch_size)
     chosen = select_scoring(trainer)
     scores = score_split(trainer, splits["val"], chosen["k"], chosen["discard_anomalous"])
-    densities = mean_density(np.asarray(splits["val"].images))
     return {"auc": float(chosen["val_auc"]), "density_rho": float(spearmanr(scores, densities).statistic)}
 
 
@@ -149,12 +150,13 @@ def measure(cfg: Any, splits: dict[str, Any], seeds: int = 3, device: str = "cpu
     val = splits["val"]
     labels = dataset_labels(val)
     images = np.asarray(val.images)
+    densities = mean_density(images)
     metadata = getattr(val, "metadata", None)
     has_views = isinstance(metadata, pd.DataFrame) and VIEW_COLUMN in metadata
-    return {"images": len(labels), "abnormal": int(labels.sum()), "density_auc": density_auc(images, labels),
+    return {"images": len(labels), "abnormal": int(labels.sum()), "density_auc": auc(labels, densities),
             "views": view_rows(images, labels, metadata[VIEW_COLUMN]) if has_views else [],
-            "untrained": [{"seed": s, "initial": untrained_eq4(splits, cfg, s, False, device),
-                           "recalibrated": untrained_eq4(splits, cfg, s, True, device)}
+            "untrained": [{"seed": s, "initial": untrained_eq4(splits, cfg, s, False, densities, device),
+                           "recalibrated": untrained_eq4(splits, cfg, s, True, densities, device)}
                           for s in range(seeds)]}
 
 

@@ -106,9 +106,10 @@ def test_recalibrate_batchnorm_is_all_or_nothing(bench, blob_splits, monkeypatch
 def test_initial_untrained_auc_is_the_untrained_baselines(bench, planted_splits) -> None:
     cfg = profile_config("smoke")  # 32 px, the planted set's size
     baseline = untrained_encoder_baseline(cfg, planted_splits, replicates=1, device="cpu")
-    initial = bench.untrained_eq4(planted_splits, cfg, seed=0, recalibrate=False)
+    densities = bench.mean_density(np.asarray(planted_splits["val"].images))
+    initial = bench.untrained_eq4(planted_splits, cfg, seed=0, recalibrate=False, densities=densities)
     assert initial["auc"] == pytest.approx(baseline["per_seed"][0]["val_auc"])
-    recalibrated = bench.untrained_eq4(planted_splits, cfg, seed=0, recalibrate=True)
+    recalibrated = bench.untrained_eq4(planted_splits, cfg, seed=0, recalibrate=True, densities=densities)
     assert 0.0 <= recalibrated["auc"] <= 1.0 and recalibrated["auc"] != initial["auc"]
     assert all(-1.0 <= r["density_rho"] <= 1.0 for r in (initial, recalibrated))
 
