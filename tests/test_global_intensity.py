@@ -13,6 +13,7 @@ from salad_lite.config import ModelConfig, profile_config
 from salad_lite.data.batches import image_batches
 from salad_lite.experiment import untrained_encoder_baseline
 from salad_lite.models import build_model
+from salad_lite.trainer import SaladTrainer
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,54 @@ def test_real_nih_subset_abnormal_films_are_darker(bench) -> None:
     # BatchNorm re-estimated on the training films costs the untrained network part of its separation
     assert recalibrated["auc"] < initial["auc"]
     assert initial["density_rho"] < 0  # its Eq. 4 score is higher for the darker films
+
+
+def test_set_batchnorm_momentum_sets_every_layer_and_refuses_bad_values(bench) -> None:
+    model = build_model(ModelConfig(image_size=32, width=8))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="momentum must lie in"):
+            bench.set_batchnorm_momentum(model, bad)
+    assert all(m.momentum == 0.1 for m in norms)
+    assert bench.set_batchnorm_momentum(model, 0.01) == len(norms) > 0
+    assert all(m.momentum == 0.01 for m in norms)
+
+
+def test_training_drift_reports_the_trainers_own_validation_auc(bench, planted_splits) -> None:
+    cfg = profile_config("smoke")  # 32 px, 3 epochs: pretraining + 2 rounds
+    densities = bench.mean_density(np.asarray(planted_splits["val"].images))
+    rows = bench.training_drift(planted_splits, cfg, seed=0, densities=densities)
+    trainer = SaladTrainer(cfg.replace(train={"seed": 0, "progress": False}), planted_splits["train"],
+                           planted_splits["val"], device="cpu")
+    history = trainer.fit()  # the same training in one go: validation after every epoch
+    assert [(r["epoch"], r["round"]) for r in rows] == [(0, 0), (1, 1), (2, 2)]
+    assert [r["auc"] for r in rows] == pytest.approx([h["val_auc"] for h in history])
+    assert all(-1.0 <= r["density_rho"] <= 1.0 for r in rows)
+    slow = bench.training_drift(planted_splits, cfg, seed=0, densities=densities, bn_momentum=0.01)
+    assert [r["auc"] for r in slow] != [r["auc"] for r in rows]  # eval-mode latents use other running statistics
+    with pytest.raises(ValueError, match="momentum"):
+        bench.training_drift(planted_splits, cfg, seed=0, densities=densities, bn_momentum=2.0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "nih_subset").is_dir(), reason="../shared/data/nih_subset is absent")
+def test_real_nih_score_stops_following_density_as_batchnorm_adapts(bench) -> None:
+    cfg, splits = bench.load_splits(str(SHARED_DATA / "nih_subset"))
+    densities = bench.mean_density(np.asarray(splits["val"].images))
+    usual = [r["density_rho"] for r in bench.training_drift(splits, cfg, 0, densities)]
+    slow = [r["density_rho"] for r in bench.training_drift(splits, cfg, 0, densities, bench.SLOW_BN_MOMENTUM)]
+    later = slice(4, None)  # epoch 4 on: the running statistics have taken 20+ steps
+    assert usual[0] < -0.3  # the first epoch's score follows darkness, as the untrained network's does
+    assert np.mean(usual[later]) > usual[0] + 0.4  # then it stops following it
+    assert np.mean(slow[later]) < np.mean(usual[later]) - 0.2  # with slow statistics it keeps following it
+
+
+def test_report_prints_one_row_per_epoch_and_a_column_per_seed(bench) -> None:
+    def rows(auc0: float) -> list[dict]:
+        return [{"epoch": e, "round": e // 2, "auc": auc0 + e / 10, "density_rho": -0.5 + e / 4} for e in range(3)]
+
+    result = {"images": 4, "abnormal": 2, "density_auc": 0.3, "views": [], "untrained": [],
+              "training": {bench.USUAL_BN_MOMENTUM: [rows(0.5), rows(0.6)], bench.SLOW_BN_MOMENTUM: [rows(0.4), rows(0.4)]}}
+    text = bench.report("set", result)
+    assert "| epoch | round | seed 0 | seed 1 |" in text
+    assert "| 2 | 1 | 0.700 (+0.00) | 0.800 (+0.00) |" in text
+    assert f"BatchNorm momentum {bench.SLOW_BN_MOMENTUM}:" in text and text.count("| 0 | 0 |") == 2
