@@ -33,6 +33,7 @@ training has not yet adapted:
 from __future__ import annotations
 
 import argparse
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,11 @@ def view_rows(images: np.ndarray, labels: np.ndarray, views: pd.Series) -> list[
     return rows
 
 
+def batchnorms(module: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of ``module`` (any dimension), in module order."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset: Any, batch_size: int = 32) -> None:
     """Re-estimate the running mean and variance of every BatchNorm in ``model.encoder`` on ``dataset``'s images.
@@ -101,7 +107,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Any, batch_size: int = 32) 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    norms = [m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorms(model.encoder)
     saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in norms]
     device = next(model.parameters()).device
     try:
@@ -140,15 +146,29 @@ def untrained_eq4(splits: dict[str, Any], cfg: Any, seed: int, recalibrate: bool
     return {"auc": float(chosen["val_auc"]), "density_rho": float(spearmanr(scores, densities).statistic)}
 
 
+def check_momentum(momentum: Any) -> None:
+    """Refuse a BatchNorm momentum that is not a number in (0, 1].
+
+    Raises:
+        ValueError: 0, a negative or NaN value, above 1, a bool, or None (PyTorch's cumulative
+            average, which these measures do not use).
+    """
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 < momentum <= 1.0:
+        raise ValueError(f"BatchNorm momentum must lie in (0, 1], got {momentum!r}")
+
+
 def set_batchnorm_momentum(model: nn.Module, momentum: float) -> int:
     """Set the running-statistics momentum of every BatchNorm of ``model``; returns how many layers were set.
 
+    Only eval-mode passes read the running statistics: in training mode BatchNorm normalises
+    with each batch's own statistics, so the momentum changes how a model is scored, never the
+    weights it trains to.
+
     Raises:
-        ValueError: ``momentum`` outside (0, 1] (nothing is changed).
+        ValueError: ``momentum`` not a number in (0, 1] (:func:`check_momentum`); nothing is changed.
     """
-    if not 0.0 < momentum <= 1.0:
-        raise ValueError(f"BatchNorm momentum must lie in (0, 1], got {momentum!r}")
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    check_momentum(momentum)
+    norms = batchnorms(model)
     for m in norms:
         m.momentum = momentum
     return len(norms)
@@ -160,17 +180,27 @@ def training_drift(splits: dict[str, Any], cfg: Any, seed: int, densities: np.nd
 
     The model trains epoch by epoch in memory (no run folder) as the trainer does; after each
     epoch its validation films are scored by Eq. 4 with ``cfg.score.k`` and
-    ``cfg.score.discard_anomalous``, the setting checkpoint selection compares, so each AUC is
-    the trainer's own ``val_auc`` of that epoch. ``densities`` [N_val] is :func:`mean_density` of
-    the validation images. ``bn_momentum`` (None: the layers' own, :data:`USUAL_BN_MOMENTUM`) is set on every
-    BatchNorm before training (:func:`set_batchnorm_momentum`).
+    ``cfg.score.discard_anomalous`` (fixed, not chosen on validation as in :func:`untrained_eq4`),
+    the setting checkpoint selection compares, so each AUC is the trainer's own ``val_auc`` of
+    that epoch (recomputed here from the scores the correlation needs). ``densities`` [N_val] is
+    :func:`mean_density` of the validation images. ``bn_momentum`` (None: the layers' own,
+    :data:`USUAL_BN_MOMENTUM`) is set on every BatchNorm before training
+    (:func:`set_batchnorm_momentum`); it changes the eval-mode scoring only, so runs of one
+    seed with different momenta train the same weights.
 
     Returns:
         One ``{"epoch", "round", "auc", "density_rho"}`` per epoch of the schedule.
 
     Raises:
-        ValueError: ``bn_momentum`` outside (0, 1], before any training.
+        ValueError: ``bn_momentum`` not in (0, 1], or ``densities`` not one value per validation
+            image (both before any training); from the trainer, a validation split without both
+            classes or a bad config value.
+        FloatingPointError: the loss became NaN/inf (from :meth:`SaladTrainer.train_step`).
     """
+    if len(densities) != len(splits["val"]):
+        raise ValueError(f"densities holds {len(densities)} values for {len(splits['val'])} validation images")
+    if bn_momentum is not None:
+        check_momentum(bn_momentum)
     trainer = SaladTrainer(cfg.replace(train={"seed": seed, "progress": False}), splits["train"], splits["val"],
                            device=device)
     if bn_momentum is not None:
@@ -201,7 +231,8 @@ def measure(cfg: Any, splits: dict[str, Any], seeds: int = 3, device: str = "cpu
 
     Returns:
         ``{"images", "abnormal", "density_auc", "views": [view rows] or [], "untrained":
-        [{"seed", "initial": untrained_eq4(...), "recalibrated": untrained_eq4(...)}], "training":
+        [{"seed", "initial": untrained_eq4(...), "recalibrated": untrained_eq4(...)}], "selection_k":
+        cfg.score.k (the K of the training rows), "training":
         {momentum: [training_drift(...) per seed]} for USUAL_BN_MOMENTUM and SLOW_BN_MOMENTUM, or {}}``.
     """
     val = splits["val"]
@@ -215,6 +246,7 @@ def measure(cfg: Any, splits: dict[str, Any], seeds: int = 3, device: str = "cpu
             "untrained": [{"seed": s, "initial": untrained_eq4(splits, cfg, s, False, densities, device),
                            "recalibrated": untrained_eq4(splits, cfg, s, True, densities, device)}
                           for s in range(seeds)],
+            "selection_k": cfg.score.k,
             "training": _training_runs(splits, cfg, seeds, densities, device) if training else {}}
 
 
@@ -240,7 +272,8 @@ def report(name: str, result: dict[str, Any]) -> str:
               f"| {r['recalibrated']['auc']:.3f} ({r['recalibrated']['density_rho']:+.2f}) |"
               for r in result["untrained"]]
     for momentum, runs in result["training"].items():
-        lines += ["", f"Training, BatchNorm momentum {momentum}: validation AUC (score-density rho) after each epoch",
+        lines += ["", f"Training, BatchNorm momentum {momentum}: validation AUC at K = {result['selection_k']} "
+                  "(score-density rho) after each epoch",
                   "", "| epoch | round | " + " | ".join(f"seed {s}" for s in range(len(runs))) + " |",
                   "|---|---|" + "---|" * len(runs)]
         lines += [f"| {rows[0]['epoch']} | {rows[0]['round']} | "
