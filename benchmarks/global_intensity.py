@@ -22,8 +22,10 @@ training has not yet adapted:
 - ``--training``: the same two numbers after every epoch of the default recipe's training
   (:func:`training_drift`; K and the bank policy fixed at the ones checkpoint selection uses),
   with BatchNorm's usual momentum (0.1) and with a slow one (:data:`SLOW_BN_MOMENTUM`), whose
-  running statistics stay nearer their initial values. It shows when the score stops following
-  density, and whether that goes with the running statistics.
+  running statistics stay nearer their initial values. Training-mode BatchNorm uses each
+  batch's own statistics, so the two runs of a seed train the same weights: the difference
+  between them is the running statistics alone. It shows when the score stops following
+  density, and how much of that the statistics explain.
 
     python benchmarks/global_intensity.py                    # embedded chest and ../shared/data/nih_subset
     python benchmarks/global_intensity.py --data-root /data/nih --seeds 3
