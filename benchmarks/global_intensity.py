@@ -47,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from salad_lite.config import profile_config
-from salad_lite.data.batches import dataset_labels, image_batches
+from salad_lite.data.batches import check_splits, dataset_labels, image_batches
 from salad_lite.experiment import UNTRAINED_BANK, score_split, select_scoring, splits_for
 from salad_lite.metrics import auc
 from salad_lite.trainer import SaladTrainer
@@ -184,7 +184,8 @@ def training_drift(splits: dict[str, Any], cfg: Any, seed: int, densities: np.nd
     epoch its validation films are scored by Eq. 4 with ``cfg.score.k`` and
     ``cfg.score.discard_anomalous`` (fixed, not chosen on validation as in :func:`untrained_eq4`),
     the setting checkpoint selection compares, so each AUC is the trainer's own ``val_auc`` of
-    that epoch (recomputed here from the scores the correlation needs). ``densities`` [N_val] is
+    that epoch. The trainer is given no validation split, so it does not score the films a
+    second time; the splits are checked here instead. ``densities`` [N_val] is
     :func:`mean_density` of the validation images. ``bn_momentum`` (None: the layers' own,
     :data:`USUAL_BN_MOMENTUM`) is set on every BatchNorm before training
     (:func:`set_batchnorm_momentum`); it changes the eval-mode scoring only, so runs of one
@@ -195,16 +196,18 @@ def training_drift(splits: dict[str, Any], cfg: Any, seed: int, densities: np.nd
 
     Raises:
         ValueError: ``bn_momentum`` not in (0, 1], or ``densities`` not one value per validation
-            image (both before any training); from the trainer, a validation split without both
-            classes or a bad config value.
+            image (both before any training); from :func:`salad_lite.data.batches.check_splits`,
+            a validation split without both classes, a patient in both splits or a non-finite image.
         FloatingPointError: the loss became NaN/inf (from :meth:`SaladTrainer.train_step`).
     """
     if len(densities) != len(splits["val"]):
         raise ValueError(f"densities holds {len(densities)} values for {len(splits['val'])} validation images")
     if bn_momentum is not None:
         check_momentum(bn_momentum)
-    trainer = SaladTrainer(cfg.replace(train={"seed": seed, "progress": False}), splits["train"], splits["val"],
-                           device=device)
+    check_splits({"train": splits["train"], "val": splits["val"]}, both_classes=("val",))
+    labels = dataset_labels(splits["val"])
+    trainer = SaladTrainer(cfg.replace(train={"seed": seed, "progress": False}), splits["train"], None,
+                           device=device)  # no validation split: the loop below scores each epoch once
     if bn_momentum is not None:
         set_batchnorm_momentum(trainer.model, bn_momentum)
     rows = []
@@ -212,7 +215,7 @@ def training_drift(splits: dict[str, Any], cfg: Any, seed: int, densities: np.nd
         trainer.fit(until_epoch=epoch + 1)
         with torch.no_grad():
             scores = trainer.scorer().decision_function(trainer.embed(splits["val"]))
-        rows.append({"epoch": epoch, "round": trainer.round_of_epoch(epoch), "auc": auc(trainer.val_labels, scores),
+        rows.append({"epoch": epoch, "round": trainer.round_of_epoch(epoch), "auc": auc(labels, scores),
                      "density_rho": float(spearmanr(scores, densities).statistic)})
     return rows
 
