@@ -566,12 +566,17 @@ def _read_images(paths: list[Path], dataset: str, image_size: int, skip: bool,
 def _selection(cfg: SaladConfig, trainer: Any, folder: Path) -> dict[str, Any]:
     """selection.json of the evaluate step, or (absent) chosen now on the validation split and written."""
     from salad_lite.experiment import select_scoring
-    from salad_lite.files import read_json, write_json_atomic
+    from salad_lite.files import CorruptFileError, read_json, write_json_atomic
 
     path = folder / "selection.json"
     if path.is_file():
         selection = read_json(path, "scoring selection")
         if isinstance(selection, dict) and {"k", "discard_anomalous"} <= set(selection):
+            k, discard = selection["k"], selection["discard_anomalous"]
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not isinstance(discard, bool):
+                raise CorruptFileError(f"{path}: k must be an int >= 1 and discard_anomalous true or false, "
+                                       f"got k {k!r}, discard_anomalous {discard!r}; delete the file to choose "
+                                       f"them again on the validation split")
             return selection
     selection = select_scoring(trainer)
     write_json_atomic(path, selection, indent=2)
@@ -586,7 +591,7 @@ def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      f"e.g. {Path(args.out) / 'scores.csv'}")
     from salad_lite.data.base import CachedXrayDataset
     from salad_lite.experiment import replicate_dir
-    from salad_lite.files import read_json, write_json_atomic, write_text_atomic
+    from salad_lite.files import CorruptFileError, read_json, write_json_atomic, write_text_atomic
     from salad_lite.scorer import SaladScorer
 
     paths, hidden = _image_paths(args)
@@ -599,9 +604,12 @@ def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     key = {"k": scorer.k, "discard_anomalous": scorer.discard_anomalous, "selected_epoch":
            trainer.selected["selected_epoch"]}
     stored = read_json(threshold_path, "decision threshold") if threshold_path.is_file() else None
-    if isinstance(stored, dict) and {name: stored.get(name) for name in key} == key \
-            and isinstance(stored.get("threshold"), float):
-        scorer.threshold_ = stored["threshold"]
+    if isinstance(stored, dict) and {name: stored.get(name) for name in key} == key and "threshold" in stored:
+        try:
+            scorer.threshold_ = stored["threshold"]
+        except ValueError as error:
+            raise CorruptFileError(f"{threshold_path}: {error}; delete the file to choose the threshold "
+                                   f"again on the validation split") from None
     else:  # Youden's J on the validation split: never the test split
         scorer.set_threshold(trainer.embed(splits["val"]), trainer.val_labels)
         write_json_atomic(threshold_path, {**key, "threshold": scorer.threshold_, "chosen_on": "validation"}, indent=2)

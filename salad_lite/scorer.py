@@ -100,7 +100,8 @@ class SaladScorer:
     Deviation from PyOD: :meth:`predict` flags ``score >= threshold_`` (PyOD: ``>``).
 
     Raises:
-        ValueError: K not an int >= 1, contamination outside (0, 0.5), an unknown rule, block_elements < 1.
+        ValueError: K not an int >= 1, discard_anomalous not a bool, contamination not a number in
+            (0, 0.5), an unknown rule, block_elements not an int >= 1.
     """
 
     def __init__(self, k: int = 100, discard_anomalous: bool = True, rule: ScoreRule = "paper",
@@ -108,14 +109,18 @@ class SaladScorer:
                  device: str | torch.device | None = None) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"K must be an int >= 1, got {k!r}")
-        if not 0.0 < contamination < 0.5:
-            raise ValueError(f"contamination must lie in (0, 0.5), got {contamination}")
+        if not isinstance(discard_anomalous, (bool, np.bool_)):
+            raise ValueError(f"discard_anomalous must be True or False, got {discard_anomalous!r}")
+        if isinstance(contamination, bool) or not isinstance(contamination, (int, float, np.number)) \
+                or not 0.0 < contamination < 0.5:
+            raise ValueError(f"contamination must be a number in (0, 0.5), got {contamination!r}")
         if rule not in ("paper", "code"):
             raise ValueError(f"unknown score rule {rule!r}; choose paper or code")
-        if block_elements < 1:
-            raise ValueError(f"block_elements must be >= 1, got {block_elements}")
+        if isinstance(block_elements, bool) or not isinstance(block_elements, (int, np.integer)) \
+                or block_elements < 1:
+            raise ValueError(f"block_elements must be an int >= 1, got {block_elements!r}")
         self.k = k
-        self.discard_anomalous = discard_anomalous
+        self.discard_anomalous = bool(discard_anomalous)
         self.rule = rule
         self.contamination = contamination
         self.block_elements = block_elements
@@ -185,6 +190,9 @@ class SaladScorer:
 
     @threshold_.setter
     def threshold_(self, value: float) -> None:
+        """Assign a threshold; ``ValueError`` unless it is a finite real number."""
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+            raise ValueError(f"threshold_ must be a finite number, got {value!r}")
         self._threshold = float(value)
 
     def _default_threshold(self, max_rows: int = 256) -> float:

@@ -270,6 +270,18 @@ def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.Captu
     captured = capsys.readouterr()
     printed = pd.read_csv(pd.io.common.StringIO(captured.out))
     assert len(printed) == 2 and "skipped 1 hidden or system file(s)" in captured.err
+    # hand-edited choices are refused, naming the file, never used with a wrong meaning
+    one_image = ["score", "--run-dir", str(run["dir"]), str(picks[0]), "--no-progress"]
+    for name, field, bad in (("selection.json", "k", None), ("selection.json", "k", 5.7),
+                             ("selection.json", "discard_anomalous", "false"),
+                             ("threshold.json", "threshold", float("nan")),
+                             ("threshold.json", "threshold", "0.5")):
+        original = (folder / name).read_text()
+        (folder / name).write_text(json.dumps({**json.loads(original), field: bad}))
+        _fails(capsys, one_image, str(folder / name), "delete the file")
+        (folder / name).write_text(original)
+    assert main(one_image) == 0
+    capsys.readouterr()
 
     assert main(["evaluate", "--run-dir", str(run["dir"]), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -258,6 +258,26 @@ def test_a_clamped_k_gives_a_named_degenerate_threshold():
     assert scorer.predict(bank).sum() == 0 and own.max() < scorer.threshold_
 
 
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"discard_anomalous": "no"}, "discard_anomalous must be True or False"),
+    ({"discard_anomalous": 1}, "discard_anomalous must be True or False"),
+    ({"contamination": "0.1"}, "contamination must be a number"),
+    ({"contamination": float("nan")}, "contamination must be a number"),
+    ({"block_elements": 1.5}, "block_elements must be an int"),
+    ({"block_elements": float("nan")}, "block_elements must be an int"),
+])
+def test_scorer_parameters_are_checked(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        SaladScorer(**kwargs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5", None, True])
+def test_threshold_must_be_finite(value):
+    scorer = SaladScorer(k=2).fit(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="threshold_ must be a finite number"):
+        scorer.threshold_ = value
+
+
 @pytest.mark.parametrize("k", [True, 2.5, float("nan"), 0, -3])
 def test_k_must_be_a_positive_int(k):
     with pytest.raises(ValueError, match="K must be an int >= 1"):
