@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -255,3 +256,37 @@ def test_subset_same_type_renumbered_with_orig_index(tmp_path: Path) -> None:
         assert len(ds) == 12  # the parent is untouched
     with pytest.raises(IndexError):
         subset(cached, [12])
+
+
+def test_cache_is_rebuilt_when_a_source_file_changes_in_place(tmp_path: Path) -> None:
+    meta = _make_set(tmp_path / "src")
+    lazy = XrayDataset(meta, image_size=16, root=tmp_path / "src")
+    cache = tmp_path / "cache"
+    CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False)
+    np.save(cache / "demo.npy", np.full((12, 16, 16), 7, np.uint8))  # marks "came from the cache"
+    assert int(CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False).images.max()) == 7
+    # a file replaced in place (same name, other pixels): its stamp differs, so the cache is rebuilt
+    replaced = tmp_path / "src" / meta["path"].iloc[3]
+    Image.fromarray(np.full((20, 20), 200, np.uint8)).save(replaced)
+    os.utime(replaced, ns=(replaced.stat().st_atime_ns, replaced.stat().st_mtime_ns + 10**9))
+    rebuilt = CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False)
+    assert int(rebuilt.images[3].max()) == 200 and int(rebuilt.images.max()) > 7
+    # a source file that is gone does not make the cache stale: it serves without its sources
+    np.save(cache / "demo.npy", np.full((12, 16, 16), 7, np.uint8))
+    replaced.unlink()
+    assert int(CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False).images.max()) == 7
+
+
+def test_a_skipped_file_that_was_repaired_is_read_on_the_next_build(tmp_path: Path) -> None:
+    meta = _make_set(tmp_path)
+    good = (tmp_path / "img2.png").read_bytes()
+    (tmp_path / "img2.png").write_bytes(b"garbage")
+    lazy = XrayDataset(meta, image_size=8, root=tmp_path)
+    with pytest.warns(DataWarning, match="skipped 1 of 12"):
+        assert len(CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "c", progress=False,
+                                                  on_error="skip")) == 11
+    (tmp_path / "img2.png").write_bytes(good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        repaired = CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "c", progress=False, on_error="skip")
+    assert len(repaired) == 12 and "img2.png" in set(repaired.metadata["path"])

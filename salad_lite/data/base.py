@@ -562,6 +562,26 @@ def _describe_callable(fn: Callable[..., Any] | None) -> str:
     return f"{module}.{name}"
 
 
+def _file_stamps(dataset: XrayDataset) -> list[str | None]:
+    """``"<size in bytes>:<mtime in ns>"`` of each source file (row order), None where it is missing."""
+    stamps: list[str | None] = []
+    for i in range(len(dataset)):
+        try:
+            stat = dataset.image_path(i).stat()
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    return stamps
+
+
+def _changed_files(stored: Any, current: list[str | None]) -> int:
+    """How many source files differ from the stamps stored with a cache (a missing file is not counted)."""
+    if not isinstance(stored, list) or len(stored) != len(current):
+        return len(current)
+    return sum(now is not None and now != then for then, now in zip(stored, current))
+
+
 class CachedXrayDataset(_XrayBase):
     """The same contract as :class:`XrayDataset`, backed by a ``uint8 [N, S, S]`` array.
 
@@ -651,8 +671,11 @@ class CachedXrayDataset(_XrayBase):
 
         The cache is stale (and rebuilt) when its JSON key differs from
         ``dataset.cache_key()``, i.e. when the file list, labels, patient ids,
-        findings, root, image size or preprocessing changed. Pixels edited in
-        place under unchanged file names are not detected: pass ``rebuild=True``.
+        findings, root, image size or preprocessing changed, and also when a
+        source file's size or modification time differs from the one recorded
+        at build time (a file replaced or repaired in place, one skipped as
+        unreadable and since fixed). A source file that is gone does not make the
+        cache stale: the cache serves without its sources.
 
         Raises:
             ValueError: ``on_error`` is neither ``"raise"`` nor ``"skip"``, or the
@@ -668,8 +691,9 @@ class CachedXrayDataset(_XrayBase):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         key = dataset.cache_key()
         files = _cache_files(cache_dir, name) if cache_dir is not None else None
+        stamps = _file_stamps(dataset) if files is not None else []
         if files is not None and not rebuild:
-            cached = _load_if_fresh(files, key, on_error, mmap, dataset.root)
+            cached = _load_if_fresh(files, key, stamps, on_error, mmap, dataset.root)
             if cached is not None:
                 return cached
         folder_created = files is not None and not files["npy"].parent.exists()
@@ -683,7 +707,7 @@ class CachedXrayDataset(_XrayBase):
             if files is None:
                 assert isinstance(built, np.ndarray)
                 return cls(built, meta, root=dataset.root)
-            _save_cache(files, Path(built), meta, key, skipped)
+            _save_cache(files, Path(built), meta, key, stamps, skipped)
         except BaseException:
             if files is not None:
                 _remove_cache_temps(files)
@@ -779,9 +803,11 @@ def text_to_numbers(text: pd.Series, required: bool = False) -> tuple[pd.Series,
 
 
 def _load_if_fresh(
-    files: dict[str, Path], key: dict[str, Any], on_error: str, mmap: bool, root: Path | None
+    files: dict[str, Path], key: dict[str, Any], stamps: list[str | None], on_error: str, mmap: bool,
+    root: Path | None,
 ) -> CachedXrayDataset | None:
-    """The cached dataset when its key equals ``key``; None when absent, stale or built skipping files.
+    """The cached dataset when its key equals ``key`` and no source file changed since the build
+    (``stamps``, as :func:`_file_stamps`); None when absent, stale or built skipping files.
 
     Raises:
         CorruptFileError: a cache file exists but cannot be read (named).
@@ -793,6 +819,10 @@ def _load_if_fresh(
         raise CorruptFileError(f"cache key {files['json']} is not a JSON object; delete it to rebuild")
     if info.get("key") != key:
         log.info("cache %s is stale (key changed): rebuilding", files["npy"])
+        return None
+    changed = _changed_files(info.get("stamps"), stamps)
+    if changed:
+        log.info("cache %s is stale (%d source files changed since it was built): rebuilding", files["npy"], changed)
         return None
     skipped = list(info.get("skipped", []))
     if skipped and on_error == "raise":
@@ -826,7 +856,8 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
 
 
 def _save_cache(
-    files: dict[str, Path], built_npy: Path, meta: pd.DataFrame, key: dict[str, Any], skipped: list[str]
+    files: dict[str, Path], built_npy: Path, meta: pd.DataFrame, key: dict[str, Any],
+    stamps: list[str | None], skipped: list[str],
 ) -> None:
     """Move the built ``.npy`` in place, write the csv, then the JSON key last (it marks a complete cache).
 
@@ -850,7 +881,8 @@ def _save_cache(
             meta.to_csv(handle, index=False, lineterminator="\n")
         placed.append(files["csv"])
         current = files["json"]
-        write_json_atomic(files["json"], {"key": key, "num_images": len(meta), "skipped": skipped}, indent=1)
+        write_json_atomic(files["json"], {"key": key, "num_images": len(meta), "skipped": skipped,
+                                             "stamps": stamps}, indent=1)
     except BaseException as error:
         for path in placed:
             path.unlink(missing_ok=True)
