@@ -290,3 +290,24 @@ def test_a_skipped_file_that_was_repaired_is_read_on_the_next_build(tmp_path: Pa
         warnings.simplefilter("error", DataWarning)
         repaired = CachedXrayDataset.from_dataset(lazy, cache_dir=tmp_path / "c", progress=False, on_error="skip")
     assert len(repaired) == 12 and "img2.png" in set(repaired.metadata["path"])
+
+
+def test_a_hand_edited_cache_metadata_csv_is_refused(tmp_path: Path) -> None:
+    meta = _make_set(tmp_path / "src")
+    lazy = XrayDataset(meta, image_size=8, root=tmp_path / "src")
+    cache = tmp_path / "cache"
+    CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False)
+    table = pd.read_csv(cache / "demo.csv", keep_default_na=False)
+    table.loc[0, "label"] = 1 - table.loc[0, "label"]  # a flipped label, every other byte the same
+    table.to_csv(cache / "demo.csv", index=False, lineterminator="\n")
+    with pytest.raises(CorruptFileError, match=r"demo\.csv differs from the one written with the cache"):
+        CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False)
+    (cache / "demo.json").unlink()  # as the message says: rebuilt from the images
+    assert CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False).labels.tolist() \
+        == meta["label"].tolist()
+    # a cache written before the metadata was hashed is rebuilt, not refused
+    info = json.loads((cache / "demo.json").read_text())
+    del info["metadata_sha256"]
+    (cache / "demo.json").write_text(json.dumps(info))
+    np.save(cache / "demo.npy", np.full((12, 8, 8), 7, np.uint8))
+    assert int(CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False).images.max()) > 7

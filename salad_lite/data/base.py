@@ -575,6 +575,11 @@ def _file_stamps(dataset: XrayDataset) -> list[str | None]:
     return stamps
 
 
+def _sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _changed_files(stored: Any, current: list[str | None]) -> int:
     """How many source files differ from the stamps stored with a cache (a missing file is not counted)."""
     if not isinstance(stored, list) or len(stored) != len(current):
@@ -682,7 +687,8 @@ class CachedXrayDataset(_XrayBase):
                 cache name is not a plain file stem.
             ImageReadError: an image cannot be read (``on_error="raise"``), or
                 none can (either policy).
-            CorruptFileError: an existing cache file cannot be read (named;
+            CorruptFileError: an existing cache file cannot be read, or its
+                metadata CSV was edited after the cache was written (named;
                 delete it to rebuild).
             OSError: the cache cannot be written (the file named; nothing of
                 this build is left).
@@ -810,7 +816,8 @@ def _load_if_fresh(
     (``stamps``, as :func:`_file_stamps`); None when absent, stale or built skipping files.
 
     Raises:
-        CorruptFileError: a cache file exists but cannot be read (named).
+        CorruptFileError: a cache file exists but cannot be read, or its metadata CSV was
+            changed after the cache was written (named).
     """
     if not all(f.is_file() for f in files.values()):
         return None
@@ -820,6 +827,12 @@ def _load_if_fresh(
     if info.get("key") != key:
         log.info("cache %s is stale (key changed): rebuilding", files["npy"])
         return None
+    if "metadata_sha256" not in info:  # written before the metadata was hashed
+        log.info("cache %s has no metadata hash: rebuilding", files["npy"])
+        return None
+    if info["metadata_sha256"] != _sha256_of(files["csv"]):
+        raise CorruptFileError(f"cache metadata {files['csv']} differs from the one written with the cache "
+                               f"(edited by hand?); delete {files['json']} to rebuild the cache from the images")
     changed = _changed_files(info.get("stamps"), stamps)
     if changed:
         log.info("cache %s is stale (%d source files changed since it was built): rebuilding", files["npy"], changed)
@@ -882,7 +895,8 @@ def _save_cache(
         placed.append(files["csv"])
         current = files["json"]
         write_json_atomic(files["json"], {"key": key, "num_images": len(meta), "skipped": skipped,
-                                             "stamps": stamps}, indent=1)
+                                          "metadata_sha256": _sha256_of(files["csv"]), "stamps": stamps},
+                          indent=1)
     except BaseException as error:
         for path in placed:
             path.unlink(missing_ok=True)
