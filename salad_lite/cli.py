@@ -566,17 +566,12 @@ def _read_images(paths: list[Path], dataset: str, image_size: int, skip: bool,
 def _selection(cfg: SaladConfig, trainer: Any, folder: Path) -> dict[str, Any]:
     """selection.json of the evaluate step, or (absent) chosen now on the validation split and written."""
     from salad_lite.experiment import select_scoring
-    from salad_lite.files import CorruptFileError, read_json, write_json_atomic
+    from salad_lite.files import read_json, write_json_atomic
 
     path = folder / "selection.json"
     if path.is_file():
         selection = read_json(path, "scoring selection")
         if isinstance(selection, dict) and {"k", "discard_anomalous"} <= set(selection):
-            k, discard = selection["k"], selection["discard_anomalous"]
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not isinstance(discard, bool):
-                raise CorruptFileError(f"{path}: k must be an int >= 1 and discard_anomalous true or false, "
-                                       f"got k {k!r}, discard_anomalous {discard!r}; delete the file to choose "
-                                       f"them again on the validation split")
             return selection
     selection = select_scoring(trainer)
     write_json_atomic(path, selection, indent=2)
@@ -598,8 +593,12 @@ def _score(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cfg, splits, trainer = _trained(args)
     folder = replicate_dir(args.run_dir, cfg)
     selection = _selection(cfg, trainer, folder)
-    scorer = SaladScorer(k=int(selection["k"]), discard_anomalous=bool(selection["discard_anomalous"]),
-                         rule=cfg.score.rule).fit(trainer.scoring_bank(), trainer.train_labels)
+    try:  # the scorer checks the stored K and discard policy by type
+        scorer = SaladScorer(k=selection["k"], discard_anomalous=selection["discard_anomalous"], rule=cfg.score.rule)
+    except ValueError as error:
+        raise CorruptFileError(f"{folder / 'selection.json'}: {error}; delete the file to choose them again on the "
+                               f"validation split") from None
+    scorer.fit(trainer.scoring_bank(), trainer.train_labels)
     threshold_path = folder / "threshold.json"
     key = {"k": scorer.k, "discard_anomalous": scorer.discard_anomalous, "selected_epoch":
            trainer.selected["selected_epoch"]}

@@ -506,7 +506,14 @@ class XrayDataset(_XrayBase):
 
     def image_path(self, i: int) -> Path:
         """The file behind item ``i``."""
-        path = Path(self._metadata.at[_check_index(i, len(self)), "path"])
+        return self._resolve(self._metadata.at[_check_index(i, len(self)), "path"])
+
+    def image_paths(self) -> list[Path]:
+        """The files behind every item, in row order."""
+        return [self._resolve(path) for path in self._metadata["path"]]
+
+    def _resolve(self, name: str) -> Path:
+        path = Path(name)
         return path if path.is_absolute() or self.root is None else self.root / path
 
     def load_image(self, i: int) -> np.ndarray:
@@ -565,9 +572,9 @@ def _describe_callable(fn: Callable[..., Any] | None) -> str:
 def _file_stamps(dataset: XrayDataset) -> list[str | None]:
     """``"<size in bytes>:<mtime in ns>"`` of each source file (row order), None where it is missing."""
     stamps: list[str | None] = []
-    for i in range(len(dataset)):
+    for path in dataset.image_paths():
         try:
-            stat = dataset.image_path(i).stat()
+            stat = path.stat()
         except OSError:
             stamps.append(None)
         else:
