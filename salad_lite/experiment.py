@@ -19,8 +19,6 @@ file on failure (:mod:`salad_lite.files`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -29,7 +27,7 @@ import numpy as np
 
 from salad_lite.baselines import pca_baseline
 from salad_lite.config import ConfigError, SaladConfig, check_value
-from salad_lite.data.batches import check_splits, dataset_labels, dataset_patient_ids
+from salad_lite.data.batches import check_splits, dataset_labels, splits_fingerprint
 from salad_lite.files import CorruptFileError, read_json, remove_stale_temps, write_json_atomic
 from salad_lite.metrics import auc, auprc, binary_labels, mean_ci, pr_curve_data, roc_curve_data
 from salad_lite.scorer import SaladScorer
@@ -267,27 +265,6 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
 
 # Settings that change neither a replicate's model nor its selection: a stored result stays valid.
 _NOT_RESULT = frozenset({("data", "replicates"), ("train", "progress"), ("train", "sync_batchnorm")})
-
-
-def splits_fingerprint(splits: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of what identifies the splits: per split its size, labels, patient ids and uint8 pixels.
-
-    Stored beside every result computed from the splits, so that a stored result
-    is never reused for other splits. Float datasets contribute labels and
-    patients only (hashing their pixels would mean reading every image).
-    """
-    digest = hashlib.sha256()
-    for name in sorted(splits):
-        dataset = splits[name]
-        if dataset is None:
-            continue
-        digest.update(f"{name}:{len(dataset)}".encode())
-        digest.update(dataset_labels(dataset).tobytes())
-        digest.update("\x1f".join(dataset_patient_ids(dataset, name)).encode())
-        images = getattr(dataset, "images", None)
-        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-            digest.update(np.ascontiguousarray(images).data)
-    return digest.hexdigest()
 
 
 def _stored_for(stored: dict[str, Any], path: Path, cfg: SaladConfig, fingerprint: str) -> bool:

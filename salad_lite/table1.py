@@ -56,8 +56,8 @@ import pandas as pd
 from salad_lite.book import check_available_device
 from salad_lite.cli_errors import check_run_dir, data_script
 from salad_lite.config import SaladConfig, profile_config
-from salad_lite.data.batches import check_splits, dataset_labels
-from salad_lite.experiment import evaluate_replicate, replicate_dir, splits_fingerprint, splits_for
+from salad_lite.data.batches import check_splits, dataset_labels, splits_fingerprint
+from salad_lite.experiment import evaluate_replicate, replicate_dir, splits_for
 from salad_lite.files import CorruptFileError, read_json, write_json_atomic, write_text_atomic
 from salad_lite.methods import BASELINE_IDS, baseline_class, baseline_config
 from salad_lite.metrics import auc, auprc, mean_ci
@@ -258,7 +258,7 @@ def run_cell(spec: GridSpec, cell: Cell, splits: dict[str, Any], run_dir: str | 
              device: str = "auto", fingerprint: str | None = None) -> dict[str, Any]:
     """Train (or load) one cell, select on validation, score the test split once.
 
-    ``fingerprint`` is :func:`~salad_lite.experiment.splits_fingerprint` of ``splits`` when
+    ``fingerprint`` is :func:`~salad_lite.data.batches.splits_fingerprint` of ``splits`` when
     the caller has it (hashed here otherwise); a baseline's checkpoints and result record it.
 
     Returns:

@@ -67,7 +67,9 @@ from salad_lite.checkpoint import (
     save_checkpoint,
 )
 from salad_lite.config import SaladConfig
-from salad_lite.data.batches import check_splits, dataset_labels, gather_images, image_batches
+from salad_lite.data.batches import (
+    check_data_fingerprint, check_splits, dataset_labels, gather_images, image_batches, splits_fingerprint,
+)
 from salad_lite.distributed import (
     all_gather_cat,
     all_reduce_sum,
@@ -149,11 +151,14 @@ class SaladTrainer:
     (:func:`salad_lite.data.batches.check_splits`): no patient in both, no
     NaN/inf pixel in either. With a ``run_dir`` holding a ``last`` checkpoint,
     training resumes from it after checking that it belongs to this
-    configuration and training set.
+    configuration and to these training and validation splits.
 
     Attributes:
         selected: metadata of the checkpoint :meth:`load_best` loaded (epoch,
             round and validation AUC of the selection), ``None`` before.
+        data_fingerprint: :func:`~salad_lite.data.batches.splits_fingerprint` of
+            the training and validation splits, stored in every checkpoint
+            ("" without a ``run_dir``).
 
     Raises:
         TypeError: ``cfg`` is not a :class:`SaladConfig`.
@@ -165,7 +170,8 @@ class SaladTrainer:
         TypeError: ``val_set`` is given but a split has no patient ids.
         salad_lite.files.CorruptFileError: the ``last`` checkpoint is damaged or
             does not fit the configuration / training set (file named).
-        ValueError: the ``last`` checkpoint was trained with another configuration.
+        ValueError: the ``last`` checkpoint was trained with another configuration
+            or on other training or validation splits.
     """
 
     def __init__(self, cfg: SaladConfig, train_set: Any, val_set: Any | None = None,
@@ -208,6 +214,8 @@ class SaladTrainer:
         self.round_neighbours: torch.Tensor | None = None  # [N, k]
         self.round_prototypes: torch.Tensor | None = None  # [N] bool
         self.selected: dict[str, Any] | None = None
+        # what the checkpoints were trained and selected on; a folder is never resumed or loaded for other splits
+        self.data_fingerprint = splits_fingerprint({"train": train_set, "val": val_set}) if self.run_dir else ""
         if self.run_dir is not None:
             if is_main_process():  # the one writer repairs; the other ranks only read, after it
                 for stem in ("last", "best"):
@@ -459,8 +467,8 @@ class SaladTrainer:
             if record.get("val_auc", float("-inf")) > self.best_val_auc:
                 self.best_val_auc = record["val_auc"]
             return
-        meta = {"config": self.cfg.to_dict(), "epoch": self.epoch, "history": self.history,
-                "best_val_auc": self.best_val_auc}
+        meta = {"config": self.cfg.to_dict(), "data_fingerprint": self.data_fingerprint, "epoch": self.epoch,
+                "history": self.history, "best_val_auc": self.best_val_auc}
         if self.distributed:
             meta["world_size"] = world_size()
         improved = record.get("val_auc", float("-inf")) > self.best_val_auc
@@ -517,13 +525,18 @@ class SaladTrainer:
         """Load checkpoint ``stem`` into the model and memory after checking that it belongs to this run.
 
         Checks: the stored configuration equals ``self.cfg`` in every training-relevant
-        field; the model tensors have the names and shapes of a model built from
-        that configuration; the memory bank has one row per training image.
+        field; it was trained and selected on these training and validation splits
+        (:func:`~salad_lite.data.batches.splits_fingerprint`: images, labels, patients,
+        order); the model tensors have the names and shapes of a model built from
+        that configuration; the memory bank has one row per training image. A
+        checkpoint of a salad_lite older than the split record is loaded with a
+        warning that its splits cannot be checked.
 
         Raises:
             CorruptFileError: the checkpoint is damaged, lacks a key of ``needs``,
                 or its tensors do not fit (file named).
-            ValueError: it was trained with another configuration.
+            ValueError: it was trained with another configuration, or on other
+                training or validation splits (file named).
         """
         tensor_path, json_path = checkpoint_paths(stem)
         tensors, meta = load_checkpoint(stem, self.device)
@@ -550,6 +563,8 @@ class SaladTrainer:
                           f"config needs {list(expected[name]) if name in expected else 'no such tensor'}")
             raise CorruptFileError(f"checkpoint {tensor_path} does not fit its configuration and training set: "
                                    f"{detail} ({len(wrong)} tensor(s) differ)")
+        if self.data_fingerprint:  # without a run_dir nothing on disk is protected
+            check_data_fingerprint(meta.get("data_fingerprint"), self.data_fingerprint, json_path)
         self.load_state_tensors(tensors)
         return tensors, meta
 
@@ -573,7 +588,7 @@ class SaladTrainer:
         Raises:
             FileNotFoundError: no ``best`` checkpoint (no run_dir, or never validated).
             CorruptFileError: the checkpoint is damaged or does not fit this run (file named).
-            ValueError: it was trained with another configuration.
+            ValueError: it was trained with another configuration or on other splits.
         """
         if self.run_dir is None or not checkpoint_exists(self.run_dir / "best"):
             raise FileNotFoundError(f"no best checkpoint in {self.run_dir}: train with a validation set first")

@@ -93,18 +93,27 @@ def test_a_checkpoint_of_other_splits_is_refused(planted_splits, tmp_path) -> No
         assert json.loads(checkpoint_paths(tmp_path / "run" / stem)[1].read_text())["data_fingerprint"] == "aaa"
     again = DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint="aaa")
     assert again.selected_epoch == done.selected_epoch
-    for other in ("bbb", ""):
-        with pytest.raises(ValueError, match=r"last\.json was trained on other splits"):
+    for other in ("bbb", ""):  # "": the fingerprint of these train and val sets, not "aaa"
+        with pytest.raises(ValueError, match=r"last\.json was trained on other training or validation images"):
             DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint=other)
     # an interrupted run (last at epoch 1 of 2) is not resumed on other splits either
     DeepAE(cfg.replace(epochs=1), device="cpu").fit(train, val, tmp_path / "cut", data_fingerprint="aaa")
-    with pytest.raises(ValueError, match="other splits"):
+    with pytest.raises(ValueError, match="other training or validation images"):
         DeepAE(cfg.replace(epochs=1), device="cpu").fit(train, val, tmp_path / "cut", data_fingerprint="bbb")
     # the best checkpoint is checked too, not only last
     tensors, meta = load_checkpoint(tmp_path / "run" / "best", "cpu")
     save_checkpoint(tmp_path / "run" / "best", tensors, {**meta, "data_fingerprint": "zzz"})
-    with pytest.raises(ValueError, match=r"best\.json was trained on other splits"):
+    with pytest.raises(ValueError, match=r"best\.json was trained on other training or validation images"):
         DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "run", data_fingerprint="aaa")
+    # without a fingerprint given, the train and val sets' own is stored; one of an older salad_lite is warned of
+    DeepAE(cfg.replace(epochs=1), device="cpu").fit(train, val, tmp_path / "own")
+    with pytest.raises(ValueError, match="other training or validation images"):
+        DeepAE(cfg.replace(epochs=1), device="cpu").fit(val, train, tmp_path / "own")
+    tensors, meta = load_checkpoint(tmp_path / "own" / "last", "cpu")
+    del meta["data_fingerprint"]
+    save_checkpoint(tmp_path / "own" / "last", tensors, meta)
+    with pytest.warns(UserWarning, match=r"last\.json predates salad_lite's record of the splits"):
+        DeepAE(cfg.replace(epochs=1), device="cpu").fit(train, val, tmp_path / "own")
 
 
 @pytest.mark.parametrize("method_id", BASELINE_IDS)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from salad_lite import table1, table1_report
-from salad_lite.experiment import splits_fingerprint
+from salad_lite.data.batches import splits_fingerprint
 from salad_lite.files import CorruptFileError
 from salad_lite.methods import BASELINE_IDS, baseline_class
 from salad_lite.methods.base import DeepBaseline

@@ -185,6 +185,30 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     assert SaladTrainer(same_run, data, None, run_dir=tmp_path, device="cpu").epoch == 1
 
 
+def test_a_run_folder_refuses_other_training_or_validation_images(tmp_path):
+    """A renamed file reshuffles a seeded split, an edited split file moves images: same sizes, other images."""
+    train_labels, val_labels = np.zeros(20, dtype=np.int64), np.r_[np.zeros(6), np.ones(6)].astype(np.int64)
+    train = ArrayDataset(blob_images(train_labels, seed=9), train_labels, prefix="t")
+    val = ArrayDataset(blob_images(val_labels, seed=10), val_labels, prefix="v")
+    SaladTrainer(tiny_cfg(), train, val, run_dir=tmp_path, device="cpu").fit()
+    order = np.r_[1, 0, 2:20]
+    other_train = (ArrayDataset(train.images[order], train_labels, prefix="t"),  # the same images, reordered
+                   ArrayDataset(blob_images(train_labels, seed=11), train_labels, prefix="t"))  # other pixels
+    flipped = val_labels.copy()
+    flipped[[0, -1]] = flipped[[-1, 0]]
+    other_val = (ArrayDataset(val.images, flipped, prefix="v"),  # a label moved
+                 ArrayDataset(val.images, val_labels, prefix="w"))  # other patients
+    for train_set, val_set in [(t, val) for t in other_train] + [(train, v) for v in other_val]:
+        with pytest.raises(ValueError, match=r"last.json was trained on other training or validation images"):
+            SaladTrainer(tiny_cfg(), train_set, val_set, run_dir=tmp_path, device="cpu")
+    trainer = SaladTrainer(tiny_cfg(), train, val, run_dir=tmp_path, device="cpu")  # the same splits: loads
+    assert trainer.is_finished and trainer.load_best()["selected_epoch"] >= 0
+    (tmp_path / "last.json").unlink()
+    (tmp_path / "last.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"best.json was trained on other training or validation images"):
+        SaladTrainer(tiny_cfg(), train, other_val[0], run_dir=tmp_path, device="cpu").load_best()
+
+
 def test_reconstruction_errors_match_a_per_image_reference():
     labels = np.zeros(7, dtype=np.int64)
     data = ArrayDataset(blob_images(labels, seed=9), labels)

@@ -11,7 +11,10 @@ these helpers, so that none of them imports another to reach its data:
   once, before any work: every label 0/1 (parsed strictly, the split and
   position named), both classes in the splits that need them (``both_classes``),
   no patient in two splits (:func:`salad_lite.data.splits.check_patient_disjoint`)
-  and no NaN/inf pixel in any image (:func:`check_finite_images`).
+  and no NaN/inf pixel in any image (:func:`check_finite_images`);
+- :func:`splits_fingerprint` / :func:`check_data_fingerprint`: what identifies a set
+  of splits, stored beside every checkpoint and result computed from them, and
+  the refusal of a checkpoint trained on other splits.
 
 A dataset is anything with ``len`` and ``dataset[i]`` returning the sample dict
 of DESIGN.md. One without a ``metadata`` table (a plain in-memory dataset)
@@ -20,6 +23,8 @@ must carry ``"patient_id"`` in its sample dicts to be used beside another split.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,8 +34,9 @@ import torch
 from salad_lite.data.base import parse_binary_labels
 from salad_lite.data.splits import check_patient_disjoint, patient_id_text, patient_ids_of
 
-__all__ = ["NonFiniteImageError", "OneClassSplitError", "check_finite_images", "check_splits", "dataset_labels",
-           "dataset_patient_ids", "gather_images", "image_batches", "require_both_classes"]
+__all__ = ["NonFiniteImageError", "OneClassSplitError", "check_data_fingerprint", "check_finite_images",
+           "check_splits", "dataset_labels",
+           "dataset_patient_ids", "gather_images", "image_batches", "require_both_classes", "splits_fingerprint"]
 
 CHECK_BATCH = 256  # images per batch of the non-finite scan
 
@@ -158,6 +164,51 @@ def dataset_patient_ids(dataset: Any, split: str = "dataset") -> list[str]:
                             "so that no patient can sit in two splits")
         ids.append(patient_id_text(sample["patient_id"], split, i))
     return ids
+
+
+def splits_fingerprint(splits: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of what identifies the splits: per split its size, labels, patient ids and uint8 pixels.
+
+    Stored beside every checkpoint and result computed from the splits, so that neither
+    is ever reused for other splits: a renamed file that reshuffles a seeded split, or
+    an edited split file, changes it. The order counts (memory row i is training image i).
+    Datasets without a uint8 ``images`` array contribute labels and patients only
+    (hashing their pixels would mean reading every image).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        dataset = splits[name]
+        if dataset is None:
+            continue
+        digest.update(f"{name}:{len(dataset)}".encode())
+        digest.update(dataset_labels(dataset).tobytes())
+        digest.update("\x1f".join(dataset_patient_ids(dataset, name)).encode())
+        images = getattr(dataset, "images", None)
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+            digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()
+
+
+def check_data_fingerprint(stored: Any, current: str, source: Any) -> None:
+    """Refuse a checkpoint trained on other splits than ``current`` (a :func:`splits_fingerprint`).
+
+    ``stored`` is the fingerprint read from the checkpoint's metadata ``source`` (a
+    path, named in the message). A checkpoint written before salad_lite recorded
+    its splits (``stored`` None or "") is accepted with a warning.
+
+    Raises:
+        ValueError: the fingerprints differ: the training or validation images,
+            labels, patients or their order changed since the checkpoint was written.
+    """
+    if stored is None or stored == "":
+        warnings.warn(f"{source} predates salad_lite's record of the splits a run was trained on: it is used, "
+                      "but whether these are its training and validation images cannot be checked", stacklevel=3)
+    elif stored != current:
+        raise ValueError(
+            f"{source} was trained on other training or validation images (their pixels, labels, patients or "
+            "order differ: a file added, removed or renamed reshuffles a seeded split, and an edited --split-file "
+            "moves images); using it could score training images as test images. Restore the data and split, or "
+            f"train again in another run folder (fingerprint {stored!r}, now {current!r})")
 
 
 def _holds_only_uint8(dataset: Any) -> bool:

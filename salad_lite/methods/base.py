@@ -43,7 +43,9 @@ from salad_lite.checkpoint import (
     checkpoint_exists, checkpoint_paths, load_checkpoint, load_optimizer, optimizer_meta, optimizer_tensors,
     save_checkpoint,
 )
-from salad_lite.data.batches import check_splits, dataset_labels, gather_images, image_batches
+from salad_lite.data.batches import (
+    check_data_fingerprint, check_splits, dataset_labels, gather_images, image_batches, splits_fingerprint,
+)
 from salad_lite.files import CorruptFileError, remove_stale_temps
 from salad_lite.metrics import auc
 from salad_lite.trainer import epoch_batches, write_history
@@ -204,11 +206,12 @@ class DeepBaseline(abc.ABC):
         """Train (or resume) on ``train_set``, select the epoch with the best validation AUC on ``val_set``.
 
         With ``folder``, checkpoints ``last`` / ``best`` and ``history.json`` / ``.csv`` are
-        written there and a finished run is only loaded. ``data_fingerprint`` (e.g.
-        :func:`salad_lite.experiment.splits_fingerprint` of the splits) is stored in every
-        checkpoint; a checkpoint whose stored fingerprint differs is refused, so a folder
-        is never resumed on other images, labels or patients ("" = not checked unless the
-        checkpoint holds one). Returns ``self`` holding the selected epoch's networks.
+        written there and a finished run is only loaded. ``data_fingerprint`` (default:
+        :func:`salad_lite.data.batches.splits_fingerprint` of ``train_set`` and ``val_set``)
+        is stored in every checkpoint; a checkpoint whose stored fingerprint differs is
+        refused, so a folder is never resumed or loaded on other images, labels,
+        patients or order. One written before the record is loaded with a warning.
+        Returns ``self`` holding the selected epoch's networks.
 
         Raises:
             salad_lite.data.splits.PatientLeakError: a patient is in both sets.
@@ -226,8 +229,10 @@ class DeepBaseline(abc.ABC):
         check_splits({"train": train_set, "val": val_set}, both_classes=("val",))
         if not isinstance(data_fingerprint, str):
             raise TypeError(f"data_fingerprint must be a str, got {type(data_fingerprint).__name__}")
-        self.data_fingerprint = data_fingerprint
         folder = Path(folder) if folder is not None else None
+        if folder is not None and not data_fingerprint:
+            data_fingerprint = splits_fingerprint({"train": train_set, "val": val_set})
+        self.data_fingerprint = data_fingerprint
         train_labels = torch.as_tensor(dataset_labels(train_set), dtype=torch.long)
         val_labels = dataset_labels(val_set)
         if folder is not None:
@@ -363,11 +368,7 @@ class DeepBaseline(abc.ABC):
         if changed:
             raise ValueError(f"{json_path} was trained with another configuration ({'; '.join(changed)}); "
                              "use another folder or the same config")
-        stored_data = meta.get("data_fingerprint", "")
-        if stored_data != self.data_fingerprint:
-            raise ValueError(f"{json_path} was trained on other splits (images, labels or patients); use "
-                             f"another folder or delete it (data fingerprint {stored_data!r}, now "
-                             f"{self.data_fingerprint!r})")
+        check_data_fingerprint(meta.get("data_fingerprint"), self.data_fingerprint, json_path)
         expected = {key: tuple(value.shape) for key, value in self._state_tensors(with_optimizers=False).items()}
         found = {key: tuple(value.shape) for key, value in tensors.items() if key in expected}
         if found != expected:
