@@ -98,8 +98,14 @@ def unit_rows(values: Any, name: str) -> torch.Tensor:
     return tensor / norms
 
 
-def _check_search(queries: Any, keys: Any, k: int, exclude: Any) -> None:
-    """The arguments every search checks: [M, d] and [N, d] rows, 1 <= k <= candidate keys, ``exclude`` [M]."""
+def _check_search(queries: Any, keys: Any, k: int, exclude: Any, block_elements: int) -> None:
+    """The arguments every search checks: [M, d] and [N, d] rows, an int 1 <= k <= candidate keys,
+    ``exclude`` [M] integer rows, an int ``block_elements`` >= 1."""
+    for name, value in (("k", k), ("block_elements", block_elements)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if block_elements < 1:
+        raise ValueError(f"block_elements must be >= 1 (similarities held in one block), got {block_elements}")
     if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
         raise ValueError(f"queries [M, d] and keys [N, d] must share d, got shapes {tuple(queries.shape)} "
                          f"and {tuple(keys.shape)}")
@@ -110,6 +116,8 @@ def _check_search(queries: Any, keys: Any, k: int, exclude: Any) -> None:
                          f"{', one left out per query' if exclude is not None else ''}), got k={k}")
     if exclude is not None:
         exclude = torch.as_tensor(exclude)
+        if exclude.dtype == torch.bool or exclude.is_floating_point() or exclude.is_complex():
+            raise ValueError(f"exclude must hold integer key rows, got dtype {exclude.dtype}")
         if exclude.shape != (m,):
             raise ValueError(f"exclude must hold one key row per query, shape ({m},), got {tuple(exclude.shape)}")
         if m and not (0 <= int(exclude.min()) and int(exclude.max()) < n):
@@ -512,8 +520,9 @@ def cpu_block_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles:
         equal similarities rank by ascending key index.
 
     Raises:
-        ValueError: queries and keys not 2-D with the same d; k outside 1..N (1..N-1
-            with ``exclude``); ``exclude`` not [M] or naming a key outside 0..N-1.
+        ValueError: queries and keys not 2-D with the same d; k not an int in 1..N (1..N-1
+            with ``exclude``); ``exclude`` not [M] integer rows or naming a key outside 0..N-1;
+            ``block_elements`` not an int >= 1.
     """
     values, indices, sums = _cpu_search(queries, keys, k, with_angles, None, exclude, block_elements, threads)
     return values, indices, None if sums is None else sums[:, 0]
@@ -527,7 +536,7 @@ def _cpu_search(queries: np.ndarray, keys: np.ndarray, k: int, with_angles: bool
     ``sums``: the angle sums [M, 1] (``with_angles``), the softmax sums [M, 2] (``temperature``;
     see :class:`TopKBuffer`), or None. Sums of key ranges searched apart are added.
     """
-    _check_search(queries, keys, k, exclude)
+    _check_search(queries, keys, k, exclude, block_elements)
     m, n = queries.shape[0], keys.shape[0]
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     keys = np.ascontiguousarray(keys, dtype=np.float32)
@@ -640,7 +649,7 @@ def torch_block_search(queries: torch.Tensor, keys: torch.Tensor, k: int, with_a
     Raises:
         ValueError: as :func:`cpu_block_search`.
     """
-    _check_search(queries, keys, k, exclude)
+    _check_search(queries, keys, k, exclude, block_elements)
     m = queries.shape[0]
     best = torch.full((m, k), float(_EMPTY), device=queries.device)  # top-k so far (below any real cosine)
     best_rows = torch.full((m, k), -1, dtype=torch.long, device=queries.device)

@@ -19,10 +19,11 @@ def binary_labels(labels: np.ndarray, what: str = "AUC", need_both: bool = True)
             classes (AUC, a ROC threshold, a choice made on validation) needs both.
 
     Raises:
-        ValueError: a label other than 0/1 (the values are named), or, with
-            ``need_both``, only one class present.
+        ValueError: ``labels`` is not 1-D [M] (a [M, 1] column is not flattened silently);
+            a label other than 0/1 (the values are named), or, with ``need_both``,
+            only one class present.
     """
-    labels = np.asarray(labels).ravel()
+    labels = _one_dimensional(labels, f"{what}: labels")
     present = set(np.unique(labels).tolist())
     if not present <= {0, 1}:
         raise ValueError(f"{what} needs labels 0 (normal) and 1 (abnormal); got classes {sorted(present, key=str)}")
@@ -51,64 +52,69 @@ def finite_scores(values: Any, name: str = "scores") -> np.ndarray:
     return arr
 
 
-def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels, scores = np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+def _one_dimensional(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def _check(labels: np.ndarray, scores: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    labels = binary_labels(labels, what)
+    scores = finite_scores(_one_dimensional(scores, f"{what}: scores"), f"{what}: scores")
     if labels.shape != scores.shape:
-        raise ValueError(f"labels ({labels.shape[0]}) and scores ({scores.shape[0]}) differ in length")
-    return binary_labels(labels, "AUC"), finite_scores(scores)
+        raise ValueError(f"{what}: labels ({labels.shape[0]}) and scores ({scores.shape[0]}) differ in length")
+    return labels, scores
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve.
+    """Area under the ROC curve of ``scores`` [M] for ``labels`` [M].
 
     Raises:
-        ValueError: labels and scores differ in length; a NaN or inf score; a label
-            other than 0/1, or only one class present (see :func:`binary_labels`).
+        ValueError: labels or scores not 1-D, or of different lengths; a NaN or inf score; a
+            label other than 0/1, or only one class present (see :func:`binary_labels`).
     """
-    return float(roc_auc_score(*_check(labels, scores)))
+    return float(roc_auc_score(*_check(labels, scores, "AUC")))
 
 
 def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the precision-recall curve (average precision), abnormal = positive class.
+    """Area under the precision-recall curve (average precision) of [M] scores, abnormal = positive class.
 
     Raises:
-        ValueError: labels and scores differ in length; a NaN or inf score; a label
-            other than 0/1, or only one class present (see :func:`binary_labels`).
+        ValueError: as :func:`auc`.
     """
-    return float(average_precision_score(*_check(labels, scores)))
+    return float(average_precision_score(*_check(labels, scores, "AUPRC")))
 
 
 def roc_curve_data(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
-    """ROC curve: ``{"fpr", "tpr", "thresholds"}`` arrays.
+    """ROC curve of [M] scores: ``{"fpr", "tpr", "thresholds"}`` arrays.
 
     Raises:
-        ValueError: labels and scores differ in length; a NaN or inf score; a label
-            other than 0/1, or only one class present (see :func:`binary_labels`).
+        ValueError: as :func:`auc`.
     """
-    fpr, tpr, thresholds = roc_curve(*_check(labels, scores))
+    fpr, tpr, thresholds = roc_curve(*_check(labels, scores, "ROC curve"))
     return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
 
 
 def pr_curve_data(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision-recall curve: ``{"precision", "recall", "thresholds"}`` arrays.
+    """Precision-recall curve of [M] scores: ``{"precision", "recall", "thresholds"}`` arrays.
 
     Raises:
-        ValueError: labels and scores differ in length; a NaN or inf score; a label
-            other than 0/1, or only one class present (see :func:`binary_labels`).
+        ValueError: as :func:`auc`.
     """
-    precision, recall, thresholds = precision_recall_curve(*_check(labels, scores))
+    precision, recall, thresholds = precision_recall_curve(*_check(labels, scores, "precision-recall curve"))
     return {"precision": precision, "recall": recall, "thresholds": thresholds}
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% half-width ``1.96 * std`` over replicates (sample std, ddof=1).
+    """Mean and 95% half-width ``1.96 * std`` over replicates (sample std, ddof=1) of [R] values.
 
     The half-width is NaN for a single replicate: one run says nothing about spread.
 
     Raises:
-        ValueError: no values.
+        ValueError: no values; not 1-D [R]; a value that is NaN, inf or not a number.
     """
-    arr = np.asarray(values, dtype=np.float64)
+    arr = finite_scores(_one_dimensional(values, "mean_ci values"), "mean_ci values")
     if arr.size == 0:
         raise ValueError("mean_ci needs at least one value")
     half = float(1.96 * arr.std(ddof=1)) if arr.size > 1 else float("nan")

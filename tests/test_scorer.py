@@ -108,6 +108,13 @@ def test_k_larger_than_bank_is_clamped_silently_by_policy():
     assert SaladScorer(k=5, discard_anomalous=False).fit(bank).k_ == 5
     with pytest.raises(ValueError, match="k must lie in 1..8"):
         eq4_scores(queries, bank, 9)
+    for kwargs, message in (({"k": True}, r"k must be an int, got True \(bool\)"),
+                            ({"k": 3.0}, r"k must be an int, got 3.0"),
+                            ({"k": 3, "block_elements": 0}, r"block_elements must be >= 1"),
+                            ({"k": 3, "block_elements": 2.5}, r"block_elements must be an int"),
+                            ({"k": 3, "exclude": torch.tensor([0.0, 1.0])}, r"exclude must hold integer key rows")):
+        with pytest.raises(ValueError, match=message):
+            eq4_scores(queries, bank, **kwargs)
 
 
 def test_discard_anomalous_drops_abnormal_rows():
@@ -183,6 +190,8 @@ def test_one_class_validation_is_refused_by_every_validation_choice():
         scorer.set_threshold(z_val, np.array([0, 2, 0, 2, 0, 2]))
     with pytest.raises(ValueError, match="y_val has 4 labels but z_val has 6 rows"):
         scorer.set_threshold(z_val, np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"labels must be 1-D, got shape \(6, 1\)"):  # never flattened silently
+        scorer.set_threshold(z_val, np.array([0, 1, 0, 1, 0, 1])[:, None])
     trainer = SimpleNamespace(val_labels=np.zeros(6, dtype=np.int64), cfg=SaladConfig())  # refused before any use
     with pytest.raises(ValueError, match=r"select_scoring \(validation AUC\) needs both"):
         select_scoring(trainer)

@@ -143,6 +143,15 @@ def test_one_class_split_errors() -> None:
         one_class_split(meta, anomaly_ratio=1.0)
     with pytest.raises(ValueError, match="val_fraction"):
         one_class_split(meta, val_fraction=0.0)
+    for bad, message in ((dict(reserve_ratio=-1.0), r"reserve_ratio must be a number in \[0, 1\), got -1.0"),
+                         (dict(reserve_ratio=float("nan")), r"reserve_ratio must be .*got nan"),
+                         (dict(anomaly_ratio=float("nan")), r"anomaly_ratio must be .*got nan"),
+                         (dict(val_fraction=float("nan")), r"val_fraction must be a number in \(0, 1\)"),
+                         (dict(max_train=1.5), r"max_train must be an int >= 0 \(0 = no cap\), got 1.5 \(float\)"),
+                         (dict(seed=-1), r"seed must be in \[0, 2\*\*32 - 1\]"),
+                         (dict(seed="3"), r"seed must be an int >= 0, got '3' \(str\)")):
+        with pytest.raises(ValueError, match=message):  # never max(AR, NaN) = AR, or NumPy's unnamed error
+            one_class_split(meta, **bad)
     with pytest.raises(ValueError, match="patient_id"):
         one_class_split(meta.drop(columns="patient_id"))
     two_normal = pd.DataFrame({"label": [0, 0, 1, 1, 1], "patient_id": ["a", "b", "c", "d", "e"]})

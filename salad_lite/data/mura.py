@@ -297,7 +297,7 @@ def mura_group_split(
         PatientLeakError: a group in two splits (checked by
             :func:`~salad_lite.data.splits.check_patient_disjoint`).
     """
-    check_split_arguments(anomaly_ratio, max_train, normal_train_fraction=normal_train_fraction)
+    check_split_arguments(anomaly_ratio, max_train, seed, reserve_ratio, normal_train_fraction=normal_train_fraction)
     table = group_table(metadata, group_column)
     normal = table.index[table["kind"] == "normal"].to_numpy(dtype=object)
     abnormal = table.index[table["kind"] != "normal"].to_numpy(dtype=object)

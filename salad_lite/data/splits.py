@@ -158,15 +158,28 @@ def _rows(metadata: pd.DataFrame, patients: np.ndarray, label: int | None = None
     return np.flatnonzero(mask).astype(np.int64)
 
 
-def check_split_arguments(anomaly_ratio: float, max_train: int, **fractions: float) -> None:
-    """Raise ``ValueError`` naming the bad value: AR in [0, 1), ``max_train`` >= 0, each fraction in (0, 1)."""
-    if not 0.0 <= anomaly_ratio < 1.0:
-        raise ValueError(f"anomaly_ratio must be in [0, 1), got {anomaly_ratio}")
-    for name, value in fractions.items():
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
+def check_split_arguments(anomaly_ratio: float, max_train: int, seed: int = 0, reserve_ratio: float | None = None,
+                          **fractions: float) -> None:
+    """Raise ``ValueError`` naming the bad value.
+
+    AR and ``reserve_ratio`` (None = unused) are numbers in [0, 1), each fraction a
+    number in (0, 1) (NaN is none of these), ``max_train`` an int >= 0 and ``seed``
+    an int in NumPy's range [0, 2**32 - 1].
+    """
+    ranges = {"anomaly_ratio": (anomaly_ratio, True),
+              **({} if reserve_ratio is None else {"reserve_ratio": (reserve_ratio, True)}),
+              **{name: (value, False) for name, value in fractions.items()}}
+    for name, (value, closed_at_0) in ranges.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+                not (0.0 <= value < 1.0 if closed_at_0 else 0.0 < value < 1.0):
+            raise ValueError(f"{name} must be a number in {'[' if closed_at_0 else '('}0, 1), got {value!r}")
+    for name, value, low in (("max_train", max_train, "0 (0 = no cap)"), ("seed", seed, "0")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r} ({type(value).__name__})")
     if max_train < 0:
         raise ValueError(f"max_train must be >= 0 (0 = no cap), got {max_train}")
+    if not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"seed must be in [0, 2**32 - 1] (NumPy's seed range), got {seed}")
 
 
 def one_class_split(
@@ -223,9 +236,8 @@ def one_class_split(
         MissingPatientIdError: a patient id is missing (row named).
         PatientLeakError: never expected; checked before returning.
     """
-    check_split_arguments(anomaly_ratio, max_train, val_fraction=val_fraction)
+    check_split_arguments(anomaly_ratio, max_train, seed, reserve_ratio, val_fraction=val_fraction)
     reserve_ar = anomaly_ratio if reserve_ratio is None else max(anomaly_ratio, reserve_ratio)
-    check_split_arguments(reserve_ar, max_train)
     for column in ("label", "patient_id"):
         if column not in metadata.columns:
             raise ValueError(f"metadata lacks column {column!r}; it has {list(metadata.columns)}")
