@@ -311,3 +311,18 @@ def test_a_hand_edited_cache_metadata_csv_is_refused(tmp_path: Path) -> None:
     (cache / "demo.json").write_text(json.dumps(info))
     np.save(cache / "demo.npy", np.full((12, 8, 8), 7, np.uint8))
     assert int(CachedXrayDataset.from_dataset(lazy, cache_dir=cache, name="demo", progress=False).images.max()) > 7
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", r"EmptyDataError: .*; the file holds no header line\)"),
+    (b"path,label\n\xff\xfe\x00bad,0\n", r"UnicodeDecodeError: .*; save it as UTF-8 text\)"),
+    (b'path,label\n"unclosed,0\n', r"ParserError: .*; a cell holding a comma must be quoted\)"),
+])
+def test_an_unreadable_csv_gets_the_hint_of_its_fault_only(tmp_path: Path, content: bytes, message: str) -> None:
+    from salad_lite.data.base import read_text_csv
+
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(content)
+    with pytest.raises(CorruptFileError, match=message) as caught:
+        read_text_csv(path, "manifest")
+    assert str(path) in str(caught.value) and str(caught.value).count("; ") == 1

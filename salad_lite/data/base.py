@@ -194,8 +194,11 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
             warnings.simplefilter("always", pd.errors.ParserWarning)
             table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
-        raise CorruptFileError(f"{what} {path} cannot be read as CSV ({type(error).__name__}: {str(error).strip()}; "
-                               "a cell holding a comma must be quoted)") from None
+        hint = {pd.errors.ParserError: "; a cell holding a comma must be quoted",
+                pd.errors.EmptyDataError: "; the file holds no header line",
+                UnicodeDecodeError: "; save it as UTF-8 text"}.get(type(error), "")
+        raise CorruptFileError(f"{what} {path} cannot be read as CSV ({type(error).__name__}: "
+                               f"{str(error).strip()}{hint})") from None
     for warning in caught:
         if issubclass(warning.category, pd.errors.ParserWarning) and "does not match" in str(warning.message):
             raise CorruptFileError(f"{what} {path}: {_extra_field_lines(path, len(table.columns), kwargs)} "
