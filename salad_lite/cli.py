@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import pandas as pd
 
 from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir
 from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
-    paper_config, profile_config
+    paper_config, parse_class_map, profile_config
 from salad_lite.data.registry import DATASETS
 
 __all__ = ["build_parser", "main", "run"]
@@ -127,12 +128,13 @@ def _image_size_type(dataset: str) -> Any:
     return image_size
 
 
-def _class_map_entry(text: str) -> tuple[str, int]:
-    """A ``--class-map`` value ``FOLDER=0`` or ``FOLDER=1``."""
-    name, sep, label = text.rpartition("=")
-    if not sep or not name or label.strip() not in ("0", "1"):
-        raise argparse.ArgumentTypeError(f"must be FOLDER=0 (normal) or FOLDER=1 (abnormal), got {text!r}")
-    return name, int(label)
+def _class_map_entry(text: str) -> str:
+    """A ``--class-map`` value ``FOLDER=0`` or ``FOLDER=1`` (:func:`~salad_lite.config.parse_class_map`)."""
+    try:
+        parse_class_map([text], "--class-map")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--class-map ")) from None
+    return text
 
 
 def _device(text: str) -> str:
@@ -182,9 +184,7 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
             sub.add_argument("--view", default="all", choices=["PA", "AP", "all"],
                              help="view filter (paper: PA; train reads the 'all' cache)")
         if name == "folder":
-            sub.add_argument("--class-map", type=_class_map_entry, action="append", default=None,
-                             metavar="FOLDER=0|1", help="label of a class folder not named normal/abnormal, once "
-                                                        "per folder: --class-map NORMAL=0 --class-map PNEUMONIA=1")
+            _add_class_map_argument(sub)
         if name == "mura":
             sub.add_argument("--preprocess", default="pipeline", choices=["pipeline", "resize"],
                              help="'pipeline': carrier warp + segmentation (paper); 'resize': resize + pad only")
@@ -208,6 +208,12 @@ def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:
     sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_class_map_argument(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--class-map", type=_class_map_entry, action="append", default=None, metavar="FOLDER=0|1",
+                     help="folder datasets: the label of a class folder not named normal/abnormal, once per "
+                          "folder: --class-map NORMAL=0 --class-map PNEUMONIA=1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``salad-lite`` argument parser (subcommands prepare, train, evaluate, score)."""
     parser = _Parser(
@@ -229,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the data folder (default: the config's; empty: the embedded synthetic set)")
     train.add_argument("--split-file", default=None, metavar="CSV",
                        help="a published split (CSV of image and split name); default: the seeded split")
+    _add_class_map_argument(train)
     _add_run_arguments(train, "replicate seed (default: the config's train.seed)")
 
     evaluate = commands.add_parser(
@@ -274,9 +281,11 @@ def _check_device(device: str) -> None:
     check_available_device("--device", device)
 
 
-#: Library advice naming Python arguments -> the command line's options.
+#: Library advice naming Python arguments -> the command line's options (every printed error goes through it).
 _CLI_WORDS = (("pass csv_path=...", "pass --csv FILE"),
-              ("pass class_map={'FOLDER': 0 or 1, ...}", "pass --class-map FOLDER=0 --class-map FOLDER=1"))
+              ("pass class_map={'FOLDER': 0 or 1, ...}", "pass --class-map FOLDER=0 --class-map FOLDER=1"),
+              ("drop the class map", "drop --class-map (and data.class_map)"),
+              ("pass patient_id_fn, or use a manifest.csv", "use a manifest.csv (--root manifest.csv)"))
 #: A user's --config is not a cache: it is fixed, not deleted.
 _CONFIG_WORDS = (("; delete it to rebuild", "; fix the file (your configuration)"),)
 
@@ -300,7 +309,8 @@ def _load_splits(cfg: SaladConfig, split_file: str, progress: bool) -> dict[str,
 
     return load_splits(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
                        anomaly_ratio=cfg.data.anomaly_ratio, seed=0, max_train_images=cfg.data.max_train_images,
-                       progress=progress, embedded_scale=cfg.data.embedded_scale, split_file=split_file)
+                       progress=progress, embedded_scale=cfg.data.embedded_scale, split_file=split_file,
+                       class_map=parse_class_map(cfg.data.class_map))
 
 
 def _print_splits(splits: dict[str, Any]) -> None:
@@ -334,16 +344,9 @@ def _prepare(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"folder root {root} does not exist")
     split_fn = split_function(args.dataset, args.anomaly_ratio, args.seed, args.max_train, args.split_file,
                               **({"group_column": args.group_by} if args.dataset == "mura" else {}))
-    try:
-        if args.dataset == "folder" and args.class_map:
-            from salad_lite.data.generic import ImageFolderXray
-
-            lazy, name = ImageFolderXray(root, image_size=size, class_map=dict(args.class_map)), \
-                f"folder_{root.stem}_{size}px"
-        else:
-            lazy, name = dataset_source(args.dataset, root, size, **options)
-    except DATA_ERRORS as error:
-        raise _reworded(error) from None
+    if args.dataset == "folder":
+        options = {"class_map": parse_class_map(args.class_map or (), "--class-map")}
+    lazy, name = dataset_source(args.dataset, root, size, **options)
     left_out: list[int] = []
 
     def checked_split(meta: pd.DataFrame) -> Any:  # train's rule: validation and test hold both classes
@@ -383,6 +386,8 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     """The run's configuration and split file from the arguments and the run folder's run.json (if any)."""
     from salad_lite.experiment import RUN_DESCRIPTION, load_run_description
 
+    from salad_lite.files import read_json
+
     stored_path = Path(args.run_dir) / RUN_DESCRIPTION
     stored = load_run_description(args.run_dir) if stored_path.is_file() else None
     if args.dataset is not None and args.profile is None:
@@ -390,8 +395,12 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.config is not None:
         try:
             cfg = SaladConfig.from_json(args.config)
+            named = read_json(args.config, "configuration").get("data", {})
         except DATA_ERRORS as error:  # the user's own file: never "delete it to rebuild"
             raise _reworded(error, _CONFIG_WORDS) from None
+        if "dataset" not in named:  # the default would silently pick one
+            raise ValueError(f"configuration {args.config} names no data.dataset: add \"data\": {{\"dataset\": "
+                             "\"nih\"}} (or \"mura\", \"folder\")")
     elif args.profile is not None:
         if args.dataset is None:
             parser.error("argument --profile: needs --dataset (nih, mura or folder)")
@@ -408,7 +417,12 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.seed is not None:
         cfg = cfg.replace(train={"seed": args.seed})
     cfg = cfg.replace(train={"progress": _progress(args)})
+    if args.class_map is not None:
+        parse_class_map(args.class_map, "--class-map")  # a folder named twice, in the option's words
+        cfg = cfg.replace(data={"class_map": tuple(args.class_map)})
     split_file = _absolute(split_file)
+    if stored is not None and not any(Path(args.run_dir).glob("*/seed*/*.safetensors")):
+        stored = None  # a recorded run without a trained epoch (its first one failed) binds nothing yet
     if stored is not None:
         from salad_lite.trainer import config_changes
 
@@ -439,11 +453,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # what the trainer and evaluate will refuse, refused before the run folder records this run
     check_splits(splits, required=("train", "val", "test"), both_classes=("val", "test"))
     if main_process:
-        save_run_description(args.run_dir, cfg, split_file)
         distributed.barrier()
     folder = replicate_dir(args.run_dir, cfg)
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=folder, device=args.device)
-    if main_process:
+    if main_process:  # the trainer accepted the data and the folder's checkpoints: record the run
+        save_run_description(args.run_dir, cfg, split_file)
         state = ("already finished" if trainer.is_finished else
                  f"resuming at epoch {trainer.epoch}" if trainer.epoch else "starting")
         print(f"{cfg.data.dataset} seed {cfg.train.seed}: {trainer.total_epochs} epochs, {state}; run folder {folder}")
@@ -477,8 +491,9 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
     _check_device(args.device)
     cfg, split_file = load_run_description(args.run_dir)
     cfg = cfg.replace(train={"progress": False, **({"seed": args.seed} if args.seed is not None else {})})
-    if not (replicate_dir(args.run_dir, cfg) / "last.json").is_file():
-        seeds = (p.parent.name[4:] for p in (Path(args.run_dir) / cfg.data.dataset).glob("seed*/last.json"))
+    if not any((replicate_dir(args.run_dir, cfg) / name).is_file() for name in ("last.json", "last.safetensors")):
+        # one file of the pair alone is a damaged checkpoint, named by the trainer; neither: never trained
+        seeds = {p.parent.name[4:] for p in (Path(args.run_dir) / cfg.data.dataset).glob("seed*/last.*")}
         trained = sorted(int(seed) for seed in seeds if seed.isdigit())
         raise FileNotFoundError(f"seed {cfg.train.seed} was never trained in {args.run_dir} (trained seeds: "
                                 f"{', '.join(map(str, trained)) or 'none'})")
@@ -650,20 +665,30 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    try:
-        if args.command == "prepare":
-            return _prepare(args)
-        if args.command == "train":
-            return _train(args, args.subparser)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        return _score(args, args.subparser)
-    except DATA_ERRORS as error:  # as salad_lite.cli_errors.data_script, printed by rank 0 only
-        if os.environ.get(TRACEBACK_ENV, "").strip() == "1":
-            raise
-        if _main_rank():
-            print(f"error: {error}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+    with warnings.catch_warnings():  # the filters stay; only how a warning is shown changes, and back after
+        warnings.showwarning = _show_warning
+        try:
+            if args.command == "prepare":
+                return _prepare(args)
+            if args.command == "train":
+                return _train(args, args.subparser)
+            if args.command == "evaluate":
+                return _evaluate(args)
+            return _score(args, args.subparser)
+        except DATA_ERRORS as error:  # as salad_lite.cli_errors.data_script, printed by rank 0 only
+            if os.environ.get(TRACEBACK_ENV, "").strip() == "1":
+                raise
+            if _main_rank():
+                print(f"error: {_reworded(error)}", file=sys.stderr)
+            return EXIT_DATA_ERROR
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A warning as the command line shows it: ``warning: ...`` on stderr, in its words, by rank 0 only."""
+    if _main_rank():
+        text = _reworded(message) if isinstance(message, Exception) else message
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -212,8 +212,14 @@ class ScoreConfig:
 class DataConfig:
     """Which data, at what resolution. An empty ``data_root`` means the embedded synthetic set.
 
+    ``class_map`` labels the class folders of a ``folder`` dataset that are not
+    named ``normal`` / ``abnormal``: ``("NORMAL=0", "PNEUMONIA=1")``, one entry
+    per folder (:func:`parse_class_map`).
+
     Raises:
-        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``data.field``.
+        ConfigError: a field of the wrong type or out of range (:data:`RANGES`), named ``data.field``;
+            a ``class_map`` entry that is not ``FOLDER=0|1``, a folder named twice, or a
+            ``class_map`` for a dataset other than ``folder``.
     """
 
     dataset: DatasetName = "nih"
@@ -222,9 +228,29 @@ class DataConfig:
     max_train_images: int = 0  # 0 = all
     replicates: int = 4
     embedded_scale: Literal["default", "small"] = "default"  # size of the embedded set (no data_root)
+    class_map: tuple[str, ...] = ()  # folder: "FOLDER=0|1" per class folder not named normal/abnormal
 
     def __post_init__(self) -> None:
         _validate(self)
+
+
+def parse_class_map(entries: tuple[str, ...] | list[str], name: str = "data.class_map") -> dict[str, int]:
+    """``("NORMAL=0", "PNEUMONIA=1")`` -> ``{"NORMAL": 0, "PNEUMONIA": 1}``: folder name -> label.
+
+    Raises:
+        ConfigError: an entry is not ``FOLDER=0`` / ``FOLDER=1``, or a folder is named
+            twice (``name``, the option or field, is named).
+    """
+    mapping: dict[str, int] = {}
+    for entry in entries:
+        folder, sep, label = str(entry).rpartition("=")
+        if not sep or not folder or label.strip() not in ("0", "1"):
+            raise ConfigError(f"{name} entries must be FOLDER=0 (normal) or FOLDER=1 (abnormal), got {entry!r}")
+        if folder in mapping:
+            raise ConfigError(f"{name} names folder {folder!r} twice ({folder}={mapping[folder]} and {entry}): "
+                              "give each class folder one label")
+        mapping[folder] = int(label)
+    return mapping
 
 
 @dataclass(frozen=True)
@@ -358,6 +384,9 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "augment"
 SECTION_OF: dict[type, str] = {section_cls: name for name, section_cls in SECTIONS.items()}
 
 # Fields earlier versions had and that are now gone: ignored (not refused) when an old JSON is loaded.
+MAY_BE_EMPTY: frozenset[str] = frozenset({"data.class_map"})
+"""Variadic tuple fields that may hold no value (every other one needs at least one)."""
+
 REMOVED_FIELDS: frozenset[tuple[str, str]] = frozenset({("score", "chunk_size")})
 
 # The smallest image side each architecture supports (powers of two only): the conv AE halves down
@@ -385,7 +414,8 @@ MAX_SEED = 2**32 - 1  # NumPy's seed range; per-epoch seeds (seed * 1_000_003 + 
 
 # Range rules per section field; types come from the annotations. Tuples are checked element-wise.
 RANGES: dict[str, dict[str, _Rule]] = {
-    "model": {"in_channels": _at_least(1), "latent_dim": _at_least(1), "width": _at_least(1)},
+    "model": {"in_channels": ((lambda v: v == 1), "1: every loader of salad_lite gives one-channel (grey) images"),
+              "latent_dim": _at_least(1), "width": _at_least(1)},
     "loss": {"temperature": _POSITIVE, "latent_weight": _at_least(0.0), "num_views": _at_least(0),
              "anchor_neighbours": _at_least(1)},
     "augment": {name: ((lambda v, name=name: within_limits(name, v)), limits_text(name))
@@ -427,6 +457,15 @@ def _validate(section: Any) -> None:
     if isinstance(section, TrainConfig) and section.rounds > 0 and section.epochs_per_round < 1:
         raise ConfigError(f"train.epochs_per_round must be >= 1 when train.rounds = {section.rounds} > 0, "
                           f"got {section.epochs_per_round!r}")
+    if isinstance(section, DataConfig) and section.class_map:
+        parse_class_map(section.class_map)
+        if section.dataset != "folder":
+            raise ConfigError(f"data.class_map labels class folders: it needs data.dataset 'folder', got "
+                              f"{section.dataset!r}")
+    if isinstance(section, TrainConfig) and section.pretrain_epochs + section.rounds * section.epochs_per_round < 1:
+        raise ConfigError("train.pretrain_epochs + train.rounds * train.epochs_per_round must be >= 1 (nothing to "
+                          f"train or select otherwise), got {section.pretrain_epochs} + {section.rounds} * "
+                          f"{section.epochs_per_round}")
 
 
 def check_image_size(arch: str, image_size: int) -> None:
@@ -465,7 +504,7 @@ def check_value(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (tuple, list)):
             raise ConfigError(f"{name} must be a tuple, got {value!r} ({type(value).__name__})")
         variadic = len(args) == 2 and args[1] is Ellipsis
-        if variadic and not value:
+        if variadic and not value and name not in MAY_BE_EMPTY:
             raise ConfigError(f"{name} must hold at least one value, got {value!r}")
         if not variadic and len(value) != len(args):
             raise ConfigError(f"{name} must hold {len(args)} values, got {value!r}")

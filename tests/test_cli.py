@@ -306,6 +306,24 @@ def _class_folders(root: Path, names: tuple[str, str] = ("normal", "abnormal"),
             Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(root / name / f"{name}{i}.png")
 
 
+def test_a_run_refuses_a_reshuffled_split(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A file renamed after training reshuffles the seeded split: its training films would be scored as test films."""
+    root = tmp_path / "films"
+    _class_folders(root, counts=(40, 16))
+    run = ["--run-dir", str(tmp_path / "r"), "--device", "cpu", "--no-progress"]
+    assert main(["train", "--profile", "smoke", "--dataset", "folder", "--data-root", str(root), *run]) == 0
+    capsys.readouterr()
+    (root / "normal" / "normal7.png").rename(root / "normal" / "a_renamed.png")
+    for command in ("evaluate", "train"):
+        _fails(capsys, [command, *run], "last.json was trained on other training or validation images",
+               "a file added, removed or renamed reshuffles a seeded split")
+    (root / "normal" / "a_renamed.png").rename(root / "normal" / "normal7.png")
+    assert main(["evaluate", *run]) == 0
+    (tmp_path / "r" / "folder" / "seed0" / "last.json").unlink()  # a damaged run, not one never trained
+    err = _fails(capsys, ["evaluate", *run], "last.json is missing")
+    assert "never trained" not in err
+
+
 def test_prepare_image_size_follows_the_config_rule(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     root = str(tmp_path / "r")
     for dataset, size, fragment in (("nih", "100000", "from 32 to 4096"), ("nih", "7", "power of two"),
@@ -344,6 +362,59 @@ def test_failed_train_writes_nothing(capsys: pytest.CaptureFixture[str], tmp_pat
         _fails(capsys, argv, "error: --run-dir must name a folder")  # '' would be the current directory
 
 
+def test_train_takes_the_class_map_and_the_run_keeps_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = tmp_path / "chest"
+    _class_folders(root, ("NORMAL", "PNEUMONIA"), counts=(40, 16))
+    run = ["--run-dir", str(tmp_path / "r"), "--device", "cpu", "--no-progress"]
+    train = ["train", "--profile", "smoke", "--dataset", "folder", "--data-root", str(root), *run]
+    err = _fails(capsys, train, "pass --class-map FOLDER=0 --class-map FOLDER=1")
+    assert "class_map=" not in err
+    _fails(capsys, [*train, "--class-map", "NORMAL=0", "--class-map", "NORMAL=1"], "names folder 'NORMAL' twice")
+    _fails(capsys, ["train", "--profile", "smoke", "--dataset", "nih", *run, "--class-map", "NORMAL=0"],
+           "data.class_map labels class folders")
+    assert not (tmp_path / "r").exists()
+    assert main([*train, "--class-map", "NORMAL=0", "--class-map", "PNEUMONIA=1"]) == 0
+    err = capsys.readouterr().err  # a warning in the command line's words, not a Python traceback line
+    assert "warning: image folder" in err and "use a manifest.csv (--root manifest.csv)" in err
+    assert "patient_id_fn" not in err and "DataWarning" not in err
+    recorded = json.loads((tmp_path / "r" / "run.json").read_text())["config"]["data"]["class_map"]
+    assert recorded == ["NORMAL=0", "PNEUMONIA=1"]
+    assert main(["evaluate", *run]) == 0  # evaluate reads the folder with the recorded map
+    _fails(capsys, [*train, "--class-map", "NORMAL=1", "--class-map", "PNEUMONIA=0"],
+           "data.class_map: ('NORMAL=0', 'PNEUMONIA=1') -> ('NORMAL=1', 'PNEUMONIA=0')")
+
+
+def test_a_config_the_trainer_refuses_records_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused configurations leave no run.json behind, and a run whose first epoch failed binds nothing."""
+    from salad_lite.trainer import SaladTrainer
+
+    run_dir = tmp_path / "r"
+    run = ["--run-dir", str(run_dir), "--device", "cpu", "--no-progress"]
+    _class_folders(tmp_path / "films", counts=(40, 16))
+    smoke = SMOKE.to_dict()
+    configs = {"in3": ({**smoke, "model": {**smoke["model"], "in_channels": 3}}, "model.in_channels must be 1"),
+               "one": ({**smoke, "data": {**smoke["data"], "dataset": "folder", "data_root": str(tmp_path / "films"),
+                                          "max_train_images": 1}}, "at least 2 images, got 1"),
+               "nothing": ({**smoke, "train": {**smoke["train"], "pretrain_epochs": 0, "rounds": 0}},
+                           "must be >= 1 (nothing to train"),
+               "nameless": ({"train": smoke["train"]}, "names no data.dataset")}
+    for name, (config, fragment) in configs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        _fails(capsys, ["train", "--config", str(tmp_path / f"{name}.json"), *run], fragment)
+        assert not (run_dir / "run.json").exists(), name
+
+    def fails(self: SaladTrainer) -> None:
+        raise ValueError("the first epoch failed")
+
+    monkeypatch.setattr(SaladTrainer, "fit", fails)
+    _fails(capsys, ["train", "--profile", "smoke", "--dataset", "nih", *run], "the first epoch failed")
+    assert json.loads((run_dir / "run.json").read_text())["config"]["train"]["lr"] == SMOKE.train.lr
+    (tmp_path / "fixed.json").write_text(json.dumps({**smoke, "train": {**smoke["train"], "lr": 0.01}}))
+    _fails(capsys, ["train", "--config", str(tmp_path / "fixed.json"), *run], "the first epoch failed")
+    assert json.loads((run_dir / "run.json").read_text())["config"]["train"]["lr"] == 0.01  # not locked out
+
+
 def test_prepare_refuses_one_class_splits_and_counts_left_out(capsys: pytest.CaptureFixture[str],
                                                               tmp_path: Path) -> None:
     root = tmp_path / "mine"
@@ -367,8 +438,10 @@ def test_messages_name_cli_options(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "class_map=" not in err
     assert main(["prepare", "folder", "--root", str(root), "--no-progress", "--class-map", "NORMAL=0",
                  "--class-map", "PNEUMONIA=1"]) == 0
-    assert "folder_chest_256px.npy" in capsys.readouterr().out
+    assert "folder_chest_classmap-" in capsys.readouterr().out  # a class map has its own cache
     _fails(capsys, ["prepare", "folder", "--root", str(root), "--class-map", "NORMAL"], "argument --class-map")
+    _fails(capsys, ["prepare", "folder", "--root", str(root), "--class-map", "NORMAL=0", "--class-map",
+                    "PNEUMONIA=1", "--class-map", "NORMAL=1"], "--class-map names folder 'NORMAL' twice")
     empty = tmp_path / "empty"
     empty.mkdir()
     err = _fails(capsys, ["prepare", "nih", "--root", str(empty)], "pass --csv FILE")

@@ -101,7 +101,12 @@ BAD_VALUES = [
     ("model", "image_size", 32.0, r"model.image_size must be an int, got 32.0"),
     ("model", "latent_dim", 0, r"model.latent_dim must be >= 1"),
     ("model", "width", -8, r"model.width must be >= 1"),
-    ("model", "in_channels", 0, r"model.in_channels must be >= 1"),
+    ("model", "in_channels", 0, r"model.in_channels must be 1: every loader of salad_lite gives one-channel"),
+    ("model", "in_channels", 3, r"model.in_channels must be 1: every loader"),
+    ("data", "class_map", ("NORMAL",), r"data.class_map entries must be FOLDER=0 \(normal\) or FOLDER=1"),
+    ("data", "class_map", ("A=0", "A=1"), r"data.class_map names folder 'A' twice \(A=0 and A=1\)"),
+    ("data", "class_map", ("A=0", "B=1"), r"data.class_map labels class folders: it needs data.dataset 'folder'"),
+    ("data", "class_map", "A=0", r"data.class_map must be a tuple"),
 ]
 
 
@@ -184,6 +189,8 @@ def test_from_json_names_a_folder(tmp_path):
 @pytest.mark.parametrize(("changes", "message"), [
     ({"train": {"seed": 2**70}}, r"train.seed must be in \[0, 4294967295\]"),
     ({"model": {"image_size": 2**40}}, r"model.image_size=1099511627776 is not supported"),
+    ({"train": {"pretrain_epochs": 0, "rounds": 0}},
+     r"train.pretrain_epochs \+ train.rounds \* train.epochs_per_round must be >= 1 .*got 0 \+ 0 \* 50"),
 ])
 def test_values_beyond_what_the_trainer_can_use_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):

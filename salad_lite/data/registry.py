@@ -239,12 +239,14 @@ def describe_splits(splits: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("split")
 
 
-def _folder_dataset(root: Path, image_size: int) -> XrayDataset:
-    if root.is_file():
-        return ManifestXray(root, image_size=image_size)
-    if (root / "manifest.csv").is_file():
-        return ManifestXray(root / "manifest.csv", image_size=image_size)
-    return ImageFolderXray(root, image_size=image_size)
+def _folder_dataset(root: Path, image_size: int, class_map: Mapping[str, int] | None) -> XrayDataset:
+    manifest = root if root.is_file() else root / "manifest.csv"
+    if manifest.is_file():
+        if class_map:
+            raise ValueError(f"a class map labels class folders, but {root} is read through the manifest "
+                             f"{manifest}, whose label column labels each image: drop the class map")
+        return ManifestXray(manifest, image_size=image_size)
+    return ImageFolderXray(root, image_size=image_size, class_map=class_map or None)
 
 
 def dataset_source(
@@ -258,6 +260,7 @@ def dataset_source(
     preprocess: str = "pipeline",
     body_parts: tuple[str, ...] | None = None,
     on_missing: str = "drop",
+    class_map: Mapping[str, int] | None = None,
 ) -> tuple[XrayDataset, str]:
     """The lazy dataset (every image of every split) under ``root`` and the name of its image cache.
 
@@ -274,17 +277,21 @@ def dataset_source(
         preprocess: ``mura``: ``"pipeline"`` (paper) or ``"resize"``.
         body_parts: ``mura``: keep only these parts.
         on_missing: ``mura``: listed images missing on disk are ``"drop"``-ped (warned) or ``"raise"``.
+        class_map: ``folder``: label (0/1) of each class folder not named normal/abnormal
+            (:class:`ImageFolderXray`); refused for a manifest and other datasets.
 
     Returns:
         ``(lazy dataset, cache name)``; the cache name is ``nih_<view>_<S>px``,
-        ``mura[_<variant>]_<S>px`` or ``folder_<stem>_<S>px``.
+        ``mura[_<variant>]_<S>px`` or ``folder_<stem>[_classmap-<hash>]_<S>px``.
 
     Raises:
-        ValueError: unknown dataset; the loaders' errors (a wrong root or
-            layout, a label not understood: see :class:`NIHChestXray`,
+        ValueError: unknown dataset; a class map not for a folder of class folders; the
+            loaders' errors (a wrong root or layout, a label not understood: see :class:`NIHChestXray`,
             :class:`~salad_lite.data.mura.MURA`, :class:`ManifestXray`, :class:`ImageFolderXray`).
     """
     root = Path(root)
+    if class_map and dataset != "folder":
+        raise ValueError(f"a class map labels class folders: it needs dataset 'folder', got {dataset!r}")
     if dataset == "nih":
         lazy: XrayDataset = NIHChestXray(root, csv_path=csv_path, view=view, image_size=image_size)
         return lazy, f"nih_{lazy.view}_{image_size}px"
@@ -298,7 +305,10 @@ def dataset_source(
         variant += [] if tuple(mura_files) == ("train", "valid") else ["-".join(mura_files)]
         return lazy, "_".join(["mura", *variant, f"{image_size}px"])
     if dataset == "folder":
-        return _folder_dataset(root, image_size), f"folder_{root.stem}_{image_size}px"
+        # another class map labels the same files otherwise: its own cache
+        variant = f"_classmap-{hashlib.sha256(repr(sorted(class_map.items())).encode()).hexdigest()[:8]}" \
+            if class_map else ""
+        return _folder_dataset(root, image_size, class_map), f"folder_{root.stem}{variant}_{image_size}px"
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
 
 
@@ -370,6 +380,7 @@ def load_splits(
     cache_dir: str = "",
     embedded_scale: str = "default",
     split_file: str = "",
+    class_map: Mapping[str, int] | None = None,
 ) -> dict[str, CachedXrayDataset]:
     """Train / validation / test sets of a named dataset, cached in memory and on disk.
 
@@ -388,6 +399,8 @@ def load_splits(
         split_file: a published split (CSV of image and split name,
             :mod:`salad_lite.data.split_file`) instead of the seeded split;
             ``anomaly_ratio``, ``seed`` and ``max_train_images`` are then unused.
+        class_map: ``folder``: label of each class folder not named normal/abnormal
+            (:func:`dataset_source`).
 
     Returns:
         ``{"train", "val", "test"}`` -> :class:`CachedXrayDataset`; items are
@@ -414,10 +427,10 @@ def load_splits(
         raise FileNotFoundError(f"data_root {root} does not exist")
     # read the root first: a wrong root raises here, before any _cache folder exists
     if root is not None:
-        lazy, name = dataset_source(dataset, root, image_size)
+        lazy, name = dataset_source(dataset, root, image_size, class_map=class_map)
     else:
         source = ensure_embedded(dataset, progress=progress, scale=embedded_scale)
-        lazy, _ = dataset_source(dataset, source, image_size)
+        lazy, _ = dataset_source(dataset, source, image_size, class_map=class_map)
         manifest = source / _manifest_name("chest") if dataset == "nih" else source.parent / _manifest_name("limb")
         name = f"embedded_{dataset}{embedded_scale}_{_render_tag(manifest)}_{image_size}px"
     split_fn = split_function(dataset, anomaly_ratio, seed, max_train_images, split_file)
