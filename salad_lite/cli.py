@@ -29,6 +29,7 @@ included) and writes the run folder's files.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -304,15 +305,6 @@ def _reworded(error: Exception, words: tuple[tuple[str, str], ...] = _CLI_WORDS)
         return ValueError(new)
 
 
-def _load_splits(cfg: SaladConfig, split_file: str, progress: bool) -> dict[str, Any]:
-    from salad_lite.data.registry import load_splits
-
-    return load_splits(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
-                       anomaly_ratio=cfg.data.anomaly_ratio, seed=0, max_train_images=cfg.data.max_train_images,
-                       progress=progress, embedded_scale=cfg.data.embedded_scale, split_file=split_file,
-                       class_map=parse_class_map(cfg.data.class_map))
-
-
 def _print_splits(splits: dict[str, Any]) -> None:
     from salad_lite.data.registry import describe_splits
 
@@ -385,7 +377,6 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[SaladConfig, str]:
     """The run's configuration and split file from the arguments and the run folder's run.json (if any)."""
     from salad_lite.experiment import RUN_DESCRIPTION, load_run_description
-
     from salad_lite.files import read_json
 
     stored_path = Path(args.run_dir) / RUN_DESCRIPTION
@@ -395,7 +386,8 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.config is not None:
         try:
             cfg = SaladConfig.from_json(args.config)
-            named = read_json(args.config, "configuration").get("data", {})
+            text = args.config.lstrip()  # from_json also takes JSON text
+            named = (json.loads(text) if text[:1] == "{" else read_json(args.config, "configuration")).get("data", {})
         except DATA_ERRORS as error:  # the user's own file: never "delete it to rebuild"
             raise _reworded(error, _CONFIG_WORDS) from None
         if "dataset" not in named:  # the default would silently pick one
@@ -444,12 +436,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_device(args.device)
     distributed.init_from_environment(args.device)  # under torchrun (WORLD_SIZE > 1): join the process group
     main_process = distributed.is_main_process()
-    from salad_lite.experiment import replicate_dir, save_run_description
+    from salad_lite.experiment import replicate_dir, save_run_description, splits_for
     from salad_lite.trainer import SaladTrainer
 
     if not main_process:
         distributed.barrier()  # rank 0 builds a missing image cache alone; the others then read it
-    splits = _load_splits(cfg, split_file, progress=_progress(args) and main_process)
+    splits = splits_for(cfg, progress=_progress(args) and main_process, split_file=split_file)
     # what the trainer and evaluate will refuse, refused before the run folder records this run
     check_splits(splits, required=("train", "val", "test"), both_classes=("val", "test"))
     if main_process:
@@ -484,7 +476,7 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
         FileNotFoundError: no run folder or run.json.
         ValueError: the replicate is not trained to the end.
     """
-    from salad_lite.experiment import load_run_description, replicate_dir
+    from salad_lite.experiment import load_run_description, replicate_dir, splits_for
     from salad_lite.trainer import SaladTrainer
 
     check_run_dir(args.run_dir)
@@ -497,7 +489,7 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
         trained = sorted(int(seed) for seed in seeds if seed.isdigit())
         raise FileNotFoundError(f"seed {cfg.train.seed} was never trained in {args.run_dir} (trained seeds: "
                                 f"{', '.join(map(str, trained)) or 'none'})")
-    splits = _load_splits(cfg, split_file, progress=_progress(args))
+    splits = splits_for(cfg, progress=_progress(args), split_file=split_file)
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=replicate_dir(args.run_dir, cfg),
                            device=args.device)
     if not trainer.is_finished:

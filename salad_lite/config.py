@@ -383,10 +383,10 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "augment"
                              "score": ScoreConfig, "data": DataConfig}
 SECTION_OF: dict[type, str] = {section_cls: name for name, section_cls in SECTIONS.items()}
 
-# Fields earlier versions had and that are now gone: ignored (not refused) when an old JSON is loaded.
 MAY_BE_EMPTY: frozenset[str] = frozenset({"data.class_map"})
 """Variadic tuple fields that may hold no value (every other one needs at least one)."""
 
+# Fields earlier versions had and that are now gone: ignored (not refused) when an old JSON is loaded.
 REMOVED_FIELDS: frozenset[tuple[str, str]] = frozenset({("score", "chunk_size")})
 
 # The smallest image side each architecture supports (powers of two only): the conv AE halves down

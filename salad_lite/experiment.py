@@ -26,7 +26,7 @@ from typing import Any, get_type_hints
 import numpy as np
 
 from salad_lite.baselines import pca_baseline
-from salad_lite.config import ConfigError, SaladConfig, check_value
+from salad_lite.config import ConfigError, SaladConfig, check_value, parse_class_map
 from salad_lite.data.batches import check_splits, dataset_labels, splits_fingerprint
 from salad_lite.files import CorruptFileError, read_json, remove_stale_temps, write_json_atomic
 from salad_lite.metrics import auc, auprc, binary_labels, mean_ci, pr_curve_data, roc_curve_data
@@ -487,15 +487,19 @@ def _check_pca_scores(scores: Any, n_test: int, path: Path) -> None:
                                f"(one per test image), got {what}; delete it to recompute")
 
 
-def splits_for(cfg: SaladConfig, progress: bool = True) -> dict[str, Any]:
-    """The cached train / val / test splits that ``cfg.data`` and ``cfg.model.image_size`` describe (split seed 0).
+def splits_for(cfg: SaladConfig, progress: bool = True, split_file: str = "") -> dict[str, Any]:
+    """The cached train / val / test splits that ``cfg.data`` and ``cfg.model.image_size`` describe.
+
+    The seeded split (split seed 0), or the published ``split_file``; a ``folder``
+    dataset's class folders are labelled by ``cfg.data.class_map``.
 
     Raises:
         FileNotFoundError, ValueError: from :func:`salad_lite.data.registry.load_splits` (a wrong
-            root, no images, a split that cannot be built).
+            root, no images, a split that cannot be built, a bad split file).
     """
     from salad_lite.data.registry import load_splits
 
     return load_splits(cfg.data.dataset, cfg.data.data_root, image_size=cfg.model.image_size,
                        anomaly_ratio=cfg.data.anomaly_ratio, seed=0, max_train_images=cfg.data.max_train_images,
-                       progress=progress, embedded_scale=cfg.data.embedded_scale)
+                       progress=progress, embedded_scale=cfg.data.embedded_scale, split_file=split_file,
+                       class_map=parse_class_map(cfg.data.class_map))

@@ -35,8 +35,8 @@ from salad_lite.data.base import parse_binary_labels
 from salad_lite.data.splits import check_patient_disjoint, patient_id_text, patient_ids_of
 
 __all__ = ["NonFiniteImageError", "OneClassSplitError", "check_data_fingerprint", "check_finite_images",
-           "check_splits", "dataset_labels",
-           "dataset_patient_ids", "gather_images", "image_batches", "require_both_classes", "splits_fingerprint"]
+           "check_splits", "dataset_labels", "dataset_patient_ids", "gather_images", "image_batches",
+           "require_both_classes", "splits_fingerprint"]
 
 CHECK_BATCH = 256  # images per batch of the non-finite scan
 
