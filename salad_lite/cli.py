@@ -97,6 +97,16 @@ def _count(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def _seed(text: str) -> int:
+    """A ``--seed`` value: an int in NumPy's seed range [0, 2**32 - 1], as ``train.seed``."""
+    from salad_lite.config import MAX_SEED
+
+    value = _count(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, {MAX_SEED}], got {text!r}")
+    return value
+
+
 def _ratio(text: str) -> float:
     """An option value in [0, 1) (``argument --anomaly-ratio: must be a number in [0, 1), got '1.5'``).
 
@@ -132,7 +142,7 @@ def _image_size_type(dataset: str) -> Any:
 def _class_map_entry(text: str) -> str:
     """A ``--class-map`` value ``FOLDER=0`` or ``FOLDER=1`` (:func:`~salad_lite.config.parse_class_map`)."""
     try:
-        parse_class_map([text], "--class-map")
+        parse_class_map([text], "--class-map", complete=False)  # one entry; the whole map is checked at use
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error).removeprefix("--class-map ")) from None
     return text
@@ -175,7 +185,7 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
                               "patient leaks and missing images; default: the seeded patient-wise split")
         sub.add_argument("--anomaly-ratio", type=_ratio, default=0.05,
                          help="share of abnormal training images (AR) of the seeded split")
-        sub.add_argument("--seed", type=_count, default=0, help="seed of the split")
+        sub.add_argument("--seed", type=_seed, default=0, help="seed of the split")
         sub.add_argument("--max-train", type=_count, default=0, help="cap on training images (0 = none)")
         sub.add_argument("--cache-dir", default=None, help="cache folder (default <root>/_cache)")
         sub.add_argument("--workers", type=_positive_int, default=None, help="image reading threads")
@@ -203,7 +213,7 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:
     sub.add_argument("--run-dir", required=True, help="the run folder (relative to the current directory)")
-    sub.add_argument("--seed", type=_count, default=None, help=seed_help)
+    sub.add_argument("--seed", type=_seed, default=None, help=seed_help)
     sub.set_defaults(subparser=sub)
     sub.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -285,8 +295,8 @@ def _check_device(device: str) -> None:
 #: Library advice naming Python arguments -> the command line's options (every printed error goes through it).
 _CLI_WORDS = (("pass csv_path=...", "pass --csv FILE"),
               ("pass class_map={'FOLDER': 0 or 1, ...}", "pass --class-map FOLDER=0 --class-map FOLDER=1"),
-              ("drop the class map", "drop --class-map (and data.class_map)"),
-              ("pass patient_id_fn, or use a manifest.csv", "use a manifest.csv (--root manifest.csv)"))
+              ("drop the class map", "drop --class-map / data.class_map"),
+              ("pass patient_id_fn, or use a manifest.csv", "use a manifest.csv"))
 #: A user's --config is not a cache: it is fixed, not deleted.
 _CONFIG_WORDS = (("; delete it to rebuild", "; fix the file (your configuration)"),)
 
@@ -375,24 +385,33 @@ def _prepare(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- train
 def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[SaladConfig, str]:
-    """The run's configuration and split file from the arguments and the run folder's run.json (if any)."""
+    """The run's configuration and split file from the arguments and the run folder's run.json (if any).
+
+    A recorded run binds the folder once an epoch of it is saved: a new configuration
+    must then equal it in every training setting. Its data root and split file are
+    defaults only (for ``--profile`` and a bare continuation): where the images live
+    is not the run's identity, the images are (each checkpoint records them, and the
+    trainer refuses other training or validation images). A recorded run without a
+    saved epoch (its first failed) supplies nothing but a bare continuation's config.
+    """
     from salad_lite.experiment import RUN_DESCRIPTION, load_run_description
     from salad_lite.files import read_json
 
-    stored_path = Path(args.run_dir) / RUN_DESCRIPTION
-    stored = load_run_description(args.run_dir) if stored_path.is_file() else None
+    stored = load_run_description(args.run_dir) if (Path(args.run_dir) / RUN_DESCRIPTION).is_file() else None
+    bound = stored is not None and any(Path(args.run_dir).glob("*/seed*/*.safetensors"))
     if args.dataset is not None and args.profile is None:
         parser.error("argument --dataset: goes with --profile (a --config names its own dataset)")
     if args.config is not None:
         try:
+            text = args.config.lstrip()  # SaladConfig.from_json also takes JSON text
+            raw = json.loads(text) if text[:1] == "{" else read_json(args.config, "configuration")
+            if isinstance(raw, dict) and isinstance(raw.get("data", {}), dict) \
+                    and "dataset" not in raw.get("data", {}):  # the default would silently pick one
+                raise ValueError(f"configuration {args.config} names no data.dataset: add \"data\": "
+                                 "{\"dataset\": \"nih\"} (or \"mura\", \"folder\")")
             cfg = SaladConfig.from_json(args.config)
-            text = args.config.lstrip()  # from_json also takes JSON text
-            named = (json.loads(text) if text[:1] == "{" else read_json(args.config, "configuration")).get("data", {})
         except DATA_ERRORS as error:  # the user's own file: never "delete it to rebuild"
             raise _reworded(error, _CONFIG_WORDS) from None
-        if "dataset" not in named:  # the default would silently pick one
-            raise ValueError(f"configuration {args.config} names no data.dataset: add \"data\": {{\"dataset\": "
-                             "\"nih\"}} (or \"mura\", \"folder\")")
     elif args.profile is not None:
         if args.dataset is None:
             parser.error("argument --profile: needs --dataset (nih, mura or folder)")
@@ -402,9 +421,15 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     else:
         parser.error(f"one of the arguments --config --profile is required ({args.run_dir} holds no "
                      f"{RUN_DESCRIPTION} to continue)")
-    data_root = args.data_root if args.data_root is not None else (stored[0].data.data_root if stored
-                                                                    else cfg.data.data_root)
-    split_file = args.split_file if args.split_file is not None else (stored[1] if stored else "")
+    if args.class_map is not None and cfg.data.dataset != "folder":
+        parser.error(f"argument --class-map: labels class folders, so it needs the dataset folder, not "
+                     f"{cfg.data.dataset!r}")
+    defaults = stored if bound or (stored is not None and args.config is None and args.profile is None) else None
+    if args.data_root is not None:
+        data_root = args.data_root
+    else:  # a config file's own root is explicit; a profile's "" is not
+        data_root = defaults[0].data.data_root if defaults is not None and args.config is None else cfg.data.data_root
+    split_file = args.split_file if args.split_file is not None else (defaults[1] if defaults is not None else "")
     cfg = cfg.replace(data={"data_root": _absolute(data_root)})
     if args.seed is not None:
         cfg = cfg.replace(train={"seed": args.seed})
@@ -412,19 +437,14 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.class_map is not None:
         parse_class_map(args.class_map, "--class-map")  # a folder named twice, in the option's words
         cfg = cfg.replace(data={"class_map": tuple(args.class_map)})
-    split_file = _absolute(split_file)
-    if stored is not None and not any(Path(args.run_dir).glob("*/seed*/*.safetensors")):
-        stored = None  # a recorded run without a trained epoch (its first one failed) binds nothing yet
-    if stored is not None:
+    if bound:
         from salad_lite.trainer import config_changes
 
         changes = config_changes(stored[0].replace(train={"seed": cfg.train.seed}), cfg)
-        if stored[1] != split_file:
-            changes.append(f"split file: {stored[1] or '(seeded split)'!r} -> {split_file or '(seeded split)'!r}")
         if changes:
             raise ValueError(f"run folder {args.run_dir} holds a run of another configuration "
                              f"({'; '.join(changes)}); use another --run-dir")
-    return cfg, split_file
+    return cfg, _absolute(split_file)
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -657,30 +677,36 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    with warnings.catch_warnings():  # the filters stay; only how a warning is shown changes, and back after
-        warnings.showwarning = _show_warning
-        try:
-            if args.command == "prepare":
-                return _prepare(args)
-            if args.command == "train":
-                return _train(args, args.subparser)
-            if args.command == "evaluate":
-                return _evaluate(args)
-            return _score(args, args.subparser)
-        except DATA_ERRORS as error:  # as salad_lite.cli_errors.data_script, printed by rank 0 only
-            if os.environ.get(TRACEBACK_ENV, "").strip() == "1":
-                raise
-            if _main_rank():
-                print(f"error: {_reworded(error)}", file=sys.stderr)
-            return EXIT_DATA_ERROR
+    shown_as = warnings.formatwarning  # only how a shown warning reads changes (filters and recorders stay)
+    warnings.formatwarning = format_warning
+    try:
+        if args.command == "prepare":
+            return _prepare(args)
+        if args.command == "train":
+            return _train(args, args.subparser)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _score(args, args.subparser)
+    except DATA_ERRORS as error:  # as salad_lite.cli_errors.data_script, printed by rank 0 only
+        if os.environ.get(TRACEBACK_ENV, "").strip() == "1":
+            raise
+        if _main_rank():
+            print(f"error: {_reworded(error)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    finally:
+        warnings.formatwarning = shown_as
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
-    """A warning as the command line shows it: ``warning: ...`` on stderr, in its words, by rank 0 only."""
-    if _main_rank():
-        text = _reworded(message) if isinstance(message, Exception) else message
-        print(f"warning: {text}", file=sys.stderr)
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """A warning as the command line shows it (``warnings.formatwarning`` while it runs).
+
+    ``warning: <message>`` in the command line's words (no Python argument names), without
+    the source line; nothing on ranks other than 0.
+    """
+    if not _main_rank():
+        return ""
+    return f"warning: {_reworded(message) if isinstance(message, Exception) else message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,25 +264,28 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
 
 
 # Settings that change neither a replicate's model nor its selection: a stored result stays valid.
-_NOT_RESULT = frozenset({("data", "replicates"), ("train", "progress"), ("train", "sync_batchnorm")})
+_NOT_RESULT = frozenset({("data", "replicates"), ("train", "progress"), ("train", "sync_batchnorm"),
+                         ("data", "data_root")})  # where the images live: the splits' fingerprint checks the images
 
 
 def _stored_for(stored: dict[str, Any], path: Path, cfg: SaladConfig, fingerprint: str) -> bool:
-    """True if a stored result was computed from ``cfg`` and these splits; False if it predates the record.
+    """True if a stored result was computed from ``cfg`` and these splits; False if it must be computed again.
+
+    It is computed again when it predates the record, or when the splits differ: the
+    model's checkpoints record the training and validation splits and refuse others,
+    so what is recomputed with the same model is a changed test split's scores.
 
     Raises:
-        ValueError: it was computed with another configuration or from other
-            splits (the file and the differences named): use another run folder.
+        ValueError: it was computed with another configuration (the file and the
+            differences named): use another run folder.
     """
     if "config" not in stored or "splits_sha256" not in stored:
         return False  # written by an older salad_lite: recomputed with the same model and selection
     changed = config_changes(SaladConfig.from_dict(stored["config"], source=str(path)), cfg, ignored=_NOT_RESULT)
-    if stored["splits_sha256"] != fingerprint:
-        changed.append("the splits (images, labels or patients) differ")
     if changed:
-        raise ValueError(f"{path} was computed with another configuration or data ({'; '.join(changed)}); "
+        raise ValueError(f"{path} was computed with another configuration ({'; '.join(changed)}); "
                          "use another run folder, or delete it to recompute")
-    return True
+    return stored["splits_sha256"] == fingerprint
 
 
 def evaluate_replicates(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path, replicates: int | None = None,
@@ -451,29 +454,27 @@ def _pca_baseline_once(splits: dict[str, Any], path: Path, fingerprint: str | No
     holds the per-image ``test_scores`` [M] (test order); a file written by an older
     salad_lite without them is recomputed and rewritten (same splits, same numbers).
 
+    One computed from other splits is computed again (it depends on nothing else).
+
     Raises:
         salad_lite.files.CorruptFileError: ``path`` is damaged, lacks ``test_auc``, or its
             ``test_scores`` are not M finite numbers (named).
-        ValueError: ``path`` was computed from other splits (named).
     """
     fingerprint = splits_fingerprint(splits) if fingerprint is None else fingerprint
     if path.exists():
-        stored = _stored_pca_baseline(path, fingerprint)
-        if "test_scores" in stored:
+        stored = _stored_pca_baseline(path)
+        if "test_scores" in stored and stored.get("splits_sha256", fingerprint) == fingerprint:
             _check_pca_scores(stored["test_scores"], len(splits["test"]), path)
             return stored
     write_json_atomic(path, {**pca_baseline(splits), "splits_sha256": fingerprint}, indent=2)
-    return _stored_pca_baseline(path, fingerprint)
+    return _stored_pca_baseline(path)
 
 
-def _stored_pca_baseline(path: Path, fingerprint: str) -> dict[str, Any]:
-    """The dict stored in ``path``, checked to hold ``test_auc`` and to belong to these splits."""
+def _stored_pca_baseline(path: Path) -> dict[str, Any]:
+    """The dict stored in ``path``, checked to hold ``test_auc``."""
     stored = read_json(path, "PCA baseline result")
     if not isinstance(stored, dict) or "test_auc" not in stored:
         raise CorruptFileError(f"PCA baseline result {path} lacks 'test_auc'; delete it to recompute")
-    if stored.get("splits_sha256", fingerprint) != fingerprint:
-        raise ValueError(f"{path} was computed from other splits (images, labels or patients differ); "
-                         "use another run folder, or delete it to recompute")
     return stored
 
 

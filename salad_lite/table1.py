@@ -382,17 +382,18 @@ def _baseline_cell(spec: GridSpec, cell: Cell, splits: dict[str, Any], run_dir: 
         ignored = {"progress"}
         changed = [key for key in cfg.to_dict() if key not in ignored
                    and stored["config"].get(key) != record["config"][key]]
-        if changed or stored["splits_sha256"] != record["splits_sha256"]:
-            what = f"config fields {changed}" if changed else "the splits (images, labels or patients)"
-            raise ValueError(f"{path} was computed with other {what}; use another run folder, or delete it "
-                             "to recompute")
+        if changed:
+            raise ValueError(f"{path} was computed with other config fields {changed}; use another run folder, "
+                             "or delete it to recompute")
         n_test = len(splits["test"])
-        if len(stored["test_scores"]) != n_test or len(stored["test_labels"]) != n_test:
-            raise CorruptFileError(f"baseline result {path}: 'test_scores' and 'test_labels' must hold one value "
-                                   f"per test image ({n_test}); delete it to recompute")
-        return {**{key: stored[key] for key in _BASELINE_FIELDS}, "selected_round": None, "k": None, "k_curve": []}
-    model = baseline_class(cell.method)(cfg, device=device).fit(splits["train"], splits["val"], folder,
-                                                                data_fingerprint=fingerprint)
+        if stored["splits_sha256"] == record["splits_sha256"]:  # else: scored again (fit refuses other train/val)
+            if len(stored["test_scores"]) != n_test or len(stored["test_labels"]) != n_test:
+                raise CorruptFileError(f"baseline result {path}: 'test_scores' and 'test_labels' must hold one "
+                                       f"value per test image ({n_test}); delete it to recompute")
+            return {**{key: stored[key] for key in _BASELINE_FIELDS}, "selected_round": None, "k": None,
+                    "k_curve": []}
+    # the checkpoints record the training and validation splits only: a new test split reuses the model
+    model = baseline_class(cell.method)(cfg, device=device).fit(splits["train"], splits["val"], folder)
     labels = dataset_labels(splits["test"])
     scores = model.decision_function(splits["test"])
     result = {"val_auc": model.best_val_auc, "selected_epoch": model.selected_epoch,

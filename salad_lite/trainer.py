@@ -104,7 +104,8 @@ except ImportError:  # pragma: no cover - tqdm is a dependency
 # SyncBatchNorm changes nothing in a single process; across ranks it belongs to the topology, like the number
 # of ranks (a change of either is a warning on resume, not a refusal).
 _NOT_TRAINING = {("data", "replicates"), ("train", "progress"), ("score", "k_grid"), ("score", "discard_options"),
-                 ("train", "sync_batchnorm")}
+                 ("train", "sync_batchnorm"),
+                 ("data", "data_root")}  # where the images live; the checkpoint's data fingerprint checks the images
 
 
 def config_changes(stored: SaladConfig, current: SaladConfig,
@@ -548,7 +549,9 @@ class SaladTrainer:
         changed = config_changes(stored, self.cfg)
         if changed:
             raise ValueError(f"{json_path} was trained with another configuration ({'; '.join(changed)}); "
-                             "use another run_dir or the same config")
+                             "use another run folder or the same configuration")
+        if self.data_fingerprint:  # without a run_dir nothing on disk is protected
+            check_data_fingerprint(meta.get("data_fingerprint"), self.data_fingerprint, json_path)
         expected = {name: tuple(t.shape) for name, t in self.state_tensors().items()}
         found = {name: tuple(t.shape) for name, t in tensors.items()
                  if name.startswith("model.") or name == "memory.bank"}
@@ -563,8 +566,6 @@ class SaladTrainer:
                           f"config needs {list(expected[name]) if name in expected else 'no such tensor'}")
             raise CorruptFileError(f"checkpoint {tensor_path} does not fit its configuration and training set: "
                                    f"{detail} ({len(wrong)} tensor(s) differ)")
-        if self.data_fingerprint:  # without a run_dir nothing on disk is protected
-            check_data_fingerprint(meta.get("data_fingerprint"), self.data_fingerprint, json_path)
         self.load_state_tensors(tensors)
         return tensors, meta
 

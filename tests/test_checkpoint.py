@@ -148,9 +148,15 @@ def test_tensors_that_do_not_fit_the_config_or_the_training_set_are_refused(tmp_
     data = ArrayDataset(blob_images(labels, seed=1), labels)
     SaladTrainer(cfg, data, None, run_dir=tmp_path, device="cpu").fit(until_epoch=1)
     fewer = ArrayDataset(blob_images(labels[:12], seed=1), labels[:12])
+    with pytest.raises(ValueError, match=r"last.json was trained on other training or validation images"):
+        SaladTrainer(cfg, fewer, None, run_dir=tmp_path, device="cpu")  # the cause, not a "damaged" file
+    tensors, meta = load_checkpoint(tmp_path / "last")
+    save_checkpoint(tmp_path / "last", tensors, {**meta, "data_fingerprint": SaladTrainer(
+        cfg, fewer, None, run_dir=tmp_path / "other", device="cpu").data_fingerprint})
     with pytest.raises(CorruptFileError, match=r"last.safetensors does not fit .* memory.bank has 20 rows of 200, "
                                                r"the training set has 12 images"):
-        SaladTrainer(cfg, fewer, None, run_dir=tmp_path, device="cpu")
+        SaladTrainer(cfg, fewer, None, run_dir=tmp_path, device="cpu")  # a consistent record, other tensors
+    save_checkpoint(tmp_path / "last", tensors, meta)
     # a consistent pair (hash and all) whose weights belong to another width
     tensors, meta = load_checkpoint(tmp_path / "last")
     tensors["model.encoder.0.0.weight"] = torch.zeros(3, 1, 4, 4)

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from salad_lite.cli import main
+from salad_lite.cli import format_warning, main
 from salad_lite.config import profile_config
 from salad_lite.data.registry import ensure_embedded, load_splits
 from salad_lite.data.split_file import SplitFileError, read_split_file, split_positions
@@ -104,6 +104,9 @@ def test_wrong_arguments_exit_2_naming_them(capsys: pytest.CaptureFixture[str], 
     _fails(capsys, ["train", "--run-dir", run_dir], "--config --profile is required")
     _fails(capsys, ["train", "--profile", "smoke", "--dataset", "nih", "--run-dir", run_dir, "--seed", "-1"],
            "argument --seed")
+    for command in (["train", "--profile", "smoke", "--dataset", "nih"], ["evaluate"], ["prepare", "nih", "--root"]):
+        _fails(capsys, [*command, run_dir, "--seed", "99999999999"] if command[0] == "prepare" else
+               [*command, "--run-dir", run_dir, "--seed", "99999999999"], "argument --seed: must be an int in [0, ")
     _fails(capsys, ["prepare", "nih", "--root", run_dir, "--image-size", "0"], "argument --image-size")
     _fails(capsys, ["prepare", "xray", "--root", run_dir], "invalid choice: 'xray'")
     _fails(capsys, ["evaluate"], "--run-dir")
@@ -232,7 +235,11 @@ def test_train_writes_the_run_folder_and_resumes(run: dict, capsys: pytest.Captu
         assert "already finished" in capsys.readouterr().out  # the recorded config.json trains the same run
         _fails(capsys, ["train", "--profile", "smoke", "--dataset", "mura", "--run-dir", "runs/smoke"],
                "runs/smoke holds a run of another configuration", "data.dataset: 'nih' -> 'mura'")
-        _fails(capsys, ["train", "--run-dir", "runs/smoke", "--split-file", ""], "split file:")
+        # the published file was cut from the seeded split: the same images, so the run is the same run (the
+        # images are its identity, not the file's path); other images are refused (test_a_run_refuses_...)
+        assert main(["train", "--run-dir", "runs/smoke", "--split-file", "", "--no-progress"]) == 0
+        assert json.loads((run["dir"] / "run.json").read_text())["split_file"] == ""
+        assert main(run["argv"]) == 0 and "already finished" in capsys.readouterr().out
     assert (folder / "last.json").is_file() and not (run["dir"] / "mura").exists()
 
 
@@ -324,6 +331,22 @@ def test_a_run_refuses_a_reshuffled_split(capsys: pytest.CaptureFixture[str], tm
     assert "never trained" not in err
 
 
+def test_warnings_read_in_the_command_line_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from salad_lite.data.io import DataWarning
+
+    warning = DataWarning("image folder x: 3 image(s) have no patient id (...): pass patient_id_fn, or use a "
+                          "manifest.csv with a patient_id column")
+    shown = format_warning(warning, DataWarning, "salad_lite/data/generic.py", 164, "source line")
+    assert shown == ("warning: image folder x: 3 image(s) have no patient id (...): use a manifest.csv with a "
+                     "patient_id column\n")  # no file, line or Python argument name
+    before = warnings.formatwarning
+    assert main(["evaluate", "--run-dir", "nowhere"]) == 2 and warnings.formatwarning is before  # restored
+    monkeypatch.setenv("RANK", "1")
+    assert format_warning(warning, DataWarning, "f.py", 1) == ""  # rank 0 alone speaks
+
+
 def test_prepare_image_size_follows_the_config_rule(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     root = str(tmp_path / "r")
     for dataset, size, fragment in (("nih", "100000", "from 32 to 4096"), ("nih", "7", "power of two"),
@@ -371,15 +394,15 @@ def test_train_takes_the_class_map_and_the_run_keeps_it(capsys: pytest.CaptureFi
     assert "class_map=" not in err
     _fails(capsys, [*train, "--class-map", "NORMAL=0", "--class-map", "NORMAL=1"], "names folder 'NORMAL' twice")
     _fails(capsys, ["train", "--profile", "smoke", "--dataset", "nih", *run, "--class-map", "NORMAL=0"],
-           "data.class_map labels class folders")
+           "argument --class-map: labels class folders, so it needs the dataset folder, not 'nih'")
     assert not (tmp_path / "r").exists()
     assert main([*train, "--class-map", "NORMAL=0", "--class-map", "PNEUMONIA=1"]) == 0
-    err = capsys.readouterr().err  # a warning in the command line's words, not a Python traceback line
-    assert "warning: image folder" in err and "use a manifest.csv (--root manifest.csv)" in err
-    assert "patient_id_fn" not in err and "DataWarning" not in err
     recorded = json.loads((tmp_path / "r" / "run.json").read_text())["config"]["data"]["class_map"]
     assert recorded == ["NORMAL=0", "PNEUMONIA=1"]
     assert main(["evaluate", *run]) == 0  # evaluate reads the folder with the recorded map
+    assert main([*train, "--class-map", "PNEUMONIA=1", "--class-map", "NORMAL=0"]) == 0  # the same map
+    assert "already finished" in capsys.readouterr().out
+    _fails(capsys, [*train, "--class-map", "NORMAL=0"], "--class-map labels no folder abnormal (1)")
     _fails(capsys, [*train, "--class-map", "NORMAL=1", "--class-map", "PNEUMONIA=0"],
            "data.class_map: ('NORMAL=0', 'PNEUMONIA=1') -> ('NORMAL=1', 'PNEUMONIA=0')")
 

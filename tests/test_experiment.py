@@ -8,7 +8,7 @@ import pytest
 from conftest import ArrayDataset, blob_images
 from salad_lite.baselines import pca_baseline
 from salad_lite.config import profile_config
-from salad_lite.data.batches import NonFiniteImageError
+from salad_lite.data.batches import NonFiniteImageError, splits_fingerprint
 from salad_lite.data.splits import PatientLeakError
 from salad_lite.experiment import (
     ReplicateResult,
@@ -62,17 +62,11 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     monkeypatch.setattr(experiment, "score_split", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rescored")))
     assert evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")["test_auc"] == summary["test_auc"]
 
-    # a stored result or baseline is never reused for another configuration or other splits
+    # a stored result is never reused for another configuration
     changed = cfg.replace(score={"k_grid": (1, 5)})  # changes the selection, not the trained model
-    with pytest.raises(ValueError, match=r"result.json was computed with another configuration or data "
+    with pytest.raises(ValueError, match=r"result.json was computed with another configuration "
                                          r"\(score.k_grid: \(1, 5, 10, 20, 50, 100\) -> \(1, 5\)\)"):
         evaluate_replicates(changed, splits, tmp_path, replicates=2, device="cpu")
-    other_test = {**splits, "test": ArrayDataset(blob_images(test_labels, seed=21), test_labels)}
-    with pytest.raises(ValueError, match=r"result.json was computed .*the splits \(images, labels or patients\) differ"):
-        evaluate_replicate(cfg, other_test, tmp_path, device="cpu")
-    baseline = tmp_path / "nih" / "pca_baseline.json"
-    with pytest.raises(ValueError, match=rf"{baseline} was computed from other splits"):
-        experiment._pca_baseline_once(other_test, baseline)
 
     # a result.json written before a metric existed is recomputed (same model, same selection), not trusted
     monkeypatch.undo()
@@ -87,6 +81,19 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     stored = ReplicateResult.from_dict(json.loads(result_path.read_text()))
     assert stored.selected_epoch == json.loads((seed0 / "best.json").read_text())["selected_epoch"]
     assert stored.summary_row() == again["per_replicate"][0]
+
+    # another test split (training and validation unchanged) is scored again with the same model, not refused;
+    # the PCA reference, which depends on the splits alone, is computed again
+    monkeypatch.setattr(SaladTrainer, "fit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    other_test = {**splits, "test": ArrayDataset(blob_images(test_labels, seed=21), test_labels)}
+    rescored = evaluate_replicate(cfg, other_test, tmp_path, device="cpu")
+    assert rescored.selected_epoch == stored.selected_epoch and rescored.test_scores != stored.test_scores
+    assert json.loads(result_path.read_text())["splits_sha256"] == splits_fingerprint(other_test)
+    baseline = tmp_path / "nih" / "pca_baseline.json"
+    assert experiment._pca_baseline_once(other_test, baseline)["test_auc"] == pca_baseline(other_test)["test_auc"]
+    other_val = {**other_test, "val": other_test["test"], "test": splits["val"]}  # the model's validation changed
+    with pytest.raises(ValueError, match=r"last.json was trained on other training or validation images"):
+        evaluate_replicate(cfg, other_val, tmp_path, device="cpu")
 
     # a corrupt or mistyped stored file is an error naming it, never silently recomputed or trusted
     result_path.write_text('{"seed": 0, "k": ')

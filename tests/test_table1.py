@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ArrayDataset
 from salad_lite import table1, table1_report
 from salad_lite.data.batches import splits_fingerprint
 from salad_lite.files import CorruptFileError
@@ -100,15 +101,22 @@ def test_a_baseline_cell_is_stored_loaded_and_a_changed_config_refused(planted_s
     first = run_cell(_spec(), cell, planted_splits, tmp_path, "cpu")
     assert first["k"] is None and first["k_curve"] == [] and len(first["test_scores"]) == len(planted_splits["test"])
     assert 0.0 <= first["test_auc"] <= 1.0 and first["method"] == "Deep AE" and first["selected_round"] is None
-    # the checkpoints are tied to the splits: without result.json, other splits' fingerprint is refused
+    # the checkpoints are tied to the training and validation splits: other training images are refused,
+    # another test split is scored with the same model (the result records all three splits)
     result = table1.cell_folder(_spec(), cell, tmp_path) / "result.json"
     stored = result.read_text()
-    result.unlink()
-    with pytest.raises(ValueError, match=str(result.parent)):
-        run_cell(_spec(), cell, planted_splits, tmp_path, "cpu", fingerprint="0" * 64)
-    assert run_cell(_spec(), cell, planted_splits, tmp_path, "cpu",
-                    fingerprint=splits_fingerprint(planted_splits))["test_scores"] == first["test_scores"]
-    assert json.loads(result.read_text()) == json.loads(stored)
+    order = np.r_[1, 0, 2:len(planted_splits["train"])]
+    reordered = ArrayDataset(planted_splits["train"].images[order], planted_splits["train"].labels[order], "train-")
+    with pytest.raises(ValueError, match=rf"{result.parent}.*last.json was trained on other training or validation"):
+        run_cell(_spec(), cell, {**planted_splits, "train": reordered}, tmp_path, "cpu")
+    other_test = {**planted_splits, "test": ArrayDataset(planted_splits["test"].images[::-1].copy(),
+                                                         planted_splits["test"].labels[::-1].copy(), "test-")}
+    with monkeypatch.context() as patch:
+        patch.setattr(DeepBaseline, "_run_epoch", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+        rescored = run_cell(_spec(), cell, other_test, tmp_path, "cpu")
+    assert rescored["test_scores"] == pytest.approx(first["test_scores"][::-1], rel=1e-5)
+    assert json.loads(result.read_text())["splits_sha256"] == splits_fingerprint(other_test)
+    result.write_text(stored)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
@@ -131,7 +139,7 @@ def test_a_baseline_cell_is_stored_loaded_and_a_changed_config_refused(planted_s
         run_cell(_spec(), cell, planted_splits, tmp_path, "cpu")
 
 
-def test_a_baseline_is_fitted_with_the_fingerprint_of_its_splits(planted_splits, tmp_path, monkeypatch) -> None:
+def test_a_baseline_checkpoint_records_its_training_and_validation_splits(planted_splits, tmp_path, monkeypatch) -> None:
     seen = []
     fit = DeepBaseline.fit
 
@@ -141,7 +149,10 @@ def test_a_baseline_is_fitted_with_the_fingerprint_of_its_splits(planted_splits,
 
     monkeypatch.setattr(DeepBaseline, "fit", recording_fit)
     run_cell(_spec(), Cell("deep_ae", 5, 0), planted_splits, tmp_path, "cpu")
-    assert seen == [splits_fingerprint(planted_splits)]
+    assert seen == [None]  # fit's own: the training and validation splits, not the test split
+    meta = json.loads((table1.cell_folder(_spec(), Cell("deep_ae", 5, 0), tmp_path) / "best.json").read_text())
+    assert meta["data_fingerprint"] == splits_fingerprint({"train": planted_splits["train"],
+                                                           "val": planted_splits["val"]})
 
 
 def test_a_table1_cell_selects_k_on_validation(planted_splits, tmp_path) -> None:
