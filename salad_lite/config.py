@@ -234,12 +234,21 @@ class DataConfig:
         _validate(self)
 
 
-def parse_class_map(entries: tuple[str, ...] | list[str], name: str = "data.class_map") -> dict[str, int]:
-    """``("NORMAL=0", "PNEUMONIA=1")`` -> ``{"NORMAL": 0, "PNEUMONIA": 1}``: folder name -> label.
+def parse_class_map(entries: tuple[str, ...] | list[str], name: str = "data.class_map",
+                    complete: bool = True) -> dict[str, int]:
+    """``("PNEUMONIA=1", "NORMAL=0")`` -> ``{"NORMAL": 0, "PNEUMONIA": 1}``: folder name -> label, by name.
+
+    The label follows the last ``=``, so a folder name may hold one. Sorted by folder,
+    so that any order of the same entries is the same map (and the same image order).
+
+    Args:
+        complete: also require at least one folder labelled 0 and one labelled 1
+            (an empty ``entries`` is no map and always passes).
 
     Raises:
-        ConfigError: an entry is not ``FOLDER=0`` / ``FOLDER=1``, or a folder is named
-            twice (``name``, the option or field, is named).
+        ConfigError: an entry is not ``FOLDER=0`` / ``FOLDER=1``, a folder is named
+            twice, or (``complete``) a class has no folder; ``name``, the option or
+            field, is named.
     """
     mapping: dict[str, int] = {}
     for entry in entries:
@@ -250,7 +259,11 @@ def parse_class_map(entries: tuple[str, ...] | list[str], name: str = "data.clas
             raise ConfigError(f"{name} names folder {folder!r} twice ({folder}={mapping[folder]} and {entry}): "
                               "give each class folder one label")
         mapping[folder] = int(label)
-    return mapping
+    if complete and mapping and set(mapping.values()) != {0, 1}:
+        missing = "normal (0)" if 0 not in mapping.values() else "abnormal (1)"
+        raise ConfigError(f"{name} labels no folder {missing}: give one FOLDER=0 and one FOLDER=1 at least, got "
+                          f"{list(entries)}")
+    return dict(sorted(mapping.items()))
 
 
 @dataclass(frozen=True)
@@ -457,8 +470,9 @@ def _validate(section: Any) -> None:
     if isinstance(section, TrainConfig) and section.rounds > 0 and section.epochs_per_round < 1:
         raise ConfigError(f"train.epochs_per_round must be >= 1 when train.rounds = {section.rounds} > 0, "
                           f"got {section.epochs_per_round!r}")
-    if isinstance(section, DataConfig) and section.class_map:
-        parse_class_map(section.class_map)
+    if isinstance(section, DataConfig) and section.class_map:  # stored in one spelling: sorted, FOLDER=L
+        canonical = tuple(f"{folder}={label}" for folder, label in parse_class_map(section.class_map).items())
+        object.__setattr__(section, "class_map", canonical)
         if section.dataset != "folder":
             raise ConfigError(f"data.class_map labels class folders: it needs data.dataset 'folder', got "
                               f"{section.dataset!r}")
@@ -502,7 +516,7 @@ def check_value(name: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{name} must be one of {list(args)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"{name} must be a tuple, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{name} must be a list, got {value!r} ({type(value).__name__})")
         variadic = len(args) == 2 and args[1] is Ellipsis
         if variadic and not value and name not in MAY_BE_EMPTY:
             raise ConfigError(f"{name} must hold at least one value, got {value!r}")

@@ -138,17 +138,30 @@ def _neighbours(latents: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return sims.numpy(), idx.numpy()
 
 
+def _labels_of(labels: Any, n: int) -> np.ndarray:
+    """``labels`` as a 1-D array of ``n`` class values; a 2-D table or a missing (NaN/None) value is refused."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise ValueError(f"labels must be 1-D, one per latent ({n}), got shape {lab.shape}")
+    missing = pd.isna(lab)
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} label(s) are missing (NaN/None): a missing label never equals "
+                         "another, so it would count as a wrong neighbour")
+    return lab
+
+
 def knn_purity(latents: Any, labels: Any, k: int = 10) -> float:
     """Mean share of each point's k nearest neighbours (cosine, itself excluded) that carry its label.
 
     ``latents`` ``[M, d]``, ``labels`` ``[M]`` (any hashable class values, e.g. 0/1 or
     finding names). 1 = every neighbourhood is label-pure; a random arrangement gives
     about ``sum_c share_c ** 2``.
+
+    Raises:
+        ValueError: ``labels`` not 1-D with one value per latent, or a missing (NaN/None) label.
     """
     arr = _as_array(latents)
-    lab = np.asarray(labels).ravel()
-    if lab.shape[0] != arr.shape[0]:
-        raise ValueError(f"{lab.shape[0]} labels for {arr.shape[0]} latents")
+    lab = _labels_of(labels, arr.shape[0])
     _, idx = _neighbours(arr, k)
     return float((lab[idx] == lab[:, None]).mean())
 
@@ -157,14 +170,14 @@ def silhouette(latents: Any, labels: Any) -> float:
     """Silhouette coefficient of the label groups under the cosine distance, in [-1, 1].
 
     High when points lie closer to their own label group than to the other group(s).
-    Needs at least two label values.
+
+    Raises:
+        ValueError: as :func:`knn_purity`, or fewer than two label values.
     """
     from sklearn.metrics import silhouette_score
 
     arr = _as_array(latents)
-    lab = np.asarray(labels).ravel()
-    if lab.shape[0] != arr.shape[0]:
-        raise ValueError(f"{lab.shape[0]} labels for {arr.shape[0]} latents")
+    lab = _labels_of(labels, arr.shape[0])
     if len(np.unique(lab)) < 2:
         raise ValueError("silhouette needs at least two label values")
     return float(silhouette_score(arr, lab, metric="cosine"))
@@ -211,8 +224,14 @@ def memory_neighbours(bank: Any, slot: int, k: int = 8) -> tuple[np.ndarray, np.
 
     Returns (slot indices ``[k]`` int64, nearest first; cosine similarities ``[k]``).
     Slot i belongs to training image i, so the indices address the training set.
+
+    Raises:
+        TypeError: ``slot`` is not an int.
+        IndexError: ``slot`` is outside the bank.
     """
     arr = _as_array(bank, "bank")
+    if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)):
+        raise TypeError(f"slot must be an int (a memory row), got {slot!r} ({type(slot).__name__})")
     if not 0 <= slot < arr.shape[0]:
         raise IndexError(f"slot {slot} outside the bank's {arr.shape[0]} rows")
     x = torch.from_numpy(arr)

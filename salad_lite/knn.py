@@ -166,7 +166,12 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[tor
     in any order (each key at most once per row). The one top-K merge of the module:
     it ranks a :class:`TopKBuffer`'s survivors, joins the key ranges that threads
     searched apart, and folds each block into the running top-K of :func:`torch_block_search`.
+
+    Raises:
+        ValueError: ``k`` is not an int >= 1.
     """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
     order = indices.argsort(dim=1)  # ascending key index ...
     values, indices = values.gather(1, order), indices.gather(1, order)
     order = values.sort(dim=1, descending=True, stable=True).indices[:, :k]  # ... kept among equal values

@@ -42,6 +42,8 @@ def finite_scores(values: Any, name: str = "scores") -> np.ndarray:
     Raises:
         ValueError: a value that is not a number, or NaN/inf values (counted).
     """
+    if np.asarray(values).dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in np.ravel(values)):
+        raise ValueError(f"{name} must be numbers, got text")  # float("0.5") would read it silently
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as error:

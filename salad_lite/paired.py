@@ -31,6 +31,7 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from salad_lite.metrics import finite_scores
+from salad_lite.utils import check_seed
 
 __all__ = ["MIN_PER_CLASS", "Aligned", "align_on_ids", "delong_test", "paired_bootstrap_auc"]
 
@@ -112,10 +113,12 @@ def paired_bootstrap_auc(labels: Any, scores_a: Any, scores_b: Any, n_boot: int 
 
     Raises:
         ValueError: ``labels`` is not 0/1 or has one class only; ``scores_a`` /
-            ``scores_b`` differ in length from ``labels`` or hold NaN/inf; ``n_boot`` < 1.
+            ``scores_b`` differ in length from ``labels`` or hold NaN/inf; ``n_boot`` < 1;
+            ``seed`` not an int in NumPy's range.
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    check_seed(seed)
     y, a, b = _paired_inputs(labels, scores_a, scores_b)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     ones_pos, ones_neg = np.ones((1, pos.size)), np.ones((1, neg.size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,19 @@ def progress_enabled(environ: Mapping[str, str] | None = None) -> bool:
     variable, so the trainer and the book ask here (the static book build sets it).
     """
     return not (os.environ if environ is None else environ).get(PROGRESS_ENV, "")
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` if it is an int in [0, :data:`salad_lite.config.MAX_SEED`] (NumPy's range); else refused.
+
+    Raises:
+        ValueError: a bool, float, text or out-of-range value (``name``, the value and the range named).
+    """
+    from salad_lite.config import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, {MAX_SEED}], got {seed!r}")
+    return int(seed)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -106,7 +106,8 @@ BAD_VALUES = [
     ("data", "class_map", ("NORMAL",), r"data.class_map entries must be FOLDER=0 \(normal\) or FOLDER=1"),
     ("data", "class_map", ("A=0", "A=1"), r"data.class_map names folder 'A' twice \(A=0 and A=1\)"),
     ("data", "class_map", ("A=0", "B=1"), r"data.class_map labels class folders: it needs data.dataset 'folder'"),
-    ("data", "class_map", "A=0", r"data.class_map must be a tuple"),
+    ("data", "class_map", "A=0", r"data.class_map must be a list"),
+    ("data", "class_map", ("A=0", "B=0"), r"data.class_map labels no folder abnormal \(1\)"),
 ]
 
 
@@ -195,3 +196,12 @@ def test_from_json_names_a_folder(tmp_path):
 def test_values_beyond_what_the_trainer_can_use_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
         SaladConfig().replace(**changes)
+
+
+def test_a_class_map_is_stored_in_one_spelling():
+    from salad_lite.config import DataConfig
+
+    same = [DataConfig(dataset="folder", class_map=entries).class_map
+            for entries in (("NORMAL=0", "PNEUMONIA=1"), ("PNEUMONIA=1", "NORMAL= 0"), ["PNEUMONIA=1 ", "NORMAL=0"])]
+    assert same == [("NORMAL=0", "PNEUMONIA=1")] * 3
+    assert DataConfig(dataset="folder", class_map=("a=b c=1", "n=0")).class_map == ("a=b c=1", "n=0")

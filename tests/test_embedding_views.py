@@ -50,8 +50,13 @@ def test_cluster_formation_table_and_errors() -> None:
     assert table.loc[1, "silhouette"] > table.loc[0, "silhouette"]
     with pytest.raises(ValueError, match="k must lie"):
         ev.knn_purity(clustered, labels, k=len(labels))
-    with pytest.raises(ValueError, match="labels for"):
+    with pytest.raises(ValueError, match=r"labels must be 1-D, one per latent"):
         ev.knn_purity(clustered, labels[:-1])
+    for bad in (np.asarray(labels)[:, None], np.r_[np.asarray(labels, dtype=float)[:-1], np.nan]):
+        with pytest.raises(ValueError, match=r"labels must be 1-D|missing \(NaN/None\)"):
+            ev.knn_purity(clustered, bad)  # never flattened, never a NaN that matches nothing
+        with pytest.raises(ValueError, match=r"labels must be 1-D|missing \(NaN/None\)"):
+            ev.silhouette(clustered, bad)
     with pytest.raises(ValueError, match="NaN"):
         ev.neighbour_similarity(np.full((5, 3), np.nan))
 
@@ -65,6 +70,9 @@ def test_memory_neighbours_excludes_the_slot_itself() -> None:
     assert sims[0] > sims[1] > 0.9
     with pytest.raises(IndexError, match="slot 6"):
         ev.memory_neighbours(bank, slot=6)
+    for bad in (1.0, True):
+        with pytest.raises(TypeError, match="slot must be an int"):
+            ev.memory_neighbours(bank, slot=bad)
 
 
 def test_load_round_snapshots_in_round_order(tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from salad_lite.files import (
+    TEMP_SUFFIX,
     CorruptFileError,
     atomic_write,
     read_json,
@@ -72,3 +73,11 @@ def test_remove_stale_temps_clears_only_temps(tmp_path):
 def test_a_folder_in_place_of_a_json_file_is_named(tmp_path):
     with pytest.raises(CorruptFileError, match=rf"run description {tmp_path} is a folder, not a JSON file"):
         read_json(tmp_path, "run description")
+
+
+def test_a_write_that_cannot_start_names_the_target_not_its_temporary_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "scores.csv"  # its folder is a file
+    with pytest.raises(OSError, match=rf"cannot write {target}") as caught:
+        write_text_atomic(target, "x")
+    assert TEMP_SUFFIX not in str(caught.value)

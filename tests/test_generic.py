@@ -76,6 +76,17 @@ def test_default_class_folders_and_stem_ids(tmp_path: Path) -> None:
     assert list(ids.patient_ids) == ["A", "B", "C"]
 
 
+def test_a_class_map_finds_a_folder_whatever_its_unicode_spelling(tmp_path: Path) -> None:
+    import unicodedata
+
+    decomposed, composed = unicodedata.normalize("NFD", "normál"), unicodedata.normalize("NFC", "normál")
+    _png(tmp_path / decomposed / "a.png")  # as some file systems store it
+    _png(tmp_path / "abnormal" / "c.png", 200)
+    with pytest.warns(DataWarning):
+        ds = ImageFolderXray(tmp_path, image_size=8, class_map={composed: 0, "abnormal": 1})  # as it is typed
+    assert ds.labels.tolist() == [0, 1] and ds.metadata["path"][0] == f"{decomposed}/a.png"
+
+
 def test_folder_errors(tmp_path: Path) -> None:
     _png(tmp_path / "normal" / "a.png")
     (tmp_path / "abnormal").mkdir()

@@ -219,3 +219,12 @@ def test_self_search_refuses_small_temperatures_and_bad_k():
         knn.self_search(bank, 3, 0.02)
     with pytest.raises(ValueError, match="k must lie in 1..19"):
         knn.self_search(bank, 20, 0.1)
+
+
+@pytest.mark.parametrize("k", [True, 2.5, 0])
+def test_merge_topk_refuses_a_k_that_is_not_a_count(k) -> None:
+    from salad_lite.knn import merge_topk
+
+    values, indices = torch.rand(2, 5), torch.arange(5).repeat(2, 1)
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        merge_topk(values, indices, k)

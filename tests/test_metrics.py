@@ -39,8 +39,14 @@ def test_each_metric_names_itself_in_its_errors() -> None:
     ([0.7, float("nan")], r"mean_ci values: 1 of 2 value\(s\) are NaN or inf"),
     ([[0.7, 0.8]], r"mean_ci values must be 1-D, got shape \(1, 2\)"),
     (["0.7", "x"], r"mean_ci values must be numbers"),
+    (["0.5", "0.7"], r"mean_ci values must be numbers, got text"),
     ([], r"mean_ci needs at least one value"),
 ])
 def test_mean_ci_refuses_what_would_be_a_silent_nan_or_a_flattened_table(values, message) -> None:
     with pytest.raises(ValueError, match=message):
         mean_ci(values)
+
+
+def test_text_scores_are_refused_not_parsed() -> None:
+    with pytest.raises(ValueError, match="AUC: scores must be numbers, got text"):
+        auc([0, 1], ["0.2", "0.9"])

@@ -131,6 +131,11 @@ def test_errors_name_the_argument() -> None:
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="n_boot"):
             paired.paired_bootstrap_auc(y, s, s, n_boot=bad)
+    for bad in (1.5, -1, True, 2**40):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\]"):
+            paired.paired_bootstrap_auc(y, s, s, seed=bad)
+    with pytest.raises(ValueError, match="scores_a must be numbers, got text"):
+        paired.delong_test(y, s.astype(str), s)
     with pytest.raises(ValueError, match="at least 2 images of each class"):
         paired.delong_test(np.array([0, 0, 0, 1]), s[:4], s[:4])
 

@@ -37,6 +37,7 @@ file, rows and lines. Linked folders are followed once
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -139,8 +140,9 @@ class ImageFolderXray(XrayDataset):
             raise ValueError(f"class_map must map at least one folder to 0 and one to 1, got {dict(class_map)}")
         id_of = patient_id_fn or _stem
         rows = []
-        for folder_name, label in class_map.items():
-            folder = folders.get(folder_name)
+        by_text = {unicodedata.normalize("NFC", name): path for name, path in folders.items()}
+        for folder_name, label in class_map.items():  # é typed as one code point finds é stored as e + accent
+            folder = folders.get(folder_name) or by_text.get(unicodedata.normalize("NFC", folder_name))
             if folder is None:
                 raise FileNotFoundError(
                     f"class folder {root_path / folder_name} does not exist (found {sorted(folders)})"

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from salad_lite.utils import check_seed
+
 __all__ = ["MissingPatientIdError", "PatientLeakError", "check_patient_disjoint", "check_split_arguments",
            "one_class_split", "patient_id_text", "patient_ids_of"]
 
@@ -164,7 +166,7 @@ def check_split_arguments(anomaly_ratio: float, max_train: int, seed: int = 0, r
 
     AR and ``reserve_ratio`` (None = unused) are numbers in [0, 1), each fraction a
     number in (0, 1) (NaN is none of these), ``max_train`` an int >= 0 and ``seed``
-    an int in NumPy's range [0, 2**32 - 1].
+    an int in NumPy's range (:func:`salad_lite.utils.check_seed`).
     """
     ranges = {"anomaly_ratio": (anomaly_ratio, True),
               **({} if reserve_ratio is None else {"reserve_ratio": (reserve_ratio, True)}),
@@ -173,13 +175,9 @@ def check_split_arguments(anomaly_ratio: float, max_train: int, seed: int = 0, r
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
                 not (0.0 <= value < 1.0 if closed_at_0 else 0.0 < value < 1.0):
             raise ValueError(f"{name} must be a number in {'[' if closed_at_0 else '('}0, 1), got {value!r}")
-    for name, value, low in (("max_train", max_train, "0 (0 = no cap)"), ("seed", seed, "0")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r} ({type(value).__name__})")
-    if max_train < 0:
-        raise ValueError(f"max_train must be >= 0 (0 = no cap), got {max_train}")
-    if not 0 <= seed <= 2**32 - 1:
-        raise ValueError(f"seed must be in [0, 2**32 - 1] (NumPy's seed range), got {seed}")
+    if isinstance(max_train, bool) or not isinstance(max_train, (int, np.integer)) or max_train < 0:
+        raise ValueError(f"max_train must be an int >= 0 (0 = no cap), got {max_train!r} ({type(max_train).__name__})")
+    check_seed(seed)
 
 
 def one_class_split(
@@ -284,7 +282,8 @@ def one_class_split(
     if len(held_abnormal) < 2:
         raise ValueError(
             f"one_class_split: anomaly_ratio={reserve_ar} needs up to {reserve} abnormal training images, "
-            f"leaving fewer than 2 abnormal patients for validation and test; lower the ratio or max_train"
+            f"leaving fewer than 2 abnormal patients for validation and test; lower the anomaly ratio or the cap on "
+            "training images"
         )
 
     # 2. held-out: balance the classes (counting the normal images of abnormal patients
