@@ -228,15 +228,17 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
 
     A stored ``result.json`` is returned when it records this configuration and
     these splits (:func:`splits_fingerprint`); one written by an older salad_lite
-    that lacks a field or the record is recomputed with the same model and selection.
+    that lacks a field or the record, or for another test split, is recomputed with
+    the same model and selection.
 
     Raises:
         KeyError: ``splits`` lacks train, val or test.
         salad_lite.data.splits.PatientLeakError: a patient is in two splits.
         salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels (split and image named).
         salad_lite.files.CorruptFileError: ``result.json`` or a checkpoint is damaged (file named).
-        ValueError: validation or test lacks a class; the run folder holds a run or
-            a result of another configuration or other splits (file named).
+        ValueError: validation or test lacks a class; the run folder holds a run or a result
+            of another configuration, or a run trained on other training or validation
+            splits (file named).
     """
     check_splits(splits, required=SPLIT_NAMES, both_classes=("val", "test"))
     out_dir = replicate_dir(run_dir, cfg)
