@@ -421,7 +421,8 @@ def test_a_config_the_trainer_refuses_records_nothing(capsys: pytest.CaptureFixt
                                           "max_train_images": 1}}, "at least 2 images, got 1"),
                "nothing": ({**smoke, "train": {**smoke["train"], "pretrain_epochs": 0, "rounds": 0}},
                            "must be >= 1 (nothing to train"),
-               "nameless": ({"train": smoke["train"]}, "names no data.dataset")}
+               "nameless": ({"train": smoke["train"]}, "names no data.dataset"),
+               "mapped": ({"data": {"class_map": ["A=0", "B=1"]}}, "names no data.dataset")}  # not "got 'nih'"
     for name, (config, fragment) in configs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
         _fails(capsys, ["train", "--config", str(tmp_path / f"{name}.json"), *run], fragment)

@@ -87,6 +87,20 @@ def test_a_class_map_finds_a_folder_whatever_its_unicode_spelling(tmp_path: Path
     assert ds.labels.tolist() == [0, 1] and ds.metadata["path"][0] == f"{decomposed}/a.png"
 
 
+def test_images_without_patient_ids_are_each_their_own_patient_even_when_stems_repeat(tmp_path: Path) -> None:
+    _png(tmp_path / "normal" / "0.png")
+    _png(tmp_path / "normal" / "sub" / "0.jpg", 50)
+    _png(tmp_path / "abnormal" / "0.png", 200)
+    _png(tmp_path / "abnormal" / "x.png", 210)
+    with pytest.warns(DataWarning, match="4 image"):
+        ds = ImageFolderXray(tmp_path, image_size=8)
+    assert sorted(ds.patient_ids) == ["abnormal/0", "normal/0", "normal/sub/0", "x"]  # four patients, not two
+    (tmp_path / "m.csv").write_text("file,label\nnormal/0.png,0\nabnormal/0.png,1\nabnormal/x.png,1\n")
+    with pytest.warns(DataWarning, match="3 image"):
+        manifest = ManifestXray(tmp_path / "m.csv")
+    assert list(manifest.patient_ids) == ["normal/0", "abnormal/0", "x"]
+
+
 def test_folder_errors(tmp_path: Path) -> None:
     _png(tmp_path / "normal" / "a.png")
     (tmp_path / "abnormal").mkdir()

@@ -8,7 +8,9 @@
   ``finding``.
 
 Patient ids: when none is given, each image is its own patient and its id is
-the file stem (``IM-0001-0001.png`` -> ``IM-0001-0001``). Splits are then
+the file stem (``IM-0001-0001.png`` -> ``IM-0001-0001``), or its path under the
+root without the suffix where several images share a stem (``NORMAL/0.png`` and
+``PNEUMONIA/0.png`` are two patients, not one; :func:`image_ids`). Splits are then
 image-wise, which leaks if one patient has several images: provide
 ``patient_id`` (manifest column, or ``patient_id_fn`` for folders) when you know it.
 The finding defaults to the class folder name (folders) or ``"normal"`` /
@@ -39,8 +41,9 @@ from __future__ import annotations
 import os
 import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -66,16 +69,24 @@ MANIFEST_COLUMNS: tuple[str, ...] = ("file", "label")
 def warn_image_wise_patients(count: int, source: str, remedy: str) -> None:
     """The documented policy for images without a patient id, as one counted ``DataWarning``.
 
-    Each such image is its own patient (its id is the file stem), so the split is
-    image-wise there and leaks if a patient has several films.
+    Each such image is its own patient (its id is the file stem, or its path where
+    stems repeat: :func:`image_ids`), so the split is image-wise there and leaks if a
+    patient has several films.
     """
     warnings.warn(f"{source}: {count} image(s) have no patient id, so each counts as its own patient and the "
                   f"split is image-wise there (it leaks if a patient has several films): {remedy}",
                   DataWarning, stacklevel=3)
 
 
-def _stem(path: Path) -> str:
-    return path.stem
+def image_ids(paths: list[str]) -> list[str]:
+    """One id per image (relative POSIX paths): the file stem, unique as the policy promises.
+
+    A stem that several images share would merge them into one patient, so those
+    images take their path without the suffix instead (``NORMAL/0``, ``PNEUMONIA/0``).
+    """
+    stems = [PurePosixPath(p).stem for p in paths]
+    shared = {stem for stem, count in Counter(stems).items() if count > 1}
+    return [str(PurePosixPath(p).with_suffix("")) if stem in shared else stem for p, stem in zip(paths, stems)]
 
 
 class ImageFolderXray(XrayDataset):
@@ -88,7 +99,7 @@ class ImageFolderXray(XrayDataset):
             Folders not named in the map are ignored.
         image_size: side ``S`` of the returned images.
         preprocess: optional ``uint8 [H, W] -> uint8`` step before resizing.
-        patient_id_fn: file path -> patient id (default: the file stem).
+        patient_id_fn: file path -> patient id (default: the file stem, see :func:`image_ids`).
 
     Raises:
         FileNotFoundError: ``root`` or a mapped class folder does not exist.
@@ -138,7 +149,6 @@ class ImageFolderXray(XrayDataset):
             raise ValueError(f"class_map labels must be 0 (normal) or 1 (abnormal); got {bad_labels}")
         if set(class_map.values()) != {0, 1}:
             raise ValueError(f"class_map must map at least one folder to 0 and one to 1, got {dict(class_map)}")
-        id_of = patient_id_fn or _stem
         rows = []
         by_text = {unicodedata.normalize("NFC", name): path for name, path in folders.items()}
         for folder_name, label in class_map.items():  # é typed as one code point finds é stored as e + accent
@@ -156,13 +166,15 @@ class ImageFolderXray(XrayDataset):
                 {
                     "path": p.relative_to(root_path).as_posix(),
                     "label": int(label),
-                    "patient_id": str(id_of(p)),
+                    "patient_id": str(patient_id_fn(p)) if patient_id_fn is not None else "",
                     "finding": folder_name,
                 }
                 for p in files
             ]
         refuse_duplicate_files([row["path"] for row in rows], f"image folder {root_path}", root_path)
         if patient_id_fn is None:
+            for row, image_id in zip(rows, image_ids([row["path"] for row in rows])):
+                row["patient_id"] = image_id
             warn_image_wise_patients(len(rows), f"image folder {root_path}", "pass patient_id_fn, or use a "
                                      "manifest.csv with a patient_id column")
         self.class_map = dict(class_map)
@@ -227,7 +239,7 @@ class ManifestXray(XrayDataset):
         refuse_duplicate_files(table["file"].tolist(), f"manifest {csv_path}", root_path, first_line=2)
         meta = table.rename(columns={"file": "path"}).copy()
         meta["label"] = parse_binary_labels(table["label"].tolist(), f"manifest {csv_path}", first_line=2)
-        stems = meta["path"].map(lambda f: Path(f).stem)
+        stems = pd.Series(image_ids(meta["path"].tolist()), index=meta.index)
         blank = pd.Series("", index=meta.index, dtype=object)
         patients = meta["patient_id"].str.strip() if "patient_id" in meta.columns else blank
         if (patients == "").any():
