@@ -296,7 +296,8 @@ def _check_device(device: str) -> None:
 _CLI_WORDS = (("pass csv_path=...", "pass --csv FILE"),
               ("pass class_map={'FOLDER': 0 or 1, ...}", "pass --class-map FOLDER=0 --class-map FOLDER=1"),
               ("drop the class map", "drop --class-map / data.class_map"),
-              ("pass patient_id_fn, or use a manifest.csv", "use a manifest.csv"))
+              ("pass patient_id_fn, or use a manifest.csv", "use a manifest.csv"),
+              ("dataset='folder' needs data_root", "the folder dataset needs --data-root"))
 #: A user's --config is not a cache: it is fixed, not deleted.
 _CONFIG_WORDS = (("; delete it to rebuild", "; fix the file (your configuration)"),)
 
@@ -427,8 +428,10 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     defaults = stored if bound or (stored is not None and args.config is None and args.profile is None) else None
     if args.data_root is not None:
         data_root = args.data_root
-    else:  # a config file's own root is explicit; a profile's "" is not
-        data_root = defaults[0].data.data_root if defaults is not None and args.config is None else cfg.data.data_root
+    elif args.config is not None and cfg.data.data_root:  # a config file's own root is explicit
+        data_root = cfg.data.data_root
+    else:  # a profile's or config's "" is not: the recorded run's root, if any
+        data_root = defaults[0].data.data_root if defaults is not None else cfg.data.data_root
     split_file = args.split_file if args.split_file is not None else (defaults[1] if defaults is not None else "")
     cfg = cfg.replace(data={"data_root": _absolute(data_root)})
     if args.seed is not None:
@@ -468,6 +471,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         distributed.barrier()
     folder = replicate_dir(args.run_dir, cfg)
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=folder, device=args.device)
+    _check_other_seeds(args.run_dir, cfg, trainer.data_fingerprint)
     if main_process:  # the trainer accepted the data and the folder's checkpoints: record the run
         save_run_description(args.run_dir, cfg, split_file)
         state = ("already finished" if trainer.is_finished else
@@ -486,6 +490,26 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"selected on validation: epoch {best['selected_epoch']} (round {best['selected_round']}), "
               f"val AUC {best['best_val_auc']:.4f}; history in {folder / 'history.csv'}")
     return 0
+
+
+def _check_other_seeds(run_dir: str, cfg: SaladConfig, fingerprint: str) -> None:
+    """Refuse a seed whose training or validation images differ from those the folder's other seeds used.
+
+    A run folder's seeds are replicates of one split (evaluate reads one run.json for all).
+
+    Raises:
+        ValueError: another seed's ``last`` checkpoint records other images (its file named).
+    """
+    from salad_lite.experiment import replicate_dir
+    from salad_lite.files import read_json
+
+    own = replicate_dir(run_dir, cfg)
+    for other in sorted((Path(run_dir) / cfg.data.dataset).glob("seed*/last.json")):
+        stored = read_json(other, "checkpoint metadata")
+        if other.parent != own and isinstance(stored, dict) and stored.get("data_fingerprint", fingerprint) != fingerprint:
+            raise ValueError(f"{other} was trained on other training or validation images than this call reads "
+                             f"(data root {cfg.data.data_root or '(the embedded set)'}): the seeds of a run folder "
+                             "are replicates of one split; restore the data, or use another --run-dir")
 
 
 # ---------------------------------------------------------------------------------------------- evaluate, score
@@ -509,6 +533,11 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
         trained = sorted(int(seed) for seed in seeds if seed.isdigit())
         raise FileNotFoundError(f"seed {cfg.train.seed} was never trained in {args.run_dir} (trained seeds: "
                                 f"{', '.join(map(str, trained)) or 'none'})")
+    root = Path(cfg.data.data_root)
+    if cfg.data.data_root and not root.exists():
+        raise FileNotFoundError(f"data root {root} recorded in {Path(args.run_dir) / 'run.json'} does not exist; if "
+                                f"the data moved, record its new place with: salad-lite train --run-dir "
+                                f"{args.run_dir} --data-root NEW")
     splits = splits_for(cfg, progress=_progress(args), split_file=split_file)
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=replicate_dir(args.run_dir, cfg),
                            device=args.device)
@@ -591,14 +620,17 @@ def _read_images(paths: list[Path], dataset: str, image_size: int, skip: bool,
 
 
 def _selection(cfg: SaladConfig, trainer: Any, folder: Path) -> dict[str, Any]:
-    """selection.json of the evaluate step, or (absent) chosen now on the validation split and written."""
-    from salad_lite.experiment import select_scoring
+    """selection.json of the evaluate step, or (absent, or chosen from another grid, rule or model epoch)
+    chosen now on the validation split and written."""
+    from salad_lite.experiment import select_scoring, selection_basis
     from salad_lite.files import read_json, write_json_atomic
 
     path = folder / "selection.json"
     if path.is_file():
         selection = read_json(path, "scoring selection")
-        if isinstance(selection, dict) and {"k", "discard_anomalous"} <= set(selection):
+        basis = selection_basis(trainer)
+        if isinstance(selection, dict) and {"k", "discard_anomalous"} <= set(selection) \
+                and {name: selection.get(name) for name in basis} == basis:
             return selection
     selection = select_scoring(trainer)
     write_json_atomic(path, selection, indent=2)

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import numbers
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,8 +239,9 @@ def parse_class_map(entries: tuple[str, ...] | list[str], name: str = "data.clas
                     complete: bool = True) -> dict[str, int]:
     """``("PNEUMONIA=1", "NORMAL=0")`` -> ``{"NORMAL": 0, "PNEUMONIA": 1}``: folder name -> label, by name.
 
-    The label follows the last ``=``, so a folder name may hold one. Sorted by folder,
-    so that any order of the same entries is the same map (and the same image order).
+    The label follows the last ``=``, so a folder name may hold one. Names are NFC-normalised
+    and sorted, so that any spelling and order of the same entries is the same map (and the
+    same image order).
 
     Args:
         complete: also require at least one folder labelled 0 and one labelled 1
@@ -253,6 +255,8 @@ def parse_class_map(entries: tuple[str, ...] | list[str], name: str = "data.clas
     mapping: dict[str, int] = {}
     for entry in entries:
         folder, sep, label = str(entry).rpartition("=")
+        # é as one code point or as e + accent: one folder; "NORMAL/" (a shell's completion) is NORMAL
+        folder = unicodedata.normalize("NFC", folder.rstrip("/"))
         if not sep or not folder or label.strip() not in ("0", "1"):
             raise ConfigError(f"{name} entries must be FOLDER=0 (normal) or FOLDER=1 (abnormal), got {entry!r}")
         if folder in mapping:

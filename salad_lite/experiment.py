@@ -181,7 +181,7 @@ def select_scoring(trainer: SaladTrainer) -> dict[str, Any]:
 
     Returns:
         ``{"grid": [{"k", "discard_anomalous", "val_auc", "val_auprc"}], "k",
-        "discard_anomalous", "val_auc"}``.
+        "discard_anomalous", "val_auc"}`` and the :func:`selection_basis`.
 
     Raises:
         ValueError: the validation split lacks one class (checked before anything is
@@ -204,7 +204,19 @@ def select_scoring(trainer: SaladTrainer) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"no K in {list(k_grid)} fits a bank of {len(trainer.train_labels)} rows")
     best = max(rows, key=lambda r: (r["val_auc"], -r["k"]))
-    return {"grid": rows, "k": best["k"], "discard_anomalous": best["discard_anomalous"], "val_auc": best["val_auc"]}
+    return {"grid": rows, "k": best["k"], "discard_anomalous": best["discard_anomalous"], "val_auc": best["val_auc"],
+            **selection_basis(trainer)}
+
+
+def selection_basis(trainer: SaladTrainer) -> dict[str, Any]:
+    """What a stored scoring selection was chosen from: the grid, the rule and the model's selected epoch.
+
+    Stored in ``selection.json``; a selection whose basis differs from the current
+    configuration and model is chosen again, not reused.
+    """
+    score = trainer.cfg.score
+    return {"k_grid": list(score.k_grid), "discard_options": list(score.discard_options), "rule": score.rule,
+            "selected_epoch": (trainer.selected or {}).get("selected_epoch")}
 
 
 def score_split(trainer: SaladTrainer, dataset: Any, k: int, discard_anomalous: bool) -> np.ndarray:
@@ -393,7 +405,8 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
 
     Raises:
         salad_lite.files.CorruptFileError: ``per_seed`` is not a non-empty list of objects with the
-            fields of a row, or ``test_auc`` / ``test_auprc`` are not objects with finite ``mean`` and ``ci95``.
+            fields of a row, or ``test_auc`` / ``test_auprc`` are not objects with finite ``mean`` and ``ci95``
+            (``ci95`` NaN for a single seed: one run says nothing about spread).
     """
     def refuse(what: str) -> None:
         raise CorruptFileError(f"untrained-encoder result {path}: {what}; delete it to recompute")
@@ -418,8 +431,11 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
             refuse(f"'{metric}' must be an object with 'mean' and 'ci95', got {type(summary).__name__}")
         for name in ("mean", "ci95"):
             value = summary.get(name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                refuse(f"'{metric}'['{name}'] must be a finite number, got {value!r}")
+            spread_of_one = name == "ci95" and len(rows) == 1 and isinstance(value, float) and np.isnan(value)
+            if not spread_of_one and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not np.isfinite(value)):
+                one_seed = " (NaN for the spread of one seed)" if name == "ci95" else ""
+                refuse(f"'{metric}'['{name}'] must be a finite number{one_seed}, got {value!r}")
 
 
 def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, path: Path,
@@ -432,7 +448,8 @@ def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, p
     Raises:
         salad_lite.files.CorruptFileError: ``path`` is damaged or its structure is not the one
             written (:func:`_check_untrained_result`; named).
-        ValueError: ``path`` was computed with another configuration or other splits (named).
+        ValueError: ``path`` was computed with another configuration (named); one of other
+            splits is computed again.
     """
     fingerprint = splits_fingerprint(splits) if fingerprint is None else fingerprint
     if path.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -289,6 +290,12 @@ def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.Captu
         (folder / name).write_text(original)
     assert main(one_image) == 0
     capsys.readouterr()
+    # a selection chosen from another K grid (train accepts a new score.k_grid) is chosen again, not reused
+    chosen = json.loads((folder / "selection.json").read_text())
+    (folder / "selection.json").write_text(json.dumps({**chosen, "k_grid": [2, 3], "k": 2}))
+    assert main(one_image) == 0
+    assert json.loads((folder / "selection.json").read_text()) == chosen
+    capsys.readouterr()
 
     assert main(["evaluate", "--run-dir", str(run["dir"]), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -405,6 +412,30 @@ def test_train_takes_the_class_map_and_the_run_keeps_it(capsys: pytest.CaptureFi
     _fails(capsys, [*train, "--class-map", "NORMAL=0"], "--class-map labels no folder abnormal (1)")
     _fails(capsys, [*train, "--class-map", "NORMAL=1", "--class-map", "PNEUMONIA=0"],
            "data.class_map: ('NORMAL=0', 'PNEUMONIA=1') -> ('NORMAL=1', 'PNEUMONIA=0')")
+
+
+def test_a_run_folder_follows_its_images_not_their_paths(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root, moved, other = tmp_path / "films", tmp_path / "moved", tmp_path / "other"
+    _class_folders(root, counts=(40, 16))
+    run_dir = tmp_path / "r"
+    run = ["--run-dir", str(run_dir), "--device", "cpu", "--no-progress"]
+    assert main(["train", "--profile", "smoke", "--dataset", "folder", "--data-root", str(root), *run]) == 0
+    root.rename(moved)
+    _fails(capsys, ["evaluate", *run], f"data root {root} recorded in", f"train --run-dir {run_dir} --data-root NEW")
+    assert main(["train", *run, "--data-root", str(moved)]) == 0  # the same images: finished, new place recorded
+    assert "already finished" in capsys.readouterr().out
+    assert json.loads((run_dir / "run.json").read_text())["data_root"] == str(moved)
+    assert main(["evaluate", *run]) == 0
+    config = tmp_path / "c.json"  # a config without a data root continues with the recorded one
+    config.write_text(json.dumps({**SMOKE.to_dict(), "data": {**SMOKE.to_dict()["data"], "dataset": "folder"}}))
+    assert main(["train", "--config", str(config), *run]) == 0 and "already finished" in capsys.readouterr().out
+    shutil.copytree(moved, other)
+    for path in other.rglob("*.png"):  # the same names, other pixels
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    _fails(capsys, ["train", *run, "--seed", "1", "--data-root", str(other)],  # a replicate of another split
+           "seed0/last.json was trained on other training or validation images than this call reads")
+    assert json.loads((run_dir / "run.json").read_text())["data_root"] == str(moved)
+    assert not (run_dir / "folder" / "seed1" / "last.json").exists()
 
 
 def test_a_config_the_trainer_refuses_records_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path,

@@ -205,3 +205,11 @@ def test_a_class_map_is_stored_in_one_spelling():
             for entries in (("NORMAL=0", "PNEUMONIA=1"), ("PNEUMONIA=1", "NORMAL= 0"), ["PNEUMONIA=1 ", "NORMAL=0"])]
     assert same == [("NORMAL=0", "PNEUMONIA=1")] * 3
     assert DataConfig(dataset="folder", class_map=("a=b c=1", "n=0")).class_map == ("a=b c=1", "n=0")
+    import unicodedata
+
+    composed, decomposed = (unicodedata.normalize(form, "Normál") for form in ("NFC", "NFD"))
+    assert DataConfig(dataset="folder", class_map=(f"{decomposed}=0", "Abn=1")).class_map == \
+        DataConfig(dataset="folder", class_map=(f"{composed}=0", "Abn=1")).class_map == ("Abn=1", f"{composed}=0")
+    assert DataConfig(dataset="folder", class_map=("NORMAL/=0", "Abn=1")).class_map == ("Abn=1", "NORMAL=0")
+    with pytest.raises(ConfigError, match="twice"):  # the same folder in two spellings
+        DataConfig(dataset="folder", class_map=(f"{decomposed}=0", f"{composed}=1"))

@@ -212,7 +212,7 @@ def test_the_untrained_baseline_scores_the_untrained_embeddings_even_with_a_memo
     (lambda s: s["per_seed"][0].pop("test_auc"), r"'per_seed'\[0\]\['test_auc'\] must be a finite number, got None"),
     (lambda s: s["per_seed"][0].update(k="5"), r"'per_seed'\[0\]\['k'\] must be int, got '5'"),
     (lambda s: s.update(test_auc=0.7), r"'test_auc' must be an object with 'mean' and 'ci95', got float"),
-    (lambda s: s["test_auprc"].update(ci95=None), r"'test_auprc'\['ci95'\] must be a finite number, got None"),
+    (lambda s: s["test_auprc"].update(ci95=None), r"'test_auprc'\['ci95'\] must be a finite number \(NaN for the spread of one seed\), got None"),
     (lambda s: s["test_auc"].update(mean=float("nan")), r"'test_auc'\['mean'\] must be a finite number, got nan"),
 ])
 def test_a_damaged_untrained_result_is_refused_naming_the_file(blob_splits, tmp_path, damage, message):
@@ -231,3 +231,17 @@ def test_a_damaged_untrained_result_is_refused_naming_the_file(blob_splits, tmp_
     path.write_text(json.dumps(stored))
     with pytest.raises(CorruptFileError, match=rf"untrained-encoder result {path}: {message}; delete it"):
         experiment._untrained_once(cfg, splits, 1, path)
+
+
+def test_a_stored_untrained_result_of_one_seed_is_reused(blob_splits, tmp_path):
+    """One seed has no spread (ci95 NaN): its stored file must load again, not be refused as damaged."""
+    import salad_lite.experiment as experiment
+
+    test_labels = np.r_[np.zeros(10), np.ones(10)].astype(np.int64)
+    splits = {**blob_splits, "test": ArrayDataset(blob_images(test_labels, seed=30), test_labels, prefix="test-")}
+    cfg = profile_config("smoke").replace(train={"progress": False})
+    path = tmp_path / "untrained_encoder.json"
+    first = experiment._untrained_once(cfg, splits, 1, path, device="cpu")
+    assert np.isnan(first["test_auc"]["ci95"])
+    again = experiment._untrained_once(cfg, splits, 1, path, device="cpu")
+    assert again["test_auc"]["mean"] == first["test_auc"]["mean"]

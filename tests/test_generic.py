@@ -95,10 +95,12 @@ def test_images_without_patient_ids_are_each_their_own_patient_even_when_stems_r
     with pytest.warns(DataWarning, match="4 image"):
         ds = ImageFolderXray(tmp_path, image_size=8)
     assert sorted(ds.patient_ids) == ["abnormal/0", "normal/0", "normal/sub/0", "x"]  # four patients, not two
-    (tmp_path / "m.csv").write_text("file,label\nnormal/0.png,0\nabnormal/0.png,1\nabnormal/x.png,1\n")
+    (tmp_path / "m.csv").write_text("file,label,patient_id\nnormal/0.png,0,\nabnormal/0.png,1,\n"
+                                    "abnormal/x.png,1,\nnormal/sub/0.jpg,0,x\n")
     with pytest.warns(DataWarning, match="3 image"):
         manifest = ManifestXray(tmp_path / "m.csv")
-    assert list(manifest.patient_ids) == ["normal/0", "abnormal/0", "x"]
+    # x.png's stem is already patient x's id: it would join that patient
+    assert list(manifest.patient_ids) == ["normal/0", "abnormal/0", "abnormal/x", "x"]
 
 
 def test_folder_errors(tmp_path: Path) -> None:
@@ -108,6 +110,9 @@ def test_folder_errors(tmp_path: Path) -> None:
         ImageFolderXray(tmp_path)
     with pytest.raises(FileNotFoundError, match="PNEUMONIA does not exist"):
         ImageFolderXray(tmp_path, class_map={"normal": 0, "PNEUMONIA": 1})
+    _png(tmp_path / "_neg" / "b.png")
+    with pytest.raises(FileNotFoundError, match="_neg does not exist .*starting with '_' marks a folder the loader skips"):
+        ImageFolderXray(tmp_path, class_map={"normal": 0, "_neg": 1})
     with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
         ImageFolderXray(tmp_path, class_map={"normal": 0, "abnormal": 2})
     with pytest.raises(ValueError, match="at least one folder to 0 and one to 1"):

@@ -42,7 +42,7 @@ import os
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -78,14 +78,15 @@ def warn_image_wise_patients(count: int, source: str, remedy: str) -> None:
                   DataWarning, stacklevel=3)
 
 
-def image_ids(paths: list[str]) -> list[str]:
-    """One id per image (relative POSIX paths): the file stem, unique as the policy promises.
+def image_ids(paths: list[str], taken: Collection[str] = ()) -> list[str]:
+    """One patient id per image without one (relative POSIX paths): the file stem, unique as the policy promises.
 
-    A stem that several images share would merge them into one patient, so those
-    images take their path without the suffix instead (``NORMAL/0``, ``PNEUMONIA/0``).
+    A stem that several of these images share, or that is already a patient's id
+    (``taken``), would merge them into one patient, so those images take their path
+    without the suffix instead (``NORMAL/0``, ``PNEUMONIA/0``).
     """
     stems = [PurePosixPath(p).stem for p in paths]
-    shared = {stem for stem, count in Counter(stems).items() if count > 1}
+    shared = {stem for stem, count in Counter(stems).items() if count > 1} | set(taken)
     return [str(PurePosixPath(p).with_suffix("")) if stem in shared else stem for p, stem in zip(paths, stems)]
 
 
@@ -154,8 +155,10 @@ class ImageFolderXray(XrayDataset):
         for folder_name, label in class_map.items():  # é typed as one code point finds é stored as e + accent
             folder = folders.get(folder_name) or by_text.get(unicodedata.normalize("NFC", folder_name))
             if folder is None:
+                ignored = " (a name starting with '_' marks a folder the loader skips, such as _cache: rename it)" \
+                    if folder_name.startswith("_") and (root_path / folder_name).is_dir() else ""
                 raise FileNotFoundError(
-                    f"class folder {root_path / folder_name} does not exist (found {sorted(folders)})"
+                    f"class folder {root_path / folder_name} does not exist (found {sorted(folders)}){ignored}"
                 )
             files = list_files(folder, IMAGE_SUFFIXES)  # recursive; never hidden or system files
             if not files:
@@ -239,13 +242,14 @@ class ManifestXray(XrayDataset):
         refuse_duplicate_files(table["file"].tolist(), f"manifest {csv_path}", root_path, first_line=2)
         meta = table.rename(columns={"file": "path"}).copy()
         meta["label"] = parse_binary_labels(table["label"].tolist(), f"manifest {csv_path}", first_line=2)
-        stems = pd.Series(image_ids(meta["path"].tolist()), index=meta.index)
         blank = pd.Series("", index=meta.index, dtype=object)
         patients = meta["patient_id"].str.strip() if "patient_id" in meta.columns else blank
-        if (patients == "").any():
-            warn_image_wise_patients(int((patients == "").sum()), f"manifest {csv_path}",
-                                     "fill its patient_id column")
-        meta["patient_id"] = patients.where(patients != "", stems)
+        no_id = patients == ""
+        if no_id.any():
+            warn_image_wise_patients(int(no_id.sum()), f"manifest {csv_path}", "fill its patient_id column")
+        own = pd.Series(image_ids(meta.loc[no_id, "path"].tolist(), taken=set(patients[~no_id])),
+                        index=meta.index[no_id], dtype=object)
+        meta["patient_id"] = patients.where(~no_id, own)
         default_finding = meta["label"].map({0: "normal", 1: "abnormal"})
         findings = meta["finding"] if "finding" in meta.columns else blank
         meta["finding"] = findings.where(findings.str.strip() != "", default_finding)
