@@ -403,6 +403,9 @@ SECTION_OF: dict[type, str] = {section_cls: name for name, section_cls in SECTIO
 MAY_BE_EMPTY: frozenset[str] = frozenset({"data.class_map"})
 """Variadic tuple fields that may hold no value (every other one needs at least one)."""
 
+LIST_EXAMPLES: dict[str, str] = {"data.class_map": '["NORMAL=0", "PNEUMONIA=1"]'}
+"""The form a list field takes, shown when it is given as something else (a JSON object...)."""
+
 # Fields earlier versions had and that are now gone: ignored (not refused) when an old JSON is loaded.
 REMOVED_FIELDS: frozenset[tuple[str, str]] = frozenset({("score", "chunk_size")})
 
@@ -520,7 +523,8 @@ def check_value(name: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{name} must be one of {list(args)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"{name} must be a list, got {value!r} ({type(value).__name__})")
+            example = f' (e.g. {LIST_EXAMPLES[name]})' if name in LIST_EXAMPLES else ""
+            raise ConfigError(f"{name} must be a list{example}, got {value!r} ({type(value).__name__})")
         variadic = len(args) == 2 and args[1] is Ellipsis
         if variadic and not value and name not in MAY_BE_EMPTY:
             raise ConfigError(f"{name} must hold at least one value, got {value!r}")

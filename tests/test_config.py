@@ -106,7 +106,7 @@ BAD_VALUES = [
     ("data", "class_map", ("NORMAL",), r"data.class_map entries must be FOLDER=0 \(normal\) or FOLDER=1"),
     ("data", "class_map", ("A=0", "A=1"), r"data.class_map names folder 'A' twice \(A=0 and A=1\)"),
     ("data", "class_map", ("A=0", "B=1"), r"data.class_map labels class folders: it needs data.dataset 'folder'"),
-    ("data", "class_map", "A=0", r"data.class_map must be a list"),
+    ("data", "class_map", "A=0", r'data.class_map must be a list \(e.g. \["NORMAL=0", "PNEUMONIA=1"\]\)'),
     ("data", "class_map", ("A=0", "B=0"), r"data.class_map labels no folder abnormal \(1\)"),
 ]
 

@@ -131,8 +131,8 @@ def test_manifest_defaults_missing_files_and_errors(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         ds = ManifestXray(tmp_path / "m.csv", image_size=8)
     messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
-    assert len(messages) == 2 and "4 image(s) have no patient id" in messages[0]  # the documented default, counted
-    assert "dropped 1 of 4" in messages[1] and "gone.png" in messages[1]
+    assert len(messages) == 2 and "dropped 1 of 4" in messages[0] and "gone.png" in messages[0]
+    assert "3 image(s) have no patient id" in messages[1]  # the documented default, counted over the images kept
     assert list(ds.patient_ids) == ["x1", "x2", "x3"]
     assert ds.metadata["finding"].tolist() == ["normal", "abnormal", "normal"]
     with pytest.raises(FileNotFoundError, match="1 of 4"):

@@ -245,8 +245,6 @@ class ManifestXray(XrayDataset):
         blank = pd.Series("", index=meta.index, dtype=object)
         patients = meta["patient_id"].str.strip() if "patient_id" in meta.columns else blank
         no_id = patients == ""
-        if no_id.any():
-            warn_image_wise_patients(int(no_id.sum()), f"manifest {csv_path}", "fill its patient_id column")
         own = pd.Series(image_ids(meta.loc[no_id, "path"].tolist(), taken=set(patients[~no_id])),
                         index=meta.index[no_id], dtype=object)
         meta["patient_id"] = patients.where(~no_id, own)
@@ -255,5 +253,8 @@ class ManifestXray(XrayDataset):
         meta["finding"] = findings.where(findings.str.strip() != "", default_finding)
         exists = np.array([(root_path / f).is_file() for f in meta["path"]], dtype=bool)
         meta = drop_missing_files(meta, exists, on_missing, source=str(csv_path))
+        kept_without_id = int((no_id.to_numpy() & exists).sum())  # counted over the images kept
+        if kept_without_id:
+            warn_image_wise_patients(kept_without_id, f"manifest {csv_path}", "fill its patient_id column")
         self.csv_path = csv_path
         super().__init__(meta, image_size=image_size, root=root_path, preprocess=preprocess)
