@@ -213,9 +213,12 @@ def test_select_scoring_takes_its_grid_from_the_config():
     cfg = SaladConfig().replace(score={"k_grid": (1, 3, 29, 40), "discard_options": (False,)})
     trainer = SimpleNamespace(cfg=cfg, val_labels=np.r_[np.zeros(6), np.ones(6)].astype(np.int64),
                               train_labels=np.zeros(30, dtype=np.int64), val_set=None,
-                              scoring_bank=lambda: bank, embed=lambda dataset: val_z)
+                              scoring_bank=lambda: bank, embed=lambda dataset: val_z,
+                              selected={"selected_epoch": 4})
     selection = select_scoring(trainer)
     assert [(row["k"], row["discard_anomalous"]) for row in selection["grid"]] == [(1, False), (3, False), (29, False)]
+    assert {key: selection[key] for key in ("k_grid", "discard_options", "rule", "selected_epoch")} == {
+        "k_grid": [1, 3, 29, 40], "discard_options": [False], "rule": "paper", "selected_epoch": 4}  # its basis
     expected = eq4_scores(val_z, bank, 3).numpy()
     row = selection["grid"][1]
     assert row["val_auc"] == pytest.approx(auc(trainer.val_labels, expected))
