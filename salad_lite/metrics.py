@@ -42,12 +42,15 @@ def finite_scores(values: Any, name: str = "scores") -> np.ndarray:
     Raises:
         ValueError: a value that is not a number, or NaN/inf values (counted).
     """
-    if np.asarray(values).dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in np.ravel(values)):
-        raise ValueError(f"{name} must be numbers, got text")  # float("0.5") would read it silently
     try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
+        raw = np.asarray(values)
+        text = raw.dtype.kind in "US" or (raw.dtype.kind == "O" and any(isinstance(v, (str, bytes))
+                                                                          for v in raw.ravel()))
+        arr = None if text else raw.astype(np.float64)  # float("0.5") would read text silently
+    except (TypeError, ValueError) as error:  # ragged lists, objects that are not numbers
         raise ValueError(f"{name} must be numbers ({error})") from None
+    if arr is None:
+        raise ValueError(f"{name} must be numbers, got text")
     bad = int((~np.isfinite(arr)).sum())
     if bad:
         raise ValueError(f"{name}: {bad} of {arr.size} value(s) are NaN or inf")
