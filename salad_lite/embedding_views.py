@@ -32,6 +32,7 @@ import torch
 
 from salad_lite.checkpoint import load_checkpoint
 from salad_lite.knn import cosine_topk
+from salad_lite.utils import is_int
 
 __all__ = [
     "aligned_projections",
@@ -230,7 +231,7 @@ def memory_neighbours(bank: Any, slot: int, k: int = 8) -> tuple[np.ndarray, np.
         IndexError: ``slot`` is outside the bank.
     """
     arr = _as_array(bank, "bank")
-    if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)):
+    if not is_int(slot):
         raise TypeError(f"slot must be an int (a memory row), got {slot!r} ({type(slot).__name__})")
     if not 0 <= slot < arr.shape[0]:
         raise IndexError(f"slot {slot} outside the bank's {arr.shape[0]} rows")

@@ -47,6 +47,7 @@ from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
 from salad_lite.metrics import auc, binary_labels, finite_scores
 from salad_lite.scorer import eq4_search
+from salad_lite.utils import is_int
 
 ThresholdMode = Literal["percentile", "absolute"]
 GridScores = dict[tuple[int, bool], np.ndarray]
@@ -184,7 +185,7 @@ def _kept_rows(bank_labels: Any, n_bank: int, discard_anomalous: bool) -> np.nda
 
 
 def _check_k(k: Any, n_kept: int, discard_anomalous: bool) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"K must be an int >= 1, got {k!r}")
     if k > n_kept - 1:
         raise ValueError(f"K = {k} does not fit the bank: {n_kept} rows are kept (discard_anomalous="
@@ -302,7 +303,7 @@ def film_gallery_data(query_z: Any, bank: Any, bank_labels: Any, *, k: int, disc
     labels = binary_labels(np.asarray(query_labels), "query_labels", need_both=False)
     if labels.shape[0] != m:
         raise ValueError(f"query_labels has {labels.shape[0]} entries but query_z has {m} rows")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= m // 2:
+    if not is_int(n) or not 1 <= n <= m // 2:
         raise ValueError(f"n (films at each end) must be an int in 1..{m // 2} for {m} films, got {n!r}")
     bank_lab = binary_labels(np.asarray(bank_labels), "the bank's training labels", need_both=False)
     findings = _text_column(query_findings, labels, "query_findings")

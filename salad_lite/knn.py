@@ -36,6 +36,8 @@ from numba.core import types as nb_types
 from numba.extending import intrinsic
 from threadpoolctl import ThreadpoolController
 
+from salad_lite.utils import is_int
+
 DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities held at once: 16M floats = 64 MB
 MIN_NORM = 1e-12  # rows with a smaller L2 norm are refused as zero vectors (F.normalize's eps)
 
@@ -102,7 +104,7 @@ def _check_search(queries: Any, keys: Any, k: int, exclude: Any, block_elements:
     """The arguments every search checks: [M, d] and [N, d] rows, an int 1 <= k <= candidate keys,
     ``exclude`` [M] integer rows, an int ``block_elements`` >= 1."""
     for name, value in (("k", k), ("block_elements", block_elements)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_int(value):
             raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if block_elements < 1:
         raise ValueError(f"block_elements must be >= 1 (similarities held in one block), got {block_elements}")
@@ -170,7 +172,7 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[tor
     Raises:
         ValueError: ``k`` is not an int >= 1.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     order = indices.argsort(dim=1)  # ascending key index ...
     values, indices = values.gather(1, order), indices.gather(1, order)

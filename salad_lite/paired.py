@@ -31,7 +31,7 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 from salad_lite.metrics import finite_scores
-from salad_lite.utils import check_seed
+from salad_lite.utils import check_seed, is_int
 
 __all__ = ["MIN_PER_CLASS", "Aligned", "align_on_ids", "delong_test", "paired_bootstrap_auc"]
 
@@ -116,7 +116,7 @@ def paired_bootstrap_auc(labels: Any, scores_a: Any, scores_b: Any, n_boot: int 
             ``scores_b`` differ in length from ``labels`` or hold NaN/inf; ``n_boot`` < 1;
             ``seed`` not an int in NumPy's range.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+    if not is_int(n_boot) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
     check_seed(seed)
     y, a, b = _paired_inputs(labels, scores_a, scores_b)

@@ -16,6 +16,7 @@ import pandas as pd
 from salad_lite.config import Profile, SaladConfig, paper_config, profile_config
 from salad_lite.data.findings import parse_findings
 from salad_lite.metrics import auc, binary_labels, finite_scores, mean_ci
+from salad_lite.utils import is_int
 
 __all__ = ["ANY_FINDING", "DEFAULT_SEVERITY_BINS", "MIN_FINDING_IMAGES", "PAPER_TABLE1", "TABLE1_DATASETS",
            "differences_from_paper", "metric_lines", "paper_comparison", "paper_row", "per_finding_auc",
@@ -356,7 +357,7 @@ def per_finding_auc(test_labels: Any, scores_by_method: Mapping[str, Any],
     m = len(labels)
     scores = _method_scores(scores_by_method, m)
     names = _per_image_findings(findings, labels, m, shared_by_normals)
-    if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+    if not is_int(min_images) or min_images < 1:
         raise ValueError(f"min_images must be an int >= 1, got {min_images!r}")
     edges = _severity_bins(bins) if severity is not None else None
     levels = _per_image_severity(severity, labels, names, m, edges) if severity is not None else None

@@ -26,6 +26,7 @@ import torch
 from salad_lite.config import ScoreConfig, ScoreRule
 from salad_lite.knn import DEFAULT_BLOCK_ELEMENTS, block_search, check_latents, unit_rows
 from salad_lite.metrics import binary_labels
+from salad_lite.utils import is_int
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -107,7 +108,7 @@ class SaladScorer:
     def __init__(self, k: int = 100, discard_anomalous: bool = True, rule: ScoreRule = "paper",
                  contamination: float = 0.1, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
                  device: str | torch.device | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"K must be an int >= 1, got {k!r}")
         if not isinstance(discard_anomalous, (bool, np.bool_)):
             raise ValueError(f"discard_anomalous must be True or False, got {discard_anomalous!r}")
@@ -116,8 +117,7 @@ class SaladScorer:
             raise ValueError(f"contamination must be a number in (0, 0.5), got {contamination!r}")
         if rule not in ("paper", "code"):
             raise ValueError(f"unknown score rule {rule!r}; choose paper or code")
-        if isinstance(block_elements, bool) or not isinstance(block_elements, (int, np.integer)) \
-                or block_elements < 1:
+        if not is_int(block_elements) or block_elements < 1:
             raise ValueError(f"block_elements must be an int >= 1, got {block_elements!r}")
         self.k = k
         self.discard_anomalous = bool(discard_anomalous)

@@ -62,7 +62,7 @@ from salad_lite.files import CorruptFileError, read_json, write_json_atomic, wri
 from salad_lite.methods import BASELINE_IDS, baseline_class, baseline_config
 from salad_lite.metrics import auc, auprc, mean_ci
 from salad_lite.report import PAPER_TABLE1
-from salad_lite.utils import progress_enabled
+from salad_lite.utils import is_int, progress_enabled
 
 try:
     from tqdm.auto import tqdm
@@ -319,7 +319,7 @@ def _k_curve(path: Path, discard_anomalous: bool) -> list[dict[str, Any]]:
         missing = [key for key in _SELECTION_ROW if key not in g]
         if missing:
             refuse(f"'grid'[{i}] lacks {missing}")
-        if not _is_number(g["val_auc"]) or not _is_int(g["k"]):
+        if not _is_number(g["val_auc"]) or not is_int(g["k"]):
             refuse(f"'grid'[{i}] needs an integer 'k' and a numeric 'val_auc', got {g['k']!r} and {g['val_auc']!r}")
     return [{"k": g["k"], "val_auc": g["val_auc"]} for g in grid if g["discard_anomalous"] == discard_anomalous]
 
@@ -328,10 +328,6 @@ def _is_number(value: Any, finite: bool = False) -> bool:
     """True for an int or float (not a bool); with ``finite``, not NaN/inf either."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return ok and (not finite or bool(np.isfinite(value)))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _BASELINE_FIELDS = ("val_auc", "selected_epoch", "test_auc", "test_auprc", "test_scores", "test_labels")
@@ -361,12 +357,12 @@ def _check_baseline_result(stored: Any, path: Path) -> None:
     for metric in ("val_auc", "test_auc", "test_auprc"):
         if not _is_number(stored[metric], finite=True):
             refuse(f"'{metric}' must be a finite number, got {stored[metric]!r}")
-    if not _is_int(stored["selected_epoch"]):
+    if not is_int(stored["selected_epoch"]):
         refuse(f"'selected_epoch' must be an int, got {stored['selected_epoch']!r}")
     scores, labels = stored["test_scores"], stored["test_labels"]
     if not isinstance(scores, list) or not all(_is_number(v) for v in scores):
         refuse("'test_scores' must be a list of numbers")
-    if not isinstance(labels, list) or not all(_is_int(v) and v in (0, 1) for v in labels):
+    if not isinstance(labels, list) or not all(is_int(v) and v in (0, 1) for v in labels):
         refuse("'test_labels' must be a list of 0/1 labels")
 
 
@@ -522,7 +518,7 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
             missing = [key for key in _ROW_FIELDS if key not in row]
             if missing:
                 refuse(f"{at} lacks {missing}")
-            if row["method_id"] not in ALL_METHODS or not _is_int(row["ar_percent"]):
+            if row["method_id"] not in ALL_METHODS or not is_int(row["ar_percent"]):
                 refuse(f"{at} has an unknown method_id {row['method_id']!r} or a non-integer ar_percent "
                        f"{row['ar_percent']!r}")
             for metric in ("test_auc", "test_auprc", "val_auc"):
@@ -535,7 +531,7 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
             if not isinstance(reps, list):
                 refuse(f"{at}['per_replicate'] must be a list, got {type(reps).__name__}")
             for j, rep in enumerate(reps):
-                if not isinstance(rep, dict) or not _is_int(rep.get("seed")) or not all(
+                if not isinstance(rep, dict) or not is_int(rep.get("seed")) or not all(
                         metric in rep and (rep[metric] is None or _is_number(rep[metric]))
                         for metric in ("test_auc", "test_auprc", "val_auc")):
                     refuse(f"{at}['per_replicate'][{j}] must be an object with an integer 'seed' and numeric "
@@ -568,7 +564,7 @@ def merge_table(stored: dict[str, Any] | None, table: dict[str, Any]) -> dict[st
     skips: dict[tuple[Any, Any], dict[str, Any]] = {}
     for skip in [*stored.get("skipped", []), *table["skipped"]]:
         key = (skip.get("method_id"), skip.get("ar_percent"))
-        if _is_int(key[1]) and key not in rows:
+        if is_int(key[1]) and key not in rows:
             skips[key] = skip  # this grid's reason replaces a stored one
     skip_order = sorted(skips, key=lambda k: (ALL_METHODS.index(k[0]) if k[0] in ALL_METHODS else len(ALL_METHODS),
                                               k[1]))

@@ -22,6 +22,11 @@ def progress_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return not (os.environ if environ is None else environ).get(PROGRESS_ENV, "")
 
 
+def is_int(value: Any) -> bool:
+    """True for a Python or NumPy integer; False for a bool (an int subclass that is never a count) and the rest."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` if it is an int in [0, :data:`salad_lite.config.MAX_SEED`] (NumPy's range); else refused.
 
@@ -30,7 +35,7 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     """
     from salad_lite.config import MAX_SEED
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+    if not is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{name} must be an int in [0, {MAX_SEED}], got {seed!r}")
     return int(seed)
 

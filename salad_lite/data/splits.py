@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.utils import check_seed
+from salad_lite.utils import check_seed, is_int
 
 __all__ = ["MissingPatientIdError", "PatientLeakError", "check_patient_disjoint", "check_split_arguments",
            "one_class_split", "patient_id_text", "patient_ids_of"]
@@ -175,7 +175,7 @@ def check_split_arguments(anomaly_ratio: float, max_train: int, seed: int = 0, r
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
                 not (0.0 <= value < 1.0 if closed_at_0 else 0.0 < value < 1.0):
             raise ValueError(f"{name} must be a number in {'[' if closed_at_0 else '('}0, 1), got {value!r}")
-    if isinstance(max_train, bool) or not isinstance(max_train, (int, np.integer)) or max_train < 0:
+    if not is_int(max_train) or max_train < 0:
         raise ValueError(f"max_train must be an int >= 0 (0 = no cap), got {max_train!r} ({type(max_train).__name__})")
     check_seed(seed)
 

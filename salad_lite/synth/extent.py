@@ -69,6 +69,7 @@ from scipy import ndimage
 
 from salad_lite.synth.chest import ChestImageSpec, ChestRenderer
 from salad_lite.synth.limb import ImageSpec, render_image
+from salad_lite.utils import is_int
 
 __all__ = [
     "CARRIER_INSET",
@@ -164,7 +165,7 @@ def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     if not out:
         raise ValueError("sizes is empty: give at least one training image side (pixels)")
     for size in out:
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        if not is_int(size) or size < 1:
             raise ValueError(f"every size must be a positive integer number of pixels, got {size!r} in {out}")
     return tuple(int(s) for s in out)
 
@@ -285,7 +286,7 @@ def chest_contributions(renderer: ChestRenderer, spec: ChestImageSpec,
     Raises:
         ValueError: ``render_size`` < 16 (the renderer's own minimum).
     """
-    if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or render_size < 16:
+    if not is_int(render_size) or render_size < 16:
         raise ValueError(f"render_size must be an integer >= 16 (pixels), got {render_size!r}")
     lesions = renderer.lesions(spec)
     if not lesions:
