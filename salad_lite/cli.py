@@ -552,8 +552,8 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
 def _evaluate(args: argparse.Namespace) -> int:
     from salad_lite.experiment import evaluate_replicate, replicate_dir
 
-    cfg, splits, _ = _trained(args)
-    result = evaluate_replicate(cfg, splits, args.run_dir, device=args.device)
+    cfg, splits, trainer = _trained(args)
+    result = evaluate_replicate(cfg, splits, args.run_dir, device=args.device, trainer=trainer)
     folder = replicate_dir(args.run_dir, cfg)
     print(f"{cfg.data.dataset} seed {result.seed}: model of epoch {result.selected_epoch} (round "
           f"{result.selected_round}); K {result.k}, discard anomalous {result.discard_anomalous} "

@@ -235,13 +235,18 @@ def score_split(trainer: SaladTrainer, dataset: Any, k: int, discard_anomalous: 
 
 
 def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | Path,
-                       device: str = "auto") -> ReplicateResult:
+                       device: str = "auto", trainer: SaladTrainer | None = None) -> ReplicateResult:
     """Train/load one replicate, select K and discard on validation, then score the test split once.
 
     A stored ``result.json`` is returned when it records this configuration and
     these splits (:func:`splits_fingerprint`); one written by an older salad_lite
     that lacks a field or the record, or for another test split, is recomputed with
     the same model and selection.
+
+    ``trainer``: this replicate's finished trainer, when the caller has built it
+    already (the CLI does, to refuse an unfinished run rather than train it):
+    used instead of a second one, which would hash the training and validation
+    pixels again. None (default): trained or loaded here (:func:`train_or_load`).
 
     Raises:
         KeyError: ``splits`` lacks train, val or test.
@@ -250,17 +255,22 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
         salad_lite.files.CorruptFileError: ``result.json`` or a checkpoint is damaged (file named).
         ValueError: validation or test lacks a class; the run folder holds a run or a result
             of another configuration, or a run trained on other training or validation
-            splits (file named).
+            splits (file named); ``trainer`` is not this replicate's finished trainer.
     """
     check_splits(splits, required=SPLIT_NAMES, both_classes=("val", "test"))
     out_dir = replicate_dir(run_dir, cfg)
+    if trainer is not None:
+        _check_replicate_trainer(trainer, cfg, splits, out_dir)
     result_path = out_dir / "result.json"
     fingerprint = splits_fingerprint(splits)
     if result_path.exists():
         cached = read_json(result_path, "replicate result")
         if ReplicateResult.is_complete(cached) and _stored_for(cached, result_path, cfg, fingerprint):
             return ReplicateResult.from_dict(cached, source=f"replicate result {result_path}")
-    trainer = train_or_load(cfg, splits, run_dir, device)
+    if trainer is None:
+        trainer = train_or_load(cfg, splits, run_dir, device)
+    elif trainer.selected is None:
+        trainer.load_best()
     selection = select_scoring(trainer)
     write_json_atomic(out_dir / "selection.json", selection, indent=2)
     scores = score_split(trainer, splits["test"], selection["k"], selection["discard_anomalous"])
@@ -275,6 +285,25 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
         test_labels=tuple(int(v) for v in labels))
     write_json_atomic(result_path, {**result.to_dict(), "config": cfg.to_dict(), "splits_sha256": fingerprint})
     return result
+
+
+def _check_replicate_trainer(trainer: SaladTrainer, cfg: SaladConfig, splits: dict[str, Any], out_dir: Path) -> None:
+    """Refuse a trainer given to :func:`evaluate_replicate` that is not the finished one of this replicate.
+
+    Raises:
+        TypeError: it is not a :class:`SaladTrainer`.
+        ValueError: another configuration, folder or training/validation split, or not trained to the end.
+    """
+    if not isinstance(trainer, SaladTrainer):
+        raise TypeError(f"trainer must be a SaladTrainer, got {type(trainer).__name__}")
+    if trainer.cfg != cfg or trainer.run_dir != out_dir:
+        raise ValueError(f"trainer belongs to another replicate (its folder {trainer.run_dir}, this replicate's "
+                         f"{out_dir}) or configuration")
+    if trainer.train_set is not splits["train"] or trainer.val_set is not splits["val"]:
+        raise ValueError("trainer was built on other training or validation sets than the splits given")
+    if not trainer.is_finished:
+        raise ValueError(f"trainer of {out_dir} is trained to epoch {trainer.epoch} of {trainer.total_epochs}: "
+                         "finish it first")
 
 
 # Settings that change neither a replicate's model nor its selection: a stored result stays valid.

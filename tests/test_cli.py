@@ -245,7 +245,7 @@ def test_train_writes_the_run_folder_and_resumes(run: dict, capsys: pytest.Captu
 
 
 def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.CaptureFixture[str],
-                            nih_root: Path, tmp_path: Path) -> None:
+                            nih_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = run["dir"] / "nih" / "seed0"
     _fails(capsys, ["score", "--run-dir", str(run["dir"]), "--seed", "1", "x.png"],
            f"seed 1 was never trained in {run['dir']} (trained seeds: 0)")
@@ -297,7 +297,13 @@ def test_evaluate_and_score(run: dict, seeded_splits: dict, capsys: pytest.Captu
     assert json.loads((folder / "selection.json").read_text()) == chosen
     capsys.readouterr()
 
+    import salad_lite.trainer as trainer_module
+
+    built = []  # evaluate builds the replicate's trainer once (each build hashes the training and validation pixels)
+    monkeypatch.setattr(trainer_module, "splits_fingerprint",
+                        lambda splits, real=trainer_module.splits_fingerprint: built.append(1) or real(splits))
     assert main(["evaluate", "--run-dir", str(run["dir"]), "--no-progress"]) == 0
+    assert len(built) == 1
     out = capsys.readouterr().out
     assert "test (" in out and "AUC" in out and "result.json" in out
     result = json.loads((folder / "result.json").read_text())

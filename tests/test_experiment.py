@@ -95,6 +95,22 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     with pytest.raises(ValueError, match=r"last.json was trained on other training or validation images"):
         evaluate_replicate(cfg, other_val, tmp_path, device="cpu")
 
+    # a finished trainer the caller built (the CLI's, which refuses to train) is used, not built a second time
+    given = SaladTrainer(cfg, other_test["train"], other_test["val"], run_dir=seed0, device="cpu")
+    monkeypatch.setattr(experiment, "train_or_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    result_path.unlink()
+    reused = evaluate_replicate(cfg, other_test, tmp_path, device="cpu", trainer=given)
+    assert reused.test_scores == rescored.test_scores and given.selected["selected_epoch"] == stored.selected_epoch
+    with pytest.raises(ValueError, match=r"trainer belongs to another replicate \(its folder .*seed0, this "
+                                         r"replicate's .*seed1\)"):
+        evaluate_replicate(cfg.replace(train={"seed": 1}), other_test, tmp_path, device="cpu", trainer=given)
+    same_images = ArrayDataset(other_test["val"].images, other_test["val"].labels, prefix=other_test["val"].prefix)
+    with pytest.raises(ValueError, match="trainer was built on other training or validation sets"):
+        evaluate_replicate(cfg, {**other_test, "val": same_images}, tmp_path, device="cpu", trainer=given)
+    with pytest.raises(TypeError, match="trainer must be a SaladTrainer, got str"):
+        evaluate_replicate(cfg, other_test, tmp_path, device="cpu", trainer="seed0")
+    monkeypatch.undo()
+
     # a corrupt or mistyped stored file is an error naming it, never silently recomputed or trusted
     result_path.write_text('{"seed": 0, "k": ')
     with pytest.raises(CorruptFileError, match=rf"replicate result {result_path} is not valid JSON"):
