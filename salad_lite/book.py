@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import get_args
 
 from salad_lite.config import DatasetName, Profile, SaladConfig, profile_config
-from salad_lite.utils import PROGRESS_ENV, progress_enabled
+from salad_lite.utils import DEVICE_FORMS, PROGRESS_ENV, progress_enabled
 
 PROFILE_ENV = "SALAD_LITE_PROFILE"
 RUN_DIR_ENV = "SALAD_LITE_RUN_DIR"
@@ -41,7 +41,6 @@ BOOK_ROOT_MARKER = "_toc.yml"
 PROFILES: tuple[str, ...] = get_args(Profile)
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DEVICE_FORMS = "'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'"
 #: The names every chapter's ``parameters`` cell declares, in the order of :func:`chapter_settings`.
 PARAMETER_NAMES = ("profile", "dataset", "data_root", "run_dir", "device")
 
@@ -121,7 +120,7 @@ def check_available_device(name: str, value: object) -> str:
     device = check_device(name, value)
     try:
         resolved = resolve_device(device)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise ValueError(f"{name} {device}: {error}") from None
     mps = getattr(torch.backends, "mps", None)
     if resolved.type == "mps" and not (mps is not None and mps.is_available()):

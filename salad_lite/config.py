@@ -26,7 +26,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from salad_lite.augment import AUGMENT_LIMITS, limits_text, within_limits
 from salad_lite.files import read_json, write_text_atomic
@@ -510,13 +511,15 @@ def check_value(name: str, value: Any, hint: Any) -> Any:
     """``value`` if it fits the type annotation ``hint``, coerced (int -> float, list -> tuple).
 
     Supports ``bool``, ``int``, ``float`` (finite), ``str``, ``Literal[...]`` of
-    strings and ``tuple[X, ...]`` / ``tuple[X, Y]`` of those. ``bool`` is not
-    an int here, nor is a float an int.
+    strings, ``tuple[X, ...]`` / ``tuple[X, Y]`` of those and ``X | None``.
+    ``bool`` is not an int here, nor is a float an int.
 
     Raises:
         ConfigError: names ``name``, the value and the expected type.
     """
     origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType) and len(args) == 2 and type(None) in args:
+        return None if value is None else check_value(name, value, next(a for a in args if a is not type(None)))
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value

@@ -54,16 +54,23 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+#: The device texts every entry point accepts (torch's own forms).
+DEVICE_FORMS = "'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'"
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/``None`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
 
     Raises:
-        RuntimeError: CUDA is requested but not available, or ``device`` is not a
-            device string torch knows (from ``torch.device``).
+        ValueError: ``device`` is not a device torch knows (the value and :data:`DEVICE_FORMS` named).
+        RuntimeError: CUDA is requested but not available.
     """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be {DEVICE_FORMS}, got {device!r}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
     return resolved

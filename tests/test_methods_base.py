@@ -21,7 +21,10 @@ def test_per_image_mse_matches_plain_reference() -> None:
 
 
 def test_deep_ae_learns_the_planted_anomaly(planted_splits) -> None:
-    model = DeepAE(DeepAEConfig(epochs=6, **SMALL), device="cpu").fit(planted_splits["train"], planted_splits["val"])
+    model = DeepAE(DeepAEConfig(epochs=6, **SMALL), device="cpu")
+    with pytest.raises(RuntimeError, match="Deep AE is not fitted: call fit"):  # never untrained networks' scores
+        model.decision_function(planted_splits["val"])
+    model.fit(planted_splits["train"], planted_splits["val"])
     test = planted_splits["test"]
     assert auc(test.labels, model.decision_function(test)) >= 0.85
     assert model.selected_epoch == int(np.argmax([h["val_auc"] for h in model.history]))
@@ -67,6 +70,23 @@ def test_config_fields_are_validated() -> None:
         DeepAEConfig(epochs=0)
     with pytest.raises(ValueError, match="DeepAEConfig.arch"):
         DeepAEConfig(arch="vgg")
+    # types from the annotations: an int is neither a float nor a bool, numbers are finite
+    for field, bad, message in (("epochs", 2.5, "must be an int, got 2.5"), ("seed", True, "must be an int"),
+                                ("batch_size", 2.5, "must be an int"), ("width", float("inf"), "must be an int"),
+                                ("lr", float("nan"), "must be a finite number"),
+                                ("weight_decay", float("inf"), "must be a finite number"),
+                                ("progress", "no", "must be true or false"),
+                                ("image_size", 64.0, "must be an int")):
+        with pytest.raises(ValueError, match=rf"DeepAEConfig.{field} {message}"):
+            DeepAEConfig(**{field: bad})
+    assert DeepAEConfig(lr=1).lr == 1.0 and isinstance(DeepAEConfig(lr=1).lr, float)
+    from salad_lite.methods.geometric import GeometricConfig
+
+    assert GeometricConfig(transforms_per_image=None).transforms_per_image is None  # a subclass's own fields too
+    with pytest.raises(ValueError, match="GeometricConfig.transforms_per_image must be an int, got 3.0"):
+        GeometricConfig(transforms_per_image=3.0)
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', .*got 'gpu'"):
+        build_method("deep_ae", profile_config("smoke"), device="gpu")
     with pytest.raises(ValueError, match="unknown baseline"):
         build_method("ocgan", profile_config("smoke"))
 

@@ -33,7 +33,7 @@ import abc
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_type_hints
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from salad_lite.checkpoint import (
 from salad_lite.data.batches import (
     check_data_fingerprint, check_splits, dataset_labels, gather_images, image_batches, splits_fingerprint,
 )
+from salad_lite.config import check_value
 from salad_lite.files import CorruptFileError, remove_stale_temps
 from salad_lite.metrics import auc
 from salad_lite.trainer import epoch_batches, write_history
@@ -56,21 +57,35 @@ try:
 except ImportError:  # pragma: no cover - tqdm ships with the package's requirements
     tqdm = None
 
-__all__ = ["BaselineConfig", "DeepBaseline", "check_fields"]
+__all__ = ["BaselineConfig", "DeepBaseline", "check_fields", "check_types"]
+
+
+def check_types(cfg: Any) -> None:
+    """Check every field of a frozen config against its annotation (:func:`salad_lite.config.check_value`).
+
+    An int is not a bool, a float is not an int, floats are finite; an int given for a
+    float field is stored as a float.
+
+    Raises:
+        salad_lite.config.ConfigError: (a ValueError) names ``<Config>.<field>``, the value and the expected type.
+    """
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = check_value(f"{type(cfg).__name__}.{f.name}", getattr(cfg, f.name), hints[f.name])
+        object.__setattr__(cfg, f.name, value)
 
 
 def check_fields(cfg: Any, rules: dict[str, tuple[float, float | None]]) -> None:
     """Check numeric fields of a frozen config: ``rules`` maps a field to (minimum, maximum or None), both inclusive.
 
+    The fields' types are :func:`check_types`' (called first, by :class:`BaselineConfig`).
+
     Raises:
-        ValueError: a field is not a number (bools refused) or lies out of its range; the message
-            names ``<Config>.<field>`` and the value.
+        ValueError: a field lies out of its range; the message names ``<Config>.<field>`` and the value.
     """
     name = type(cfg).__name__
     for field_name, (low, high) in rules.items():
         value = getattr(cfg, field_name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}.{field_name} must be a number, got {value!r}")
         if value < low or (high is not None and value > high):
             bound = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise ValueError(f"{name}.{field_name} must be {bound}, got {value!r}")
@@ -88,10 +103,11 @@ class BaselineConfig:
     seen: fewer epochs, each over 72 transformed copies).
 
     Raises:
-        ValueError: a field out of range (named ``<Config>.<field>``).
+        ValueError: a field of the wrong type (an int that is a float or bool, a NaN or
+            infinite number, a bool that is not) or out of range, named ``<Config>.<field>``.
     """
 
-    arch: str = "conv"
+    arch: Literal["conv", "resnet18"] = "conv"
     image_size: int = 64
     width: int = 16
     latent_dim: int = 200
@@ -104,8 +120,7 @@ class BaselineConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.arch not in ("conv", "resnet18"):
-            raise ValueError(f"{type(self).__name__}.arch must be 'conv' or 'resnet18', got {self.arch!r}")
+        check_types(self)  # the fields of a subclass too: its __post_init__ calls this one first
         check_fields(self, {"image_size": (32, None), "width": (1, None), "latent_dim": (1, None),
                             "epochs": (1, None), "batch_size": (2, None), "lr": (0.0, None),
                             "weight_decay": (0.0, None), "validate_every": (1, None), "seed": (0, None)})
@@ -280,8 +295,17 @@ class DeepBaseline(abc.ABC):
         """Anomaly scores [N] (float64) of every image of ``dataset``, in order; higher = more abnormal.
 
         Raises:
+            RuntimeError: not fitted (:meth:`fit` has not selected an epoch).
+            ValueError: ``dataset`` holds no image, or pixels outside [0, 1].
+            TypeError: ``dataset`` is a bare array or tensor, not a dataset of sample dicts.
             FloatingPointError: a score is NaN/inf (the method's name given).
         """
+        if self.selected_epoch is None:
+            raise RuntimeError(f"{self.name} is not fitted: call fit(train_set, val_set) first")
+        return self._scores(dataset, batch_size)
+
+    def _scores(self, dataset: Any, batch_size: int = 256) -> np.ndarray:
+        """:meth:`decision_function` without the fitted check: validation scores during :meth:`fit`."""
         for network in self.networks.values():
             network.eval()
         parts = []
@@ -321,7 +345,7 @@ class DeepBaseline(abc.ABC):
         record: dict[str, Any] = {"epoch": self.epoch, **{k: v / len(batches) for k, v in sums.items()}}
         last = self.epoch + 1 == self.cfg.epochs
         if self.selectable(self.epoch) and ((self.epoch + 1) % self.cfg.validate_every == 0 or last):
-            record["val_auc"] = auc(val_labels, self.decision_function(val_set))
+            record["val_auc"] = auc(val_labels, self._scores(val_set))
         record["seconds"] = time.perf_counter() - started
         self.history.append(record)
         self.epoch += 1
