@@ -35,11 +35,14 @@ from salad_lite.data import (
 )
 from salad_lite.data.base import normalise_metadata, parse_binary_labels
 from salad_lite.data.batches import (
+    NonFiniteImageError,
     OneClassSplitError,
+    check_finite_images,
     check_splits,
     dataset_labels,
     dataset_patient_ids,
     gather_images,
+    image_batches,
 )
 from salad_lite.data.mura import MuraFormatError, read_mura_metadata
 from salad_lite.data.nih import nih_metadata, parse_finding_labels
@@ -823,6 +826,39 @@ def test_gather_images_refuses_indices_outside_the_dataset(tmp_path: Path) -> No
                 gather_images(dataset, np.array(bad))
         with pytest.raises(TypeError, match="1-D integers"):
             gather_images(dataset, np.array([0.0, 1.0]))
+
+
+class _FloatImages(torch.utils.data.Dataset):
+    """Sample dicts holding the given float images [N, 1, S, S] as they are (no conversion)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images_f = images
+
+    def __len__(self) -> int:
+        return len(self.images_f)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images_f[i]}
+
+
+def test_batches_refuse_what_would_be_scored_wrong() -> None:
+    # the kind: every embed / score / PCA entry gathers through gather_images / image_batches
+    images = torch.rand(4, 1, 8, 8)
+    with pytest.raises(TypeError, match=r"expected a dataset of sample dicts .* got a bare ndarray of shape \(4, 8, 8\)"):
+        gather_images(np.zeros((4, 8, 8), np.uint8), np.array([0]))
+    with pytest.raises(TypeError, match="got a bare Tensor of shape"):
+        next(image_batches(images, 2))
+    with pytest.raises(ValueError, match=r"images \[1, 3\] hold pixels outside \[0, 1\] \(range 0\S* to 255\).*divide by 255"):
+        gather_images(_FloatImages(torch.cat([images[:1], images[1:2] * 0 + 255, images[2:3], images[3:] * 255])),
+                      np.arange(4))
+    nan = images.clone()
+    nan[2, 0, 0, 0] = float("nan")
+    assert gather_images(_FloatImages(nan), np.arange(4)).isnan().sum() == 1  # named by check_splits, not as a range
+    with pytest.raises(NonFiniteImageError):
+        check_finite_images(_FloatImages(nan), "test")
+    check_finite_images(_FloatImages(images[:0]), "test")  # an empty split holds no bad pixel
+    with pytest.raises(ValueError, match="the dataset holds no images"):
+        next(image_batches(_FloatImages(images[:0]), 2))
 
 
 @pytest.mark.parametrize(("option", "message"), [

@@ -62,23 +62,35 @@ def gather_images(dataset: Any, indices: np.ndarray) -> torch.Tensor:
 
     Raises:
         IndexError: an index is negative or ``>= len(dataset)`` (the first few named).
-        TypeError: ``indices`` are not 1-D integers.
+        TypeError: ``indices`` are not 1-D integers; ``dataset`` is a bare array or tensor.
+        ValueError: a sample's pixels lie outside [0, 1] (e.g. 0-255 values; indices named).
     """
+    if isinstance(dataset, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"expected a dataset of sample dicts (dataset[i]['image']: float [1, S, S] in [0, 1]; see "
+                        f"salad_lite.data), got a bare {type(dataset).__name__} of shape {tuple(dataset.shape)}")
     indices = _positions(indices, len(dataset))
     images = getattr(dataset, "images", None)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3:
         return torch.from_numpy(images[indices]).unsqueeze(1).float().div_(255.0)
-    return torch.stack([dataset[int(i)]["image"] for i in indices]).float()
+    batch = torch.stack([dataset[int(i)]["image"] for i in indices]).float()
+    outside = (((batch < 0) | (batch > 1)) & batch.isfinite()).flatten(1).any(dim=1)  # [B]; NaN/inf: check_splits
+    if outside.any():
+        raise ValueError(f"images {indices[outside.numpy()][:5].tolist()} hold pixels outside [0, 1] (range "
+                         f"{float(batch[batch.isfinite()].min()):g} to {float(batch[batch.isfinite()].max()):g}): "
+                         "every dataset gives pixels in [0, 1] (0-255 values: divide by 255)")
+    return batch
 
 
 def image_batches(dataset: Any, batch_size: int) -> Iterator[torch.Tensor]:
     """Every image of ``dataset`` in order, as float batches [B, 1, S, S] in [0, 1] on the CPU.
 
     Raises:
-        ValueError: ``batch_size`` < 1.
+        ValueError: ``batch_size`` < 1; ``dataset`` holds no image (what would be scored or embedded is empty).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(dataset) == 0:
+        raise ValueError(f"the dataset holds no images ({type(dataset).__name__} of length 0)")
     for start in range(0, len(dataset), batch_size):
         yield gather_images(dataset, np.arange(start, min(start + batch_size, len(dataset))))
 
@@ -243,7 +255,7 @@ def check_finite_images(dataset: Any, split: str = "dataset", batch_size: int = 
         NonFiniteImageError: names the split, how many images are bad and the
             first three (index, and path / patient id when the metadata has them).
     """
-    if _holds_only_uint8(dataset):
+    if _holds_only_uint8(dataset) or len(dataset) == 0:
         return
     bad: list[int] = []
     for start, batch in zip(range(0, len(dataset), batch_size), image_batches(dataset, batch_size)):
