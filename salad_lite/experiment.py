@@ -252,7 +252,8 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
         KeyError: ``splits`` lacks train, val or test.
         salad_lite.data.splits.PatientLeakError: a patient is in two splits.
         salad_lite.data.batches.NonFiniteImageError: an image holds NaN/inf pixels (split and image named).
-        salad_lite.files.CorruptFileError: ``result.json`` or a checkpoint is damaged (file named).
+        salad_lite.files.CorruptFileError: ``result.json`` or a checkpoint is damaged, or the stored
+            metrics are not what its stored test scores give (file named).
         ValueError: validation or test lacks a class; the run folder holds a run or a result
             of another configuration, or a run trained on other training or validation
             splits (file named); ``trainer`` is not this replicate's finished trainer.
@@ -266,7 +267,10 @@ def evaluate_replicate(cfg: SaladConfig, splits: dict[str, Any], run_dir: str | 
     if result_path.exists():
         cached = read_json(result_path, "replicate result")
         if ReplicateResult.is_complete(cached) and _stored_for(cached, result_path, cfg, fingerprint):
-            return ReplicateResult.from_dict(cached, source=f"replicate result {result_path}")
+            stored = ReplicateResult.from_dict(cached, source=f"replicate result {result_path}")
+            check_stored_test_scores(stored.to_dict(), dataset_labels(splits["test"]),
+                                     f"replicate result {result_path}")
+            return stored
     if trainer is None:
         trainer = train_or_load(cfg, splits, run_dir, device)
     elif trainer.selected is None:
@@ -505,14 +509,15 @@ def _pca_baseline_once(splits: dict[str, Any], path: Path, fingerprint: str | No
     One computed from other splits is computed again (it depends on nothing else).
 
     Raises:
-        salad_lite.files.CorruptFileError: ``path`` is damaged, lacks ``test_auc``, or its
-            ``test_scores`` are not M finite numbers (named).
+        salad_lite.files.CorruptFileError: ``path`` is damaged, lacks ``test_auc``, its
+            ``test_scores`` are not M finite numbers, or its metrics are not theirs (named).
     """
     fingerprint = splits_fingerprint(splits) if fingerprint is None else fingerprint
     if path.exists():
         stored = _stored_pca_baseline(path)
         if "test_scores" in stored and stored.get("splits_sha256", fingerprint) == fingerprint:
             _check_pca_scores(stored["test_scores"], len(splits["test"]), path)
+            check_stored_test_scores(stored, dataset_labels(splits["test"]), f"PCA baseline result {path}")
             return stored
     write_json_atomic(path, {**pca_baseline(splits), "splits_sha256": fingerprint}, indent=2)
     return _stored_pca_baseline(path)
@@ -534,6 +539,27 @@ def _check_pca_scores(scores: Any, n_test: int, path: Path) -> None:
         what = f"{len(scores)} values" if isinstance(scores, list) else type(scores).__name__
         raise CorruptFileError(f"PCA baseline result {path}: 'test_scores' must be {n_test} finite numbers "
                                f"(one per test image), got {what}; delete it to recompute")
+
+
+def check_stored_test_scores(stored: dict[str, Any], labels: np.ndarray, source: str) -> None:
+    """Refuse a stored result that its own per-image test scores contradict.
+
+    ``stored`` holds ``test_scores`` [M] and may hold ``test_labels`` [M], ``test_auc``
+    and ``test_auprc``; ``labels`` [M] are the test split's 0/1 labels now. The stored
+    labels must be these, and the stored AUC / AUPRC what the stored scores give on
+    them: a hand-edited or damaged file is never reported as a result.
+
+    Raises:
+        salad_lite.files.CorruptFileError: ``source`` (e.g. the file) and the disagreeing field named.
+    """
+    if "test_labels" in stored and list(stored["test_labels"]) != labels.tolist():
+        raise CorruptFileError(f"{source}: its 'test_labels' are not the test split's labels; delete it to "
+                               "recompute")
+    scores = np.asarray(stored["test_scores"], dtype=np.float64)
+    for name, metric in (("test_auc", auc), ("test_auprc", auprc)):
+        if name in stored and abs(float(stored[name]) - metric(labels, scores)) > 1e-9:
+            raise CorruptFileError(f"{source}: '{name}' {stored[name]!r} is not what its own 'test_scores' give "
+                                   f"({metric(labels, scores):.6f}); delete it to recompute")
 
 
 def splits_for(cfg: SaladConfig, progress: bool = True, split_file: str = "") -> dict[str, Any]:

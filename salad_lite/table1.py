@@ -57,7 +57,7 @@ from salad_lite.book import check_available_device
 from salad_lite.cli_errors import check_run_dir, data_script
 from salad_lite.config import SaladConfig, profile_config
 from salad_lite.data.batches import check_splits, dataset_labels, splits_fingerprint
-from salad_lite.experiment import evaluate_replicate, replicate_dir, splits_for
+from salad_lite.experiment import check_stored_test_scores, evaluate_replicate, replicate_dir, splits_for
 from salad_lite.files import CorruptFileError, read_json, write_json_atomic, write_text_atomic
 from salad_lite.methods import BASELINE_IDS, baseline_class, baseline_config
 from salad_lite.metrics import auc, auprc, mean_ci
@@ -386,6 +386,7 @@ def _baseline_cell(spec: GridSpec, cell: Cell, splits: dict[str, Any], run_dir: 
             if len(stored["test_scores"]) != n_test or len(stored["test_labels"]) != n_test:
                 raise CorruptFileError(f"baseline result {path}: 'test_scores' and 'test_labels' must hold one "
                                        f"value per test image ({n_test}); delete it to recompute")
+            check_stored_test_scores(stored, dataset_labels(splits["test"]), f"baseline result {path}")
             return {**{key: stored[key] for key in _BASELINE_FIELDS}, "selected_round": None, "k": None,
                     "k_curve": []}
     # the checkpoints record the training and validation splits only: a new test split reuses the model

@@ -112,6 +112,14 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     monkeypatch.undo()
 
     # a corrupt or mistyped stored file is an error naming it, never silently recomputed or trusted
+    result_path.write_text(json.dumps({**json.loads(result_path.read_text()), "test_auc": 0.99}))
+    with pytest.raises(CorruptFileError, match=r"'test_auc' 0.99 is not what its own 'test_scores' give"):
+        evaluate_replicate(cfg, other_test, tmp_path, device="cpu")
+    pca_stored = json.loads(baseline.read_text())
+    baseline.write_text(json.dumps({**pca_stored, "test_auprc": 0.99}))
+    with pytest.raises(CorruptFileError, match=rf"PCA baseline result {baseline}: 'test_auprc' 0.99 is not"):
+        experiment._pca_baseline_once(other_test, baseline)
+    baseline.write_text(json.dumps(pca_stored))
     result_path.write_text('{"seed": 0, "k": ')
     with pytest.raises(CorruptFileError, match=rf"replicate result {result_path} is not valid JSON"):
         evaluate_replicates(cfg, splits, tmp_path, replicates=2, device="cpu")

@@ -130,7 +130,11 @@ def test_a_baseline_cell_is_stored_loaded_and_a_changed_config_refused(planted_s
     for field, value, message in (("config", [1], "'config' must be an object"),
                                   ("test_auc", "0.9", "'test_auc' must be a finite number"),
                                   ("selected_epoch", 1.5, "'selected_epoch' must be an int"),
-                                  ("test_scores", ["x"], "'test_scores' must be a list of numbers")):
+                                  ("test_scores", ["x"], "'test_scores' must be a list of numbers"),
+                                  # hand-edited values its own scores and the test split contradict
+                                  ("test_auc", 0.99, r"'test_auc' 0.99 is not what its own 'test_scores' give"),
+                                  ("test_labels", [1 - v for v in first["test_labels"]],
+                                   "its 'test_labels' are not the test split's labels")):
         result.write_text(json.dumps({**json.loads(stored), field: value}))
         with pytest.raises(CorruptFileError, match=f"{result}: {message}"):
             run_cell(_spec(), cell, planted_splits, tmp_path, "cpu")
