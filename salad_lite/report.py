@@ -196,10 +196,33 @@ def metric_lines(summary: Mapping[str, Any], metrics: tuple[str, ...] = ("test_a
     """
     try:
         n = int(summary["replicates"])
-        values = [(m, float(summary[m]["mean"]), float(summary[m]["ci95"])) for m in metrics]
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
-    return "\n".join(f"{m}: {mean:.4f} ± {ci:.4f} (95% CI over {n} replicates)" for m, mean, ci in values)
+    lines = []
+    for m in metrics:
+        mean, half = _mean_and_half(summary, m)
+        lines.append(f"{m}: {mean:.4f} ± {half:.4f} (95% CI over {n} replicates)" if np.isfinite(half) else
+                     f"{m}: {mean:.4f} ({n} replicate{'s' if n != 1 else ''}: no interval)")
+    return "\n".join(lines)
+
+
+def _mean_and_half(summary: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    """``summary[metric]``'s mean (finite) and 95% half-width (NaN when there is none: one replicate, JSON null).
+
+    Raises:
+        ValueError: the entry is missing or not ``{"mean": number, "ci95": number or null}``, or the mean
+            is not finite (the metric named).
+    """
+    try:
+        entry = summary[metric]
+        mean, half = entry["mean"], entry["ci95"]
+        mean, half = float(mean), float("nan") if half is None else float(half)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"not an evaluate_replicates summary: {metric} must be {{'mean': number, 'ci95': "
+                         f"number or null}} ({type(err).__name__}: {err})") from None
+    if not np.isfinite(mean):
+        raise ValueError(f"{metric}: the mean is {mean}, not a finite number")
+    return mean, half
 
 
 def baseline_verdicts(summary: Mapping[str, Any]) -> str:
@@ -208,26 +231,29 @@ def baseline_verdicts(summary: Mapping[str, Any]) -> str:
     "Clearly" means the 95% intervals do not overlap: SALAD's ``mean ± ci95`` against
     the baseline's (the untrained network and the reconstruction error have replicates;
     the PCA is one deterministic run, interval 0). Written from the numbers, so that a
-    chapter never states a ranking its run does not show.
+    chapter never states a ranking its run does not show: with one replicate (no
+    interval) no ranking is claimed.
 
     Raises:
-        ValueError: ``summary`` lacks ``test_auc`` (not an :func:`~salad_lite.experiment.evaluate_replicates` result).
+        ValueError: ``summary`` lacks ``test_auc`` (not an :func:`~salad_lite.experiment.evaluate_replicates`
+            result), or a mean is not a finite number (named).
     """
-    try:
-        mean, half = float(summary["test_auc"]["mean"]), float(summary["test_auc"]["ci95"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
+    mean, half = _mean_and_half(summary, "test_auc")
     baselines = []
     if "untrained_encoder" in summary:
-        u = summary["untrained_encoder"]["test_auc"]
-        baselines.append(("the same network before training", float(u["mean"]), float(u["ci95"])))
+        baselines.append(("the same network before training",
+                          *_mean_and_half(summary["untrained_encoder"], "test_auc")))
     if "reconstruction_test_auc" in summary:
-        r = summary["reconstruction_test_auc"]
-        baselines.append(("the reconstruction error", float(r["mean"]), float(r["ci95"])))
+        baselines.append(("the reconstruction error", *_mean_and_half(summary, "reconstruction_test_auc")))
     if "pca_baseline" in summary:
-        baselines.append(("the raw-pixel PCA", float(summary["pca_baseline"]["test_auc"]), 0.0))
+        baselines.append(("the raw-pixel PCA", *_mean_and_half(
+            {"test_auc": {"mean": summary["pca_baseline"].get("test_auc"), "ci95": 0.0}}, "test_auc")))
     lines = []
     for name, other, other_half in baselines:
+        if not (np.isfinite(half) and np.isfinite(other_half)):
+            lines.append(f"SALAD's test AUC {mean:.3f} against {name} ({other:.3f}): one replicate gives no "
+                         "interval, so no ranking is claimed.")
+            continue
         if mean - half > other + other_half:
             verdict = "clearly above"
         elif mean + half < other - other_half:
@@ -245,14 +271,15 @@ def paper_comparison(summary: Mapping[str, Any], test_labels: Any, dataset: str)
     ``test_labels`` ``[M]`` in {0, 1}: the abnormal share is the AUPRC of a random score.
 
     Raises:
-        ValueError: ``dataset`` is not in Table 1, or ``summary`` lacks the test metrics.
+        ValueError: ``dataset`` is not in Table 1, ``summary`` lacks the test metrics, or
+            ``test_labels`` are not 0/1 labels of both classes.
     """
     paper = paper_row(dataset)
     try:
         auc_m, auprc_m = float(summary["test_auc"]["mean"]), float(summary["test_auprc"]["mean"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
-    prevalence = float(np.mean(np.asarray(test_labels) == 1))
+    prevalence = float(binary_labels(test_labels, "the chance AUPRC").mean())
     return (f"Our test AUC {auc_m:.3f} and AUPRC {auprc_m:.3f}\n"
             f"(chance AUPRC = abnormal share of the test split = {prevalence:.3f});\n"
             f"the paper reports {paper['auc']:.3f} ± {paper['auc_pm']:.3f} / {paper['auprc']:.3f} ± "

@@ -114,6 +114,17 @@ def test_metric_lines_and_paper_comparison() -> None:
         report.metric_lines({"replicates": 1, "test_auc": {"mean": 0.5, "ci95": 0.0}})
     with pytest.raises(ValueError, match="NIH and MURA"):
         report.paper_comparison(summary, [0, 1], "folder")
+    for bad in ([2, 2, 0], ["1", "0", "1"], [], [0, 0]):  # the chance AUPRC needs 0/1 labels of both classes
+        with pytest.raises(ValueError, match="the chance AUPRC"):
+            report.paper_comparison(summary, bad, "nih")
+    # one replicate (the smoke profile; table1.json stores its half-width as null): no "± nan"
+    one = {"replicates": 1, "test_auc": {"mean": 0.71, "ci95": float("nan")}, "test_auprc": {"mean": 0.6, "ci95": None}}
+    assert report.metric_lines(one).splitlines() == ["test_auc: 0.7100 (1 replicate: no interval)",
+                                                     "test_auprc: 0.6000 (1 replicate: no interval)"]
+    for bad, message in (({"mean": float("nan"), "ci95": 0.1}, "test_auc: the mean is nan, not a finite number"),
+                         ({"mean": "x", "ci95": 0.1}, r"test_auc must be \{'mean': number")):
+        with pytest.raises(ValueError, match=message):
+            report.metric_lines({**one, "test_auc": bad})
 
 
 def test_profile_table_has_one_column_per_profile() -> None:
@@ -134,5 +145,14 @@ def test_baseline_verdicts_follow_the_intervals() -> None:
     assert "clearly above the reconstruction error" in lines[1]
     assert "clearly below the raw-pixel PCA (0.750)." in lines[2]
     assert report.baseline_verdicts({"test_auc": {"mean": 0.5, "ci95": 0.0}}) == ""
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="not an evaluate_replicates summary"):
         report.baseline_verdicts({})
+    one = {"test_auc": {"mean": 0.71, "ci95": float("nan")}, "reconstruction_test_auc": {"mean": 0.9, "ci95": None},
+           "pca_baseline": {"test_auc": 0.70}}
+    assert report.baseline_verdicts(one).splitlines() == [  # never "not distinguishable" from a NaN comparison
+        "SALAD's test AUC 0.710 against the reconstruction error (0.900): one replicate gives no interval, so no "
+        "ranking is claimed.",
+        "SALAD's test AUC 0.710 against the raw-pixel PCA (0.700): one replicate gives no interval, so no ranking "
+        "is claimed."]
+    with pytest.raises(ValueError, match="reconstruction_test_auc: the mean is nan"):
+        report.baseline_verdicts({**summary, "reconstruction_test_auc": {"mean": float("nan"), "ci95": 0.1}})
