@@ -353,18 +353,26 @@ def check_chapter_arguments(parser: argparse.ArgumentParser, args: argparse.Name
     """Refuse before any chapter runs (``error: ...``, exit 2): a bad environment override, a missing data folder.
 
     ``SALAD_LITE_PROFILE`` / ``SALAD_LITE_RUN_DIR`` are checked as the chapters will
-    check them. A non-empty --data-root / --mura-root must be a folder; relative
-    folders are taken from the book root, as the chapters take them.
+    check them. A non-empty --data-root / --mura-root must be a folder (or, for the
+    folder dataset, a manifest CSV), and the run
+    folder must not be a file; relative folders are taken from the book root, as the
+    chapters take them. The folder dataset needs --data-root (it has no embedded set).
     """
     try:
-        run_folder(args.profile, args.run_dir)
+        folder = run_folder(args.profile, args.run_dir)
     except ChapterParameterError as err:
         parser.error(str(err))
+    if (args.root / Path(folder).expanduser()).is_file():  # an absolute folder replaces the root
+        parser.error(f"run folder {folder} is a file (relative folders are taken from {args.root})")
+    if args.dataset == "folder" and not args.data_root:
+        parser.error("--dataset folder reads your own images: --data-root must name their folder or manifest CSV "
+                     "(there is no embedded 'folder' set)")
     for option in ("data_root", "mura_root"):
         value = getattr(args, option)
-        if value and not (args.root / value).is_dir():
-            parser.error(f"argument --{option.replace('_', '-')}: no such folder: {value!r} "
-                         f"(relative folders are taken from {args.root})")
+        manifest = option == "data_root" and args.dataset == "folder"  # the folder dataset also reads a CSV
+        if value and not ((args.root / value).is_dir() or manifest and (args.root / value).is_file()):
+            parser.error(f"argument --{option.replace('_', '-')}: no such folder{' or manifest CSV' * manifest}: "
+                         f"{value!r} (relative folders are taken from {args.root})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,13 +166,24 @@ def test_makefile_leaves_the_run_folder_to_the_rule() -> None:
     (["--profile", "fast"], "argument --profile: invalid choice: 'fast'"),
     (["--data-root", "no/such/folder"], "argument --data-root: no such folder: 'no/such/folder'"),
     (["--mura-root", "2020"], "argument --mura-root: no such folder: '2020'"),
+    (["--dataset", "folder"], "--dataset folder reads your own images: --data-root must name"),
+    (["--dataset", "folder", "--data-root", "none.csv"], "--data-root: no such folder or manifest CSV: 'none.csv'"),
+    (["--run-dir", "a_file"], "run folder a_file is a file"),
 ])
 def test_build_book_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   argv: list[str], message: str) -> None:
+    (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit) as exit_:
         build_book.main(["--root", str(tmp_path), "chapters", *argv])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_build_book_takes_a_manifest_csv_for_the_folder_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "manifest.csv").write_text("path,label\n")
+    monkeypatch.setattr(build_book, "run_chapters", lambda args: 0)
+    assert build_book.main(["--root", str(tmp_path), "chapters", "--dataset", "folder",
+                            "--data-root", "manifest.csv"]) == 0
 
 
 def test_build_book_accepts_a_numeric_folder_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
