@@ -74,6 +74,11 @@ def test_preprocess_output_steps_and_inverted_films(synth: Path) -> None:
     image = read_grayscale(row["image_path"])
     out, steps = preprocess_mura_image(image, size=96, return_steps=True)
     assert out.shape == (96, 96) and out.dtype == np.uint8
+    for bad, message in ((dict(body_part="KNEE"), "body_part must be one of MURA's"),
+                         (dict(size=7.5), "size must be an int >= 1"),
+                         (dict(img=np.zeros((0, 0), np.uint8)), "non-empty uint8")):
+        with pytest.raises(ValueError, match=message):
+            preprocess_mura_image(**{"img": image, **bad})
     assert steps["carrier_found"] and not steps["inverted"] and not steps["mask_fallback"]
     for key in ("input", "edges", "warped", "equalized", "hysteresis", "mask", "autocontrast", "resized", "output"):
         assert key in steps
@@ -261,6 +266,9 @@ def test_missing_images_policy(synth: Path, tmp_path: Path) -> None:
         ("train_image_paths.csv", "MURA-v1.1/train/XR_HAND/patient00001/image1.png", "does not look like"),
         ("train_image_paths.csv", "MURA-v1.1/train/XR_HAND/patient99999/study1_negative/image1.png", "has no label"),
         ("valid_image_paths.csv", "MURA-v1.1/train/XR_HAND/patient00001/study1_negative/image1.png", "split 'train'"),
+        ("train_labeled_studies.csv", "MURA-v1.1/train/XR_KNEE/patient00001/study1_negative/,0",
+         "body part XR_KNEE is not one of MURA's XR_ELBOW, "),
+        ("train_image_paths.csv", "FIRST_LINE", r"image listed twice \(first at line 1\)"),
     ],
 )
 def test_malformed_csv_rows(synth: Path, tmp_path: Path, csv_name: str, bad_line: str, message: str) -> None:
@@ -269,7 +277,7 @@ def test_malformed_csv_rows(synth: Path, tmp_path: Path, csv_name: str, bad_line
     for name in ("train_image_paths.csv", "train_labeled_studies.csv", "valid_image_paths.csv", "valid_labeled_studies.csv"):
         shutil.copy(synth / "MURA-v1.1" / name, mura_dir / name)
     lines = (mura_dir / csv_name).read_text().splitlines()
-    lines.insert(2, bad_line)
+    lines.insert(2, lines[0] if bad_line == "FIRST_LINE" else bad_line)
     (mura_dir / csv_name).write_text("\n".join(lines) + "\n")
     with pytest.raises(MuraFormatError, match=rf"{csv_name}.*line 3.*{message}"):
         read_mura_metadata(tmp_path)
@@ -283,10 +291,18 @@ def test_empty_csv_and_label_suffix_mismatch(synth: Path, tmp_path: Path) -> Non
     studies = (mura_dir / "valid_labeled_studies.csv").read_text().splitlines()
     flipped = [s[:-1] + ("0" if s.endswith("1") else "1") if i == 0 else s for i, s in enumerate(studies)]
     (mura_dir / "valid_labeled_studies.csv").write_text("\n".join(flipped) + "\n")
-    with pytest.warns(DataWarning, match="1 MURA studies have a CSV label"):
+    with pytest.warns(DataWarning, match="1 MURA study has a CSV label"):
         meta = read_mura_metadata(tmp_path)
     study = flipped[0].split(",")[0].removeprefix("MURA-v1.1/").rstrip("/")
     assert set(meta.loc[meta["study_id"] == study, "label"]) == {int(flipped[0][-1])}
+    # a labelled study without an image row is left out with a count, never silently
+    images = (mura_dir / "valid_image_paths.csv").read_text().splitlines()
+    dropped = study + "/"
+    (mura_dir / "valid_image_paths.csv").write_text("\n".join(i for i in images if dropped not in i) + "\n")
+    with pytest.warns(DataWarning, match=rf"1 labelled MURA study has no image .* left out, e.g. .*"
+                                          rf"valid_labeled_studies.csv: {dropped}"):
+        meta = read_mura_metadata(tmp_path)
+    assert study not in set(meta["study_id"])
     (mura_dir / "train_labeled_studies.csv").write_text("\n")
     with pytest.raises(MuraFormatError, match="train_labeled_studies.csv is empty"):
         read_mura_metadata(tmp_path)

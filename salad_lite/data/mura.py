@@ -18,12 +18,15 @@ Policies (all errors name the offending file):
 * Wrong root: :class:`FileNotFoundError` listing the four expected CSV files.
 * Malformed CSV rows (wrong field count, label not exactly 0 or 1, a path that
   does not follow the layout above, duplicate studies with different labels,
-  an image whose study has no label, an image that is a hidden or system file
-  such as ``._image1.png``): :class:`MuraFormatError` with the file, the line
-  numbers and the offending text. An empty or non-UTF-8 CSV is malformed too.
+  an image whose study has no label, an image listed twice, a body part not
+  among MURA's seven, an image that is a hidden or system file such as
+  ``._image1.png``): :class:`MuraFormatError` with the file, the line numbers
+  and the offending text. An empty or non-UTF-8 CSV is malformed too.
 * A study label that disagrees with its folder's ``_positive``/``_negative``
   suffix: the CSV label is used, one :class:`~salad_lite.data.io.DataWarning`
   gives the count.
+* A labelled study with no image row: left out, one ``DataWarning`` gives the
+  count and the first study.
 * Listed images missing on disk: ``on_missing="drop"`` (default) removes them
   with one ``DataWarning`` giving the count and the first names;
   ``on_missing="raise"`` raises :class:`FileNotFoundError`. If *all* are missing
@@ -118,6 +121,9 @@ def _raise_bad(path: Path, bad: list[tuple[int, str, str]]) -> None:
         raise MuraFormatError(f"{len(bad)} malformed row(s) in {path}: {shown}{more}")
 
 
+_UNKNOWN_PART = "body part XR_{part} is not one of MURA's " + ", ".join(f"XR_{p}" for p in MURA_BODY_PARTS)
+
+
 def _read_studies(path: Path, split: str) -> dict[str, int]:
     """``study key (split/XR_PART/patient/study) -> label`` from a ``*_labeled_studies.csv``."""
     studies: dict[str, int] = {}
@@ -133,6 +139,9 @@ def _read_studies(path: Path, split: str) -> dict[str, int]:
             continue
         if match["split"] != split:
             bad.append((n, line, f"study of split {match['split']!r} listed in the {split!r} file"))
+            continue
+        if match["part"] not in MURA_BODY_PARTS:
+            bad.append((n, line, _UNKNOWN_PART.format(part=match["part"])))
             continue
         if fields[1] not in ("0", "1"):
             bad.append((n, line, f"label must be 0 or 1, got {fields[1]!r}"))
@@ -174,6 +183,7 @@ def read_mura_metadata(root: str | os.PathLike[str], split_files: Sequence[str] 
     folder = find_mura_folder(root, split_files)
     rows: list[dict[str, object]] = []
     suffix_mismatch = 0
+    unlisted: list[str] = []  # labelled studies without an image row
     for split in split_files:
         studies_csv = folder / f"{split}_labeled_studies.csv"
         images_csv = folder / f"{split}_image_paths.csv"
@@ -181,6 +191,7 @@ def read_mura_metadata(root: str | os.PathLike[str], split_files: Sequence[str] 
         for key, label in studies.items():
             suffix_mismatch += int(key.endswith("_positive") != bool(label))
         bad: list[tuple[int, str, str]] = []
+        first_line: dict[str, int] = {}  # image path -> the line that listed it first
         for n, line in _read_lines(images_csv):
             if "," in line:
                 bad.append((n, line, "expected one path per line, found a comma"))
@@ -199,23 +210,32 @@ def read_mura_metadata(root: str | os.PathLike[str], split_files: Sequence[str] 
             if study_id not in studies:
                 bad.append((n, line, f"its study {study_id}/ has no label in {studies_csv.name}"))
                 continue
+            path = f"{study_id}/{match['image']}"
+            if path in first_line:
+                bad.append((n, line, f"image listed twice (first at line {first_line[path]})"))
+                continue
+            first_line[path] = n
             label = studies[study_id]
             rows.append({
-                "path": f"{study_id}/{match['image']}", "label": label,
+                "path": path, "label": label,
                 "patient_id": f"XR_{match['part']}/{match['patient']}",
                 "finding": "abnormal" if label else "normal", "patient": match["patient"],
                 "body_part": match["part"], "study": match["study"], "study_id": study_id,
                 "image": match["image"], "source_split": split,
             })
         _raise_bad(images_csv, bad)
+        listed = {path.rsplit("/", 1)[0] for path in first_line}
+        unlisted += [f"{studies_csv}: {key}/" for key in studies if key not in listed]
     if suffix_mismatch:
         warnings.warn(
-            f"{suffix_mismatch} MURA studies have a CSV label that disagrees with their folder suffix "
-            "(_positive/_negative); the CSV label was used", DataWarning, stacklevel=2)
+            f"{suffix_mismatch} MURA {'study has' if suffix_mismatch == 1 else 'studies have'} a CSV label that "
+            "disagrees with the folder suffix (_positive/_negative); the CSV label was used", DataWarning,
+            stacklevel=2)
+    if unlisted:
+        warnings.warn(f"{len(unlisted)} labelled MURA {'study has' if len(unlisted) == 1 else 'studies have'} no "
+                      f"image in the image_paths CSV and {'is' if len(unlisted) == 1 else 'are'} left out, e.g. "
+                      f"{unlisted[0]}", DataWarning, stacklevel=2)
     meta = pd.DataFrame(rows)
-    duplicated = meta["path"].duplicated()
-    if duplicated.any():
-        raise MuraFormatError(f"{int(duplicated.sum())} image(s) listed twice, e.g. {meta['path'][duplicated].iloc[0]}")
     meta["group_label"] = _group_labels(meta)
     return meta
 

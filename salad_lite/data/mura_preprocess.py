@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from salad_lite.data.io import DataWarning
 from salad_lite.data.transforms import autocontrast, resize_pad
+from salad_lite.utils import is_int
 
 __all__ = [
     "CARRIER_MIN_AREA",
@@ -257,6 +258,9 @@ def detect_carrier(
         img: ``uint8 [H, W]``.
         body_part: MURA body part (``"WRIST"``, ``"XR_WRIST"``...) selecting the
             minimum plate area in :data:`CARRIER_MIN_AREA`; None uses ``params.min_area``.
+
+    Raises:
+        ValueError: ``img`` is not a non-empty uint8 [H, W] array; ``body_part`` is not one of MURA's seven.
         params: detection parameters (default :class:`CarrierParams`).
         return_edges: also return the Canny edge map (``bool [H', W']`` at the
             working resolution) of the threshold that produced the winner (or the
@@ -268,13 +272,16 @@ def detect_carrier(
         bottom-left; ``None`` when no quadrilateral passes the tests. With
         ``return_edges``: ``(corners_or_None, edges)``.
     """
-    if not isinstance(img, np.ndarray) or img.ndim != 2 or img.dtype != np.uint8:
-        raise ValueError(f"detect_carrier expects a uint8 [H, W] image, got {getattr(img, 'shape', None)} "
+    if not isinstance(img, np.ndarray) or img.ndim != 2 or img.dtype != np.uint8 or img.size == 0:
+        raise ValueError(f"detect_carrier expects a non-empty uint8 [H, W] image, got {getattr(img, 'shape', None)} "
                          f"{getattr(img, 'dtype', None)}")
     params = params or CarrierParams()
     min_area = params.min_area
     if body_part is not None:
-        min_area = CARRIER_MIN_AREA.get(body_part.upper().removeprefix("XR_"), params.min_area)
+        part = body_part.upper().removeprefix("XR_") if isinstance(body_part, str) else body_part
+        if part not in CARRIER_MIN_AREA:
+            raise ValueError(f"body_part must be one of MURA's {sorted(CARRIER_MIN_AREA)} (or None), got {body_part!r}")
+        min_area = CARRIER_MIN_AREA[part]
     h, w = img.shape
     scale = min(1.0, params.work_size / max(h, w))
     work = img if scale == 1.0 else cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
@@ -508,7 +515,13 @@ def preprocess_mura_image(img: np.ndarray, size: int = 512, return_steps: bool =
         ``corners`` (``[4, 2]`` or None), ``carrier_found``, ``warped``,
         ``inverted``, ``equalized``, ``high``, ``low``, ``hysteresis``,
         ``mask``, ``mask_fallback``, ``autocontrast``, ``resized``, ``output``.
+
+    Raises:
+        ValueError: ``img`` is not a non-empty uint8 [H, W] array, ``size`` not an int >= 1,
+            ``body_part`` not one of MURA's seven.
     """
+    if not is_int(size) or size < 1:
+        raise ValueError(f"size must be an int >= 1 (pixels), got {size!r}")
     corners, edges = detect_carrier(img, body_part=body_part, return_edges=True)
     warped = img if corners is None else warp_to_carrier(img, corners)
     mask, info = segment_body_part(warped, return_info=True)
