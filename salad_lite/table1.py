@@ -672,7 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
 @data_script
 def main(argv: list[str] | None = None) -> int:
     """Run the grid from the command line; prints the summary table. Exit 2 on a bad argument or data problem."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset == "folder" and not args.data_root.strip():
+        parser.error("--dataset folder reads your own images: --data-root must name their folder or manifest CSV "
+                     "(there is no embedded 'folder' set)")
     check_run_dir(args.run_dir)
     device = check_available_device("--device", args.device)  # before any data is read
     changes = {key: value for key, value in (("methods", args.methods), ("ars", args.ar),

@@ -291,6 +291,7 @@ def test_the_progress_bar_is_closed_when_a_cell_fails(tmp_path, monkeypatch) -> 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "salad,ocgan"], "unknown method"),
     (["--ar", "0,five"], "comma-separated integers"),
+    (["--dataset", "folder"], "--dataset folder reads your own images: --data-root must name"),  # before any data
 ])
 def test_the_command_line_refuses_a_malformed_argument(argv, message, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
