@@ -498,8 +498,9 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
 
     Raises:
         salad_lite.files.CorruptFileError: not an object of data set -> entry; an entry without a
-            ``rows`` list; a row lacking a field of :data:`_ROW_FIELDS`, with an unknown method, a
-            non-integer AR, a metric not ``{"mean", "ci95"}`` of numbers (or null), or a
+            ``rows`` list; a row lacking a field of :data:`_ROW_FIELDS`, with an unknown method, an
+            AR not an integer in 0..100, a (method, AR) of an earlier row, ``replicates`` not an
+            int >= 1, a metric not ``{"mean", "ci95"}`` of numbers (or null; a mean in [0, 1]), or a
             ``per_replicate`` row without seed and numeric metrics; ``skipped`` not a list of objects.
     """
     def refuse(what: str) -> None:
@@ -512,6 +513,7 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
         where = f"entry {dataset!r}"
         if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
             refuse(f"{where} must be an object with a 'rows' list")
+        seen: set[tuple[Any, Any]] = set()
         for i, row in enumerate(table["rows"]):
             at = f"{where} rows[{i}]"
             if not isinstance(row, dict):
@@ -519,15 +521,22 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
             missing = [key for key in _ROW_FIELDS if key not in row]
             if missing:
                 refuse(f"{at} lacks {missing}")
-            if row["method_id"] not in ALL_METHODS or not is_int(row["ar_percent"]):
-                refuse(f"{at} has an unknown method_id {row['method_id']!r} or a non-integer ar_percent "
-                       f"{row['ar_percent']!r}")
+            if row["method_id"] not in ALL_METHODS or not is_int(row["ar_percent"]) \
+                    or not 0 <= row["ar_percent"] <= 100:
+                refuse(f"{at} has an unknown method_id {row['method_id']!r} or an ar_percent {row['ar_percent']!r} "
+                       "that is not an integer in 0..100")
+            if (row["method_id"], row["ar_percent"]) in seen:
+                refuse(f"{at} repeats {row['method_id']!r} at AR {row['ar_percent']}")
+            seen.add((row["method_id"], row["ar_percent"]))
+            if not is_int(row["replicates"]) or row["replicates"] < 1:
+                refuse(f"{at}['replicates'] must be an int >= 1, got {row['replicates']!r}")
             for metric in ("test_auc", "test_auprc", "val_auc"):
                 value = row[metric]
                 if not isinstance(value, dict) or not all(
                         part in value and (value[part] is None or _is_number(value[part]))
-                        for part in ("mean", "ci95")):
-                    refuse(f"{at}['{metric}'] must be {{'mean', 'ci95'}} of numbers (or null), got {value!r}")
+                        for part in ("mean", "ci95")) or not (value["mean"] is None or 0 <= value["mean"] <= 1):
+                    refuse(f"{at}['{metric}'] must be {{'mean': number in [0, 1], 'ci95': number}} (either may be "
+                           f"null), got {value!r}")
             reps = row["per_replicate"]
             if not isinstance(reps, list):
                 refuse(f"{at}['per_replicate'] must be a list, got {type(reps).__name__}")

@@ -70,25 +70,67 @@ _PAPER_KEYS = [(r["method"], float(r["AR %"])) for r in PAPER_TABLE1]
 
 # --------------------------------------------------------------------------- input checks
 def _check_table1(table1: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """The ``rows`` and ``skipped`` lists of a table1.json dict, checked (missing fields are named)."""
+    """The ``rows`` and ``skipped`` lists of one data set's table1.json entry, checked.
+
+    Raises:
+        ValueError: not such a dict (the whole ``table1.json``, data set -> entry, is
+            named as such); a row or skipped entry lacking a field or holding a value of
+            the wrong kind (the row and field named); two rows of one (method, AR).
+    """
+    if isinstance(table1, Mapping) and "rows" not in table1 and table1 and all(
+            isinstance(v, Mapping) and "rows" in v for v in table1.values()):
+        raise ValueError(f"this is a whole table1.json (data set -> entry: {sorted(map(str, table1))}); pass one "
+                         f"data set's entry, e.g. table1[{next(iter(table1))!r}]")
     if not isinstance(table1, Mapping) or not isinstance(table1.get("rows"), Sequence):
         raise ValueError("not a table1.json dict: needs a 'rows' list")
     rows = list(table1["rows"])
+    seen: dict[tuple[str, float | None], int] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise ValueError(f"table1 rows[{i}] must be a dict, got {type(row).__name__}")
         missing = [k for k in ("method", "ar_percent", "test_auc", "test_auprc") if k not in row]
         if missing:
             raise ValueError(f"table1 rows[{i}] lacks {missing}")
+        if not isinstance(row["method"], str) or not _is_finite_number(row["ar_percent"]):
+            raise ValueError(f"table1 rows[{i}] needs a text 'method' and a numeric 'ar_percent', got "
+                             f"{row['method']!r} and {row['ar_percent']!r}")
         for metric in ("test_auc", "test_auprc"):
-            if not isinstance(row[metric], Mapping) or "mean" not in row[metric]:
-                raise ValueError(f"table1 rows[{i}][{metric!r}] must be {{'mean', 'ci95'}}, got {row[metric]!r}")
+            value = row[metric]
+            mean = value.get("mean", "missing") if isinstance(value, Mapping) else "missing"
+            if not (mean is None or _is_number(mean) and (math.isnan(mean) or 0 <= mean <= 1)) or not (
+                    value.get("ci95") is None or _is_number(value["ci95"])):
+                raise ValueError(f"table1 rows[{i}][{metric!r}] must be {{'mean': number in [0, 1] or null, "
+                                 f"'ci95': number or null}}, got {value!r}")
+        key = _key(row["method"], row["ar_percent"])
+        if key in seen:
+            raise ValueError(f"table1 rows[{seen[key]}] and rows[{i}] are both {row['method']} at AR "
+                             f"{row['ar_percent']}")
+        seen[key] = i
     skipped = list(table1.get("skipped") or [])
     for i, skip in enumerate(skipped):
-        if not isinstance(skip, Mapping) or "method" not in skip:
-            raise ValueError(f"table1 skipped[{i}] must be a dict with 'method' (and 'ar_percent', 'reason'), "
-                             f"got {skip!r}")
+        if not isinstance(skip, Mapping) or "method" not in skip or not (
+                skip.get("ar_percent") is None or _is_finite_number(skip["ar_percent"])):
+            raise ValueError(f"table1 skipped[{i}] must be a dict with 'method' (and 'ar_percent': a number or "
+                             f"null, 'reason'), got {skip!r}")
     return rows, skipped
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (text such as '0.9' is not a number here)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _check_ar(ar_percent: Any) -> float | None:
+    """An ``ar_percent`` argument: None, or a finite number (as a float)."""
+    if ar_percent is None:
+        return None
+    if not _is_finite_number(ar_percent):
+        raise ValueError(f"ar_percent must be a finite number (an AR in %) or None, got {ar_percent!r}")
+    return float(ar_percent)
 
 
 def _num(value: Any) -> float:
@@ -226,9 +268,11 @@ def fig5_table(table1: Mapping[str, Any], ar_percent: float | None = None) -> pd
         ``replicates``, ``paper``, ``note``.
 
     Raises:
-        ValueError: ``table1`` is not a table1.json dict.
+        ValueError: ``table1`` is not a table1.json entry (:func:`_check_table1`), or
+            ``ar_percent`` is not a finite number or None.
     """
     rows, skipped = _check_table1(table1)
+    ar_percent = _check_ar(ar_percent)
     dataset = str(table1.get("dataset", ""))
     ar_salad = float(fig5_ar(dataset) if ar_percent is None else ar_percent)
     baseline_names = list(FIG5_BASELINES) + [m for m in dict.fromkeys(str(r["method"]) for r in rows)
@@ -533,9 +577,11 @@ def fig5_bar_rows(table1: Mapping[str, Any], ar_percent: float | None = None) ->
         ``paper AUPRC``, ``paper AUPRC ±`` (NaN where the paper has no number).
 
     Raises:
-        ValueError: ``table1`` is not a table1.json dict.
+        ValueError: ``table1`` is not a table1.json entry (:func:`_check_table1`), or
+            ``ar_percent`` is not a finite number or None.
     """
     rows, _ = _check_table1(table1)
+    ar_percent = _check_ar(ar_percent)
     dataset = str(table1.get("dataset", ""))
     t1_ars = sorted({float(r["ar_percent"]) for r in rows if r["method"] in TABLE1_METHOD_NAMES} - {0.0})
     if ar_percent is None:

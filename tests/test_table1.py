@@ -256,6 +256,17 @@ def test_a_damaged_table1_json_is_refused_before_any_cell_runs(tmp_path, monkeyp
     path.write_text(json.dumps({"nih": row, "mura": broken}))  # the other data set's entry is checked too
     with pytest.raises(CorruptFileError, match=rf"{path}: entry 'mura' rows\[0\] lacks \['per_replicate'\]"):
         run_grid(_grid_spec(("deep_ae",)), tmp_path, "cpu", progress=False)
+    first = row["rows"][0]
+    for change, message in (({"replicates": "two"}, r"\['replicates'\] must be an int >= 1, got 'two'"),
+                            ({"ar_percent": 150}, "ar_percent 150 that is not an integer in 0..100"),
+                            ({"test_auc": {"mean": 7.5, "ci95": None}}, r"\['test_auc'\] must be \{'mean': number in")):
+        path.write_text(json.dumps({"nih": {**row, "rows": [{**first, **change}, *row["rows"][1:]]}}))
+        with pytest.raises(CorruptFileError, match=rf"{path}: entry 'nih' rows\[0\].*{message}"):
+            run_grid(_grid_spec(("deep_ae",)), tmp_path, "cpu", progress=False)
+    path.write_text(json.dumps({"nih": {**row, "rows": [*row["rows"], first]}}))
+    with pytest.raises(CorruptFileError, match=rf"rows\[{len(row['rows'])}\] repeats '{first['method_id']}' at AR"):
+        run_grid(_grid_spec(("deep_ae",)), tmp_path, "cpu", progress=False)
+    path.write_text(json.dumps({"nih": row, "mura": broken}))
     assert table1.main(["--profile", "smoke", "--methods", "deep_ae", "--run-dir", str(tmp_path),
                         "--device", "cpu"]) == 2
 

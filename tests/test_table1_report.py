@@ -130,6 +130,30 @@ def test_fig5_table_lists_the_baselines_and_the_one_known_number() -> None:
         t1.table1_side_by_side({"rows": [{"method": "SALAD", "ar_percent": 5, "test_auc": {"mean": 0.5}}]})
 
 
+def test_a_malformed_table1_entry_is_named_not_converted() -> None:
+    grid = make_table1("nih")
+    with pytest.raises(ValueError, match=r"a whole table1.json \(data set -> entry: \['nih'\]\); pass one .*"
+                                         r"table1\['nih'\]"):
+        t1.fig5_table({"nih": grid})
+    first = grid["rows"][0]
+    for change, message in (({"ar_percent": "five"}, r"rows\[0\] needs a text 'method' and a numeric 'ar_percent'"),
+                            ({"ar_percent": None}, r"rows\[0\] needs .* got 'MemDAE' and None"),
+                            ({"test_auc": {"mean": "0.9", "ci95": 0.1}}, r"rows\[0\]\['test_auc'\] must be"),
+                            ({"test_auc": {"mean": 7.5, "ci95": 0.1}}, r"'mean': number in \[0, 1\]"),
+                            ({"test_auprc": {"mean": 0.5, "ci95": "x"}}, r"'ci95': number or null")):
+        with pytest.raises(ValueError, match=message):
+            t1.table1_side_by_side({**grid, "rows": [{**first, **change}, *grid["rows"][1:]]})
+    with pytest.raises(ValueError, match=r"rows\[0\] and rows\[\d+\] are both MemDAE at AR 0"):
+        t1.fig5_table({**grid, "rows": [*grid["rows"], first]})
+    with pytest.raises(ValueError, match=r"skipped\[0\] must be a dict with 'method'"):
+        t1.fig5_table({**grid, "skipped": [{"method": "Deep SAD", "ar_percent": "x"}]})
+    for bad in (float("nan"), "10"):
+        with pytest.raises(ValueError, match="ar_percent must be a finite number"):
+            t1.fig5_table(grid, bad)
+        with pytest.raises(ValueError, match="ar_percent must be a finite number"):
+            t1.fig5_bar_rows(grid, bad)
+
+
 def test_skipped_at_any_ar_shows_the_reason_on_every_row_of_the_method() -> None:
     """An older table1.json names no AR for a skipped method (null or no key): every row of it shows the reason."""
     grid = make_table1("nih")
