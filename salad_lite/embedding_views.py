@@ -204,13 +204,23 @@ def cluster_formation(latents_per_round: Mapping[int, Any], labels: Any, k: int 
         ``sum_c share_c ** 2``), ``normal_knn_purity`` (the purity of normal points
         only, whose clusters SALAD is meant to form), ``silhouette`` and
         ``neighbour_cosine``.
+
+    Raises:
+        ValueError: no round, or a round's latents not ``[M, d]`` for the M labels
+            (:func:`knn_purity`'s label rules; the round named).
     """
-    lab = np.asarray(labels).ravel()
-    _, counts = np.unique(lab, return_counts=True)
-    chance = float(((counts / counts.sum()) ** 2).sum())
+    if not isinstance(latents_per_round, Mapping) or not latents_per_round:
+        raise ValueError("latents_per_round must map at least one round to its latents [M, d], got "
+                         f"{latents_per_round!r:.80}")
     rows = []
     for r, latents in sorted(latents_per_round.items()):
         arr = _as_array(latents, f"round {r}")
+        try:
+            lab = _labels_of(labels, arr.shape[0])
+        except ValueError as error:
+            raise ValueError(f"round {r}: {error}") from None
+        _, counts = np.unique(lab, return_counts=True)
+        chance = float(((counts / counts.sum()) ** 2).sum())
         sims, idx = _neighbours(arr, k)  # one k-NN search serves purity and neighbour cosine
         same = lab[idx] == lab[:, None]  # [M, k]
         normal = lab == 0

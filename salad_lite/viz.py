@@ -25,6 +25,9 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
+from salad_lite.metrics import auc, auprc, binary_labels, finite_scores, pr_curve_data, roc_curve_data
+from salad_lite.utils import is_int
+
 NORMAL_COLOUR = "#2b83ba"
 ABNORMAL_COLOUR = "#d7191c"
 LABEL_NAMES = {0: "normal", 1: "abnormal"}
@@ -149,7 +152,14 @@ def plot_bar_counts(counts: Mapping[str, int] | Any, *, title: str = "", xlabel:
     """Horizontal bar chart of counts (a dict or a pandas Series), largest on top.
 
     Bars named in ``highlight`` are drawn in the normal colour, the rest in the abnormal one.
+
+    Raises:
+        ValueError: a count is not a whole number >= 0 (its name given).
     """
+    for name, value in dict(counts).items():
+        whole = is_int(value) or isinstance(value, (float, np.floating)) and float(value).is_integer()
+        if not whole or value < 0:
+            raise ValueError(f"plot_bar_counts: the count of {name!r} must be a whole number >= 0, got {value!r}")
     items = sorted(dict(counts).items(), key=lambda kv: kv[1])
     names = [str(k) for k, _ in items]
     values = [int(v) for _, v in items]
@@ -210,20 +220,17 @@ def plot_loss_curves(history: Any, keys: Sequence[str] | None = None, *, x: str 
 
 
 def _curve_arrays(value: Any) -> dict[str, Any]:
-    """ROC and PR arrays from either precomputed curves or ``(labels, scores)``."""
+    """ROC and PR arrays from either precomputed curves or ``(labels, scores)`` (checked as :func:`~salad_lite.metrics.auc` checks them)."""
     if isinstance(value, Mapping):
         missing = {"fpr", "tpr", "precision", "recall"} - set(value)
         if missing:
             raise ValueError(f"curve dict lacks {sorted(missing)}; give fpr/tpr/precision/recall or (labels, scores)")
         return dict(value)
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-
-    labels, scores = (np.asarray(a).ravel() for a in value)
-    fpr, tpr, _ = roc_curve(labels, scores)
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall,
-            "auc": float(roc_auc_score(labels, scores)), "auprc": float(average_precision_score(labels, scores)),
-            "prevalence": float(np.mean(labels == 1))}
+    if not (isinstance(value, Sequence) and len(value) == 2):
+        raise ValueError(f"a curve must be a dict of arrays or a pair (labels, scores), got {type(value).__name__}")
+    labels, scores = value
+    return {**roc_curve_data(labels, scores), **pr_curve_data(labels, scores), "auc": auc(labels, scores),
+            "auprc": auprc(labels, scores), "prevalence": float(binary_labels(labels).mean())}
 
 
 def plot_roc_pr(curves: Mapping[str, Any], *, title: str = "") -> Figure:
@@ -236,6 +243,9 @@ def plot_roc_pr(curves: Mapping[str, Any], *, title: str = "") -> Figure:
     """
     if not curves:
         raise ValueError("plot_roc_pr needs at least one curve")
+    if {"fpr", "tpr"} <= set(curves):
+        raise ValueError("plot_roc_pr takes a name -> curve mapping, got one curve's arrays: wrap it, e.g. "
+                         "{'SALAD': curve}")
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.3))
     prevalence = None
     for name, value in curves.items():
@@ -266,12 +276,15 @@ def plot_score_histogram(scores: Any, labels: Any, *, bins: int = 40, threshold:
 
     ``scores`` ``[N]`` (higher = more abnormal), ``labels`` ``[N]`` in {0, 1}. An optional
     ``threshold`` is drawn as a vertical line.
+
+    Raises:
+        ValueError: scores not N finite numbers, labels not N values in {0, 1}.
     """
-    scores = np.asarray(scores, dtype=float).ravel()
-    labels = np.asarray(labels).ravel()
+    scores = finite_scores(scores)
+    labels = binary_labels(labels, "plot_score_histogram", need_both=False)
     if scores.shape != labels.shape:
-        raise ValueError(f"scores ({scores.size}) and labels ({labels.size}) differ in length")
-    edges = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=bins)
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
+    edges = np.histogram_bin_edges(scores, bins=bins)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for label in (0, 1):
         part = scores[labels == label]

@@ -50,6 +50,11 @@ def test_cluster_formation_table_and_errors() -> None:
     assert table.loc[1, "silhouette"] > table.loc[0, "silhouette"]
     with pytest.raises(ValueError, match="k must lie"):
         ev.knn_purity(clustered, labels, k=len(labels))
+    for bad in (np.r_[labels, labels], np.asarray(labels)[:5]):  # more or fewer labels than points
+        with pytest.raises(ValueError, match=r"round 0: labels must be 1-D, one per latent"):
+            ev.cluster_formation({0: noise}, bad, k=5)
+    with pytest.raises(ValueError, match="latents_per_round must map at least one round"):
+        ev.cluster_formation({}, labels, k=5)
     with pytest.raises(ValueError, match=r"labels must be 1-D, one per latent"):
         ev.knn_purity(clustered, labels[:-1])
     for bad in (np.asarray(labels)[:, None], np.r_[np.asarray(labels, dtype=float)[:-1], np.nan]):

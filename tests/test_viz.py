@@ -97,6 +97,11 @@ def test_plot_roc_pr_from_scores_and_from_curves() -> None:
     assert fig2.axes[0].get_legend().get_texts()[0].get_text() == "given (AUC 0.500)"
     with pytest.raises(ValueError, match="lacks"):
         viz.plot_roc_pr({"bad": {"fpr": [0, 1]}})
+    with pytest.raises(ValueError, match="got one curve's arrays: wrap it"):
+        viz.plot_roc_pr(curves)
+    for bad_labels, bad_scores in ((labels + 1, scores), (labels, np.r_[scores[:-1], np.nan])):
+        with pytest.raises(ValueError, match="labels 0 \\(normal\\) and 1|NaN or inf"):
+            viz.plot_roc_pr({"SALAD": (bad_labels, bad_scores)})  # checked as auc checks them
 
 
 def test_score_histogram_splits_by_label() -> None:
@@ -104,8 +109,12 @@ def test_score_histogram_splits_by_label() -> None:
                                    threshold=0.5)
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts == ["normal (n=30)", "abnormal (n=10)", "threshold 0.5"]
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(ValueError, match="differ in shape"):
         viz.plot_score_histogram([0.1, 0.2], [0])
+    with pytest.raises(ValueError, match=r"labels 0 \(normal\) and 1 \(abnormal\); got classes \[0, 1, 2\]"):
+        viz.plot_score_histogram([0.1, 0.2, 0.3], [0, 1, 2])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        viz.plot_score_histogram([0.1, float("nan")], [0, 1])
 
 
 def test_loss_curves_mark_round_starts() -> None:
@@ -128,6 +137,9 @@ def test_cluster_formation_and_bar_counts() -> None:
     bars = viz.plot_bar_counts({"No Finding": 10, "Mass": 3, "Nodule": 5}, highlight=["No Finding"])
     labels = [t.get_text() for t in bars.axes[0].get_yticklabels()]
     assert labels == ["Mass", "Nodule", "No Finding"]  # largest on top
+    for bad in (float("nan"), -1, 2.5, "3"):
+        with pytest.raises(ValueError, match="the count of 'a' must be a whole number >= 0"):
+            viz.plot_bar_counts({"a": bad, "b": 1})
 
 
 def test_pipeline_diagram_draws() -> None:
