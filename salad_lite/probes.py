@@ -355,8 +355,13 @@ def describe_probe(table: pd.DataFrame, label: str = "label", top: int = 3, befo
             also says how far it moved since ``before_name``.
 
     Raises:
-        ValueError: the table has neither an R² row nor an accuracy row of ``label``.
+        ValueError: the table lacks :func:`latent_predictability`'s columns, or has neither an
+            R² row nor an accuracy row of ``label``.
     """
+    for name, probe in (("table", table), ("before", before)):
+        missing = [] if probe is None else sorted({"target", "kind", "score", "baseline"} - set(probe.columns))
+        if missing:
+            raise ValueError(f"{name} lacks the columns {missing} of latent_predictability()'s table")
     r2 = table[table["kind"] == "r2"].sort_values("score", ascending=False).head(top)
     lines = []
     if len(r2):

@@ -37,6 +37,9 @@ def summary_curves(summary: Mapping[str, Any]) -> dict[str, Any]:
         first = summary["per_replicate"][0]
     except (KeyError, IndexError, TypeError) as err:
         raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
+    if any(len(np.asarray(curve[key])) == 0 for curve, key in ((roc, "fpr"), (roc, "tpr"), (pr, "precision"),
+                                                                (pr, "recall"))):
+        raise ValueError("not an evaluate_replicates summary: curves_seed0 holds an empty curve")
     return {"fpr": np.asarray(roc["fpr"]), "tpr": np.asarray(roc["tpr"]),
             "precision": np.asarray(pr["precision"]), "recall": np.asarray(pr["recall"]),
             "auc": float(first["test_auc"]), "auprc": float(first["test_auprc"]),
@@ -80,9 +83,15 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
     paper's own ± figure; this run's hold ``1.96 std`` over its replicates (NaN for one).
 
     Raises:
-        ValueError: ``dataset`` is not ``nih`` or ``mura`` (Table 1 has no other columns).
+        ValueError: ``dataset`` is not ``nih`` or ``mura`` (Table 1 has no other columns);
+            ``summary`` lacks its configuration or replicate count.
     """
     _check_table1_dataset(dataset)
+    try:
+        ar = round(float(summary["config"]["data"]["anomaly_ratio"]) * 100, 1)
+        reps = int(summary["replicates"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
 
     def row(method: str, ar_percent: float, auc_value: float, auprc_value: float, auc_ci: float = np.nan,
             auprc_ci: float = np.nan, replicates: int = 1, source: str = label) -> dict[str, Any]:
@@ -91,8 +100,6 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
 
     rows = [row(r["method"], r["AR %"], r[f"{dataset}_auc"], r[f"{dataset}_auprc"], r[f"{dataset}_auc_pm"],
                 r[f"{dataset}_auprc_pm"], replicates=4, source="paper, Table 1") for r in PAPER_TABLE1]
-    ar = round(float(summary["config"]["data"]["anomaly_ratio"]) * 100, 1)
-    reps = int(summary["replicates"])
     auc_s, auprc_s = summary["test_auc"], summary["test_auprc"]
     rows.append(row("SALAD (salad_lite)", ar, auc_s["mean"], auprc_s["mean"], auc_s["ci95"], auprc_s["ci95"], reps))
     if "reconstruction_test_auc" in summary:

@@ -272,6 +272,10 @@ def test_sentences_name_the_numbers() -> None:
     assert "from" not in probes.describe_probe(after)
     with pytest.raises(ValueError, match="no R²"):
         probes.describe_probe(after[after["kind"] == "auc"])
+    with pytest.raises(ValueError, match=r"table lacks the columns \['baseline', 'kind', 'score', 'target'\]"):
+        probes.describe_probe(pd.DataFrame())
+    with pytest.raises(ValueError, match=r"before lacks the columns \['baseline'\]"):
+        probes.describe_probe(after, before=before.drop(columns="baseline"))
     formation = pd.DataFrame({"neighbour_cosine": [0.80, 0.86], "knn_purity": [0.60, 0.55],
                               "chance_purity": [0.5, 0.5], "silhouette": [0.010, 0.012]},
                              index=pd.Index([0, 3], name="round"))

@@ -52,6 +52,11 @@ def test_summary_curves_and_results_table() -> None:
         report.results_table(summary, "folder")
     with pytest.raises(ValueError, match="evaluate_replicates"):
         report.summary_curves({"per_replicate": []})
+    empty = {**summary, "curves_seed0": {"roc": {"fpr": [], "tpr": []}, "pr": {"precision": [], "recall": []}}}
+    with pytest.raises(ValueError, match="curves_seed0 holds an empty curve"):
+        report.summary_curves(empty)
+    with pytest.raises(ValueError, match="not an evaluate_replicates summary: missing 'config'"):
+        report.results_table({k: v for k, v in summary.items() if k != "config"}, "nih")
 
 
 def test_differences_from_paper_names_the_gaps() -> None:
