@@ -19,6 +19,7 @@ file on failure (:mod:`salad_lite.files`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -300,9 +301,12 @@ def _check_replicate_trainer(trainer: SaladTrainer, cfg: SaladConfig, splits: di
     """
     if not isinstance(trainer, SaladTrainer):
         raise TypeError(f"trainer must be a SaladTrainer, got {type(trainer).__name__}")
-    if trainer.cfg != cfg or trainer.run_dir != out_dir:
-        raise ValueError(f"trainer belongs to another replicate (its folder {trainer.run_dir}, this replicate's "
-                         f"{out_dir}) or configuration")
+    if trainer.run_dir is None or trainer.run_dir.resolve() != out_dir.resolve():
+        raise ValueError(f"trainer belongs to another replicate: its folder is {trainer.run_dir}, this "
+                         f"replicate's {out_dir}")
+    changed = config_changes(trainer.cfg, cfg, ignored=_NOT_RESULT)
+    if changed:
+        raise ValueError(f"trainer was built with another configuration ({'; '.join(changed)})")
     if trainer.train_set is not splits["train"] or trainer.val_set is not splits["val"]:
         raise ValueError("trainer was built on other training or validation sets than the splits given")
     if not trainer.is_finished:
@@ -504,19 +508,20 @@ def _pca_baseline_once(splits: dict[str, Any], path: Path, fingerprint: str | No
 
     Deterministic and replicate-free: the test split is scored once. The stored dict
     holds the per-image ``test_scores`` [M] (test order); a file written by an older
-    salad_lite without them is recomputed and rewritten (same splits, same numbers).
+    salad_lite without them or without the splits' fingerprint is recomputed and
+    rewritten (same splits, same numbers).
 
     One computed from other splits is computed again (it depends on nothing else).
 
     Raises:
         salad_lite.files.CorruptFileError: ``path`` is damaged, lacks ``test_auc``, its
-            ``test_scores`` are not M finite numbers, or its metrics are not theirs (named).
+            ``test_scores`` are not M finite numbers, or its metrics are not numbers in [0, 1]
+            that those scores give (:func:`check_stored_test_scores`; named).
     """
     fingerprint = splits_fingerprint(splits) if fingerprint is None else fingerprint
     if path.exists():
         stored = _stored_pca_baseline(path)
-        if "test_scores" in stored and stored.get("splits_sha256", fingerprint) == fingerprint:
-            _check_pca_scores(stored["test_scores"], len(splits["test"]), path)
+        if "test_scores" in stored and stored.get("splits_sha256") == fingerprint:  # none: an older file, recomputed
             check_stored_test_scores(stored, dataset_labels(splits["test"]), f"PCA baseline result {path}")
             return stored
     write_json_atomic(path, {**pca_baseline(splits), "splits_sha256": fingerprint}, indent=2)
@@ -531,35 +536,39 @@ def _stored_pca_baseline(path: Path) -> dict[str, Any]:
     return stored
 
 
-def _check_pca_scores(scores: Any, n_test: int, path: Path) -> None:
-    """Refuse stored PCA test scores that are not ``n_test`` finite numbers (the file named)."""
-    ok = isinstance(scores, list) and len(scores) == n_test and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in scores)
-    if not ok:
-        what = f"{len(scores)} values" if isinstance(scores, list) else type(scores).__name__
-        raise CorruptFileError(f"PCA baseline result {path}: 'test_scores' must be {n_test} finite numbers "
-                               f"(one per test image), got {what}; delete it to recompute")
-
-
 def check_stored_test_scores(stored: dict[str, Any], labels: np.ndarray, source: str) -> None:
     """Refuse a stored result that its own per-image test scores contradict.
 
-    ``stored`` holds ``test_scores`` [M] and may hold ``test_labels`` [M], ``test_auc``
-    and ``test_auprc``; ``labels`` [M] are the test split's 0/1 labels now. The stored
-    labels must be these, and the stored AUC / AUPRC what the stored scores give on
-    them: a hand-edited or damaged file is never reported as a result.
+    ``stored`` holds ``test_scores`` [M] and may hold ``test_labels`` [M] and the metrics
+    of :data:`STORED_METRICS`; ``labels`` [M] are the test split's 0/1 labels now. The
+    scores must be M finite numbers, the stored labels these, every stored metric a
+    number in [0, 1], and the stored test AUC / AUPRC what the stored scores give on
+    the labels: a hand-edited or damaged file is never reported as a result.
 
     Raises:
         salad_lite.files.CorruptFileError: ``source`` (e.g. the file) and the disagreeing field named.
     """
+    def refuse(what: str) -> None:
+        raise CorruptFileError(f"{source}: {what}; delete it to recompute")
+
     if "test_labels" in stored and list(stored["test_labels"]) != labels.tolist():
-        raise CorruptFileError(f"{source}: its 'test_labels' are not the test split's labels; delete it to "
-                               "recompute")
-    scores = np.asarray(stored["test_scores"], dtype=np.float64)
+        refuse("its 'test_labels' are not the test split's labels")
+    raw = stored["test_scores"]
+    if not isinstance(raw, list) or len(raw) != len(labels) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw):
+        refuse(f"'test_scores' must be {len(labels)} finite numbers, one per test image")
+    for name in STORED_METRICS:
+        value = stored.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            refuse(f"'{name}' must be a number in [0, 1], got {value!r}")
+    scores = np.asarray(raw, dtype=np.float64)
     for name, metric in (("test_auc", auc), ("test_auprc", auprc)):
-        if name in stored and abs(float(stored[name]) - metric(labels, scores)) > 1e-9:
-            raise CorruptFileError(f"{source}: '{name}' {stored[name]!r} is not what its own 'test_scores' give "
-                                   f"({metric(labels, scores):.6f}); delete it to recompute")
+        if name in stored and abs(stored[name] - metric(labels, scores)) > 1e-9:
+            refuse(f"'{name}' {stored[name]!r} is not what its own 'test_scores' give ({metric(labels, scores):.6f})")
+
+
+#: The AUCs / AUPRCs a stored result may hold (each checked to lie in [0, 1]).
+STORED_METRICS = ("test_auc", "test_auprc", "val_auc", "reconstruction_test_auc", "reconstruction_test_auprc")
 
 
 def splits_for(cfg: SaladConfig, progress: bool = True, split_file: str = "") -> dict[str, Any]:

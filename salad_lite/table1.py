@@ -381,11 +381,7 @@ def _baseline_cell(spec: GridSpec, cell: Cell, splits: dict[str, Any], run_dir: 
         if changed:
             raise ValueError(f"{path} was computed with other config fields {changed}; use another run folder, "
                              "or delete it to recompute")
-        n_test = len(splits["test"])
         if stored["splits_sha256"] == record["splits_sha256"]:  # else: scored again (fit refuses other train/val)
-            if len(stored["test_scores"]) != n_test or len(stored["test_labels"]) != n_test:
-                raise CorruptFileError(f"baseline result {path}: 'test_scores' and 'test_labels' must hold one "
-                                       f"value per test image ({n_test}); delete it to recompute")
             check_stored_test_scores(stored, dataset_labels(splits["test"]), f"baseline result {path}")
             return {**{key: stored[key] for key in _BASELINE_FIELDS}, "selected_round": None, "k": None,
                     "k_curve": []}

@@ -101,9 +101,13 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     result_path.unlink()
     reused = evaluate_replicate(cfg, other_test, tmp_path, device="cpu", trainer=given)
     assert reused.test_scores == rescored.test_scores and given.selected["selected_epoch"] == stored.selected_epoch
-    with pytest.raises(ValueError, match=r"trainer belongs to another replicate \(its folder .*seed0, this "
-                                         r"replicate's .*seed1\)"):
+    with pytest.raises(ValueError, match=r"trainer belongs to another replicate: its folder is .*seed0, this "
+                                         r"replicate's .*seed1"):
         evaluate_replicate(cfg.replace(train={"seed": 1}), other_test, tmp_path, device="cpu", trainer=given)
+    with pytest.raises(ValueError, match=r"trainer was built with another configuration \(score.k_grid: "):
+        evaluate_replicate(cfg.replace(score={"k_grid": (1, 5)}), other_test, tmp_path, device="cpu", trainer=given)
+    quiet = cfg.replace(train={"progress": True}, data={"replicates": 3})  # settings that change no result
+    assert evaluate_replicate(quiet, other_test, tmp_path, device="cpu", trainer=given).test_auc == reused.test_auc
     same_images = ArrayDataset(other_test["val"].images, other_test["val"].labels, prefix=other_test["val"].prefix)
     with pytest.raises(ValueError, match="trainer was built on other training or validation sets"):
         evaluate_replicate(cfg, {**other_test, "val": same_images}, tmp_path, device="cpu", trainer=given)
@@ -115,10 +119,22 @@ def test_replicates_select_on_validation_and_score_test_once(blob_splits, tmp_pa
     result_path.write_text(json.dumps({**json.loads(result_path.read_text()), "test_auc": 0.99}))
     with pytest.raises(CorruptFileError, match=r"'test_auc' 0.99 is not what its own 'test_scores' give"):
         evaluate_replicate(cfg, other_test, tmp_path, device="cpu")
+    edited = json.loads(result_path.read_text())
+    for field, value, message in (("test_scores", edited["test_scores"][:-1], "'test_scores' must be 40 finite"),
+                                  ("reconstruction_test_auc", 5.0, "'reconstruction_test_auc' must be a number in")):
+        result_path.write_text(json.dumps({**edited, "test_auc": rescored.test_auc, field: value}))
+        with pytest.raises(CorruptFileError, match=rf"replicate result {result_path}: {message}"):
+            evaluate_replicate(cfg, other_test, tmp_path, device="cpu")
     pca_stored = json.loads(baseline.read_text())
-    baseline.write_text(json.dumps({**pca_stored, "test_auprc": 0.99}))
-    with pytest.raises(CorruptFileError, match=rf"PCA baseline result {baseline}: 'test_auprc' 0.99 is not"):
-        experiment._pca_baseline_once(other_test, baseline)
+    for field, value, message in (("test_auprc", 0.99, "'test_auprc' 0.99 is not"),
+                                  ("test_auc", float("nan"), "'test_auc' must be a number in \\[0, 1\\], got nan"),
+                                  ("test_auc", "0.56", "'test_auc' must be a number in")):
+        baseline.write_text(json.dumps({**pca_stored, field: value}))
+        with pytest.raises(CorruptFileError, match=rf"PCA baseline result {baseline}: {message}"):
+            experiment._pca_baseline_once(other_test, baseline)
+    # a file without the splits' record (an older salad_lite) is computed again, never trusted for these splits
+    baseline.write_text(json.dumps({k: v for k, v in {**pca_stored, "test_auc": 0.123}.items() if k != "splits_sha256"}))
+    assert experiment._pca_baseline_once(other_test, baseline)["test_auc"] == pca_stored["test_auc"]
     baseline.write_text(json.dumps(pca_stored))
     result_path.write_text('{"seed": 0, "k": ')
     with pytest.raises(CorruptFileError, match=rf"replicate result {result_path} is not valid JSON"):
