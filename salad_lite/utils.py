@@ -70,7 +70,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device must be {DEVICE_FORMS}, got {device!r}") from None
+        raise ValueError(f"device {device!r} is not a device torch knows: use {DEVICE_FORMS}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
     return resolved

@@ -42,8 +42,12 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(planted_splits, 
         return run_epoch(self, *args)
 
     monkeypatch.setattr(DeepAE, "_run_epoch", killed_at_epoch_two)
+    cut = DeepAE(cfg, device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "cut")
+        cut.fit(train, val, tmp_path / "cut")
+    assert cut.selected_epoch is not None  # an epoch was selected, but the networks hold the last one trained
+    with pytest.raises(RuntimeError, match=r"not fitted: .* \(an interrupted fit"):
+        cut.decision_function(val)
     monkeypatch.undo()
     resumed = DeepAE(cfg, device="cpu").fit(train, val, tmp_path / "cut")
     losses = [[h["loss"], h["val_auc"]] for h in resumed.history]
@@ -85,7 +89,7 @@ def test_config_fields_are_validated() -> None:
     assert GeometricConfig(transforms_per_image=None).transforms_per_image is None  # a subclass's own fields too
     with pytest.raises(ValueError, match="GeometricConfig.transforms_per_image must be an int, got 3.0"):
         GeometricConfig(transforms_per_image=3.0)
-    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', .*got 'gpu'"):
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device torch knows: use 'auto', 'cpu', "):
         build_method("deep_ae", profile_config("smoke"), device="gpu")
     with pytest.raises(ValueError, match="unknown baseline"):
         build_method("ocgan", profile_config("smoke"))

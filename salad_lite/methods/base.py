@@ -152,7 +152,8 @@ class DeepBaseline(abc.ABC):
     :meth:`load_extra_tensors`.
 
     After :meth:`fit`, the networks hold the validation-selected epoch, and
-    :attr:`selected_epoch`, :attr:`best_val_auc` and :attr:`history` describe it.
+    :attr:`selected_epoch`, :attr:`best_val_auc` and :attr:`history` describe it;
+    :attr:`fitted` is True from then on (until the next :meth:`fit` starts).
 
     Raises:
         TypeError: ``cfg`` is not an instance of the method's :attr:`config_class`.
@@ -178,6 +179,7 @@ class DeepBaseline(abc.ABC):
         self.history: list[dict[str, Any]] = []
         self.best_val_auc = float("-inf")
         self.selected_epoch: int | None = None
+        self.fitted = False  # True once fit returned: the networks hold the selected epoch
         self.data_fingerprint = ""  # of the splits fit was given; stored in every checkpoint
 
     # ------------------------------------------------------------------ what a method supplies
@@ -239,6 +241,7 @@ class DeepBaseline(abc.ABC):
             FloatingPointError: a loss became NaN/inf (epoch named).
             TypeError: ``data_fingerprint`` is not a str.
         """
+        self.fitted = False  # until this call returns: an interrupted fit leaves the networks of its last epoch
         if len(train_set) < 2:
             raise ValueError(f"{self.name}: the training set needs at least 2 images, got {len(train_set)}")
         check_splits({"train": train_set, "val": val_set}, both_classes=("val",))
@@ -289,19 +292,21 @@ class DeepBaseline(abc.ABC):
                                    "delete the folder to train again")
         if self.selected_epoch is None:
             raise ValueError(f"{self.name}: no epoch was validated (epochs={self.cfg.epochs}); nothing to select")
+        self.fitted = True
         return self
 
     def decision_function(self, dataset: Any, batch_size: int = 256) -> np.ndarray:
         """Anomaly scores [N] (float64) of every image of ``dataset``, in order; higher = more abnormal.
 
         Raises:
-            RuntimeError: not fitted (:meth:`fit` has not selected an epoch).
+            RuntimeError: not fitted (:meth:`fit` has not returned, e.g. it was interrupted).
             ValueError: ``dataset`` holds no image, or pixels outside [0, 1].
             TypeError: ``dataset`` is a bare array or tensor, not a dataset of sample dicts.
             FloatingPointError: a score is NaN/inf (the method's name given).
         """
-        if self.selected_epoch is None:
-            raise RuntimeError(f"{self.name} is not fitted: call fit(train_set, val_set) first")
+        if not self.fitted:
+            raise RuntimeError(f"{self.name} is not fitted: call fit(train_set, val_set) first (an interrupted fit "
+                               "leaves the networks of its last epoch, not the selected one)")
         return self._scores(dataset, batch_size)
 
     def _scores(self, dataset: Any, batch_size: int = 256) -> np.ndarray:
