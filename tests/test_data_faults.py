@@ -848,9 +848,11 @@ def test_batches_refuse_what_would_be_scored_wrong() -> None:
         gather_images(np.zeros((4, 8, 8), np.uint8), np.array([0]))
     with pytest.raises(TypeError, match="got a bare Tensor of shape"):
         next(image_batches(images, 2))
-    with pytest.raises(ValueError, match=r"images \[1, 3\] hold pixels outside \[0, 1\] \(range 0\S* to 255\).*divide by 255"):
+    with pytest.raises(ValueError, match=r"images \[1, 3\] hold pixels outside \[0, 1\] \(range 0\S* to 255.0\).*divide by 255"):
         gather_images(_FloatImages(torch.cat([images[:1], images[1:2] * 0 + 255, images[2:3], images[3:] * 255])),
                       np.arange(4))
+    with pytest.raises(ValueError, match=r"split 'val': images \[2\] .*to 1.00000\d*\).*clamp to \[0, 1\]"):
+        check_finite_images(_FloatImages(torch.cat([images[:2], images[2:3] * 0 + 1.0000001, images[3:]])), "val")
     nan = images.clone()
     nan[2, 0, 0, 0] = float("nan")
     assert gather_images(_FloatImages(nan), np.arange(4)).isnan().sum() == 1  # named by check_splits, not as a range

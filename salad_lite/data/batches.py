@@ -75,9 +75,10 @@ def gather_images(dataset: Any, indices: np.ndarray) -> torch.Tensor:
     batch = torch.stack([dataset[int(i)]["image"] for i in indices]).float()
     outside = (((batch < 0) | (batch > 1)) & batch.isfinite()).flatten(1).any(dim=1)  # [B]; NaN/inf: check_splits
     if outside.any():
+        low, high = float(batch[batch.isfinite()].min()), float(batch[batch.isfinite()].max())
+        hint = "0-255 values: divide by 255" if high > 2 else "e.g. after resampling: clamp to [0, 1]"
         raise ValueError(f"images {indices[outside.numpy()][:5].tolist()} hold pixels outside [0, 1] (range "
-                         f"{float(batch[batch.isfinite()].min()):g} to {float(batch[batch.isfinite()].max()):g}): "
-                         "every dataset gives pixels in [0, 1] (0-255 values: divide by 255)")
+                         f"{low!r} to {high!r}): every dataset gives pixels in [0, 1] ({hint})")
     return batch
 
 
@@ -254,11 +255,17 @@ def check_finite_images(dataset: Any, split: str = "dataset", batch_size: int = 
     Raises:
         NonFiniteImageError: names the split, how many images are bad and the
             first three (index, and path / patient id when the metadata has them).
+        ValueError: pixels outside [0, 1] (:func:`gather_images`; the split named).
     """
     if _holds_only_uint8(dataset) or len(dataset) == 0:
         return
     bad: list[int] = []
-    for start, batch in zip(range(0, len(dataset), batch_size), image_batches(dataset, batch_size)):
+    batches = image_batches(dataset, batch_size)
+    for start in range(0, len(dataset), batch_size):
+        try:
+            batch = next(batches)
+        except ValueError as error:  # pixels outside [0, 1]: named with the split, as NaN/inf are
+            raise ValueError(f"split {split!r}: {error}") from None
         finite = torch.isfinite(batch).flatten(1).all(dim=1)  # [B]
         bad.extend(start + int(i) for i in torch.nonzero(~finite).flatten())
     if bad:
