@@ -30,20 +30,20 @@ def summary_curves(summary: Mapping[str, Any]) -> dict[str, Any]:
     """ROC and PR arrays of replicate 0 from ``evaluate_replicates``' summary, for :func:`salad_lite.viz.plot_roc_pr`.
 
     Raises:
-        ValueError: ``summary`` lacks the curves or the per-replicate results.
+        ValueError: ``summary`` lacks the curves or the per-replicate results, or a curve is empty.
     """
     try:
         roc, pr = summary["curves_seed0"]["roc"], summary["curves_seed0"]["pr"]
+        curves = {key: np.asarray(part[key], dtype=float) for part, keys in ((roc, ("fpr", "tpr")),
+                                                                             (pr, ("precision", "recall")))
+                  for key in keys}
         first = summary["per_replicate"][0]
-    except (KeyError, IndexError, TypeError) as err:
-        raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
-    if any(len(np.asarray(curve[key])) == 0 for curve, key in ((roc, "fpr"), (roc, "tpr"), (pr, "precision"),
-                                                                (pr, "recall"))):
+        measured = {"auc": float(first["test_auc"]), "auprc": float(first["test_auprc"])}
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ValueError(f"not an evaluate_replicates summary: missing or malformed {err}") from err
+    if any(values.size == 0 for values in curves.values()):
         raise ValueError("not an evaluate_replicates summary: curves_seed0 holds an empty curve")
-    return {"fpr": np.asarray(roc["fpr"]), "tpr": np.asarray(roc["tpr"]),
-            "precision": np.asarray(pr["precision"]), "recall": np.asarray(pr["recall"]),
-            "auc": float(first["test_auc"]), "auprc": float(first["test_auprc"]),
-            "prevalence": float(np.asarray(pr["precision"])[0])}
+    return {**curves, **measured, "prevalence": float(curves["precision"][0])}
 
 
 #: Table 1 of Bozorgtabar et al. (MICCAI 2020), all 10 rows in the paper's order: test AUC / AUPRC (mean over 4
@@ -98,23 +98,47 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
         return {"method": method, "AR %": ar_percent, "AUC": auc_value, "AUPRC": auprc_value,
                 "AUC 95% CI": auc_ci, "AUPRC 95% CI": auprc_ci, "replicates": replicates, "source": source}
 
+    def measured(method: str, source: Mapping[str, Any], auc_key: str, auprc_key: str, replicates: int) -> None:
+        (auc_mean, auc_half), (auprc_mean, auprc_half) = _mean_and_half(source, auc_key), _mean_and_half(source,
+                                                                                                        auprc_key)
+        rows.append(row(method, ar, auc_mean, auprc_mean, auc_half, auprc_half, replicates))
+
     rows = [row(r["method"], r["AR %"], r[f"{dataset}_auc"], r[f"{dataset}_auprc"], r[f"{dataset}_auc_pm"],
                 r[f"{dataset}_auprc_pm"], replicates=4, source="paper, Table 1") for r in PAPER_TABLE1]
-    auc_s, auprc_s = summary["test_auc"], summary["test_auprc"]
-    rows.append(row("SALAD (salad_lite)", ar, auc_s["mean"], auprc_s["mean"], auc_s["ci95"], auprc_s["ci95"], reps))
+    measured("SALAD (salad_lite)", summary, "test_auc", "test_auprc", reps)
     if "reconstruction_test_auc" in summary:
-        auc_s, auprc_s = summary["reconstruction_test_auc"], summary["reconstruction_test_auprc"]
-        rows.append(row("same AE, reconstruction error (baseline)", ar, auc_s["mean"], auprc_s["mean"],
-                        auc_s["ci95"], auprc_s["ci95"], reps))
+        measured("same AE, reconstruction error (baseline)", summary, "reconstruction_test_auc",
+                 "reconstruction_test_auprc", reps)
     if "untrained_encoder" in summary:
-        auc_s, auprc_s = summary["untrained_encoder"]["test_auc"], summary["untrained_encoder"]["test_auprc"]
-        rows.append(row("same network untrained, Eq. 4 (baseline)", ar, auc_s["mean"], auprc_s["mean"],
-                        auc_s["ci95"], auprc_s["ci95"], len(summary["untrained_encoder"]["per_seed"])))
+        untrained = _entry(summary, "untrained_encoder")
+        measured("same network untrained, Eq. 4 (baseline)", untrained, "test_auc", "test_auprc",
+                 len(untrained.get("per_seed", ())))
     if "pca_baseline" in summary:
-        pca = summary["pca_baseline"]
-        rows.append(row(f"raw pixels, PCA-{pca['n_components']} reconstruction (baseline)", ar, pca["test_auc"],
-                        pca["test_auprc"]))
+        pca = _pca_entry(summary)
+        measured(f"raw pixels, PCA-{pca['n_components']} reconstruction (baseline)", pca, "test_auc", "test_auprc", 1)
     return pd.DataFrame(rows)
+
+
+def _entry(summary: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``summary[key]``, checked to be a dict (the key named otherwise)."""
+    entry = summary[key]
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"not an evaluate_replicates summary: {key} must be a dict, got {entry!r:.60}")
+    return entry
+
+
+def _pca_entry(summary: Mapping[str, Any], needs: tuple[str, ...] = ("n_components", "test_auc", "test_auprc")
+               ) -> dict[str, Any]:
+    """``summary["pca_baseline"]`` in the shape of the other metrics: ``{"test_auc": {"mean", "ci95": 0}, ...}``.
+
+    The PCA is one deterministic run: its interval is 0. ``needs``: the fields the caller reads.
+    """
+    pca = _entry(summary, "pca_baseline")
+    missing = [key for key in needs if key not in pca]
+    if missing:
+        raise ValueError(f"not an evaluate_replicates summary: pca_baseline lacks {missing}")
+    return {"n_components": pca.get("n_components"),
+            **{key: {"mean": pca[key], "ci95": 0.0} for key in ("test_auc", "test_auprc") if key in pca}}
 
 
 def differences_from_paper(cfg: SaladConfig, splits: Mapping[str, Any],
@@ -198,38 +222,42 @@ def _check_table1_dataset(dataset: str) -> None:
 def metric_lines(summary: Mapping[str, Any], metrics: tuple[str, ...] = ("test_auc", "test_auprc")) -> str:
     """``test_auc: 0.8123 ± 0.0456 (95% CI over 3 replicates)``, one line per metric of the summary.
 
+    One replicate has no interval: ``test_auc: 0.8123 (1 replicate: no interval)``.
+
     Raises:
-        ValueError: ``summary`` lacks one of ``metrics`` or the replicate count.
+        ValueError: ``summary`` lacks one of ``metrics`` or the replicate count (an int >= 1),
+            or a metric is malformed (:func:`_mean_and_half`).
     """
-    try:
-        n = int(summary["replicates"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
+    n = summary.get("replicates") if isinstance(summary, Mapping) else None
+    if not is_int(n) or n < 1:
+        raise ValueError(f"not an evaluate_replicates summary: replicates must be an int >= 1, got {n!r}")
     lines = []
     for m in metrics:
         mean, half = _mean_and_half(summary, m)
-        lines.append(f"{m}: {mean:.4f} ± {half:.4f} (95% CI over {n} replicates)" if np.isfinite(half) else
-                     f"{m}: {mean:.4f} ({n} replicate{'s' if n != 1 else ''}: no interval)")
+        lines.append(f"{m}: {mean:.4f} ± {half:.4f} (95% CI over {n} replicate{'s' * (n != 1)})"
+                     if np.isfinite(half) else f"{m}: {mean:.4f} ({n} replicate{'s' * (n != 1)}: no interval)")
     return "\n".join(lines)
 
 
 def _mean_and_half(summary: Mapping[str, Any], metric: str) -> tuple[float, float]:
-    """``summary[metric]``'s mean (finite) and 95% half-width (NaN when there is none: one replicate, JSON null).
+    """``summary[metric]``'s mean and 95% half-width (NaN when there is none: one replicate, NaN or JSON null).
+
+    The one reading of a summary's AUC / AUPRC entry for the functions of this module.
 
     Raises:
-        ValueError: the entry is missing or not ``{"mean": number, "ci95": number or null}``, or the mean
-            is not finite (the metric named).
+        ValueError: the entry is missing or not ``{"mean": number in [0, 1], "ci95": number >= 0,
+            NaN or null}`` (the metric and the value named).
     """
-    try:
-        entry = summary[metric]
-        mean, half = entry["mean"], entry["ci95"]
-        mean, half = float(mean), float("nan") if half is None else float(half)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"not an evaluate_replicates summary: {metric} must be {{'mean': number, 'ci95': "
-                         f"number or null}} ({type(err).__name__}: {err})") from None
-    if not np.isfinite(mean):
-        raise ValueError(f"{metric}: the mean is {mean}, not a finite number")
-    return mean, half
+    entry = summary.get(metric) if isinstance(summary, Mapping) else None
+    mean = entry.get("mean") if isinstance(entry, Mapping) else None
+    half = entry.get("ci95") if isinstance(entry, Mapping) else None
+    half = float("nan") if half is None else half
+    numbers = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                  for v in (mean, half))
+    if not numbers or not 0.0 <= mean <= 1.0 or not (np.isnan(half) or 0.0 <= half < np.inf):
+        raise ValueError(f"not an evaluate_replicates summary: {metric} must be {{'mean': number in [0, 1], "
+                         f"'ci95': number >= 0 or null}}, got {entry!r:.80}")
+    return float(mean), float(half)
 
 
 def baseline_verdicts(summary: Mapping[str, Any]) -> str:
@@ -238,28 +266,29 @@ def baseline_verdicts(summary: Mapping[str, Any]) -> str:
     "Clearly" means the 95% intervals do not overlap: SALAD's ``mean ± ci95`` against
     the baseline's (the untrained network and the reconstruction error have replicates;
     the PCA is one deterministic run, interval 0). Written from the numbers, so that a
-    chapter never states a ranking its run does not show: with one replicate (no
-    interval) no ranking is claimed.
+    chapter never states a ranking its run does not show: where either side has no
+    interval (a single replicate) no ranking is claimed.
 
     Raises:
         ValueError: ``summary`` lacks ``test_auc`` (not an :func:`~salad_lite.experiment.evaluate_replicates`
-            result), or a mean is not a finite number (named).
+            result), or a metric is malformed (:func:`_mean_and_half`; named).
     """
     mean, half = _mean_and_half(summary, "test_auc")
     baselines = []
     if "untrained_encoder" in summary:
         baselines.append(("the same network before training",
-                          *_mean_and_half(summary["untrained_encoder"], "test_auc")))
+                          *_mean_and_half(_entry(summary, "untrained_encoder"), "test_auc")))
     if "reconstruction_test_auc" in summary:
         baselines.append(("the reconstruction error", *_mean_and_half(summary, "reconstruction_test_auc")))
     if "pca_baseline" in summary:
-        baselines.append(("the raw-pixel PCA", *_mean_and_half(
-            {"test_auc": {"mean": summary["pca_baseline"].get("test_auc"), "ci95": 0.0}}, "test_auc")))
+        baselines.append(("the raw-pixel PCA", *_mean_and_half(_pca_entry(summary, ("test_auc",)), "test_auc")))
     lines = []
     for name, other, other_half in baselines:
         if not (np.isfinite(half) and np.isfinite(other_half)):
-            lines.append(f"SALAD's test AUC {mean:.3f} against {name} ({other:.3f}): one replicate gives no "
-                         "interval, so no ranking is claimed.")
+            missing = "either" if not (np.isfinite(half) or np.isfinite(other_half)) else (
+                "SALAD's" if not np.isfinite(half) else "the baseline's")
+            lines.append(f"SALAD's test AUC {mean:.3f} against {name} ({other:.3f}): {missing} has no interval "
+                         "(a single replicate), so no ranking is claimed.")
             continue
         if mean - half > other + other_half:
             verdict = "clearly above"
@@ -282,10 +311,7 @@ def paper_comparison(summary: Mapping[str, Any], test_labels: Any, dataset: str)
             ``test_labels`` are not 0/1 labels of both classes.
     """
     paper = paper_row(dataset)
-    try:
-        auc_m, auprc_m = float(summary["test_auc"]["mean"]), float(summary["test_auprc"]["mean"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"not an evaluate_replicates summary: missing {err}") from err
+    (auc_m, _), (auprc_m, _) = _mean_and_half(summary, "test_auc"), _mean_and_half(summary, "test_auprc")
     prevalence = float(binary_labels(test_labels, "the chance AUPRC").mean())
     return (f"Our test AUC {auc_m:.3f} and AUPRC {auprc_m:.3f}\n"
             f"(chance AUPRC = abnormal share of the test split = {prevalence:.3f});\n"

@@ -57,6 +57,11 @@ def test_summary_curves_and_results_table() -> None:
         report.summary_curves(empty)
     with pytest.raises(ValueError, match="not an evaluate_replicates summary: missing 'config'"):
         report.results_table({k: v for k, v in summary.items() if k != "config"}, "nih")
+    with pytest.raises(ValueError, match=r"pca_baseline lacks \['n_components'\]"):
+        report.results_table({**summary, "pca_baseline": {"test_auc": 0.5, "test_auprc": 0.5}}, "nih")
+    with pytest.raises(ValueError, match="missing or malformed 'tpr'"):
+        report.summary_curves({**summary, "curves_seed0": {"roc": {"fpr": [0, 1]}, "pr": {"precision": [1],
+                                                                                        "recall": [1]}}})
 
 
 def test_differences_from_paper_names_the_gaps() -> None:
@@ -126,10 +131,18 @@ def test_metric_lines_and_paper_comparison() -> None:
     one = {"replicates": 1, "test_auc": {"mean": 0.71, "ci95": float("nan")}, "test_auprc": {"mean": 0.6, "ci95": None}}
     assert report.metric_lines(one).splitlines() == ["test_auc: 0.7100 (1 replicate: no interval)",
                                                      "test_auprc: 0.6000 (1 replicate: no interval)"]
-    for bad, message in (({"mean": float("nan"), "ci95": 0.1}, "test_auc: the mean is nan, not a finite number"),
-                         ({"mean": "x", "ci95": 0.1}, r"test_auc must be \{'mean': number")):
+    for bad in ({"mean": float("nan"), "ci95": 0.1}, {"mean": "x", "ci95": 0.1}, {"mean": 5, "ci95": 0.1},
+                {"mean": 0.5, "ci95": -0.3}, {"mean": None, "ci95": None}):
+        message = r"test_auc must be \{'mean': number in \[0, 1\], 'ci95': number >= 0 or null\}"
         with pytest.raises(ValueError, match=message):
             report.metric_lines({**one, "test_auc": bad})
+        with pytest.raises(ValueError, match=message):
+            report.paper_comparison({**one, "test_auc": bad}, [0, 1], "nih")
+        with pytest.raises(ValueError, match=message):
+            report.results_table({**summary, "test_auc": bad}, "nih")
+    for count in (2.7, 0, True):
+        with pytest.raises(ValueError, match=r"replicates must be an int >= 1"):
+            report.metric_lines({**one, "replicates": count})
 
 
 def test_profile_table_has_one_column_per_profile() -> None:
@@ -155,9 +168,14 @@ def test_baseline_verdicts_follow_the_intervals() -> None:
     one = {"test_auc": {"mean": 0.71, "ci95": float("nan")}, "reconstruction_test_auc": {"mean": 0.9, "ci95": None},
            "pca_baseline": {"test_auc": 0.70}}
     assert report.baseline_verdicts(one).splitlines() == [  # never "not distinguishable" from a NaN comparison
-        "SALAD's test AUC 0.710 against the reconstruction error (0.900): one replicate gives no interval, so no "
-        "ranking is claimed.",
-        "SALAD's test AUC 0.710 against the raw-pixel PCA (0.700): one replicate gives no interval, so no ranking "
-        "is claimed."]
-    with pytest.raises(ValueError, match="reconstruction_test_auc: the mean is nan"):
+        "SALAD's test AUC 0.710 against the reconstruction error (0.900): either has no interval (a single "
+        "replicate), so no ranking is claimed.",
+        "SALAD's test AUC 0.710 against the raw-pixel PCA (0.700): SALAD's has no interval (a single replicate), so "
+        "no ranking is claimed."]
+    lines = report.baseline_verdicts({**summary, "untrained_encoder": {"test_auc": {"mean": 0.69, "ci95": None}}})
+    assert "the baseline's has no interval" in lines.splitlines()[0]
+    for bad in ({"pca_baseline": 0.6}, {"untrained_encoder": [0.6]}):
+        with pytest.raises(ValueError, match="must be a dict"):
+            report.baseline_verdicts({**summary, **bad})
+    with pytest.raises(ValueError, match="reconstruction_test_auc must be"):
         report.baseline_verdicts({**summary, "reconstruction_test_auc": {"mean": float("nan"), "ci95": 0.1}})
