@@ -91,16 +91,17 @@ def _check_table1(table1: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[st
         missing = [k for k in ("method", "ar_percent", "test_auc", "test_auprc") if k not in row]
         if missing:
             raise ValueError(f"table1 rows[{i}] lacks {missing}")
-        if not isinstance(row["method"], str) or not _is_finite_number(row["ar_percent"]):
-            raise ValueError(f"table1 rows[{i}] needs a text 'method' and a numeric 'ar_percent', got "
+        if not isinstance(row["method"], str) or not _is_ar(row["ar_percent"]):
+            raise ValueError(f"table1 rows[{i}] needs a text 'method' and an 'ar_percent' in 0..100, got "
                              f"{row['method']!r} and {row['ar_percent']!r}")
         for metric in ("test_auc", "test_auprc"):
             value = row[metric]
             mean = value.get("mean", "missing") if isinstance(value, Mapping) else "missing"
+            half = value.get("ci95") if isinstance(value, Mapping) else None
             if not (mean is None or _is_number(mean) and (math.isnan(mean) or 0 <= mean <= 1)) or not (
-                    value.get("ci95") is None or _is_number(value["ci95"])):
+                    half is None or _is_number(half) and (math.isnan(half) or 0 <= half < math.inf)):
                 raise ValueError(f"table1 rows[{i}][{metric!r}] must be {{'mean': number in [0, 1] or null, "
-                                 f"'ci95': number or null}}, got {value!r}")
+                                 f"'ci95': number >= 0 or null}}, got {value!r}")
         key = _key(row["method"], row["ar_percent"])
         if key in seen:
             raise ValueError(f"table1 rows[{seen[key]}] and rows[{i}] are both {row['method']} at AR "
@@ -109,8 +110,8 @@ def _check_table1(table1: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[st
     skipped = list(table1.get("skipped") or [])
     for i, skip in enumerate(skipped):
         if not isinstance(skip, Mapping) or "method" not in skip or not (
-                skip.get("ar_percent") is None or _is_finite_number(skip["ar_percent"])):
-            raise ValueError(f"table1 skipped[{i}] must be a dict with 'method' (and 'ar_percent': a number or "
+                skip.get("ar_percent") is None or _is_ar(skip["ar_percent"])):
+            raise ValueError(f"table1 skipped[{i}] must be a dict with 'method' (and 'ar_percent': in 0..100 or "
                              f"null, 'reason'), got {skip!r}")
     return rows, skipped
 
@@ -120,16 +121,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def _is_finite_number(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
+def _is_ar(value: Any) -> bool:
+    """An anomalous ratio in %: a number in 0..100."""
+    return _is_number(value) and 0 <= value <= 100
 
 
 def _check_ar(ar_percent: Any) -> float | None:
-    """An ``ar_percent`` argument: None, or a finite number (as a float)."""
+    """An ``ar_percent`` argument: None, or a number in 0..100 (as a float)."""
     if ar_percent is None:
         return None
-    if not _is_finite_number(ar_percent):
-        raise ValueError(f"ar_percent must be a finite number (an AR in %) or None, got {ar_percent!r}")
+    if not _is_ar(ar_percent):
+        raise ValueError(f"ar_percent must be an AR in % (a number in 0..100) or None, got {ar_percent!r}")
     return float(ar_percent)
 
 
@@ -269,7 +271,7 @@ def fig5_table(table1: Mapping[str, Any], ar_percent: float | None = None) -> pd
 
     Raises:
         ValueError: ``table1`` is not a table1.json entry (:func:`_check_table1`), or
-            ``ar_percent`` is not a finite number or None.
+            ``ar_percent`` is not a number in 0..100 or None.
     """
     rows, skipped = _check_table1(table1)
     ar_percent = _check_ar(ar_percent)
@@ -578,7 +580,7 @@ def fig5_bar_rows(table1: Mapping[str, Any], ar_percent: float | None = None) ->
 
     Raises:
         ValueError: ``table1`` is not a table1.json entry (:func:`_check_table1`), or
-            ``ar_percent`` is not a finite number or None.
+            ``ar_percent`` is not a number in 0..100 or None.
     """
     rows, _ = _check_table1(table1)
     ar_percent = _check_ar(ar_percent)

@@ -136,21 +136,23 @@ def test_a_malformed_table1_entry_is_named_not_converted() -> None:
                                          r"table1\['nih'\]"):
         t1.fig5_table({"nih": grid})
     first = grid["rows"][0]
-    for change, message in (({"ar_percent": "five"}, r"rows\[0\] needs a text 'method' and a numeric 'ar_percent'"),
+    for change, message in (({"ar_percent": "five"}, r"rows\[0\] needs a text 'method' and an 'ar_percent' in 0"),
+                            ({"ar_percent": 250}, r"rows\[0\] needs .* got 'MemDAE' and 250"),
+                            ({"test_auc": {"mean": 0.5, "ci95": -1}}, r"'ci95': number >= 0 or null"),
                             ({"ar_percent": None}, r"rows\[0\] needs .* got 'MemDAE' and None"),
                             ({"test_auc": {"mean": "0.9", "ci95": 0.1}}, r"rows\[0\]\['test_auc'\] must be"),
                             ({"test_auc": {"mean": 7.5, "ci95": 0.1}}, r"'mean': number in \[0, 1\]"),
-                            ({"test_auprc": {"mean": 0.5, "ci95": "x"}}, r"'ci95': number or null")):
+                            ({"test_auprc": {"mean": 0.5, "ci95": "x"}}, r"'ci95': number >= 0 or null")):
         with pytest.raises(ValueError, match=message):
             t1.table1_side_by_side({**grid, "rows": [{**first, **change}, *grid["rows"][1:]]})
     with pytest.raises(ValueError, match=r"rows\[0\] and rows\[\d+\] are both MemDAE at AR 0"):
         t1.fig5_table({**grid, "rows": [*grid["rows"], first]})
     with pytest.raises(ValueError, match=r"skipped\[0\] must be a dict with 'method'"):
         t1.fig5_table({**grid, "skipped": [{"method": "Deep SAD", "ar_percent": "x"}]})
-    for bad in (float("nan"), "10"):
-        with pytest.raises(ValueError, match="ar_percent must be a finite number"):
+    for bad in (float("nan"), "10", -5):
+        with pytest.raises(ValueError, match=r"ar_percent must be an AR in % \(a number in 0..100\)"):
             t1.fig5_table(grid, bad)
-        with pytest.raises(ValueError, match="ar_percent must be a finite number"):
+        with pytest.raises(ValueError, match=r"ar_percent must be an AR in % \(a number in 0..100\)"):
             t1.fig5_bar_rows(grid, bad)
 
 
