@@ -226,7 +226,7 @@ def _curve_arrays(value: Any) -> dict[str, Any]:
         if missing:
             raise ValueError(f"curve dict lacks {sorted(missing)}; give fpr/tpr/precision/recall or (labels, scores)")
         return dict(value)
-    if not (isinstance(value, Sequence) and len(value) == 2):
+    if not (isinstance(value, (Sequence, np.ndarray)) and len(value) == 2):
         raise ValueError(f"a curve must be a dict of arrays or a pair (labels, scores), got {type(value).__name__}")
     labels, scores = value
     return {**roc_curve_data(labels, scores), **pr_curve_data(labels, scores), "auc": auc(labels, scores),
@@ -243,7 +243,7 @@ def plot_roc_pr(curves: Mapping[str, Any], *, title: str = "") -> Figure:
     """
     if not curves:
         raise ValueError("plot_roc_pr needs at least one curve")
-    if {"fpr", "tpr"} <= set(curves):
+    if set(curves) & {"fpr", "tpr", "precision", "recall"}:
         raise ValueError("plot_roc_pr takes a name -> curve mapping, got one curve's arrays: wrap it, e.g. "
                          "{'SALAD': curve}")
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.3))

@@ -97,8 +97,11 @@ def test_plot_roc_pr_from_scores_and_from_curves() -> None:
     assert fig2.axes[0].get_legend().get_texts()[0].get_text() == "given (AUC 0.500)"
     with pytest.raises(ValueError, match="lacks"):
         viz.plot_roc_pr({"bad": {"fpr": [0, 1]}})
-    with pytest.raises(ValueError, match="got one curve's arrays: wrap it"):
-        viz.plot_roc_pr(curves)
+    for one_curve in (curves, {"fpr": curves["fpr"]}):
+        with pytest.raises(ValueError, match="got one curve's arrays: wrap it"):
+            viz.plot_roc_pr(one_curve)
+    stacked = viz.plot_roc_pr({"SALAD": np.stack([labels, scores])})  # a [2, N] array is a (labels, scores) pair
+    assert stacked.axes[0].get_legend().get_texts()[0].get_text().startswith("SALAD (AUC 0.933")
     for bad_labels, bad_scores in ((labels + 1, scores), (labels, np.r_[scores[:-1], np.nan])):
         with pytest.raises(ValueError, match="labels 0 \\(normal\\) and 1|NaN or inf"):
             viz.plot_roc_pr({"SALAD": (bad_labels, bad_scores)})  # checked as auc checks them
