@@ -362,15 +362,19 @@ def check_chapter_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         folder = run_folder(args.profile, args.run_dir)
     except ChapterParameterError as err:
         parser.error(str(err))
-    if (args.root / Path(folder).expanduser()).is_file():  # an absolute folder replaces the root
-        parser.error(f"run folder {folder} is a file (relative folders are taken from {args.root})")
+    path = args.root / Path(folder).expanduser()  # an absolute folder replaces the root
+    blocking = next((p for p in (path, *path.parents) if p.is_file()), None)
+    if blocking is not None:
+        parser.error(f"run folder {folder} cannot be made: {blocking} is a file (relative folders are taken from "
+                     f"{args.root})")
     if args.dataset == "folder" and not args.data_root:
         parser.error("--dataset folder reads your own images: --data-root must name their folder or manifest CSV "
                      "(there is no embedded 'folder' set)")
     for option in ("data_root", "mura_root"):
         value = getattr(args, option)
         manifest = option == "data_root" and args.dataset == "folder"  # the folder dataset also reads a CSV
-        if value and not ((args.root / value).is_dir() or manifest and (args.root / value).is_file()):
+        is_csv = (args.root / value).is_file() and Path(value).suffix.lower() == ".csv"
+        if value and not ((args.root / value).is_dir() or manifest and is_csv):
             parser.error(f"argument --{option.replace('_', '-')}: no such folder{' or manifest CSV' * manifest}: "
                          f"{value!r} (relative folders are taken from {args.root})")
 

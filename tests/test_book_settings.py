@@ -168,7 +168,9 @@ def test_makefile_leaves_the_run_folder_to_the_rule() -> None:
     (["--mura-root", "2020"], "argument --mura-root: no such folder: '2020'"),
     (["--dataset", "folder"], "--dataset folder reads your own images: --data-root must name"),
     (["--dataset", "folder", "--data-root", "none.csv"], "--data-root: no such folder or manifest CSV: 'none.csv'"),
-    (["--run-dir", "a_file"], "run folder a_file is a file"),
+    (["--run-dir", "a_file"], "run folder a_file cannot be made: "),
+    (["--run-dir", "a_file/sub"], "run folder a_file/sub cannot be made: "),
+    (["--dataset", "folder", "--data-root", "a_file"], "--data-root: no such folder or manifest CSV: 'a_file'"),
 ])
 def test_build_book_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   argv: list[str], message: str) -> None:

@@ -258,9 +258,6 @@ def detect_carrier(
         img: ``uint8 [H, W]``.
         body_part: MURA body part (``"WRIST"``, ``"XR_WRIST"``...) selecting the
             minimum plate area in :data:`CARRIER_MIN_AREA`; None uses ``params.min_area``.
-
-    Raises:
-        ValueError: ``img`` is not a non-empty uint8 [H, W] array; ``body_part`` is not one of MURA's seven.
         params: detection parameters (default :class:`CarrierParams`).
         return_edges: also return the Canny edge map (``bool [H', W']`` at the
             working resolution) of the threshold that produced the winner (or the
@@ -271,6 +268,9 @@ def detect_carrier(
         (pixel centres at integers), ordered top-left, top-right, bottom-right,
         bottom-left; ``None`` when no quadrilateral passes the tests. With
         ``return_edges``: ``(corners_or_None, edges)``.
+
+    Raises:
+        ValueError: ``img`` is not a non-empty uint8 [H, W] array; ``body_part`` is not one of MURA's seven.
     """
     if not isinstance(img, np.ndarray) or img.ndim != 2 or img.dtype != np.uint8 or img.size == 0:
         raise ValueError(f"detect_carrier expects a non-empty uint8 [H, W] image, got {getattr(img, 'shape', None)} "
