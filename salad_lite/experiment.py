@@ -442,8 +442,9 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
 
     Raises:
         salad_lite.files.CorruptFileError: ``per_seed`` is not a non-empty list of objects with the
-            fields of a row, or ``test_auc`` / ``test_auprc`` are not objects with finite ``mean`` and ``ci95``
-            (``ci95`` NaN for a single seed: one run says nothing about spread).
+            fields of a row (AUCs in [0, 1]), or ``test_auc`` / ``test_auprc`` are not objects with finite
+            ``mean`` and ``ci95`` (``ci95`` NaN for a single seed: one run says nothing about spread) that
+            are the rows' mean and 95% half-width.
     """
     def refuse(what: str) -> None:
         raise CorruptFileError(f"untrained-encoder result {path}: {what}; delete it to recompute")
@@ -473,6 +474,17 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
                                       or not np.isfinite(value)):
                 one_seed = " (NaN for the spread of one seed)" if name == "ci95" else ""
                 refuse(f"'{metric}'['{name}'] must be a finite number{one_seed}, got {value!r}")
+    for i, row in enumerate(rows):
+        for name in ("val_auc", "test_auc", "test_auprc"):
+            if not 0.0 <= row[name] <= 1.0:
+                refuse(f"'per_seed'[{i}]['{name}'] must lie in [0, 1], got {row[name]!r}")
+    for metric in ("test_auc", "test_auprc"):  # the summary is its rows' mean and 95% half-width
+        mean, half = mean_ci([row[metric] for row in rows])
+        stored_half = stored[metric]["ci95"]
+        if abs(stored[metric]["mean"] - mean) > 1e-9 or (len(rows) > 1 and abs(stored_half - half) > 1e-9):
+            spread = f" ± {half:.6f}" if len(rows) > 1 else ", one seed: no spread"
+            refuse(f"'{metric}' {stored[metric]!r} is not the mean and 95% half-width of its 'per_seed' rows "
+                   f"({mean:.6f}{spread})")
 
 
 def _untrained_once(cfg: SaladConfig, splits: dict[str, Any], replicates: int, path: Path,

@@ -254,6 +254,8 @@ def test_the_untrained_baseline_scores_the_untrained_embeddings_even_with_a_memo
     (lambda s: s.update(test_auc=0.7), r"'test_auc' must be an object with 'mean' and 'ci95', got float"),
     (lambda s: s["test_auprc"].update(ci95=None), r"'test_auprc'\['ci95'\] must be a finite number \(NaN for the spread of one seed\), got None"),
     (lambda s: s["test_auc"].update(mean=float("nan")), r"'test_auc'\['mean'\] must be a finite number, got nan"),
+    (lambda s: s["test_auc"].update(mean=0.7), r"'test_auc' .* is not the mean and 95% half-width of its 'per_seed' rows \(0.600000, one seed: no spread\)"),
+    (lambda s: s["per_seed"][0].update(val_auc=1.5), r"'per_seed'\[0\]\['val_auc'\] must lie in \[0, 1\], got 1.5"),
 ])
 def test_a_damaged_untrained_result_is_refused_naming_the_file(blob_splits, tmp_path, damage, message):
     import salad_lite.experiment as experiment
