@@ -548,6 +548,10 @@ def _stored_pca_baseline(path: Path) -> dict[str, Any]:
     return stored
 
 
+#: The AUCs / AUPRCs a stored result may hold (each checked to lie in [0, 1]).
+STORED_METRICS = ("test_auc", "test_auprc", "val_auc", "reconstruction_test_auc", "reconstruction_test_auprc")
+
+
 def check_stored_test_scores(stored: dict[str, Any], labels: np.ndarray, source: str) -> None:
     """Refuse a stored result that its own per-image test scores contradict.
 
@@ -577,10 +581,6 @@ def check_stored_test_scores(stored: dict[str, Any], labels: np.ndarray, source:
     for name, metric in (("test_auc", auc), ("test_auprc", auprc)):
         if name in stored and abs(stored[name] - metric(labels, scores)) > 1e-9:
             refuse(f"'{name}' {stored[name]!r} is not what its own 'test_scores' give ({metric(labels, scores):.6f})")
-
-
-#: The AUCs / AUPRCs a stored result may hold (each checked to lie in [0, 1]).
-STORED_METRICS = ("test_auc", "test_auprc", "val_auc", "reconstruction_test_auc", "reconstruction_test_auprc")
 
 
 def splits_for(cfg: SaladConfig, progress: bool = True, split_file: str = "") -> dict[str, Any]:

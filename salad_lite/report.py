@@ -99,8 +99,8 @@ def results_table(summary: Mapping[str, Any], dataset: str = "nih", label: str =
                 "AUC 95% CI": auc_ci, "AUPRC 95% CI": auprc_ci, "replicates": replicates, "source": source}
 
     def measured(method: str, source: Mapping[str, Any], auc_key: str, auprc_key: str, replicates: int) -> None:
-        (auc_mean, auc_half), (auprc_mean, auprc_half) = _mean_and_half(source, auc_key), _mean_and_half(source,
-                                                                                                        auprc_key)
+        auc_mean, auc_half = _mean_and_half(source, auc_key)
+        auprc_mean, auprc_half = _mean_and_half(source, auprc_key)
         rows.append(row(method, ar, auc_mean, auprc_mean, auc_half, auprc_half, replicates))
 
     rows = [row(r["method"], r["AR %"], r[f"{dataset}_auc"], r[f"{dataset}_auprc"], r[f"{dataset}_auc_pm"],

@@ -220,7 +220,7 @@ def plot_loss_curves(history: Any, keys: Sequence[str] | None = None, *, x: str 
 
 
 def _curve_arrays(value: Any) -> dict[str, Any]:
-    """ROC and PR arrays from either precomputed curves or ``(labels, scores)`` (checked as :func:`~salad_lite.metrics.auc` checks them)."""
+    """ROC and PR arrays from precomputed curves or ``(labels, scores)`` (checked as :func:`~salad_lite.metrics.auc` does)."""
     if isinstance(value, Mapping):
         missing = {"fpr", "tpr", "precision", "recall"} - set(value)
         if missing:

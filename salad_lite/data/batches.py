@@ -220,8 +220,9 @@ def check_data_fingerprint(stored: Any, current: str, source: Any) -> None:
         raise ValueError(
             f"{source} was trained on other training or validation images (their pixels, labels, patients or "
             "order differ: another data root holds other images, a file added, removed or renamed reshuffles a "
-            "seeded split, and an edited --split-file moves images); using it could score training images as test images. Restore the data and split, or "
-            f"train again in another run folder (fingerprint {stored!r}, now {current!r})")
+            "seeded split, and an edited --split-file moves images); using it could score training images as test "
+            f"images. Restore the data and split, or train again in another run folder (fingerprint {stored!r}, "
+            f"now {current!r})")
 
 
 def _holds_only_uint8(dataset: Any) -> bool:
