@@ -572,7 +572,8 @@ def check_stored_test_scores(stored: dict[str, Any], labels: np.ndarray, source:
     raw = stored["test_scores"]
     if not isinstance(raw, list) or len(raw) != len(labels) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw):
-        refuse(f"'test_scores' must be {len(labels)} finite numbers, one per test image")
+        got = f"{len(raw)} values" if isinstance(raw, list) else type(raw).__name__
+        refuse(f"'test_scores' must be {len(labels)} finite numbers (one per test image), got {got}")
     for name in STORED_METRICS:
         value = stored.get(name, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
