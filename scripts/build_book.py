@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -354,9 +355,10 @@ def check_chapter_arguments(parser: argparse.ArgumentParser, args: argparse.Name
 
     ``SALAD_LITE_PROFILE`` / ``SALAD_LITE_RUN_DIR`` are checked as the chapters will
     check them. A non-empty --data-root / --mura-root must be a folder (or, for the
-    folder dataset, a manifest CSV), and the run
-    folder must not be a file; relative folders are taken from the book root, as the
-    chapters take them. The folder dataset needs --data-root (it has no embedded set).
+    folder dataset, a manifest CSV) with its dataset's layout (:func:`check_data_layout`),
+    and the run folder must not be a file; relative folders are taken from the book
+    root, as the chapters take them. The folder dataset needs --data-root (it has no
+    embedded set).
     """
     try:
         folder = run_folder(args.profile, args.run_dir)
@@ -370,13 +372,34 @@ def check_chapter_arguments(parser: argparse.ArgumentParser, args: argparse.Name
     if args.dataset == "folder" and not args.data_root:
         parser.error("--dataset folder reads your own images: --data-root must name their folder or manifest CSV "
                      "(there is no embedded 'folder' set)")
-    for option in ("data_root", "mura_root"):
+    for option, dataset in (("data_root", args.dataset), ("mura_root", "mura")):
         value = getattr(args, option)
         manifest = option == "data_root" and args.dataset == "folder"  # the folder dataset also reads a CSV
         is_csv = (args.root / value).is_file() and Path(value).suffix.lower() == ".csv"
         if value and not ((args.root / value).is_dir() or manifest and is_csv):
             parser.error(f"argument --{option.replace('_', '-')}: no such folder{' or manifest CSV' * manifest}: "
                          f"{value!r} (relative folders are taken from {args.root})")
+        if value:
+            check_data_layout(parser, option, dataset, args.root / value, args.profile)
+
+
+def check_data_layout(parser: argparse.ArgumentParser, option: str, dataset: str, root: Path, profile: str) -> None:
+    """Read ``root``'s listing as the chapters will (``registry.dataset_source``: CSVs and file names, no pixels).
+
+    A wrong layout (an empty folder, one class folder, a folder that is not MURA's) is then
+    refused in seconds, before chapter 1, not when chapter 2 reads the data. Data warnings
+    are left to the chapters, which show them.
+    """
+    from salad_lite.config import profile_config
+    from salad_lite.data.io import DataWarning
+    from salad_lite.data.registry import dataset_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        try:
+            dataset_source(dataset, root, profile_config(profile, dataset).model.image_size)
+        except (ValueError, OSError) as error:
+            parser.error(f"argument --{option.replace('_', '-')}: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from PIL import Image
 
 from conftest import REPO
 from salad_lite import book
@@ -171,28 +173,40 @@ def test_makefile_leaves_the_run_folder_to_the_rule() -> None:
     (["--run-dir", "a_file"], "run folder a_file cannot be made: "),
     (["--run-dir", "a_file/sub"], "run folder a_file/sub cannot be made: "),
     (["--dataset", "folder", "--data-root", "a_file"], "--data-root: no such folder or manifest CSV: 'a_file'"),
+    # the layout, read before any chapter (not when chapter 2 reads the data)
+    (["--dataset", "folder", "--data-root", "empty"], "needs class folders 'normal/' and 'abnormal/' (found [])"),
+    (["--data-root", "empty"], "argument --data-root: no Data_Entry_2017*.csv in NIH root"),
+    (["--mura-root", "empty"], "argument --mura-root: "),  # not a MURA root
 ])
 def test_build_book_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   argv: list[str], message: str) -> None:
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit_:
         build_book.main(["--root", str(tmp_path), "chapters", *argv])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
 
 
+def _two_images(folder: Path, names: tuple[str, str]) -> None:
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / name)
+
+
 def test_build_book_takes_a_manifest_csv_for_the_folder_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "manifest.csv").write_text("path,label\n")
+    _two_images(tmp_path, ("a.png", "b.png"))
+    (tmp_path / "manifest.csv").write_text("file,label\na.png,0\nb.png,1\n")
     monkeypatch.setattr(build_book, "run_chapters", lambda args: 0)
     assert build_book.main(["--root", str(tmp_path), "chapters", "--dataset", "folder",
                             "--data-root", "manifest.csv"]) == 0
 
 
 def test_build_book_accepts_a_numeric_folder_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "2020").mkdir()
+    _two_images(tmp_path / "2020", ("normal/a.png", "abnormal/b.png"))
     seen = {}
     monkeypatch.setattr(build_book, "run_chapters", lambda args: seen.update(vars(args)) or 0)
-    assert build_book.main(["--root", str(tmp_path), "chapters", "--data-root", "2020"]) == 0
+    assert build_book.main(["--root", str(tmp_path), "chapters", "--dataset", "folder", "--data-root", "2020"]) == 0
     assert seen["data_root"] == "2020" and seen["run_dir"] == ""
 
 

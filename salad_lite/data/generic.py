@@ -142,7 +142,7 @@ class ImageFolderXray(XrayDataset):
                 raise FileNotFoundError(
                     f"{root_path} needs class folders 'normal/' and 'abnormal/' (found {sorted(folders)}); "
                     "or pass class_map={'FOLDER': 0 or 1, ...}, or list the images in a manifest CSV "
-                    "(columns path, label) and give its path as the data root"
+                    "(columns file, label) and give its path as the data root"
                 )
             class_map = {lower["normal"][0]: 0, lower["abnormal"][0]: 1}
         bad_labels = {k: v for k, v in class_map.items()
