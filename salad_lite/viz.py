@@ -281,6 +281,8 @@ def plot_score_histogram(scores: Any, labels: Any, *, bins: int = 40, threshold:
         ValueError: scores not N finite numbers, labels not N values in {0, 1}.
     """
     scores = finite_scores(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"plot_score_histogram: scores must be 1-D [N], got shape {scores.shape}")
     labels = binary_labels(labels, "plot_score_histogram", need_both=False)
     if scores.shape != labels.shape:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")

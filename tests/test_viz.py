@@ -118,6 +118,8 @@ def test_score_histogram_splits_by_label() -> None:
         viz.plot_score_histogram([0.1, 0.2, 0.3], [0, 1, 2])
     with pytest.raises(ValueError, match="NaN or inf"):
         viz.plot_score_histogram([0.1, float("nan")], [0, 1])
+    with pytest.raises(ValueError, match=r"scores must be 1-D \[N\], got shape \(2, 1\)"):
+        viz.plot_score_histogram([[0.1], [0.2]], [0, 1])
 
 
 def test_loss_curves_mark_round_starts() -> None:
