@@ -47,7 +47,7 @@ from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
 from salad_lite.metrics import auc, binary_labels, finite_scores
 from salad_lite.scorer import eq4_search
-from salad_lite.utils import is_int
+from salad_lite.utils import is_int, is_number
 
 ThresholdMode = Literal["percentile", "absolute"]
 GridScores = dict[tuple[int, bool], np.ndarray]
@@ -106,7 +106,7 @@ def _scores(scores: Any, what: str = "scores") -> np.ndarray:
 
 
 def _finite_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_number(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):

@@ -16,7 +16,7 @@ import pandas as pd
 from salad_lite.config import Profile, SaladConfig, paper_config, profile_config
 from salad_lite.data.findings import parse_findings
 from salad_lite.metrics import auc, binary_labels, finite_scores, mean_ci
-from salad_lite.utils import is_int
+from salad_lite.utils import is_int, is_number
 
 __all__ = ["ANY_FINDING", "DEFAULT_SEVERITY_BINS", "MIN_FINDING_IMAGES", "PAPER_TABLE1", "TABLE1_DATASETS",
            "differences_from_paper", "metric_lines", "paper_comparison", "paper_row", "per_finding_auc",
@@ -252,9 +252,7 @@ def _mean_and_half(summary: Mapping[str, Any], metric: str) -> tuple[float, floa
     mean = entry.get("mean") if isinstance(entry, Mapping) else None
     half = entry.get("ci95") if isinstance(entry, Mapping) else None
     half = float("nan") if half is None else half
-    numbers = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                  for v in (mean, half))
-    if not numbers or not 0.0 <= mean <= 1.0 or not (np.isnan(half) or 0.0 <= half < np.inf):
+    if not (is_number(mean) and is_number(half)) or not 0.0 <= mean <= 1.0 or not (np.isnan(half) or 0.0 <= half < np.inf):
         raise ValueError(f"not an evaluate_replicates summary: {metric} must be {{'mean': number in [0, 1], "
                          f"'ci95': number >= 0 or null}}, got {entry!r:.80}")
     return float(mean), float(half)
@@ -540,7 +538,7 @@ def _per_image_severity(severity: Sequence[Any], labels: np.ndarray, names: list
             continue
         if isinstance(entry, Mapping):
             given = dict(entry)
-        elif isinstance(entry, (int, float, np.integer, np.floating)) and not isinstance(entry, bool):
+        elif is_number(entry):
             given = {name: entry for name in names[i]}
         elif entry is None:
             given = {}
@@ -549,8 +547,7 @@ def _per_image_severity(severity: Sequence[Any], labels: np.ndarray, names: list
         levels = {}
         for name in names[i]:
             value = given.get(name)
-            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-                and np.isfinite(value) and edges[0] <= value <= edges[-1]
+            ok = is_number(value) and np.isfinite(value) and edges[0] <= value <= edges[-1]
             if not ok:
                 raise ValueError(f"severity of finding {name!r} of abnormal test image {i} must be a finite number "
                                  f"in [{edges[0]:g}, {edges[-1]:g}], got {value!r}")

@@ -49,6 +49,7 @@ import pandas as pd
 from salad_lite.metrics import mean_ci
 from salad_lite.paired import align_on_ids, delong_test, paired_bootstrap_auc
 from salad_lite.report import PAPER_TABLE1, TABLE1_DATASETS
+from salad_lite.utils import is_number
 
 __all__ = ["FIG5_BASELINES", "FIG5_NO_NUMBER", "OCGAN_NIH_AUC", "PAPER_ORDERINGS", "TABLE1_METHOD_NAMES",
            "chosen_k_summary", "fig5_ar", "fig5_bar_rows", "fig5_table", "k_curves", "ordering_checks",
@@ -98,8 +99,8 @@ def _check_table1(table1: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[st
             value = row[metric]
             mean = value.get("mean", "missing") if isinstance(value, Mapping) else "missing"
             half = value.get("ci95") if isinstance(value, Mapping) else None
-            if not (mean is None or _is_number(mean) and (math.isnan(mean) or 0 <= mean <= 1)) or not (
-                    half is None or _is_number(half) and (math.isnan(half) or 0 <= half < math.inf)):
+            if not (mean is None or is_number(mean) and (math.isnan(mean) or 0 <= mean <= 1)) or not (
+                    half is None or is_number(half) and (math.isnan(half) or 0 <= half < math.inf)):
                 raise ValueError(f"table1 rows[{i}][{metric!r}] must be {{'mean': number in [0, 1] or null, "
                                  f"'ci95': number >= 0 or null}}, got {value!r}")
         key = _key(row["method"], row["ar_percent"])
@@ -116,14 +117,9 @@ def _check_table1(table1: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[st
     return rows, skipped
 
 
-def _is_number(value: Any) -> bool:
-    """An int or float, not a bool (text such as '0.9' is not a number here)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
 def _is_ar(value: Any) -> bool:
     """An anomalous ratio in %: a number in 0..100."""
-    return _is_number(value) and 0 <= value <= 100
+    return is_number(value) and 0 <= value <= 100
 
 
 def _check_ar(ar_percent: Any) -> float | None:

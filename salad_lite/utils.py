@@ -27,6 +27,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+    """True for a Python or NumPy real number (int or float); False for a bool, text and the rest."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` if it is an int in [0, :data:`salad_lite.config.MAX_SEED`] (NumPy's range); else refused.
 

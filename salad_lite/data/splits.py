@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.utils import check_seed, is_int
+from salad_lite.utils import check_seed, is_int, is_number
 
 __all__ = ["MissingPatientIdError", "PatientLeakError", "check_patient_disjoint", "check_split_arguments",
            "one_class_split", "patient_id_text", "patient_ids_of"]
@@ -172,8 +172,7 @@ def check_split_arguments(anomaly_ratio: float, max_train: int, seed: int = 0, r
               **({} if reserve_ratio is None else {"reserve_ratio": (reserve_ratio, True)}),
               **{name: (value, False) for name, value in fractions.items()}}
     for name, (value, closed_at_0) in ranges.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
-                not (0.0 <= value < 1.0 if closed_at_0 else 0.0 < value < 1.0):
+        if not is_number(value) or not (0.0 <= value < 1.0 if closed_at_0 else 0.0 < value < 1.0):
             raise ValueError(f"{name} must be a number in {'[' if closed_at_0 else '('}0, 1), got {value!r}")
     if not is_int(max_train) or max_train < 0:
         raise ValueError(f"max_train must be an int >= 0 (0 = no cap), got {max_train!r} ({type(max_train).__name__})")
