@@ -25,14 +25,13 @@ Every chapter starts with a ``parameters`` cell (``profile``, ``dataset``,
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
 from salad_lite.config import DatasetName, Profile, SaladConfig, profile_config
-from salad_lite.utils import DEVICE_FORMS, PROGRESS_ENV, progress_enabled
+from salad_lite.utils import DEVICE_FORMS, DEVICE_PATTERN, PROGRESS_ENV, progress_enabled
 
 PROFILE_ENV = "SALAD_LITE_PROFILE"
 RUN_DIR_ENV = "SALAD_LITE_RUN_DIR"
@@ -40,7 +39,6 @@ RUNS_FOLDER = "runs"
 BOOK_ROOT_MARKER = "_toc.yml"
 PROFILES: tuple[str, ...] = get_args(Profile)
 DATASETS: tuple[str, ...] = get_args(DatasetName)
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 #: The names every chapter's ``parameters`` cell declares, in the order of :func:`chapter_settings`.
 PARAMETER_NAMES = ("profile", "dataset", "data_root", "run_dir", "device")
 
@@ -111,20 +109,15 @@ def check_available_device(name: str, value: object) -> str:
 
     Raises:
         ChapterParameterError: not a device of :data:`DEVICE_FORMS` (``name`` and the value named).
-        ValueError: CUDA or MPS requested on a machine without it (``name`` and the value named).
+        ValueError: CUDA (or that CUDA index) or MPS requested on a machine without it (``name`` and the value named).
     """
-    import torch
-
     from salad_lite.utils import resolve_device
 
     device = check_device(name, value)
     try:
-        resolved = resolve_device(device)
-    except (RuntimeError, ValueError) as error:
+        resolve_device(device)
+    except RuntimeError as error:
         raise ValueError(f"{name} {device}: {error}") from None
-    mps = getattr(torch.backends, "mps", None)
-    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ValueError(f"{name} {device}: MPS is not available on this machine")
     return device
 
 

@@ -98,11 +98,11 @@ def _count(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    """A ``--seed`` value: an int in NumPy's seed range [0, 2**32 - 1], as ``train.seed``."""
+    """A ``--seed`` value: an int in NumPy's seed range [0, 2**32 - 1], as ``train.seed`` (parsed without torch)."""
     from salad_lite.config import MAX_SEED
 
-    value = _count(text)
-    if value > MAX_SEED:
+    value = int(text) if text.strip().lstrip("+-").isdigit() else -1
+    if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be an int in [0, {MAX_SEED}], got {text!r}")
     return value
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+import numpy as np
+
 from salad_lite.augment import AUGMENT_LIMITS, limits_text, within_limits
 from salad_lite.files import read_json, write_text_atomic
 
@@ -460,19 +462,13 @@ def _validate(section: Any) -> None:
     Raises:
         ConfigError: names ``section.field``, the value and what is expected.
     """
-    cls = type(section)
-    prefix = SECTION_OF.get(cls, cls.__name__)
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}.{f.name}"
-        value = check_value(name, getattr(section, f.name), hints[f.name])
-        object.__setattr__(section, f.name, value)
-        rule = RANGES.get(prefix, {}).get(f.name)
-        if rule is not None:
-            ok, expected = rule
-            for item in (value if isinstance(value, tuple) else (value,)):
-                if not ok(item):
-                    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    prefix = SECTION_OF.get(type(section), type(section).__name__)
+    check_field_types(section, prefix)
+    for field_name, (ok, expected) in RANGES.get(prefix, {}).items():
+        value = getattr(section, field_name)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if not ok(item):
+                raise ConfigError(f"{prefix}.{field_name} must be {expected}, got {value!r}")
     if isinstance(section, ModelConfig):
         check_image_size(section.arch, section.image_size)
     if isinstance(section, TrainConfig) and section.rounds > 0 and section.epochs_per_round < 1:
@@ -488,6 +484,17 @@ def _validate(section: Any) -> None:
         raise ConfigError("train.pretrain_epochs + train.rounds * train.epochs_per_round must be >= 1 (nothing to "
                           f"train or select otherwise), got {section.pretrain_epochs} + {section.rounds} * "
                           f"{section.epochs_per_round}")
+
+
+def check_field_types(config: Any, prefix: str) -> None:
+    """Check every field of a frozen dataclass against its annotation (:func:`check_value`), storing the coerced value.
+
+    Raises:
+        ConfigError: names ``<prefix>.<field>``, the value and the expected type.
+    """
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        object.__setattr__(config, f.name, check_value(f"{prefix}.{f.name}", getattr(config, f.name), hints[f.name]))
 
 
 def check_image_size(arch: str, image_size: int) -> None:
@@ -512,7 +519,7 @@ def check_value(name: str, value: Any, hint: Any) -> Any:
 
     Supports ``bool``, ``int``, ``float`` (finite), ``str``, ``Literal[...]`` of
     strings, ``tuple[X, ...]`` / ``tuple[X, Y]`` of those and ``X | None``.
-    ``bool`` is not an int here, nor is a float an int.
+    ``bool`` is not an int here, nor is a float an int; NumPy scalars count as their Python kinds.
 
     Raises:
         ConfigError: names ``name``, the value and the expected type.
@@ -536,8 +543,8 @@ def check_value(name: str, value: Any, hint: Any) -> Any:
         types = [args[0]] * len(value) if variadic else list(args)
         return tuple(check_value(f"{name}[{i}]", item, t) for i, (item, t) in enumerate(zip(value, types)))
     if hint is bool:
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
         raise ConfigError(f"{name} must be true or false, got {value!r} ({type(value).__name__})")
     if hint is int:
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):

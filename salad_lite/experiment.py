@@ -19,7 +19,6 @@ file on failure (:mod:`salad_lite.files`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -33,6 +32,7 @@ from salad_lite.files import CorruptFileError, read_json, remove_stale_temps, wr
 from salad_lite.metrics import auc, auprc, binary_labels, mean_ci, pr_curve_data, roc_curve_data
 from salad_lite.scorer import SaladScorer
 from salad_lite.trainer import SaladTrainer, config_changes
+from salad_lite.utils import is_finite_number, is_int, is_number
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -457,9 +457,8 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
             refuse(f"'per_seed'[{i}] must be an object, got {type(row).__name__}")
         for name, kind in _UNTRAINED_ROW.items():
             value = row.get(name)
-            ok = isinstance(value, bool) if kind is bool else (
-                not isinstance(value, bool) and (isinstance(value, int) if kind is int
-                                                 else isinstance(value, (int, float)) and np.isfinite(value)))
+            ok = isinstance(value, bool) if kind is bool else (is_int(value) if kind is int
+                                                               else is_finite_number(value))
             if not ok:
                 refuse(f"'per_seed'[{i}]['{name}'] must be {'a finite number' if kind is float else kind.__name__}, "
                        f"got {value!r}")
@@ -470,8 +469,7 @@ def _check_untrained_result(stored: dict[str, Any], path: Path) -> None:
         for name in ("mean", "ci95"):
             value = summary.get(name)
             spread_of_one = name == "ci95" and len(rows) == 1 and isinstance(value, float) and np.isnan(value)
-            if not spread_of_one and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not np.isfinite(value)):
+            if not spread_of_one and not is_finite_number(value):
                 one_seed = " (NaN for the spread of one seed)" if name == "ci95" else ""
                 refuse(f"'{metric}'['{name}'] must be a finite number{one_seed}, got {value!r}")
     for i, row in enumerate(rows):
@@ -570,13 +568,12 @@ def check_stored_test_scores(stored: dict[str, Any], labels: np.ndarray, source:
     if "test_labels" in stored and list(stored["test_labels"]) != labels.tolist():
         refuse("its 'test_labels' are not the test split's labels")
     raw = stored["test_scores"]
-    if not isinstance(raw, list) or len(raw) != len(labels) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw):
+    if not isinstance(raw, list) or len(raw) != len(labels) or not all(is_finite_number(v) for v in raw):
         got = f"{len(raw)} values" if isinstance(raw, list) else type(raw).__name__
         refuse(f"'test_scores' must be {len(labels)} finite numbers (one per test image), got {got}")
     for name in STORED_METRICS:
         value = stored.get(name, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if not is_number(value) or not 0.0 <= value <= 1.0:
             refuse(f"'{name}' must be a number in [0, 1], got {value!r}")
     scores = np.asarray(raw, dtype=np.float64)
     for name, metric in (("test_auc", auc), ("test_auprc", auprc)):

@@ -26,7 +26,7 @@ import torch
 from salad_lite.config import ScoreConfig, ScoreRule
 from salad_lite.knn import DEFAULT_BLOCK_ELEMENTS, block_search, check_latents, unit_rows
 from salad_lite.metrics import binary_labels
-from salad_lite.utils import is_int
+from salad_lite.utils import is_finite_number, is_int, is_number
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -112,8 +112,7 @@ class SaladScorer:
             raise ValueError(f"K must be an int >= 1, got {k!r}")
         if not isinstance(discard_anomalous, (bool, np.bool_)):
             raise ValueError(f"discard_anomalous must be True or False, got {discard_anomalous!r}")
-        if isinstance(contamination, bool) or not isinstance(contamination, (int, float, np.number)) \
-                or not 0.0 < contamination < 0.5:
+        if not is_number(contamination) or not 0.0 < contamination < 0.5:
             raise ValueError(f"contamination must be a number in (0, 0.5), got {contamination!r}")
         if rule not in ("paper", "code"):
             raise ValueError(f"unknown score rule {rule!r}; choose paper or code")
@@ -191,7 +190,7 @@ class SaladScorer:
     @threshold_.setter
     def threshold_(self, value: float) -> None:
         """Assign a threshold; ``ValueError`` unless it is a finite real number."""
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+        if not is_finite_number(value):
             raise ValueError(f"threshold_ must be a finite number, got {value!r}")
         self._threshold = float(value)
 

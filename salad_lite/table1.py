@@ -62,7 +62,7 @@ from salad_lite.files import CorruptFileError, read_json, write_json_atomic, wri
 from salad_lite.methods import BASELINE_IDS, baseline_class, baseline_config
 from salad_lite.metrics import auc, auprc, mean_ci
 from salad_lite.report import PAPER_TABLE1
-from salad_lite.utils import is_int, progress_enabled
+from salad_lite.utils import is_finite_number, is_int, is_number, progress_enabled
 
 try:
     from tqdm.auto import tqdm
@@ -319,15 +319,9 @@ def _k_curve(path: Path, discard_anomalous: bool) -> list[dict[str, Any]]:
         missing = [key for key in _SELECTION_ROW if key not in g]
         if missing:
             refuse(f"'grid'[{i}] lacks {missing}")
-        if not _is_number(g["val_auc"]) or not is_int(g["k"]):
+        if not is_number(g["val_auc"]) or not is_int(g["k"]):
             refuse(f"'grid'[{i}] needs an integer 'k' and a numeric 'val_auc', got {g['k']!r} and {g['val_auc']!r}")
     return [{"k": g["k"], "val_auc": g["val_auc"]} for g in grid if g["discard_anomalous"] == discard_anomalous]
-
-
-def _is_number(value: Any, finite: bool = False) -> bool:
-    """True for an int or float (not a bool); with ``finite``, not NaN/inf either."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ok and (not finite or bool(np.isfinite(value)))
 
 
 _BASELINE_FIELDS = ("val_auc", "selected_epoch", "test_auc", "test_auprc", "test_scores", "test_labels")
@@ -355,12 +349,12 @@ def _check_baseline_result(stored: Any, path: Path) -> None:
     if not isinstance(stored["splits_sha256"], str):
         refuse(f"'splits_sha256' must be text, got {stored['splits_sha256']!r}")
     for metric in ("val_auc", "test_auc", "test_auprc"):
-        if not _is_number(stored[metric], finite=True):
+        if not is_finite_number(stored[metric]):
             refuse(f"'{metric}' must be a finite number, got {stored[metric]!r}")
     if not is_int(stored["selected_epoch"]):
         refuse(f"'selected_epoch' must be an int, got {stored['selected_epoch']!r}")
     scores, labels = stored["test_scores"], stored["test_labels"]
-    if not isinstance(scores, list) or not all(_is_number(v) for v in scores):
+    if not isinstance(scores, list) or not all(is_number(v) for v in scores):
         refuse("'test_scores' must be a list of numbers")
     if not isinstance(labels, list) or not all(is_int(v) and v in (0, 1) for v in labels):
         refuse("'test_labels' must be a list of 0/1 labels")
@@ -529,7 +523,7 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
             for metric in ("test_auc", "test_auprc", "val_auc"):
                 value = row[metric]
                 if not isinstance(value, dict) or not all(
-                        part in value and (value[part] is None or _is_number(value[part]))
+                        part in value and (value[part] is None or is_number(value[part]))
                         for part in ("mean", "ci95")) or not (value["mean"] is None or 0 <= value["mean"] <= 1):
                     refuse(f"{at}['{metric}'] must be {{'mean': number in [0, 1], 'ci95': number}} (either may be "
                            f"null), got {value!r}")
@@ -538,7 +532,7 @@ def _check_tables(stored: Any, path: Path) -> dict[str, Any]:
                 refuse(f"{at}['per_replicate'] must be a list, got {type(reps).__name__}")
             for j, rep in enumerate(reps):
                 if not isinstance(rep, dict) or not is_int(rep.get("seed")) or not all(
-                        metric in rep and (rep[metric] is None or _is_number(rep[metric]))
+                        metric in rep and (rep[metric] is None or is_number(rep[metric]))
                         for metric in ("test_auc", "test_auprc", "val_auc")):
                     refuse(f"{at}['per_replicate'][{j}] must be an object with an integer 'seed' and numeric "
                            "'test_auc', 'test_auprc' and 'val_auc'")

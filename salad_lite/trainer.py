@@ -91,7 +91,7 @@ from salad_lite.memory import MemoryBank
 from salad_lite.metrics import auc, auprc, binary_labels
 from salad_lite.models import build_model
 from salad_lite.scorer import SaladScorer
-from salad_lite.utils import progress_enabled, resolve_device, seed_everything
+from salad_lite.utils import is_int, is_number, progress_enabled, resolve_device, seed_everything
 
 try:
     from tqdm.auto import tqdm
@@ -505,13 +505,13 @@ class SaladTrainer:
         tensors, meta = self._load_verified(stem, needs=("epoch", "history", "best_val_auc", "optimizer"))
         json_path = checkpoint_paths(stem)[1]
         epoch, history, best = meta["epoch"], meta["history"], meta["best_val_auc"]
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= self.total_epochs:
+        if not is_int(epoch) or not 0 <= epoch <= self.total_epochs:
             raise CorruptFileError(f"checkpoint metadata {json_path}: epoch must be an int in 0..{self.total_epochs}, "
                                    f"got {epoch!r}")
         if not isinstance(history, list) or len(history) != epoch or not all(isinstance(h, dict) for h in history):
             raise CorruptFileError(f"checkpoint metadata {json_path}: history must hold one record per epoch run "
                                    f"({epoch}), got {type(history).__name__} of {len(history) if isinstance(history, list) else '?'}")
-        if isinstance(best, bool) or not isinstance(best, (int, float)):
+        if not is_number(best):
             raise CorruptFileError(f"checkpoint metadata {json_path}: best_val_auc must be a number, got {best!r}")
         load_optimizer(self.optimizer, tensors, meta["optimizer"], json_path)
         self.round_neighbours, self.round_prototypes = _round_state(tensors, len(self.train_set), stem)

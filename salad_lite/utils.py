@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def is_finite_number(value: Any) -> bool:
+    """:func:`is_number`, and neither NaN nor infinite."""
+    return is_number(value) and bool(np.isfinite(value))
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` if it is an int in [0, :data:`salad_lite.config.MAX_SEED`] (NumPy's range); else refused.
 
@@ -49,33 +55,43 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same way.
 
     Raises:
-        ValueError: ``seed`` is not an int >= 0 (a bool or a float would seed silently differently).
+        ValueError: ``seed`` is not an int in NumPy's seed range (a bool or a float would seed
+            silently differently; NumPy refuses larger ints).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    seed = check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
-#: The device texts every entry point accepts (torch's own forms).
+#: The device texts every entry point accepts (torch's own forms), and their pattern.
 DEVICE_FORMS = "'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'"
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
+    """``"auto"``/``None`` -> CUDA when available, else CPU; else one of :data:`DEVICE_FORMS`, opened as ``torch.device``.
 
     Raises:
-        ValueError: ``device`` is not a device torch knows (the value and :data:`DEVICE_FORMS` named).
-        RuntimeError: CUDA is requested but not available.
+        ValueError: ``device`` is not one of :data:`DEVICE_FORMS` (a torch device of another type, such as
+            ``meta``, or another spelling, such as ``cpu:0``), named with the accepted forms.
+        RuntimeError: CUDA (or that CUDA index) or MPS is requested but not available on this machine.
     """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device {device!r} is not a device torch knows: use {DEVICE_FORMS}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or not DEVICE_PATTERN.fullmatch(text):
+        raise ValueError(f"device {device!r} is not a device salad_lite runs on: use {DEVICE_FORMS}")
+    resolved = torch.device(text)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(f"device {device!r} requested but this machine has {count} CUDA device(s) "
+                               f"(cuda:0 to cuda:{count - 1})")
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise RuntimeError(f"device {device!r} requested but MPS is not available on this machine")
     return resolved

@@ -864,8 +864,8 @@ def test_batches_refuse_what_would_be_scored_wrong() -> None:
 
 
 @pytest.mark.parametrize(("option", "message"), [
-    ("--seed=-1", "must be an int >= 0, got '-1'"),
-    ("--seed=x", "must be an int >= 0, got 'x'"),
+    ("--seed=-1", "must be an int in [0, 4294967295], got '-1'"),
+    ("--seed=x", "must be an int in [0, 4294967295], got 'x'"),
     ("--image-size=0", "must be a power of two from 32 to 4096 for nih (arch conv; train refuses other sizes), got '0'"),
     ("--workers=two", "must be an int >= 1, got 'two'"),
     ("--max-train=-1", "must be an int >= 0, got '-1'"),

@@ -128,6 +128,13 @@ def test_bad_inputs_are_refused_by_name(call, message: str) -> None:
         call()
 
 
+def test_numpy_scalars_are_numbers() -> None:
+    disk = np.zeros((8, 8))
+    disk[2:6, 2:6] = 1.0
+    assert measure_extent(disk, np.float32(1.0), contrast=np.float64(0.5)) == measure_extent(disk, 1.0, contrast=0.5)
+    assert resample(disk, np.float64(2.0)).shape == (16, 16)
+
+
 def test_bad_render_size_is_refused(renderer: sc.ChestRenderer) -> None:
     spec = sc.plan_chest_set(4, 1.0, seed=0)[0]
     with pytest.raises(ValueError, match="render_size"):

@@ -89,8 +89,15 @@ def test_config_fields_are_validated() -> None:
     assert GeometricConfig(transforms_per_image=None).transforms_per_image is None  # a subclass's own fields too
     with pytest.raises(ValueError, match="GeometricConfig.transforms_per_image must be an int, got 3.0"):
         GeometricConfig(transforms_per_image=3.0)
-    with pytest.raises(ValueError, match=r"device 'gpu' is not a device torch knows: use 'auto', 'cpu', "):
-        build_method("deep_ae", profile_config("smoke"), device="gpu")
+    for device in ("gpu", "meta", "cpu:0", 0):  # torch knows the last three; salad_lite runs on none of them
+        with pytest.raises(ValueError, match=rf"device {device!r} is not a device salad_lite runs on: use 'auto', "):
+            build_method("deep_ae", profile_config("smoke"), device=device)
+    assert DeepAEConfig(progress=np.True_).progress is True  # a NumPy bool is a bool
+    from salad_lite.utils import seed_everything
+
+    for seed in (-1, 2**32, True, 1.0):  # NumPy refuses seeds past 2**32 - 1; wrapping them would alias seeds
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 4294967295\]"):
+            seed_everything(seed)
     with pytest.raises(ValueError, match="unknown baseline"):
         build_method("ocgan", profile_config("smoke"))
 

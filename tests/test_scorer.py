@@ -275,15 +275,17 @@ def test_a_clamped_k_gives_a_named_degenerate_threshold():
     ({"discard_anomalous": 1}, "discard_anomalous must be True or False"),
     ({"contamination": "0.1"}, "contamination must be a number"),
     ({"contamination": float("nan")}, "contamination must be a number"),
+    ({"contamination": np.complex128(0.1)}, "contamination must be a number"),
     ({"block_elements": 1.5}, "block_elements must be an int"),
     ({"block_elements": float("nan")}, "block_elements must be an int"),
 ])
 def test_scorer_parameters_are_checked(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         SaladScorer(**kwargs)
+    assert SaladScorer(contamination=np.float32(0.25), discard_anomalous=np.True_).discard_anomalous  # NumPy scalars
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5", None, True])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5", None, True, np.complex128(0.5)])
 def test_threshold_must_be_finite(value):
     scorer = SaladScorer(k=2).fit(np.eye(4, dtype=np.float32))
     with pytest.raises(ValueError, match="threshold_ must be a finite number"):

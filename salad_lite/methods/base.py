@@ -33,7 +33,7 @@ import abc
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_type_hints
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from salad_lite.checkpoint import (
 from salad_lite.data.batches import (
     check_data_fingerprint, check_splits, dataset_labels, gather_images, image_batches, splits_fingerprint,
 )
-from salad_lite.config import check_value
+from salad_lite.config import check_field_types
 from salad_lite.files import CorruptFileError, remove_stale_temps
 from salad_lite.metrics import auc
 from salad_lite.trainer import epoch_batches, write_history
@@ -57,28 +57,13 @@ try:
 except ImportError:  # pragma: no cover - tqdm ships with the package's requirements
     tqdm = None
 
-__all__ = ["BaselineConfig", "DeepBaseline", "check_fields", "check_types"]
-
-
-def check_types(cfg: Any) -> None:
-    """Check every field of a frozen config against its annotation (:func:`salad_lite.config.check_value`).
-
-    An int is not a bool, a float is not an int, floats are finite; an int given for a
-    float field is stored as a float.
-
-    Raises:
-        salad_lite.config.ConfigError: (a ValueError) names ``<Config>.<field>``, the value and the expected type.
-    """
-    hints = get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = check_value(f"{type(cfg).__name__}.{f.name}", getattr(cfg, f.name), hints[f.name])
-        object.__setattr__(cfg, f.name, value)
+__all__ = ["BaselineConfig", "DeepBaseline", "check_fields"]
 
 
 def check_fields(cfg: Any, rules: dict[str, tuple[float, float | None]]) -> None:
     """Check numeric fields of a frozen config: ``rules`` maps a field to (minimum, maximum or None), both inclusive.
 
-    The fields' types are :func:`check_types`' (called first, by :class:`BaselineConfig`).
+    The fields' types are checked first, by :class:`BaselineConfig` (:func:`salad_lite.config.check_field_types`).
 
     Raises:
         ValueError: a field lies out of its range; the message names ``<Config>.<field>`` and the value.
@@ -120,7 +105,7 @@ class BaselineConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_types(self)  # the fields of a subclass too: its __post_init__ calls this one first
+        check_field_types(self, type(self).__name__)  # the fields of a subclass too: its __post_init__ calls this one first
         check_fields(self, {"image_size": (32, None), "width": (1, None), "latent_dim": (1, None),
                             "epochs": (1, None), "batch_size": (2, None), "lr": (0.0, None),
                             "weight_decay": (0.0, None), "validate_every": (1, None), "seed": (0, None)})

@@ -69,7 +69,7 @@ from scipy import ndimage
 
 from salad_lite.synth.chest import ChestImageSpec, ChestRenderer
 from salad_lite.synth.limb import ImageSpec, render_image
-from salad_lite.utils import is_int
+from salad_lite.utils import is_finite_number, is_int, is_number
 
 __all__ = [
     "CARRIER_INSET",
@@ -154,7 +154,7 @@ class FindingExtent:
 
 
 def _check_contrast(contrast: float) -> None:
-    if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not 0.0 < contrast < 1.0:
+    if not is_number(contrast) or not 0.0 < contrast < 1.0:
         raise ValueError(f"contrast must be a fraction of the dynamic range in (0, 1), got {contrast!r}")
 
 
@@ -200,7 +200,7 @@ def resample(values: np.ndarray, scale: float) -> np.ndarray:
         ValueError: ``values`` not a finite real 2-D array, or ``scale`` not a positive finite number.
     """
     values = _check_delta(values)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+    if not is_finite_number(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     height, width = values.shape
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -227,8 +227,7 @@ def measure_extent(delta: np.ndarray, dynamic_range: float, contrast: float = DE
     """
     delta = _check_delta(delta)
     _check_contrast(contrast)
-    if isinstance(dynamic_range, bool) or not isinstance(dynamic_range, (int, float, np.floating)) \
-            or not math.isfinite(dynamic_range) or dynamic_range <= 0:
+    if not is_finite_number(dynamic_range) or dynamic_range <= 0:
         raise ValueError(f"dynamic_range must be a positive finite intensity range, got {dynamic_range!r}")
     magnitude = np.abs(delta)
     region = magnitude > contrast * dynamic_range
