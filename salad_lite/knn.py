@@ -40,6 +40,7 @@ from salad_lite.utils import is_int
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities held at once: 16M floats = 64 MB
 MIN_NORM = 1e-12  # rows with a smaller L2 norm are refused as zero vectors (F.normalize's eps)
+UNIT_TOLERANCE = 1e-3  # a "unit" row's L2 norm may differ from 1 by this much (float32 rounding is ~1e-7)
 
 # CPU block shape of the fused search: 256 x 512 float32 similarities (512 KB) stay in a
 # core's L2 cache between the matrix product that writes them and the scan that reads them
@@ -50,7 +51,15 @@ CPU_BLOCK_KEYS = 512
 
 def _latents(values: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``values`` as float32 [R, d] and its row norms [R, 1], after the checks of :func:`check_latents`."""
-    tensor = torch.as_tensor(values).float()
+    try:
+        source = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError):  # text, objects, ragged lists
+        kind = getattr(getattr(values, "dtype", None), "name", type(values).__name__)
+        raise ValueError(f"{name} must be numbers [rows, d] (a tensor or array of floats), got {kind} "
+                         "that torch cannot read as numbers (text? objects? rows of unequal length?)") from None
+    if source.is_complex() or source.dtype == torch.bool:
+        raise ValueError(f"{name} must be real numbers [rows, d], got dtype {source.dtype}")
+    tensor = source.float()
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be 2-D [rows, d], got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
@@ -58,6 +67,10 @@ def _latents(values: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     norms = tensor.norm(2, dim=1, keepdim=True)  # [R, 1]; NaN or inf when a row has one (or overflows)
     if not bool(torch.isfinite(norms).all()):
         bad_rows = ~torch.isfinite(tensor).all(dim=1)
+        beyond = bad_rows & torch.isfinite(source).all(dim=1)  # finite float64 values past float32's range
+        if bool(beyond.any()):
+            raise ValueError(f"{name} has {int(beyond.sum())} row(s) with values beyond float32's range "
+                             f"(first: row {_first(beyond)})")
         bad = int(bad_rows.sum())
         if bad:
             raise ValueError(f"{name} has {bad} row(s) with NaN or inf (first: row {_first(bad_rows)})")
@@ -83,11 +96,26 @@ def check_latents(values: Any, name: str) -> torch.Tensor:
         name: what the error messages call it (``"bank"``, ``"z"``...).
 
     Raises:
-        ValueError: not 2-D or empty; rows with NaN or inf, or whose norm overflows
+        ValueError: not real numbers (text, objects, complex, bool: the type named); not 2-D or empty;
+            rows with NaN or inf, values beyond float32's range, or rows whose norm overflows
             float32; rows whose L2 norm is below :data:`MIN_NORM` (zero vectors). Each
             message counts the bad rows and names the first.
     """
     return _latents(values, name)[0]
+
+
+def check_unit_rows(values: Any, name: str, tolerance: float = UNIT_TOLERANCE) -> torch.Tensor:
+    """:func:`check_latents`, and every row's L2 norm within ``tolerance`` of 1 (a memory bank's rows): float32 [R, d].
+
+    Raises:
+        ValueError: as :func:`check_latents`; rows that are not unit vectors (counted, the first named).
+    """
+    tensor, norms = _latents(values, name)
+    off = (norms[:, 0] - 1.0).abs() > tolerance
+    if bool(off.any()):
+        raise ValueError(f"{name} has {int(off.sum())} row(s) of {tensor.shape[0]} that are not unit vectors (first: "
+                         f"row {_first(off)}, norm {float(norms[_first(off), 0]):.6g}): the rows must be L2-normalised")
+    return tensor
 
 
 def unit_rows(values: Any, name: str) -> torch.Tensor:
@@ -623,14 +651,13 @@ def self_search(bank: np.ndarray, k: int, temperature: float, block_elements: in
 
     Raises:
         ValueError: ``temperature`` below :data:`MIN_FUSED_TEMPERATURE` (use the block-wise
-            running-maximum entropy then); k outside 1..N-1; ``bank`` not 2-D.
+            running-maximum entropy then); k outside 1..N-1; ``bank`` not 2-D, or rows that are not
+            finite unit vectors (:func:`check_unit_rows`, counted).
     """
     if not temperature >= MIN_FUSED_TEMPERATURE:
         raise ValueError(f"self_search needs temperature >= {MIN_FUSED_TEMPERATURE} (the fixed shift 1/tau would "
                          f"underflow float32 below it), got {temperature}")
-    bank = np.ascontiguousarray(bank, dtype=np.float32)
-    if bank.ndim != 2:
-        raise ValueError(f"bank must be 2-D [N, d], got shape {tuple(bank.shape)}")
+    bank = check_unit_rows(bank, "bank").numpy()
     rows = np.arange(bank.shape[0], dtype=np.int64)
     values, indices, sums = _cpu_search(bank, bank, k, False, temperature, rows, block_elements, threads)
     entropy = np.log(sums[:, 0]) + sums[:, 1] / (temperature * sums[:, 0])
@@ -697,6 +724,8 @@ def block_search(queries: torch.Tensor, keys: torch.Tensor, k: int, with_angles:
     Raises:
         ValueError: as :func:`cpu_block_search`.
     """
+    queries, keys = torch.as_tensor(queries), torch.as_tensor(keys)
+    exclude = None if exclude is None else torch.as_tensor(exclude)
     if queries.device.type == "cpu":
         skip = None if exclude is None else exclude.cpu().numpy()
         values, rows, angles = cpu_block_search(queries.detach().numpy(), keys.detach().numpy(), k, with_angles, skip,

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salad_lite.knn import (DEFAULT_BLOCK_ELEMENTS, MIN_FUSED_TEMPERATURE, check_latents, cosine_topk, excluded_cells,
-                            self_search, similarity_blocks)
+from salad_lite.knn import (DEFAULT_BLOCK_ELEMENTS, MIN_FUSED_TEMPERATURE, check_latents, check_unit_rows, cosine_topk,
+                            excluded_cells, self_search, similarity_blocks)
+from salad_lite.utils import is_int, is_number
 
 
 class MemoryBank(nn.Module):
@@ -26,18 +27,28 @@ class MemoryBank(nn.Module):
         seed: seeds the random unit-vector initialisation (paper: random init).
 
     Raises:
-        ValueError: size < 2 or dim < 1.
+        ValueError: size not an int >= 2, dim not an int >= 1, or seed not an int >= 0 (bools refused).
     """
 
     bank: torch.Tensor
 
     def __init__(self, size: int, dim: int = 200, seed: int = 0) -> None:
         super().__init__()
-        if size < 2 or dim < 1:
-            raise ValueError(f"memory bank needs size >= 2 and dim >= 1, got size={size}, dim={dim}")
+        if not (is_int(size) and size >= 2 and is_int(dim) and dim >= 1):
+            raise ValueError(f"memory bank needs ints size >= 2 and dim >= 1, got size={size!r}, dim={dim!r}")
+        if not is_int(seed) or seed < 0:
+            raise ValueError(f"memory bank seed must be an int >= 0, got {seed!r}")
         generator = torch.Generator().manual_seed(seed)
         initial = torch.randn(size, dim, generator=generator)  # [N, d]
         self.register_buffer("bank", F.normalize(initial, dim=1))
+
+    def check(self, name: str = "memory bank") -> None:
+        """Refuse a bank whose rows are not finite unit vectors (a damaged or hand-made state), counted.
+
+        Raises:
+            ValueError: from :func:`salad_lite.knn.check_unit_rows`, naming ``name``.
+        """
+        check_unit_rows(self.bank, name)
 
     @property
     def size(self) -> int:
@@ -52,15 +63,25 @@ class MemoryBank(nn.Module):
         """``m_i <- normalise((1 - t) m_i + t z_i)`` for the rows ``indices`` [B] with latents ``z`` [B, d], t = momentum.
 
         Raises:
-            ValueError: momentum outside (0, 1]; ``z`` not [B, d] or ``indices`` not [B]; a NaN, inf or zero-norm
-                row of ``z`` (counted: a zero latent has no direction to pull towards);
-                a mixture that comes out as a zero vector (``z_i`` opposite to ``m_i``,
-                counted), which would leave a row with no direction.
+            ValueError: momentum not a number in (0, 1]; ``z`` not [B, d] or ``indices`` not [B]; indices that are
+                not integers, lie outside 0..N-1 (a negative index would wrap to the end) or repeat (only
+                one of a repeated row's latents would land); a complex, NaN, inf or zero-norm row of ``z``
+                (counted: a zero latent has no direction to pull towards); a mixture that comes out as
+                a zero vector (``z_i`` opposite to ``m_i``, counted), which would leave a row with no direction.
         """
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum t must lie in (0, 1] (as train.memory_momentum), got {momentum!r}")
+        if not is_number(momentum) or not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum t must be a number in (0, 1] (as train.memory_momentum), got {momentum!r}")
+        indices, z = torch.as_tensor(indices), torch.as_tensor(z)
         if z.ndim != 2 or z.shape[1] != self.dim or indices.shape != (z.shape[0],):
             raise ValueError(f"update expects z [B, {self.dim}] and indices [B], got {tuple(z.shape)} and {tuple(indices.shape)}")
+        if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+            raise ValueError(f"indices must be integer memory rows, got dtype {indices.dtype}")
+        if len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < self.size):
+            raise ValueError(f"indices must be memory rows in 0..{self.size - 1}, got {int(indices.min())}.."
+                             f"{int(indices.max())}")
+        if len(torch.unique(indices)) != len(indices):
+            raise ValueError(f"indices repeat {len(indices) - len(torch.unique(indices))} row(s): each row takes one "
+                             "latent per update")
         check_latents(z.detach(), "z (memory update)")
         indices = indices.to(self.bank.device)
         mixed = (1.0 - momentum) * self.bank[indices] + momentum * z.detach().to(self.bank.dtype)  # [B, d]
@@ -75,8 +96,12 @@ class MemoryBank(nn.Module):
         With ``include_self`` the entry itself is its first neighbour (cosine 1).
 
         Raises:
-            ValueError: k outside 1..N (1..N-1 without ``include_self``).
+            ValueError: k not an int in 1..N (1..N-1 without ``include_self``); bank rows that are not
+                finite unit vectors (:meth:`check`).
         """
+        if not is_int(k):
+            raise ValueError(f"k must be an int, got {k!r}")
+        self.check()
         rows = torch.arange(self.size, device=self.bank.device)
         if include_self:
             if not 1 <= k <= self.size:
@@ -96,10 +121,11 @@ class MemoryBank(nn.Module):
         with a running log-sum-exp, so no N x N matrix is built.
 
         Raises:
-            ValueError: temperature <= 0.
+            ValueError: temperature not a number > 0; bank rows that are not finite unit vectors (:meth:`check`).
         """
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not is_number(temperature) or not temperature > 0:
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        self.check()
         bank = self.bank.float()
         n = self.size
         itself = torch.arange(n, device=bank.device)  # [N]: each entry leaves itself out
@@ -132,10 +158,14 @@ class MemoryBank(nn.Module):
         smaller tau) it calls :meth:`entropy` and :meth:`neighbours_of_entries`. Memory O(N k).
 
         Raises:
-            ValueError: temperature <= 0; k outside 1..N (1..N-1 without ``include_self``).
+            ValueError: temperature not a number > 0; k not an int in 1..N (1..N-1 without ``include_self``);
+                bank rows that are not finite unit vectors (:meth:`check`).
         """
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not is_number(temperature) or not temperature > 0:
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if not is_int(k):
+            raise ValueError(f"k must be an int, got {k!r}")
+        self.check()
         others = k - 1 if include_self else k
         low, high = (1, self.size) if include_self else (1, self.size - 1)
         if not low <= k <= high:

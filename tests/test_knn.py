@@ -228,3 +228,17 @@ def test_merge_topk_refuses_a_k_that_is_not_a_count(k) -> None:
     values, indices = torch.rand(2, 5), torch.arange(5).repeat(2, 1)
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         merge_topk(values, indices, k)
+
+
+def test_exclude_as_numpy_or_list_and_complex_latents():
+    bank = F.normalize(torch.randn(12, 4), dim=1)
+    expected = cosine_topk(bank, bank, 2, exclude=torch.arange(12))
+    for exclude in (np.arange(12), list(range(12))):
+        got = cosine_topk(bank, bank, 2, exclude=exclude)
+        assert torch.equal(got[1], expected[1])
+    values, rows, _ = block_search(bank.numpy(), bank.numpy(), 2, False, np.arange(12))
+    assert torch.equal(rows, expected[1])
+    with pytest.raises(ValueError, match=r"queries must be real numbers \[rows, d\], got dtype torch.complex64"):
+        cosine_topk(bank.to(torch.complex64), bank, 2)
+    with pytest.raises(ValueError, match=r"bank has 1 row\(s\) of 12 that are not unit vectors"):
+        knn.self_search((bank * torch.tensor([[100.0]] + [[1.0]] * 11)).numpy(), 2, 0.1)

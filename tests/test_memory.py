@@ -88,7 +88,7 @@ def test_entropy_matches_loop_reference():
         expected = -sum(pi * math.log(pi) for pi in p if pi > 0)
         assert float(got[i]) == pytest.approx(expected, abs=1e-4)
     assert np.all(got.numpy() <= math.log(8) + 1e-5)
-    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a number > 0, got 0"):
         memory.entropy(0.0)
 
 
@@ -105,7 +105,7 @@ def test_round_start_equals_entropy_and_neighbours(include_self, k, tau):
 
 def test_round_start_checks_its_arguments():
     memory = MemoryBank(10, 4, seed=1)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
         memory.round_start(3, 0.0)
     with pytest.raises(ValueError, match="k must lie in 1..9"):
         memory.round_start(10, 0.1, include_self=False)
@@ -117,6 +117,32 @@ def test_round_start_checks_its_arguments():
 def test_update_refuses_a_momentum_outside_the_unit_interval(momentum):
     memory = MemoryBank(4, 3)
     before = memory.bank.clone()
-    with pytest.raises(ValueError, match=r"momentum t must lie in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"momentum t must be a number in \(0, 1\]"):
         memory.update(torch.tensor([0]), torch.ones(1, 3), momentum)
     assert torch.equal(memory.bank, before)
+
+
+def test_update_refuses_rows_that_would_land_elsewhere_and_a_bank_that_is_not_unit():
+    memory = MemoryBank(10, 4)
+    z = F.normalize(torch.randn(3, 4), dim=1)
+    before = memory.bank.clone()
+    for indices, message in ((torch.tensor([-1, -2, -3]), r"rows in 0\.\.9, got -3\.\.-1"),
+                             (torch.tensor([0, 0, 1]), r"indices repeat 1 row"),
+                             (torch.tensor([1.0, 2.0, 3.0]), "integer memory rows"),
+                             (torch.tensor([True, False, True]), "integer memory rows")):
+        with pytest.raises(ValueError, match=message):
+            memory.update(indices, z)
+    with pytest.raises(ValueError, match="must be real numbers"):
+        memory.update(torch.tensor([1, 2, 3]), z.to(torch.complex64))
+    assert torch.equal(memory.bank, before)
+    memory.update(np.array([1, 2, 3]), z.numpy())  # NumPy rows and latents are read as tensors
+    for args in ((10.0, 4), (10, True), (10, 4, -1)):
+        with pytest.raises(ValueError, match="memory bank"):
+            MemoryBank(*args)
+    memory.bank[2] *= 50
+    for call in (lambda: memory.round_start(3, 0.1), lambda: memory.entropy(0.1),
+                 lambda: memory.neighbours_of_entries(2)):
+        with pytest.raises(ValueError, match=r"memory bank has 1 row\(s\) of 10 that are not unit vectors"):
+            call()
+    with pytest.raises(ValueError, match="k must be an int, got 1.0"):
+        memory.neighbours_of_entries(1.0)
