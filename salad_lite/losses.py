@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from salad_lite.config import LossConfig, Reduction
+from salad_lite.utils import is_int, is_number
 
 
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -33,8 +34,10 @@ def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "mse")
     ``kind``: ``"mse"`` (paper), ``"l1"`` (authors' code) or ``"none"`` (the "w/o L_mse" ablation: 0).
 
     Raises:
-        ValueError: an unknown ``kind``.
+        ValueError: an unknown ``kind``; ``x_hat`` and ``x`` of different shapes (they would broadcast).
     """
+    if x_hat.shape != x.shape:
+        raise ValueError(f"x_hat and x must have one shape [B, 1, H, W], got {tuple(x_hat.shape)} and {tuple(x.shape)}")
     if kind == "mse":
         return F.mse_loss(x_hat.float(), x.float())
     if kind == "l1":
@@ -42,6 +45,38 @@ def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str = "mse")
     if kind == "none":
         return x_hat.new_zeros((), dtype=torch.float32)
     raise ValueError(f"unknown reconstruction loss {kind!r}; choose mse, l1 or none")
+
+
+def _check_latent_inputs(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, temperature: float,
+                         views: torch.Tensor | None = None, view_offset: int = 0,
+                         neighbours: torch.Tensor | None = None, marked: torch.Tensor | None = None) -> None:
+    """The shapes and parameters every latent loss relies on (cheap: no pass over the values).
+
+    Raises:
+        ValueError: ``z`` not [B, d]; ``bank`` not [N, d] of that d; ``indices`` not [B] integer rows of the bank;
+            tau not a number > 0; ``views`` not [G, V, d] with ``view_offset`` an int in 0..G-B;
+            ``neighbours`` not [B, k] integer rows; ``marked`` (prototypes or anchors) not [B].
+    """
+    if z.ndim != 2 or bank.ndim != 2 or z.shape[1] != bank.shape[1]:
+        raise ValueError(f"z [B, d] and bank [N, d] must share d, got {tuple(z.shape)} and {tuple(bank.shape)}")
+    batch = z.shape[0]
+    if indices.shape != (batch,) or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be [{batch}] integer memory rows (one per latent), got {tuple(indices.shape)} "
+                         f"{indices.dtype}")
+    if not is_number(temperature) or not temperature > 0:
+        raise ValueError(f"temperature tau must be a number > 0, got {temperature!r}")
+    if views is not None:
+        if views.ndim != 3 or views.shape[2] != z.shape[1]:
+            raise ValueError(f"views must be [G, V, {z.shape[1]}], got {tuple(views.shape)}")
+        if not is_int(view_offset) or not 0 <= view_offset <= views.shape[0] - batch:
+            raise ValueError(f"view_offset must be an int in 0..{views.shape[0] - batch} (views of {views.shape[0]} "
+                             f"images, a batch of {batch}), got {view_offset!r}")
+    if neighbours is not None and (neighbours.ndim != 2 or neighbours.shape[0] != batch
+                                   or neighbours.is_floating_point() or neighbours.dtype == torch.bool):
+        raise ValueError(f"neighbours must be [{batch}, k] integer memory rows, got {tuple(neighbours.shape)} "
+                         f"{neighbours.dtype}")
+    if marked is not None and marked.shape != (batch,):
+        raise ValueError(f"the prototype / anchor mask must be [{batch}], got {tuple(marked.shape)}")
 
 
 def _reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -72,7 +107,11 @@ def instance_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, te
         view_offset: the row of ``views`` that belongs to ``z[0]`` (0 unless ``z`` is a shard).
     Returns:
         scalar loss.
+
+    Raises:
+        ValueError: shapes, rows or parameters that do not fit (:func:`_check_latent_inputs`).
     """
+    _check_latent_inputs(z, indices, bank, temperature, views, view_offset)
     return _instance_from_logits(_bank_logits(z, bank, temperature), z, indices, temperature, views, reduction,
                                  view_offset)
 
@@ -117,7 +156,12 @@ def aggregation_loss(z: torch.Tensor, bank: torch.Tensor, neighbours: torch.Tens
         reduction: ``"sum"`` over B_ps (paper) or ``"mean"``.
     Returns:
         scalar loss (0 when the batch has no prototypical sample).
+
+    Raises:
+        ValueError: shapes or parameters that do not fit (:func:`_check_latent_inputs`).
     """
+    _check_latent_inputs(z, torch.zeros(z.shape[0], dtype=torch.long), bank, temperature, neighbours=neighbours,
+                         marked=is_prototype)
     mask = is_prototype.to(z.device).bool()
     if not bool(mask.any()):
         return z.sum() * 0.0  # keeps the graph, contributes nothing
@@ -143,7 +187,11 @@ def anchor_loss(z: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, neig
     Args:
         z: [B, d]; indices: [B] own memory rows; bank: [N, d];
         neighbours: [B, k] memory rows of N(i) (self excluded); is_anchor: [B] bool.
+
+    Raises:
+        ValueError: shapes, rows or parameters that do not fit (:func:`_check_latent_inputs`).
     """
+    _check_latent_inputs(z, indices, bank, temperature, neighbours=neighbours, marked=is_anchor)
     log_p = torch.log_softmax(z @ bank.detach().to(z.dtype).T / temperature, dim=1)  # [B, N]
     own = log_p.gather(1, indices.to(z.device)[:, None])  # [B, 1]
     around = log_p.gather(1, neighbours.to(z.device))  # [B, k]
@@ -183,8 +231,10 @@ def salad_loss(cfg: LossConfig, x: torch.Tensor, x_hat: torch.Tensor, z: torch.T
     marks anchors). ``views`` [G, V, d] and ``view_offset``: see :func:`instance_loss`.
 
     Raises:
-        ValueError: an unknown ``cfg.latent_objective`` or reconstruction kind.
+        ValueError: an unknown ``cfg.latent_objective`` or reconstruction kind; shapes that do not fit
+            (:func:`reconstruction_loss`, :func:`_check_latent_inputs`).
     """
+    _check_latent_inputs(z, indices, bank, cfg.temperature, views, view_offset, neighbours, is_prototype)
     rec = reconstruction_loss(x_hat, x, cfg.reconstruction)
     zero = z.sum() * 0.0
     if cfg.latent_objective == "anchors":

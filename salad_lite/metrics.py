@@ -24,7 +24,7 @@ def binary_labels(labels: np.ndarray, what: str = "AUC", need_both: bool = True)
             only one class present.
     """
     labels = _one_dimensional(labels, f"{what}: labels")
-    present = set(np.unique(labels).tolist())
+    present = set(labels.tolist())  # not np.unique: it cannot sort a mix of text and numbers
     if not present <= {0, 1}:
         raise ValueError(f"{what} needs labels 0 (normal) and 1 (abnormal); got classes {sorted(present, key=str)}")
     if need_both and present != {0, 1}:
@@ -40,10 +40,15 @@ def finite_scores(values: Any, name: str = "scores") -> np.ndarray:
         name: names them in the error, e.g. ``"scores of 'PCA'"``.
 
     Raises:
-        ValueError: a value that is not a number, or NaN/inf values (counted).
+        ValueError: a value that is not a real number (text, complex, a date or duration), or NaN/inf values (counted).
     """
     try:
         raw = np.asarray(values)
+    except (TypeError, ValueError) as error:  # ragged lists
+        raise ValueError(f"{name} must be numbers ({error})") from None
+    if raw.dtype.kind in "cmM":  # complex would lose its imaginary part; dates and durations are no scores
+        raise ValueError(f"{name} must be real numbers, got dtype {raw.dtype}")
+    try:
         text = raw.dtype.kind in "US" or (raw.dtype.kind == "O" and any(isinstance(v, (str, bytes))
                                                                           for v in raw.ravel()))
         arr = None if text else raw.astype(np.float64)  # float("0.5") would read text silently

@@ -64,6 +64,14 @@ class _AutoencoderBase(nn.Module):
         self.latent_dim = cfg.latent_dim
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x):
+            raise TypeError(f"{type(self).__name__} expects a torch tensor of images, got {type(x).__name__}")
+        weights = next(self.parameters()).dtype
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if not x.is_floating_point() or (x.dtype != weights and not autocast):
+            hint = " (uint8 pixels: divide by 255)" if x.dtype == torch.uint8 else ""
+            raise ValueError(f"{type(self).__name__} expects {weights} images in [0, 1] (its weights' dtype), got "
+                             f"{x.dtype}{hint}")
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
@@ -75,7 +83,9 @@ class _AutoencoderBase(nn.Module):
         """Images ``[B,C,H,W]`` in [0,1] -> latents ``[B,d]`` with unit L2 norm.
 
         Raises:
-            ValueError: ``x`` is not ``[B, C, H, W]`` with the configured C and H = W = image size.
+            TypeError: ``x`` is not a tensor.
+            ValueError: ``x`` is not ``[B, C, H, W]`` with the configured C and H = W = image size, or not of
+                the weights' floating dtype (outside autocast).
         """
         self._check_input(x)
         h = self.encoder(x)  # [B,d]
@@ -276,8 +286,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """The autoencoder named by ``cfg.arch`` ("conv" or "resnet18"), randomly initialised.
 
     Raises:
+        TypeError: ``cfg`` is not a :class:`~salad_lite.config.ModelConfig` (a whole ``SaladConfig``: pass ``cfg.model``).
         ValueError: an unknown arch (only possible for a config altered behind its validation).
     """
+    if not isinstance(cfg, ModelConfig):
+        hint = ": pass its .model" if hasattr(cfg, "model") else ""
+        raise TypeError(f"build_model needs a ModelConfig, got {type(cfg).__name__}{hint}")
     if cfg.arch == "conv":
         return ConvAutoencoder(cfg)
     if cfg.arch == "resnet18":

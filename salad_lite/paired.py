@@ -231,20 +231,22 @@ def align_on_ids(ids_a: Sequence[Any], scores_a: Any, ids_b: Sequence[Any], scor
         :class:`Aligned` ``(ids, labels, scores_a, scores_b)`` over the common images.
 
     Raises:
-        ValueError: an id repeated within a cell; arrays of one cell of different
-            lengths (named); NaN/inf scores; a common image whose labels disagree
+        ValueError: an id repeated within a cell; scores or labels that are not 1-D, or arrays of one cell
+            of different lengths (named); NaN/inf scores; a common image whose labels disagree
             (the first such id, in ``ids_a``'s order, is named); fewer than
             :data:`MIN_PER_CLASS` common images of a class.
     """
     cells = {}
     for tag, ids, scores, labels in (("a", ids_a, scores_a, labels_a), ("b", ids_b, scores_b, labels_b)):
         id_list = _id_list(ids, f"ids_{tag}")
-        s = finite_scores(scores, f"scores_{tag}").ravel()
-        y = np.asarray(labels).ravel()
+        s = finite_scores(scores, f"scores_{tag}")
+        y = np.asarray(labels)
         for name, arr in ((f"scores_{tag}", s), (f"labels_{tag}", y)):
+            if arr.ndim != 1:  # a [M, 1] column or a [2, M] table would be flattened onto the wrong images
+                raise ValueError(f"{name} must be 1-D [M], got shape {arr.shape}")
             if arr.shape[0] != len(id_list):
                 raise ValueError(f"{name} has {arr.shape[0]} values but ids_{tag} has {len(id_list)}")
-        present = set(np.unique(y).tolist())
+        present = set(y.tolist())  # not np.unique: it cannot sort a mix of text and numbers
         if not present <= {0, 1}:
             raise ValueError(f"labels_{tag} must be 0 (normal) or 1 (abnormal); got classes {sorted(present, key=str)}")
         cells[tag] = (id_list, s, y.astype(np.int64))

@@ -26,7 +26,7 @@ import torch
 from salad_lite.config import ScoreConfig, ScoreRule
 from salad_lite.knn import DEFAULT_BLOCK_ELEMENTS, block_search, check_latents, unit_rows
 from salad_lite.metrics import binary_labels
-from salad_lite.utils import is_finite_number, is_int, is_number
+from salad_lite.utils import is_finite_number, is_int, is_number, resolve_device
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -102,7 +102,9 @@ class SaladScorer:
 
     Raises:
         ValueError: K not an int >= 1, discard_anomalous not a bool, contamination not a number in
-            (0, 0.5), an unknown rule, block_elements not an int >= 1.
+            (0, 0.5), an unknown rule, block_elements not an int >= 1, a device outside
+            :data:`salad_lite.utils.DEVICE_FORMS`.
+        RuntimeError: a CUDA or MPS device this machine lacks.
     """
 
     def __init__(self, k: int = 100, discard_anomalous: bool = True, rule: ScoreRule = "paper",
@@ -123,6 +125,8 @@ class SaladScorer:
         self.rule = rule
         self.contamination = contamination
         self.block_elements = block_elements
+        if device is not None:
+            resolve_device(device)  # an unknown or missing device is refused here, not at fit
         self.device = device
 
     @classmethod
@@ -153,7 +157,7 @@ class SaladScorer:
                 than 2 rows left.
         """
         bank_t = unit_rows(bank, "bank")  # [N, d]
-        device = torch.device(self.device) if self.device is not None else bank_t.device
+        device = resolve_device(self.device) if self.device is not None else bank_t.device
         keep = torch.ones(bank_t.shape[0], dtype=torch.bool)
         if labels is not None:
             if np.ndim(labels) != 1:

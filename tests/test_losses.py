@@ -163,3 +163,24 @@ def test_shard_parts_sum_to_the_global_batch_terms_and_gradients(loss):
     assert float(whole[0][1]) > 0 and float(whole[1].abs().sum()) > 0
     with pytest.raises(ValueError, match="a shard of 8 image"):
         shard_terms(cfg, salad_loss(cfg, x, x_hat, z0, indices, bank), 8, 7)
+
+
+def test_shapes_and_parameters_that_do_not_fit_are_refused():
+    z, bank = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(10, 8), dim=1)
+    idx, x = torch.arange(4), torch.rand(4, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"x_hat and x must have one shape .* \(4, 1, 8, 8\) and \(1, 1, 8, 8\)"):
+        reconstruction_loss(x, x[:1])  # would broadcast
+    for bad, message in ((dict(indices=idx[:3]), r"indices must be \[4\] integer memory rows"),
+                         (dict(indices=idx.float()), "indices must be"),
+                         (dict(temperature=-0.1), "temperature tau must be a number > 0, got -0.1"),
+                         (dict(temperature=0), "temperature tau must be a number > 0, got 0"),
+                         (dict(bank=bank[:, :4]), "must share d"),
+                         (dict(views=torch.randn(4, 2, 8), view_offset=-1), r"view_offset must be an int in 0\.\.0"),
+                         (dict(views=torch.randn(4, 2, 8), view_offset=1), r"view_offset must be an int in 0\.\.0")):
+        kwargs = {"z": z, "indices": idx, "bank": bank, **bad}
+        with pytest.raises(ValueError, match=message):
+            instance_loss(**kwargs)
+    with pytest.raises(ValueError, match=r"neighbours must be \[4, k\]"):
+        aggregation_loss(z, bank, torch.zeros(3, 2, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask must be \[4\]"):
+        anchor_loss(z, idx, bank, torch.zeros(4, 2, dtype=torch.long), torch.ones(3, dtype=torch.bool))

@@ -50,3 +50,13 @@ def test_mean_ci_refuses_what_would_be_a_silent_nan_or_a_flattened_table(values,
 def test_text_scores_are_refused_not_parsed() -> None:
     with pytest.raises(ValueError, match="AUC: scores must be numbers, got text"):
         auc([0, 1], ["0.2", "0.9"])
+
+
+def test_complex_dated_and_mixed_inputs_are_refused_not_truncated() -> None:
+    labels, scores = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.7])
+    with pytest.raises(ValueError, match="AUC: scores must be real numbers, got dtype complex128"):
+        auc(labels, scores + 1j)  # NumPy would keep the real part only
+    with pytest.raises(ValueError, match="must be real numbers, got dtype timedelta64"):
+        auc(labels, scores.astype("timedelta64[s]"))
+    with pytest.raises(ValueError, match=r"got classes \[0, 1, '1'\]"):
+        auc(np.array([0, 1, 0, "1"], dtype=object), scores)

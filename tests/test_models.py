@@ -236,3 +236,21 @@ def test_channels_last_training_step_runs() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_inputs_of_another_kind_are_refused_by_name() -> None:
+    cfg = ModelConfig(image_size=32, width=4, latent_dim=8)
+    model = build_model(cfg)
+    x = torch.rand(2, 1, 32, 32)
+    for bad, message in ((x.half(), "expects torch.float32 images in \\[0, 1\\] .* got torch.float16"),
+                         ((x * 255).to(torch.uint8), r"got torch.uint8 \(uint8 pixels: divide by 255\)")):
+        with pytest.raises(ValueError, match=message):
+            model.encode(bad)
+    with pytest.raises(TypeError, match="expects a torch tensor of images, got ndarray"):
+        model.encode(x.numpy())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encode(x).shape == (2, 8)  # autocast casts inside the network
+    from salad_lite.config import profile_config
+
+    with pytest.raises(TypeError, match="build_model needs a ModelConfig, got SaladConfig: pass its .model"):
+        build_model(profile_config("smoke"))

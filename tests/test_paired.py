@@ -164,3 +164,14 @@ def test_align_on_ids_errors() -> None:
         paired.align_on_ids(ids, s, ids, s, [0, 1, 0, 1], [0, 1, 0, 1, 0])
     with pytest.raises(ValueError, match="scores_b"):
         paired.align_on_ids(ids, s, ids, [0, 1, np.inf, 3, 4], [0, 1, 0, 1, 0], [0, 1, 0, 1, 0])
+
+
+def test_align_on_ids_refuses_tables_it_would_flatten() -> None:
+    ids, labels = list(range(6)), np.array([0, 1, 0, 1, 1, 0])
+    scores = np.array([0.1, 0.8, 0.9, 0.3, 0.2, 0.4])
+    with pytest.raises(ValueError, match=r"scores_a must be 1-D \[M\], got shape \(3, 2\)"):
+        paired.align_on_ids(ids, scores.reshape(2, 3).T, ids, scores, labels, labels)
+    with pytest.raises(ValueError, match=r"labels_b must be 1-D \[M\], got shape \(6, 1\)"):
+        paired.align_on_ids(ids, scores, ids, scores, labels, labels[:, None])
+    with pytest.raises(ValueError, match="labels_a must be 0 .* got classes"):
+        paired.align_on_ids(ids, scores, ids, scores, np.array([0, 1, 0, 1, "1", 0], dtype=object), labels)

@@ -278,6 +278,7 @@ def test_a_clamped_k_gives_a_named_degenerate_threshold():
     ({"contamination": np.complex128(0.1)}, "contamination must be a number"),
     ({"block_elements": 1.5}, "block_elements must be an int"),
     ({"block_elements": float("nan")}, "block_elements must be an int"),
+    ({"device": "gpu"}, "device 'gpu' is not a device salad_lite runs on"),
 ])
 def test_scorer_parameters_are_checked(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
