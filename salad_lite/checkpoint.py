@@ -23,8 +23,11 @@ naming the file.
 The tensor file is checked before safetensors parses it (never unpickled): an
 empty file, a truncated one, and a pickle / ``torch.save`` file renamed
 ``.safetensors`` each get an error that names the file and says what is wrong.
-Checkpoints written before the hash existed (no :data:`JSON_HASH_KEY` in the
-header) still load; their JSON cannot be cross-checked.
+The header also records the SHA-256 of the tensors themselves (:data:`TENSOR_HASH_KEY`,
+:func:`tensor_digest`), so bytes damaged on disk, or tensors rewritten with the old
+header, are refused too: safetensors has no checksum of its own.
+Checkpoints written before these hashes existed (no key in the header) still
+load; what they lack cannot be cross-checked.
 """
 
 from __future__ import annotations
@@ -36,14 +39,17 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from salad_lite.files import CorruptFileError, read_json
+from salad_lite.utils import resolve_device
 
 JSON_HASH_KEY = "salad_lite.json_sha256"  # safetensors header metadata: SHA-256 (hex) of the JSON text
+TENSOR_HASH_KEY = "salad_lite.tensor_sha256"  # and of the tensors (names, dtypes, shapes, bytes: tensor_digest)
 PENDING_SUFFIX = ".pending"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 
@@ -52,11 +58,15 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 
 
 def checkpoint_paths(stem: str | Path) -> tuple[Path, Path]:
-    """``run/last`` -> (``run/last.safetensors``, ``run/last.json``)."""
+    """``run/last`` -> (``run/last.safetensors``, ``run/last.json``).
+
+    Only a ``.safetensors`` or ``.json`` suffix is taken off: any other dot is part of the
+    name (``run/lr0.001`` -> ``run/lr0.001.safetensors``, never ``run/lr0.safetensors``).
+    """
     stem = Path(stem)
     if stem.suffix in {".safetensors", ".json"}:
         stem = stem.with_suffix("")
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    return stem.with_name(f"{stem.name}.safetensors"), stem.with_name(f"{stem.name}.json")
 
 
 def pending_paths(stem: str | Path) -> tuple[Path, Path]:
@@ -85,7 +95,8 @@ def save_checkpoint(stem: str | Path, tensors: dict[str, torch.Tensor], metadata
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
     json_text = json.dumps(metadata, indent=2, sort_keys=True, default=_json_default)
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    blob = save_safetensors_bytes(contiguous, metadata={JSON_HASH_KEY: _sha256(json_text.encode("utf-8"))})
+    blob = save_safetensors_bytes(contiguous, metadata={JSON_HASH_KEY: _sha256(json_text.encode("utf-8")),
+                                                        TENSOR_HASH_KEY: tensor_digest(contiguous)})
     try:
         _write_file(tensor_tmp, blob)
         _write_file(json_tmp, json_text.encode("utf-8"))
@@ -145,9 +156,9 @@ def load_checkpoint(stem: str | Path,
     Raises:
         FileNotFoundError: a file of the pair is missing (named).
         CorruptFileError: a file is empty, truncated, not safetensors (e.g. a
-            pickle), not valid JSON, or the JSON's hash differs from the one the
-            tensors record (edited by hand, or from another save); the message
-            names the file.
+            pickle), not valid JSON, the JSON's hash differs from the one the
+            tensors record (edited by hand, or from another save), or the tensors'
+            own hash differs (damaged on disk); the message names the file.
     """
     tensor_path, json_path = checkpoint_paths(stem)
     recover_checkpoint(stem)
@@ -168,11 +179,16 @@ def load_checkpoint(stem: str | Path,
         tensors = load_safetensors_bytes(data)
     except SafetensorError as error:
         raise CorruptFileError(f"checkpoint tensors {tensor_path} cannot be read by safetensors ({error})") from None
+    recorded = header.get("__metadata__", {}).get(TENSOR_HASH_KEY)
+    if recorded is not None and recorded != tensor_digest(tensors):
+        raise CorruptFileError(f"checkpoint tensors {tensor_path} differ from the SHA-256 recorded when they were "
+                               "saved (damaged on disk, or edited): refusing to load them")
     metadata = read_json(json_path, "checkpoint metadata")
     if not isinstance(metadata, dict):
         raise CorruptFileError(f"checkpoint metadata {json_path} must hold a JSON object, "
                                f"got {type(metadata).__name__}")
-    return {name: t.to(device) for name, t in tensors.items()}, metadata
+    target = resolve_device(device)  # an unknown device named, not torch's error
+    return {name: t.to(target) for name, t in tensors.items()}, metadata
 
 
 def read_tensor_header(path: str | Path) -> dict[str, Any]:
@@ -250,9 +266,22 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of CPU tensors: each name, dtype, shape and raw bytes, in name order (layout-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
+    if torch.is_tensor(value) or isinstance(value, (np.ndarray, np.generic)):
+        if (value.numel() if torch.is_tensor(value) else value.size) == 1:
+            return value.item()
+        raise TypeError(f"cannot store a {type(value).__name__} of shape {tuple(value.shape)} in checkpoint JSON "
+                        "(one value only: store arrays as tensors)")
     if isinstance(value, (set, tuple)):
         return list(value)
     raise TypeError(f"cannot store {type(value).__name__} in checkpoint JSON")

@@ -18,12 +18,14 @@ Run folders (relative paths are relative to the current directory)::
     DIR/<dataset>/seed<s>/result.json              the test metrics of that replicate (evaluate)
 
 Exit status: 0 on success; 2 for a wrong argument (argparse names it) and for
-a data problem (``error: ...`` on stderr, :mod:`salad_lite.cli_errors`); 130 when a
-single-process ``train`` is interrupted (Ctrl-C; rerun the same command to resume).
+a data problem (``error: ...`` on stderr, :mod:`salad_lite.cli_errors`); 1 for a rank
+whose data-parallel collective failed; 130 when ``train`` is interrupted (Ctrl-C;
+rerun the same command to resume).
 ``train`` checks the device, the data and the split before it writes run.json.
 Under ``torchrun`` (``WORLD_SIZE`` > 1) ``train`` first calls
-``salad_lite.distributed.init_from_environment``; only rank 0 prints (errors
-included) and writes the run folder's files.
+``salad_lite.distributed.init_from_environment``; only rank 0 prints progress and
+writes the run folder's files. Every rank prints its own errors, the others labelled
+``error (rank R): ...``: an error only one rank meets (its node lacks the data) is not lost.
 """
 
 from __future__ import annotations
@@ -49,17 +51,30 @@ __all__ = ["build_parser", "main", "run"]
 PROFILES = ("smoke", "default", "full")
 #: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
 EXIT_INTERRUPTED = 130
+#: Exit status of a rank whose data-parallel collective failed (another rank died, hung or disagreed).
+EXIT_COLLECTIVE_ERROR = 1
 
 
 def _main_rank() -> bool:
-    """True on rank 0 and in a single process; before the process group exists, from torchrun's ``RANK``."""
+    """True on rank 0 and in a single process; before the process group exists, from torchrun's ``RANK``.
+
+    A ``RANK`` that is not a number counts as rank 0, so that the error it causes is printed.
+    """
     import os
 
     from salad_lite import distributed
 
     if distributed.is_distributed():
         return distributed.is_main_process()
-    return os.environ.get("RANK", "0").strip() in ("", "0")
+    raw = os.environ.get("RANK", "0").strip()
+    return raw in ("", "0") or not raw.isdigit()
+
+
+def _rank_label() -> str:
+    """``""`` on rank 0 (and in a single process), else ``" (rank R)"``: how another rank's errors are labelled."""
+    import os
+
+    return "" if _main_rank() else f" (rank {os.environ.get('RANK', '?').strip()})"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -462,13 +477,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from salad_lite.experiment import replicate_dir, save_run_description, splits_for
     from salad_lite.trainer import SaladTrainer
 
+    waiting = "the wait for rank 0 to check the data and build the image cache"
     if not main_process:
-        distributed.barrier()  # rank 0 builds a missing image cache alone; the others then read it
+        with distributed.collective_failure_context(waiting):
+            distributed.barrier()  # rank 0 builds a missing image cache alone; the others then read it
     splits = splits_for(cfg, progress=_progress(args) and main_process, split_file=split_file)
     # what the trainer and evaluate will refuse, refused before the run folder records this run
     check_splits(splits, required=("train", "val", "test"), both_classes=("val", "test"))
     if main_process:
-        distributed.barrier()
+        with distributed.collective_failure_context(waiting):
+            distributed.barrier()
     folder = replicate_dir(args.run_dir, cfg)
     trainer = SaladTrainer(cfg, splits["train"], splits["val"], run_dir=folder, device=args.device)
     _check_other_seeds(args.run_dir, cfg, trainer.data_fingerprint)
@@ -481,9 +499,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             trainer.fit()
         except KeyboardInterrupt:
-            if distributed.is_distributed():
-                raise
-            print(f"interrupted at epoch {trainer.epoch}; rerun the same command to resume", file=sys.stderr)
+            if main_process:
+                print(f"interrupted at epoch {trainer.epoch}; rerun the same command to resume", file=sys.stderr)
             return EXIT_INTERRUPTED
     if main_process:  # the trainer rewrote history.json / .csv after every epoch
         best = trainer.load_best()
@@ -700,7 +717,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; argparse's errors and ``--help`` raise ``SystemExit`` (status 2 / 0).
 
     Returns:
-        0 on success, 2 after a data problem (``error: ...`` on stderr, :func:`salad_lite.cli_errors.data_script`).
+        0 on success; 2 after a data problem (``error: ...`` on stderr, :func:`salad_lite.cli_errors.data_script`);
+        1 for a rank whose data-parallel collective failed; 130 after Ctrl-C in ``train``.
 
     Raises:
         SystemExit: a wrong argument (status 2, the argument named) or ``--help`` (status 0).
@@ -719,12 +737,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         return _score(args, args.subparser)
-    except DATA_ERRORS as error:  # as salad_lite.cli_errors.data_script, printed by rank 0 only
-        if os.environ.get(TRACEBACK_ENV, "").strip() == "1":
+    except Exception as error:  # data problems as salad_lite.cli_errors.data_script; failed ranks under torchrun
+        from salad_lite.distributed import CollectiveError
+
+        if not isinstance(error, (*DATA_ERRORS, CollectiveError)) or os.environ.get(TRACEBACK_ENV, "").strip() == "1":
             raise
-        if _main_rank():
-            print(f"error: {_reworded(error)}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+        print(f"error{_rank_label()}: {_reworded(error)}", file=sys.stderr)
+        return EXIT_COLLECTIVE_ERROR if isinstance(error, CollectiveError) else EXIT_DATA_ERROR
     finally:
         warnings.formatwarning = shown_as
 

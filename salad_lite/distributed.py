@@ -23,6 +23,8 @@ input, :func:`barrier` does nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,17 +35,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from salad_lite.utils import resolve_device
+from salad_lite.utils import is_int, resolve_device
 
 TIMEOUT_ENV = "SALAD_LITE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
+TIMEOUT_RANGE_S = (1.0, 1e6)  # seconds: below, a rendezvous cannot finish; above, torch's millisecond count overflows
 
 
 def collective_timeout(environ: Mapping[str, str] | None = None) -> timedelta:
     """The collective timeout: ``SALAD_LITE_DIST_TIMEOUT`` seconds, default :data:`DEFAULT_TIMEOUT_S`.
 
     Raises:
-        ValueError: the variable is set to something other than a finite number of seconds > 0 (named).
+        ValueError: the variable is set to something other than a number of seconds in
+            :data:`TIMEOUT_RANGE_S` (named, with the range).
     """
     raw = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "").strip()
     if not raw:
@@ -52,8 +56,9 @@ def collective_timeout(environ: Mapping[str, str] | None = None) -> timedelta:
         seconds = float(raw)
     except ValueError:
         seconds = float("nan")
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r} must be a number of seconds > 0")
+    low, high = TIMEOUT_RANGE_S
+    if not (math.isfinite(seconds) and low <= seconds <= high):
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} must be a number of seconds in [{low:g}, {high:g}]")
     return timedelta(seconds=seconds)
 
 
@@ -74,15 +79,18 @@ def init_from_environment(device: str = "auto") -> bool:
     unset or 1 nothing happens (False). A group that already exists is kept.
 
     Raises:
-        ValueError: ``WORLD_SIZE``/``LOCAL_RANK`` are not integers, or
-            ``SALAD_LITE_DIST_TIMEOUT`` is not a positive number.
+        ValueError: ``WORLD_SIZE``/``LOCAL_RANK`` are not integers, ``WORLD_SIZE`` < 1, or
+            ``SALAD_LITE_DIST_TIMEOUT`` is not a number of seconds in range.
         RuntimeError: CUDA is requested but missing, or ``LOCAL_RANK`` names a GPU
             this machine does not have; torch's own errors when ``RANK``,
             ``MASTER_ADDR`` or ``MASTER_PORT`` are missing or the rendezvous fails.
     """
     if dist.is_available() and dist.is_initialized():
         return is_distributed()
-    if _environment_int("WORLD_SIZE", 1) <= 1:
+    ranks = _environment_int("WORLD_SIZE", 1)
+    if ranks < 1:
+        raise ValueError(f"environment variable WORLD_SIZE={ranks} must be >= 1 (the number of processes)")
+    if ranks == 1:
         return False
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
@@ -144,9 +152,11 @@ def shard_sizes(batch: int, ranks: int | None = None) -> list[int]:
     ``batch % ranks`` ranks one more). ``ranks`` defaults to :func:`world_size`.
 
     Raises:
-        ValueError: fewer images than ranks (a rank would have no image).
+        ValueError: ``batch`` or ``ranks`` not an int >= 1; fewer images than ranks (a rank would have no image).
     """
     ranks = world_size() if ranks is None else ranks
+    if not (is_int(batch) and batch >= 1 and is_int(ranks) and ranks >= 1):
+        raise ValueError(f"shard_sizes needs ints batch >= 1 and ranks >= 1, got batch={batch!r}, ranks={ranks!r}")
     if batch < ranks:
         raise ValueError(f"a global batch of {batch} image(s) cannot feed {ranks} ranks")
     return [batch // ranks + (r < batch % ranks) for r in range(ranks)]
@@ -221,18 +231,66 @@ def broadcast_(tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
     return tensor
 
 
+def _collective_device() -> torch.device:
+    """Where a collective's tensors live: this process's GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def broadcast_object(obj: Any, source: int = 0) -> Any:
-    """Rank ``source``'s picklable ``obj`` on every rank (the others pass anything, e.g. None)."""
+    """Rank ``source``'s JSON-serialisable ``obj`` on every rank (the others pass anything, e.g. None).
+
+    Sent as JSON text (its length, then its UTF-8 bytes), never pickled.
+
+    Raises:
+        TypeError: on rank ``source``, ``obj`` is not JSON-serialisable.
+    """
     if not is_distributed():
         return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, source)
-    return holder[0]
+    device = _collective_device()
+    payload = json.dumps(obj).encode("utf-8") if rank() == source else b""
+    length = broadcast_(torch.tensor([len(payload)], dtype=torch.int64, device=device), source)
+    data = torch.zeros(int(length), dtype=torch.uint8, device=device)
+    if rank() == source:
+        data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    return json.loads(bytes(broadcast_(data, source).cpu().numpy()).decode("utf-8"))
+
+
+def check_ranks_agree(values: Mapping[str, str]) -> None:
+    """Refuse a data-parallel run whose ranks differ in any of ``values`` (name -> text); nothing in one process.
+
+    Each rank hashes every value (SHA-256) and the digests are all-gathered (no pickle), so
+    a rank started with another configuration, other images or another checkpoint is named
+    before it trains: data-parallel training with such ranks would mix their memory rows or
+    losses silently.
+
+    Raises:
+        ValueError: on every rank, naming the values that differ from rank 0's and the ranks that hold them.
+    """
+    if not is_distributed():
+        return
+    names = sorted(values)
+    own = torch.tensor([list(hashlib.sha256(values[name].encode("utf-8")).digest()) for name in names],
+                       dtype=torch.uint8, device=_collective_device())  # [F, 32]
+    digests = [torch.empty_like(own) for _ in range(world_size())]
+    dist.all_gather(digests, own)
+    differ = {name: [r for r in range(1, world_size()) if not torch.equal(digests[r][i], digests[0][i])]
+              for i, name in enumerate(names)}
+    differ = {name: ranks for name, ranks in differ.items() if ranks}
+    if differ:
+        detail = "; ".join(f"{name} (rank(s) {', '.join(map(str, ranks))})" for name, ranks in differ.items())
+        raise ValueError(f"the ranks of this data-parallel run disagree with rank 0 on: {detail}. Every rank must be "
+                         "started with the same command, configuration, seed, data and run folder (a folder every "
+                         "rank shares)")
+
+
+class CollectiveError(RuntimeError):
+    """A collective of data-parallel training failed: another rank died, stopped answering or disagreed."""
 
 
 @contextlib.contextmanager
 def collective_failure_context(where: str) -> Iterator[None]:
-    """In data-parallel training, re-raise a ``RuntimeError`` of the block as one error naming this rank and ``where``.
+    """In data-parallel training, re-raise a ``RuntimeError`` of the block as a :class:`CollectiveError` naming this
+    rank and ``where``.
 
     A rank that dies closes its connections, and its peers' next collective
     fails (gloo: "Connection reset by peer"); one that hangs makes them fail
@@ -240,15 +298,15 @@ def collective_failure_context(where: str) -> Iterator[None]:
     single process the block's errors pass unchanged.
 
     Raises:
-        RuntimeError: the block raised a ``RuntimeError`` (torch's ``DistError`` included), chained.
+        CollectiveError: the block raised a ``RuntimeError`` (torch's ``DistError`` included), chained.
     """
     try:
         yield
     except RuntimeError as error:
-        if not is_distributed():
+        if not is_distributed() or isinstance(error, CollectiveError):
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RuntimeError(
+        raise CollectiveError(
             f"rank {rank()} of {world_size()} failed during {where}: {first_line}\n"
             f"If another rank died or stopped answering (the collective timeout is "
             f"{collective_timeout().total_seconds():.0f} s, {TIMEOUT_ENV}), torchrun names the first rank that "
@@ -339,7 +397,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "TIMEOUT_ENV", "GlooSyncBatchNorm", "all_gather_cat", "all_reduce_sum", "barrier",
-           "broadcast_", "broadcast_object", "collective_failure_context", "collective_timeout",
+__all__ = ["DEFAULT_TIMEOUT_S", "TIMEOUT_ENV", "CollectiveError", "GlooSyncBatchNorm", "all_gather_cat", "all_reduce_sum", "barrier",
+           "broadcast_", "broadcast_object", "check_ranks_agree", "collective_failure_context", "collective_timeout",
            "convert_sync_batchnorm", "init_from_environment", "is_distributed", "is_main_process", "local_device",
            "rank", "shard_sizes", "world_size"]

@@ -49,6 +49,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import json
 import math
 import time
 import warnings
@@ -64,7 +65,7 @@ from torch.nn.parallel import DistributedDataParallel
 from salad_lite.augment import AugmentParams, apply_augment, augment_params
 from salad_lite.checkpoint import (
     checkpoint_exists, checkpoint_paths, load_checkpoint, load_optimizer, optimizer_meta, optimizer_tensors,
-    save_checkpoint,
+    save_checkpoint, tensor_digest,
 )
 from salad_lite.config import SaladConfig
 from salad_lite.data.batches import (
@@ -76,6 +77,7 @@ from salad_lite.distributed import (
     barrier,
     broadcast_,
     broadcast_object,
+    check_ranks_agree,
     collective_failure_context,
     convert_sync_batchnorm,
     is_distributed,
@@ -87,6 +89,7 @@ from salad_lite.distributed import (
 )
 from salad_lite.files import CorruptFileError, remove_stale_temps, write_json_atomic, write_text_atomic
 from salad_lite.losses import LossTerms, salad_loss, shard_terms
+from salad_lite.knn import check_unit_rows
 from salad_lite.memory import MemoryBank
 from salad_lite.metrics import auc, auprc, binary_labels
 from salad_lite.models import build_model
@@ -225,6 +228,25 @@ class SaladTrainer:
             barrier()
             if checkpoint_exists(self.run_dir / "last"):
                 self._restore(self.run_dir / "last")
+        if self.distributed:
+            self._check_ranks_agree()
+
+    def _check_ranks_agree(self) -> None:
+        """Data-parallel: refuse ranks that differ in a training setting, their images, the epoch they start at
+        (each rank resumes from its own view of the run folder) or the model and memory they start from.
+
+        Raises:
+            ValueError: on every rank, naming what differs and on which ranks
+                (:func:`salad_lite.distributed.check_ranks_agree`).
+        """
+        fingerprint = self.data_fingerprint or splits_fingerprint({"train": self.train_set, "val": self.val_set})
+        settings = {f"{section}.{name}": json.dumps(value, sort_keys=True)
+                    for section, fields in self.cfg.to_dict().items() for name, value in fields.items()
+                    if (section, name) not in _NOT_TRAINING}
+        with collective_failure_context("the check that every rank trains the same run"):
+            check_ranks_agree({**settings, "training and validation images": fingerprint,
+                               "start epoch (each rank's view of the run folder)": str(self.epoch),
+                               "model weights and memory bank": tensor_digest(self.state_tensors())})
 
     # ----------------------------------------------------------------- schedule
     @property
@@ -517,7 +539,7 @@ class SaladTrainer:
         self.round_neighbours, self.round_prototypes = _round_state(tensors, len(self.train_set), stem)
         self.epoch, self.history, self.best_val_auc = epoch, history, float(best)
         trained_on = meta.get("world_size", 1)
-        if trained_on != world_size():
+        if trained_on != world_size() and epoch < self.total_epochs:  # a finished run is only read
             warnings.warn(f"{stem} was trained on {trained_on} rank(s) and resumes on {world_size()}: the global "
                           f"batch changes from {trained_on * self.cfg.train.batch_size} to "
                           f"{world_size() * self.cfg.train.batch_size} images", stacklevel=3)
@@ -566,6 +588,7 @@ class SaladTrainer:
                           f"config needs {list(expected[name]) if name in expected else 'no such tensor'}")
             raise CorruptFileError(f"checkpoint {tensor_path} does not fit its configuration and training set: "
                                    f"{detail} ({len(wrong)} tensor(s) differ)")
+        _check_finite_state(tensors, tensor_path)
         self.load_state_tensors(tensors)
         return tensors, meta
 
@@ -639,6 +662,23 @@ def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
     writer.writerows(history)
     write_json_atomic(folder / "history.json", history, indent=2)
     write_text_atomic(folder / "history.csv", text.getvalue())
+
+
+def _check_finite_state(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse checkpoint tensors with NaN or inf, or a memory bank whose rows are not unit vectors (file named).
+
+    Raises:
+        CorruptFileError: names ``path``, the first bad tensor and the count.
+    """
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CorruptFileError(f"checkpoint {path} holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}): it "
+                               "cannot be resumed or scored; delete it to start over, or use an earlier run")
+    try:
+        check_unit_rows(tensors["memory.bank"], "memory.bank")
+    except ValueError as error:
+        raise CorruptFileError(f"checkpoint {path}: {error}") from None
 
 
 def _round_state(tensors: dict[str, torch.Tensor], n: int, stem: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:

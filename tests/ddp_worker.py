@@ -5,7 +5,8 @@ trains :func:`make_trainer`'s run (per-rank batch :data:`RANK_BATCH`) into
 RUN_DIR; after every epoch each rank records the SHA-256 of its memory bank and
 model weights, and finally writes ``OUT_DIR/rank{r}.json``.
 ``--kill-rank R --kill-epoch E --kill-step S`` makes rank R SIGKILL itself at
-the start of step S of epoch E (no clean-up code runs).
+the start of step S of epoch E (no clean-up code runs); ``--seed-of-rank`` starts
+each rank with its own seed, which the trainer must refuse.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ LR = 1e-4
 TRAIN_IMAGES = 49  # global batches 16, 16, 17 (a last batch of one joins the previous): shards of 8/8 and 9/8
 
 
-def make_trainer(run_dir: str | Path, batch_size: int) -> SaladTrainer:
+def make_trainer(run_dir: str | Path, batch_size: int, seed: int = 0) -> SaladTrainer:
     """Three epochs (pretraining, round 1, round 2) on 49 training and 16 validation images of 32 px."""
     labels = np.zeros(TRAIN_IMAGES, dtype=np.int64)
     val_labels = np.r_[np.zeros(8), np.ones(8)].astype(np.int64)
     cfg = profile_config("smoke").replace(train={"pretrain_epochs": 1, "rounds": 2, "epochs_per_round": 1,
-                                                 "batch_size": batch_size, "lr": LR, "progress": False})
+                                                 "batch_size": batch_size, "lr": LR, "progress": False,
+                                                 "seed": seed})
     return SaladTrainer(cfg, ArrayDataset(blob_images(labels, seed=3), labels, prefix="train-"),
                         ArrayDataset(blob_images(val_labels, seed=4), val_labels, prefix="val-"),
                         run_dir=run_dir, device="cpu")
@@ -72,11 +74,12 @@ def main() -> None:
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-epoch", type=int, default=1)
     parser.add_argument("--kill-step", type=int, default=1)
+    parser.add_argument("--seed-of-rank", action="store_true", help="rank r trains with seed r (must be refused)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # two ranks share the two cores
     if not init_from_environment("cpu"):
         raise SystemExit("ddp_worker.py must run under torchrun with WORLD_SIZE > 1")
-    trainer = make_trainer(args.run_dir, RANK_BATCH)
+    trainer = make_trainer(args.run_dir, RANK_BATCH, seed=rank() if args.seed_of_rank else 0)
     if rank() == args.kill_rank:
         arm_kill(trainer, args.kill_epoch, args.kill_step)
     banks, models, start = [], [], trainer.epoch

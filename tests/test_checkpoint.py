@@ -191,6 +191,8 @@ def _resave(stem: Path, change) -> None:
     (lambda t, m: t.__setitem__("round.neighbours", t["round.neighbours"] + 1000), r"ids outside 0..19"),
     (lambda t, m: m.__setitem__("epoch", -5), r"epoch must be an int in 0..3, got -5"),
     (lambda t, m: m.__setitem__("history", None), r"history must hold one record per epoch run"),
+    (lambda t, m: t["memory.bank"].mul_(50), r"memory.bank has 20 row\(s\) of 20 that are not unit vectors"),
+    (lambda t, m: t["memory.bank"][3].fill_(float("nan")), r"holds NaN or inf in 1 tensor\(s\) \(first: memory.bank\)"),
 ])
 def test_state_that_does_not_fit_is_refused_naming_the_file(tmp_path, change, message):
     cfg, data = _round_trained(tmp_path)
@@ -289,3 +291,20 @@ def test_a_header_length_that_starts_like_a_pickle_or_zip_still_loads(tmp_path, 
     assert name_length >= 1 and header_length(name_length) == wanted
     tensors, _ = load_checkpoint(tmp_path / "c")
     assert torch.equal(tensors["w" * name_length], torch.ones(3))
+
+
+def test_damaged_tensor_bytes_and_dotted_stems(tmp_path):
+    save_checkpoint(tmp_path / "model_lr0.001", {"w": torch.ones(3)}, {"lr": 0.001})
+    save_checkpoint(tmp_path / "model_lr0.01", {"w": torch.zeros(3)}, {"lr": 0.01})
+    assert load_checkpoint(tmp_path / "model_lr0.001")[1] == {"lr": 0.001}  # the dot is part of the name
+    path = tmp_path / "model_lr0.001.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF  # a flipped bit in a weight: same length, same header
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=r"model_lr0\.001\.safetensors differ from the SHA-256 recorded"):
+        load_checkpoint(tmp_path / "model_lr0.001")
+    with pytest.raises(TypeError, match=r"cannot store a ndarray of shape \(3,\) in checkpoint JSON"):
+        save_checkpoint(tmp_path / "x", {}, {"v": np.arange(3)})
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(ValueError, match="not a device salad_lite runs on"):
+        load_checkpoint(tmp_path / "model_lr0.01", device="gpu")

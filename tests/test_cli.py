@@ -536,12 +536,13 @@ def test_interrupted_train_says_how_to_resume(capsys: pytest.CaptureFixture[str]
     assert "Traceback" not in err
 
 
-def test_errors_printed_by_rank_0_only(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_usage_errors_printed_by_rank_0_only_and_data_errors_labelled(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
-    assert main(["evaluate", "--run-dir", str(tmp_path / "nowhere")]) == 2
     assert main(["train", "--run-dir", str(tmp_path), "--bogus"]) == 2
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == ""  # every rank parsed the same command line: rank 0 tells
+    assert main(["evaluate", "--run-dir", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error (rank 1): run folder ")  # a rank's own problem is not lost
     monkeypatch.setenv("RANK", "0")
     _fails(capsys, ["evaluate", "--run-dir", str(tmp_path / "nowhere")], "does not exist")
 

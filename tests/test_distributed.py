@@ -110,7 +110,7 @@ def test_a_killed_rank_stops_the_job_and_a_resume_finishes_the_uninterrupted_run
             w.kill()
     assert workers[1].returncode == -9
     assert workers[0].returncode == 1, errors[0][-3000:]
-    assert re.search(r"RuntimeError: rank 0 of 2 failed during epoch 1: .*\n.*another rank died", errors[0]), \
+    assert re.search(r"CollectiveError: rank 0 of 2 failed during epoch 1: .*\n.*another rank died", errors[0]), \
         errors[0][-3000:]
     assert json.loads((run_dir / "last.json").read_text())["epoch"] == 1  # the checkpoint after epoch 0 stands
     resumed = torchrun(str(TESTS / "ddp_worker.py"), str(run_dir), str(out))
@@ -134,6 +134,23 @@ def test_torchrun_stops_the_job_and_names_the_killed_rank(tmp_path):
     root_cause = r"Root Cause.*\n(.*\n){0,3}.*rank\s*: 1 \(local_rank: 1\)\n.*exitcode\s*: -9"
     assert re.search(root_cause, report), report[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_ranks_with_another_seed_are_refused_before_training(tmp_path):
+    done = torchrun(str(TESTS / "ddp_worker.py"), str(tmp_path / "run"), str(tmp_path / "out"), "--seed-of-rank")
+    assert done.returncode != 0
+    assert "disagree with rank 0 on: model weights and memory bank (rank(s) 1); train.seed (rank(s) 1)" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run" / "last.json").exists()
+
+
+def test_an_unreadable_rank_is_reported(tmp_path):
+    cfg = profile_config("smoke", "nih")
+    cfg.to_json(tmp_path / "cfg.json")
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "abc", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29611"}
+    done = subprocess.run([sys.executable, "-m", "salad_lite", "train", "--config", str(tmp_path / "cfg.json"),
+                           "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--data-root", str(tmp_path)],
+                          env=env, cwd=TESTS.parent, timeout=HANG_GUARD_S, capture_output=True, text=True)
+    assert done.returncode == 2 and "error: " in done.stderr and "'abc'" in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -163,6 +180,9 @@ def test_global_batches_are_cut_once_and_sharded_contiguously():
     assert shard_sizes(17, 2) == [9, 8] and shard_sizes(16, 4) == [4, 4, 4, 4] and shard_sizes(6, 4) == [2, 2, 1, 1]
     with pytest.raises(ValueError, match="a global batch of 3 image"):
         shard_sizes(3, 4)
+    for batch, ranks in ((5, 0), (5.0, 2), (True, 1)):
+        with pytest.raises(ValueError, match="shard_sizes needs ints batch >= 1 and ranks >= 1"):
+            shard_sizes(batch, ranks)
 
 
 def test_views_drawn_for_the_global_batch_and_applied_per_shard_are_the_single_process_views():
@@ -190,11 +210,17 @@ def test_without_a_process_group_the_helpers_are_the_single_process_identity(mon
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE='two' must be an integer"):
         distributed.init_from_environment("cpu")
+    for ranks in ("0", "-3"):
+        monkeypatch.setenv("WORLD_SIZE", ranks)
+        with pytest.raises(ValueError, match=f"WORLD_SIZE={ranks} must be >= 1"):
+            distributed.init_from_environment("cpu")
+    assert distributed.broadcast_object({"val_auc": 0.5}) == {"val_auc": 0.5}
+    distributed.check_ranks_agree({"anything": "x"})  # one process: nothing to compare
 
 
 def test_the_collective_timeout_comes_from_its_environment_variable():
     assert collective_timeout({}).total_seconds() == 1800
     assert collective_timeout({TIMEOUT_ENV: "45"}).total_seconds() == 45
-    for bad in ("0", "-3", "soon", "inf"):
-        with pytest.raises(ValueError, match=rf"{TIMEOUT_ENV}='{bad}' must be a number of seconds > 0"):
+    for bad in ("0", "-3", "soon", "inf", "1e-9", "1e10", "1e300"):
+        with pytest.raises(ValueError, match=rf"{TIMEOUT_ENV}='{bad}' must be a number of seconds in \[1, 1e\+06\]"):
             collective_timeout({TIMEOUT_ENV: bad})
