@@ -33,7 +33,7 @@ from salad_lite.data import (
     load_splits,
     read_grayscale,
 )
-from salad_lite.data.base import normalise_metadata, parse_binary_labels
+from salad_lite.data.base import normalise_metadata, parse_binary_labels, read_text_csv
 from salad_lite.data.batches import (
     NonFiniteImageError,
     OneClassSplitError,
@@ -804,9 +804,33 @@ def test_nih_metadata_of_a_non_text_table_follows_the_csv_rules() -> None:
     for age in ("inf", "NaN", float("inf")):
         with pytest.raises(ValueError, match=r"column 'Patient Age' holds values that are not finite numbers: row 1"):
             nih_metadata(_nih_table(**{"Patient Age": [58, age]}))
-    assert nih_metadata(_nih_table(**{"Patient Age": [58, np.nan]}))["age"].isna().tolist() == [False, True]
+    for age in (np.nan, "", " "):  # an empty cell is refused like the text 'NaN'
+        with pytest.raises(ValueError, match=r"column 'Patient Age' holds values that are not finite numbers: row 1 "
+                                             r"\(line 3\).*empty cell"):
+            nih_metadata(_nih_table(**{"Patient Age": [58, age]}))
+    with pytest.raises(ValueError, match=r"column 'Follow-up #' holds values that are not finite numbers: row 0"):
+        nih_metadata(_nih_table(**{"Follow-up #": ["", 1]}))
     with pytest.raises(ValueError, match=r"listed more than once.*row 0 \(line 2\) 'a.png', row 1 \(line 3\)"):
         nih_metadata(_nih_table(**{"Image Index": ["a.png", "a.png"]}))
+
+
+def test_nih_csv_rows_with_too_few_fields_are_refused_naming_the_line(tmp_path: Path) -> None:
+    root = _nih_folder(tmp_path / "nih", ["No Finding", "Mass", "No Finding"])
+    csv = root / "Data_Entry_2017.csv"
+    text = csv.read_text()
+    csv.write_text(text + "00000004_000.png,Atelectasis|Pneumonia,3,1222")  # a truncated last line, no newline
+    with pytest.raises(CorruptFileError, match=r"Data_Entry_2017\.csv: 1 line\(s\) \(5\) have fewer fields than "
+                                               r"the 11 columns"):
+        NIHChestXray(root, view="all", image_size=8)
+    lines = text.splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0]  # one cell left out in the middle of the file
+    csv.write_text("\n".join(lines) + "\n\n")  # a blank last line is no row
+    with pytest.raises(CorruptFileError, match=r"1 line\(s\) \(3\) have fewer fields"):
+        NIHChestXray(root, view="all", image_size=8)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,label,patient_id\na.png,0,p1\nb.png,1\n")
+    with pytest.raises(CorruptFileError, match=r"m\.csv: 1 line\(s\) \(3\) have fewer fields than the 3 columns"):
+        read_text_csv(manifest)
 
 
 def test_nih_csv_without_rows_is_refused(tmp_path: Path) -> None:

@@ -178,12 +178,15 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
     A row with more fields than the header (an unquoted comma inside a cell)
     is an error naming its line: pandas would otherwise shift every column of
     the file when the first data row has the extra field (taking it as an
-    index), and the message would blame a later column.
+    index), and the message would blame a later column. A row with fewer
+    fields than the header (a truncated last line, a cell forgotten) is an
+    error naming its line too: pandas would fill the missing cells with ``""``.
+    Blank lines are skipped, as pandas does.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        CorruptFileError: pandas cannot parse it, or a row has more fields than
-            the header (the message names the file and the lines).
+        CorruptFileError: pandas cannot parse it, or a row has more or fewer
+            fields than the header (the message names the file and the lines).
     """
     path = Path(path)
     if not path.is_file():
@@ -199,27 +202,51 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
                 UnicodeDecodeError: "; save it as UTF-8 text"}.get(type(error), "")
         raise CorruptFileError(f"{what} {path} cannot be read as CSV ({type(error).__name__}: "
                                f"{str(error).strip()}{hint})") from None
+    n_columns = len(table.columns)
     for warning in caught:
         if issubclass(warning.category, pd.errors.ParserWarning) and "does not match" in str(warning.message):
-            raise CorruptFileError(f"{what} {path}: {_extra_field_lines(path, len(table.columns), kwargs)} "
-                                   f"more fields than the {len(table.columns)} columns {list(table.columns)} "
-                                   "(an unquoted comma inside a cell? quote such cells)")
+            more, _ = _field_count_lines(path, n_columns, kwargs)
+            raise CorruptFileError(f"{what} {path}: {_lines_text(more)} have more fields than the {n_columns} "
+                                   f"columns {list(table.columns)} (an unquoted comma inside a cell? quote such cells)")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if n_columns > 1 and len(table) and "usecols" not in kwargs:
+        _, fewer = _field_count_lines(path, n_columns, kwargs)
+        if fewer:
+            raise CorruptFileError(f"{what} {path}: {_lines_text(fewer)} have fewer fields than the {n_columns} "
+                                   f"columns {list(table.columns)} (a truncated line, or a cell left out? "
+                                   "an empty cell still needs its comma)")
     return table
 
 
-def _extra_field_lines(path: Path, n_columns: int, kwargs: dict[str, Any]) -> str:
-    """Text naming the lines of ``path`` with more than ``n_columns`` fields (read again with the csv module)."""
+def _field_count_lines(path: Path, n_columns: int, kwargs: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The lines of ``path`` with more, and with fewer, than ``n_columns`` fields (read again with the csv
+    module; blank lines are skipped, as pandas does)."""
     import csv
     import gzip
 
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle))
+    more: list[int] = []
+    fewer: list[int] = []
     skip = 0 if kwargs.get("header", "infer") is None else 1
-    lines = [n for n, row in enumerate(rows[skip:], start=skip + 1) if len(row) > n_columns]
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        for row in reader:
+            if not row:
+                continue
+            if skip:  # the header
+                skip -= 1
+                continue
+            if len(row) > n_columns:
+                more.append(reader.line_num)
+            elif len(row) < n_columns:
+                fewer.append(reader.line_num)
+    return more, fewer
+
+
+def _lines_text(lines: list[int]) -> str:
+    """``"2 line(s) (3, 7)"``: a count and the first few line numbers."""
     shown = ", ".join(map(str, lines[:5])) + (" ..." if len(lines) > 5 else "")
-    return f"{len(lines)} line(s) ({shown}) have"
+    return f"{len(lines)} line(s) ({shown})"
 
 
 def normalise_metadata(metadata: pd.DataFrame, source: str = "metadata table") -> pd.DataFrame:

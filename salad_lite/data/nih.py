@@ -15,7 +15,10 @@ combined with a finding is a :class:`~salad_lite.data.base.LabelError` naming
 the CSV, the row, the line and the value. The CSV is read as text:
 ``patient_id`` is the CSV's ``Patient ID`` exactly as written (``0007`` stays
 ``0007``); ``Follow-up #`` and ``Patient Age`` are converted to numbers
-explicitly (an age written ``058Y`` is 58). Hidden and system files in the
+explicitly (an age written ``058Y`` is 58); when present, every cell of them
+must hold a finite number (an empty cell is refused like ``NaN``). A row with
+fewer or more fields than the header (a truncated last line) is refused naming
+its line (:func:`~salad_lite.data.base.read_text_csv`). Hidden and system files in the
 images folders (``._x.png``, ``Thumbs.db``) are never images
 (:func:`~salad_lite.data.io.is_hidden_or_system`).
 
@@ -157,12 +160,18 @@ def parse_finding_labels(findings: pd.Series, source: str = "the CSV", first_lin
 
 
 def _numbers(table: pd.DataFrame, column: str, source: str, strip: str = "") -> np.ndarray:
-    """A numeric CSV column converted explicitly (``strip``: unit letters to drop, e.g. ``Y`` of ``058Y``)."""
+    """A numeric CSV column converted explicitly (``strip``: unit letters to drop, e.g. ``Y`` of ``058Y``).
+
+    Every cell must hold a finite number: an empty cell is refused like the text ``NaN`` (a column
+    that is present is filled in every row; an NIH CSV without ages simply lacks the column).
+    """
     text = table[column].str.strip().str.rstrip(strip) if strip else table[column]
-    numbers, bad = text_to_numbers(text)
+    numbers, bad = text_to_numbers(text, required=True)
     if len(bad):
         shown = "; ".join(f"row {r} (line {r + 2}): {table[column].iloc[r]!r}" for r in bad[:5])
-        raise ValueError(f"{source}: column {column!r} holds values that are not finite numbers: {shown}")
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ValueError(f"{source}: column {column!r} holds values that are not finite numbers: {shown}{more} "
+                         "(an empty cell is not a number either)")
     return numbers.to_numpy()
 
 
@@ -191,8 +200,9 @@ def nih_metadata(table: pd.DataFrame, source: str = "the CSV") -> pd.DataFrame:
         ValueError: required columns are missing (they are named), an
             ``Image Index`` or ``Patient ID`` is empty, an image is listed
             twice, an image index names a hidden or system file, or a
-            follow-up / age is not a finite number (``NaN`` and ``inf`` alike);
-            the column, rows and lines are named.
+            follow-up / age is not a finite number (``NaN``, ``inf`` and an
+            empty cell alike: a column that is present is filled in every
+            row); the column, rows and lines are named.
         LabelError: a ``Finding Labels`` cell is not understood
             (:func:`parse_finding_labels`).
     """
