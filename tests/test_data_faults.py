@@ -402,7 +402,7 @@ def test_nih_patient_ids_stay_text(tmp_path: Path) -> None:
     patients = ["0007", "NA", "null", "7"]
     root = _nih_folder(tmp_path, ["No Finding", "Mass", "No Finding", "Effusion"], patients=patients)
     ds = NIHChestXray(root, view="all", image_size=8)
-    assert list(ds.patient_ids) == patients  # "0007" and "7" are two patients
+    assert list(ds.patient_ids) == patients  # stored as written ("0007" and "7" are one patient in a split)
     cached = CachedXrayDataset.from_dataset(ds, cache_dir=tmp_path / "c", name="n", progress=False)
     reread = CachedXrayDataset.load(tmp_path / "c", "n")
     assert list(reread.patient_ids) == patients and reread.metadata["age"].tolist() == [58] * 4

@@ -9,7 +9,14 @@ import torch
 
 from salad_lite.data import CachedXrayDataset, subset
 from salad_lite.data.registry import describe_splits
-from salad_lite.data.splits import PatientLeakError, check_patient_disjoint, one_class_split, patient_ids_of
+from salad_lite.data.generic import image_ids
+from salad_lite.data.splits import (
+    PatientLeakError,
+    check_patient_disjoint,
+    one_class_split,
+    patient_ids_of,
+    patient_key,
+)
 
 
 def _metadata(n_images: int = 1500, n_patients: int = 900, abnormal_share: float = 0.45, seed: int = 0) -> pd.DataFrame:
@@ -116,9 +123,9 @@ class _ArrayDataset(torch.utils.data.Dataset):
 def test_check_patient_disjoint_accepts_datasets_subsets_and_ids() -> None:
     meta = pd.DataFrame({"label": [0, 0, 1, 1], "patient_id": ["0007", "p2", "p3", "p4"]})
     cached = _cached(meta)
-    hand_made = {"train": _ArrayDataset(["7", "p9"]), "val": subset(cached, [0, 2]),
+    hand_made = {"train": _ArrayDataset(["p7", "p9"]), "val": subset(cached, [0, 2]),
                  "test": torch.utils.data.Subset(_ArrayDataset(["p3", "p8", "p4"]), [1])}
-    check_patient_disjoint(hand_made)  # "7" and "0007" are different ids: text stays text
+    check_patient_disjoint(hand_made)  # "p7" and "0007" are different ids
     assert patient_ids_of(hand_made["test"]) == ["p8"]
     leaking = {"train": _ArrayDataset(["p1", "0007", "p3"]), "val": cached,
                "test": torch.utils.data.Subset(_ArrayDataset(["p3", "p8"]), [0])}
@@ -160,3 +167,24 @@ def test_one_class_split_errors() -> None:
     few_abnormal = pd.DataFrame({"label": [0] * 10 + [1] * 3, "patient_id": list("abcdefghij") + ["x", "y", "z"]})
     with pytest.raises(ValueError, match="abnormal patients for validation and test"):
         one_class_split(few_abnormal, anomaly_ratio=0.3)
+
+
+def test_numeric_patient_ids_with_and_without_leading_zeros_are_one_patient() -> None:
+    assert [patient_key(t) for t in ("03140", "3140", "000", "0", "p0007", "07a", "XR_HAND/patient00001")] == [
+        "3140", "3140", "0", "0", "p0007", "07a", "XR_HAND/patient00001"]
+    with pytest.raises(PatientLeakError, match=r"1 patient\(s\) appear in both 'train' and 'val': "
+                                               r"\[\"0007 \(written '7' in 'val'\)\"\]"):
+        check_patient_disjoint({"train": ["0007", "p1"], "val": [7.0, "p2"]})
+    # half of patient 3140's films written '03140': the split keeps all 12 in one split, ids stay as written
+    meta = _metadata(300, 150)
+    meta.loc[:11, "patient_id"] = ["3140", "03140"] * 6
+    meta.loc[:11, "label"] = 0
+    for seed in range(5):
+        splits = one_class_split(meta, seed=seed)
+        holding = [name for name, rows in splits.items() if set(rows) & set(range(12))]
+        assert len(holding) == 1, (seed, holding)
+        assert set(range(12)) <= set(splits[holding[0]])
+    # images without a patient id: stems that are one number take their paths
+    assert image_ids(["normal/07.png", "abnormal/7.png", "normal/8.png"], taken={"009"}) == [
+        "normal/07", "abnormal/7", "8"]
+    assert image_ids(["normal/9.png"], taken={"009"}) == ["normal/9"]

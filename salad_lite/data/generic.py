@@ -58,6 +58,7 @@ from salad_lite.data.base import (
     refuse_duplicate_files,
 )
 from salad_lite.data.io import DataWarning, is_hidden_or_system, list_files
+from salad_lite.data.splits import patient_key
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderXray", "ManifestXray"]
 
@@ -84,10 +85,14 @@ def image_ids(paths: list[str], taken: Collection[str] = ()) -> list[str]:
     A stem that several of these images share, or that is already a patient's id
     (``taken``), would merge them into one patient, so those images take their path
     without the suffix instead (``NORMAL/0``, ``PNEUMONIA/0``).
+    Stems are compared by :func:`~salad_lite.data.splits.patient_key` (``07`` and ``7``
+    would be one patient), so such stems take their paths too.
     """
     stems = [PurePosixPath(p).stem for p in paths]
-    shared = {stem for stem, count in Counter(stems).items() if count > 1} | set(taken)
-    return [str(PurePosixPath(p).with_suffix("")) if stem in shared else stem for p, stem in zip(paths, stems)]
+    keys = [patient_key(stem) for stem in stems]
+    shared = {key for key, count in Counter(keys).items() if count > 1} | {patient_key(t) for t in taken}
+    return [str(PurePosixPath(p).with_suffix("")) if key in shared else stem
+            for p, stem, key in zip(paths, stems, keys)]
 
 
 class ImageFolderXray(XrayDataset):

@@ -47,7 +47,7 @@ import pandas as pd
 from salad_lite.data.base import CachedXrayDataset, XrayDataset, subset
 from salad_lite.data.generic import ImageFolderXray, ManifestXray
 from salad_lite.data.nih import NIHChestXray
-from salad_lite.data.splits import check_patient_disjoint, one_class_split
+from salad_lite.data.splits import check_patient_disjoint, one_class_split, patient_id_text, patient_key
 from salad_lite.synth import EMBEDDED_ENV, EMBEDDED_SCALES, embedded_root, embedded_scale
 
 __all__ = [
@@ -232,7 +232,7 @@ def describe_splits(splits: Mapping[str, Any]) -> pd.DataFrame:
                 "images": len(labels),
                 "normal": len(labels) - n_abnormal,
                 "abnormal": n_abnormal,
-                "patients": len(set(ds.patient_ids)),
+                "patients": len({patient_key(patient_id_text(p)) for p in ds.patient_ids}),
                 "abnormal_share": round(n_abnormal / len(labels), 4) if len(labels) else float("nan"),
             }
         )

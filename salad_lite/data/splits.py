@@ -18,7 +18,7 @@ import pandas as pd
 from salad_lite.utils import check_seed, is_int, is_number
 
 __all__ = ["MissingPatientIdError", "PatientLeakError", "check_patient_disjoint", "check_split_arguments",
-           "one_class_split", "patient_id_text", "patient_ids_of"]
+           "one_class_split", "patient_id_text", "patient_ids_of", "patient_key"]
 
 
 class PatientLeakError(ValueError):
@@ -67,6 +67,28 @@ def patient_id_text(value: Any, split: str = "split", position: int | None = Non
         raise MissingPatientIdError(
             f"split {split!r}: patient id{where} is {value!r}, not an id; every image needs its patient's id "
             "(a missing id would merge unrelated images into one patient)")
+    return text
+
+
+def patient_key(text: str) -> str:
+    """The key that groups and compares patients: a purely numeric id loses its leading zeros.
+
+    ``"03140"``, ``"003140"`` and ``"3140"`` are one patient (``"000"`` is ``"0"``):
+    a number written with or without zero padding (NIH file names pad patient
+    numbers to 8 digits, spreadsheets drop the zeros) must not put one patient
+    into two splits. Any other text is its own key (``"p0007"``, ``"XR_HAND/patient00001"``,
+    ``"7a"``). The ids shown and stored stay as written (:func:`patient_id_text`);
+    only the split and the leak check use this key. Merging ids this way can
+    only make splits coarser, never leak.
+
+    Args:
+        text: an id as returned by :func:`patient_id_text`.
+
+    Returns:
+        The key (``str``).
+    """
+    if text.isascii() and text.isdigit():
+        return text.lstrip("0") or "0"
     return text
 
 
@@ -121,8 +143,9 @@ def check_patient_disjoint(splits: Mapping[str, Any]) -> None:
         splits: split name -> that split's patients: a dataset (anything with
             ``.metadata["patient_id"]`` or ``.patient_ids``, or a
             ``torch.utils.data.Subset`` of one) or the patient ids themselves
-            (repeats allowed; ids are compared as the text of
-            :func:`patient_id_text`). See :func:`patient_ids_of`.
+            (repeats allowed; ids are compared by :func:`patient_key` of the
+            text of :func:`patient_id_text`: ``"0007"`` is patient ``"7"``).
+            See :func:`patient_ids_of`.
 
     Raises:
         PatientLeakError: names every pair of splits that share patients, how
@@ -130,14 +153,21 @@ def check_patient_disjoint(splits: Mapping[str, Any]) -> None:
         TypeError: a split is neither a dataset with patient ids nor a sequence of ids.
         MissingPatientIdError: an id is missing (split and position named).
     """
-    sets = {name: set(patient_ids_of(ids, name)) for name, ids in splits.items()}
-    names = list(sets)
+    written: dict[str, dict[str, str]] = {}  # split -> patient key -> the id as first written there
+    for name, ids in splits.items():
+        keys: dict[str, str] = {}
+        for text in patient_ids_of(ids, name):
+            keys.setdefault(patient_key(text), text)
+        written[name] = keys
+    names = list(written)
     leaks = []
     for a_pos, a in enumerate(names):
         for b in names[a_pos + 1 :]:
-            shared = sets[a] & sets[b]
+            shared = written[a].keys() & written[b].keys()
             if shared:
-                first = sorted(shared)[:5]
+                first = sorted(written[a][key] if written[a][key] == written[b][key]
+                               else f"{written[a][key]} (written {written[b][key]!r} in {b!r})"
+                               for key in shared)[:5]
                 leaks.append(f"{len(shared)} patient(s) appear in both {a!r} and {b!r}: {first}"
                              + (" ..." if len(shared) > 5 else ""))
     if leaks:
@@ -206,7 +236,8 @@ def one_class_split(
         ``{"train", "val", "test"}`` -> sorted ``np.int64`` row positions into
         ``metadata``.
 
-    The rule, by patient (a patient with any abnormal image is an abnormal
+    The rule, by patient (patients are grouped by :func:`patient_key`:
+    ``"03140"`` and ``"3140"`` are one patient; a patient with any abnormal image is an abnormal
     patient; all images of a patient go to one split; the two groups of
     patients are shuffled with ``seed``):
 
@@ -241,7 +272,8 @@ def one_class_split(
     from salad_lite.data.base import parse_binary_labels  # base imports this module
 
     meta = pd.DataFrame({"label": parse_binary_labels(metadata["label"].tolist(), "one_class_split metadata"),
-                         "patient_id": _id_texts(metadata["patient_id"], "one_class_split metadata")})
+                         "patient_id": [patient_key(text) for text in
+                                        _id_texts(metadata["patient_id"], "one_class_split metadata")]})
     n_normal_images = int((meta["label"] == 0).sum())
     n_abnormal_images = int((meta["label"] == 1).sum())
     if n_normal_images == 0:
