@@ -102,8 +102,11 @@ def test_signed_32bit_is_min_max_stretched(tmp_path: Path) -> None:
 
 
 def test_missing_truncated_and_corrupt_files_raise_naming_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ImageReadError, match="nope.png"):
+    with pytest.raises(ImageReadError, match="image file not found: .*nope.png"):
         read_grayscale(tmp_path / "nope.png")
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(ImageReadError, match=r"image .*x\.png is a folder, not an image file"):
+        read_grayscale(tmp_path / "x.png")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "full.png")
     data = (tmp_path / "full.png").read_bytes()

@@ -121,6 +121,44 @@ def test_fake_root_labels_views_and_kaggle_layout(tmp_path: Path) -> None:
     assert moved[0]["image"].shape == (1, 8, 8)
 
 
+def test_one_file_name_in_two_images_folders_is_refused_naming_both(tmp_path: Path) -> None:
+    table = _fake_nih(tmp_path)
+    name = table["Image Index"][3]
+    (tmp_path / "images_001" / "images").mkdir(parents=True)
+    Image.fromarray(np.full((12, 10), 250, np.uint8)).save(tmp_path / "images_001" / "images" / name)
+    with pytest.raises(ValueError, match=rf"1 image name\(s\) are in two images folders.*images/{name} and "
+                                         rf"images_001/images/{name}"):
+        NIHChestXray(tmp_path, view="all", image_size=8)
+    (tmp_path / "images_001" / "images" / name).unlink()
+    (tmp_path / "images_001" / "images" / name).symlink_to(tmp_path / "images" / name)  # one file, two names
+    assert len(NIHChestXray(tmp_path, view="all", image_size=8)) == 8
+
+
+def test_images_under_another_letter_case_get_a_hint(tmp_path: Path) -> None:
+    table = _fake_nih(tmp_path)
+    for name in table["Image Index"]:
+        (tmp_path / "images" / name).rename(tmp_path / "images" / name.replace(".png", ".PNG"))
+    with pytest.raises(FileNotFoundError, match=r"none of the 8 images.*8 of them exist under another letter case "
+                                                r"\(the CSV's '00000001_000.png' is 'images/00000001_000.PNG' on disk\)"):
+        NIHChestXray(tmp_path, view="all", image_size=8)
+
+
+def test_blank_or_unknown_views_are_counted_when_a_view_is_chosen(tmp_path: Path) -> None:
+    table = _fake_nih(tmp_path)
+    table.loc[[0, 5], "View Position"] = ["", "LL"]
+    table.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    with pytest.warns(DataWarning, match=r"left out 2 of 8 rows whose View Position is blank or unknown "
+                                         r"\(\['', 'LL'\]"):
+        ds = NIHChestXray(tmp_path, view="PA", image_size=8)
+    assert len(ds) == (table["View Position"] == "PA").sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert len(NIHChestXray(tmp_path, view="all", image_size=8)) == 8  # kept: nothing left out
+        table.loc[[0, 5], "View Position"] = "AP"
+        table.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+        NIHChestXray(tmp_path, view="PA", image_size=8)  # the other view is left out by choice, not counted
+
+
 def test_missing_images_are_dropped_with_one_counted_warning(tmp_path: Path) -> None:
     table = _fake_nih(tmp_path)
     for name in table["Image Index"][[1, 4]]:

@@ -188,3 +188,23 @@ def test_numeric_patient_ids_with_and_without_leading_zeros_are_one_patient() ->
     assert image_ids(["normal/07.png", "abnormal/7.png", "normal/8.png"], taken={"009"}) == [
         "normal/07", "abnormal/7", "8"]
     assert image_ids(["normal/9.png"], taken={"009"}) == ["normal/9"]
+
+
+def test_a_split_file_that_leaves_images_out_counts_them(tmp_path) -> None:
+    import warnings
+
+    from salad_lite.data import DataWarning
+    from salad_lite.data.split_file import read_split_file, split_positions
+
+    meta = pd.DataFrame({"path": [f"images/{k}.png" for k in range(8)], "patient_id": [str(k) for k in range(8)],
+                         "label": [0] * 8})
+    split = tmp_path / "split.csv"
+    split.write_text("image,split\n0.png,train\n1.png,val\n2.png,test\n")
+    with pytest.warns(DataWarning, match=r"5 of the dataset's 8 images are in no split \(the file names 3\) and are "
+                                         r"left unused: 'images/3.png'"):
+        result = split_positions(read_split_file(split), meta, f"split file {split}")
+    assert {k: v.tolist() for k, v in result.items()} == {"train": [0], "val": [1], "test": [2]}
+    split.write_text("image,split\n" + "".join(f"{k}.png,{('train', 'val', 'test')[k % 3]}\n" for k in range(8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        split_positions(read_split_file(split), meta)  # every image named: no warning

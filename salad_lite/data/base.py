@@ -338,6 +338,7 @@ def drop_missing_files(
     exists: np.ndarray,
     on_missing: OnMissing = "drop",
     source: str = "the metadata",
+    hint: str = "",
 ) -> pd.DataFrame:
     """Apply the missing-file policy shared by the loaders.
 
@@ -348,6 +349,8 @@ def drop_missing_files(
             :class:`DataWarning` giving their count and the first few names;
             ``"raise"`` raises :class:`FileNotFoundError` on any missing file.
         source: text naming where the list came from (used in messages).
+        hint: text appended to every message (e.g. that the files exist under
+            another letter case); "" for none.
 
     Returns:
         The rows whose file exists, index reset.
@@ -369,13 +372,13 @@ def drop_missing_files(
     if n_missing == len(metadata):
         raise FileNotFoundError(
             f"none of the {len(metadata)} images listed in {source} exist on disk "
-            f"(first expected: {first}); is the root folder right?"
+            f"(first expected: {first}); is the root folder right?{hint}"
         )
     if on_missing == "raise":
-        raise FileNotFoundError(f"{n_missing} of {len(metadata)} images listed in {source} are missing: {first}")
+        raise FileNotFoundError(f"{n_missing} of {len(metadata)} images listed in {source} are missing: {first}{hint}")
     warnings.warn(
         f"dropped {n_missing} of {len(metadata)} images listed in {source} that are missing on disk "
-        f"(policy on_missing='drop'): {first}",
+        f"(policy on_missing='drop'): {first}{hint}",
         DataWarning,
         stacklevel=3,
     )

@@ -23,6 +23,17 @@ Conversion policy, by Pillow mode:
   16x. Values outside that range (negative ``I`` images) and float images
   (``F``) are min-max stretched over their dynamic range. A constant image maps
   to 0.
+
+  The risk of this rule, stated plainly: the bit depth is GUESSED per image from
+  its maximum pixel, so brightness is not comparable across such images. A
+  12-bit film (maximum 4095) with a single pixel at 4096 or above is read as
+  13-bit and comes out half as bright; a dark 16-bit film whose maximum is
+  below 32768 comes out twice as bright. PNG's ``sBIT`` chunk is not a sound
+  fix (Pillow does not read it, and by the PNG standard its samples are already
+  scaled to the full depth, which writers of unscaled 12-bit data do not
+  follow). Convert a set of high-depth films to 8-bit with one rule of your own
+  (one window for the whole set) when intensities must agree across films;
+  NIH ChestX-ray14 and MURA are 8-bit and unaffected.
 * Multi-frame files (TIFF, GIF): the first frame. EXIF orientation is applied.
 
 Hidden and system files are never images (:func:`is_hidden_or_system`, the one
@@ -206,11 +217,13 @@ def read_grayscale(path: str | os.PathLike[str]) -> np.ndarray:
         module docstring for how alpha, palettes and 16-bit data are converted.
 
     Raises:
-        ImageReadError: the file is missing, not an image, truncated or corrupt,
+        ImageReadError: the file is missing (or is a folder), not an image, truncated or corrupt,
             or it holds NaN / infinite pixels (counted). The pixel data is fully
             decoded (``Image.load``) before returning, so truncation is detected here.
     """
     file = Path(path)
+    if file.is_dir():
+        raise ImageReadError(f"image {file} is a folder, not an image file")
     if not file.is_file():
         raise ImageReadError(f"image file not found: {file}")
     try:

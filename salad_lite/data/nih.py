@@ -7,7 +7,8 @@ Layout expected under ``root`` (the official download, or the synthetic set of
     root/images/00000001_000.png    (one flat folder)
 
 The Kaggle re-packaging (``root/images_001/images/*.png`` ... ``images_012``) is
-accepted too. Labels: ``"No Finding"`` -> 0 (normal), one or more of the 14
+accepted too; a file name found in two of these folders is an error naming
+both files (which one the CSV means is unknown). Labels: ``"No Finding"`` -> 0 (normal), one or more of the 14
 findings joined by ``|`` -> 1 (abnormal). The labels are parsed strictly: names
 are matched ignoring case and surrounding spaces (``no finding`` is normal, and
 is stored as ``No Finding``); an unknown name, an empty cell, or ``No Finding``
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ from salad_lite.data.base import (
     refuse_duplicate_files,
     text_to_numbers,
 )
-from salad_lite.data.io import is_hidden_or_system, list_files
+from salad_lite.data.io import DataWarning, is_hidden_or_system, list_files
 
 __all__ = [
     "NIH_COLUMNS",
@@ -285,15 +287,41 @@ def finding_counts(metadata: pd.DataFrame) -> pd.Series:
 
 
 def _index_images(root: Path) -> dict[str, str]:
-    """Image file name -> path relative to ``root`` for the flat and Kaggle layouts."""
+    """Image file name -> path relative to ``root`` for the flat and Kaggle layouts.
+
+    Raises:
+        ValueError: one file name is in two of the images folders (``images/`` and
+            ``images_001/images/``, say): which copy is the CSV's image is unknown, so
+            both files are named (a file listed twice is an error). Two names of one
+            file (a link) are one file.
+    """
     folders = [root / "images"] if (root / "images").is_dir() else []
     folders += sorted(p / "images" for p in root.glob("images_*")
                       if (p / "images").is_dir() and not is_hidden_or_system(p, root))
     index: dict[str, str] = {}
+    twice: list[tuple[str, str]] = []
     for folder in folders:
         for path in list_files(folder, _IMAGE_SUFFIXES, recursive=False):  # no hidden / system files
-            index.setdefault(path.name, os.path.relpath(path, root))
+            relative = os.path.relpath(path, root)
+            first = index.setdefault(path.name, relative)
+            if first != relative and not os.path.samefile(root / first, path):
+                twice.append((first, relative))
+    if twice:
+        shown = "; ".join(f"{a} and {b}" for a, b in twice[:3]) + (" ..." if len(twice) > 3 else "")
+        raise ValueError(f"NIH root {root}: {len(twice)} image name(s) are in two images folders, so which file "
+                         f"the CSV's row means is unknown: {shown}; keep one copy of each")
     return index
+
+
+def _case_hint(missing: list[str], images: dict[str, str]) -> str:
+    """A hint for CSV names missing on disk that exist under another letter case (``.PNG`` for ``.png``)."""
+    by_lower = {name.lower(): name for name in images}
+    other = [(name, by_lower[name.lower()]) for name in missing if name.lower() in by_lower]
+    if not other:
+        return ""
+    listed, found = other[0]
+    return (f"; {len(other)} of them exist under another letter case (the CSV's {listed!r} is "
+            f"{images[found]!r} on disk): file names are compared exactly, rename the files or the CSV entries")
 
 
 class NIHChestXray(XrayDataset):
@@ -308,11 +336,17 @@ class NIHChestXray(XrayDataset):
         preprocess: optional ``uint8 [H, W] -> uint8`` step before resizing.
         on_missing: ``"drop"`` (counted warning) or ``"raise"``; see module doc.
 
+    With ``view`` ``"PA"`` or ``"AP"``, rows of the other view are left out by
+    choice; rows whose ``View Position`` is blank or neither are left out with
+    ONE :class:`~salad_lite.data.io.DataWarning` counting them.
+
     Raises:
         FileNotFoundError: wrong root (no folder, no CSV, no images folder) or
-            none of the listed images present.
+            none of the listed images present (with a hint when they exist
+            under another letter case, ``.PNG`` for ``.png``).
         ValueError: CSV lacking columns, listing no image or one image twice,
-            an empty ``Image Index`` / ``Patient ID``, unknown view, or no image of that view.
+            an empty ``Image Index`` / ``Patient ID``, unknown view, no image of
+            that view, or one file name in two images folders (both named).
         LabelError: a ``Finding Labels`` cell not understood (CSV, row, line and value named).
         CorruptFileError: the CSV cannot be parsed.
     """
@@ -344,11 +378,18 @@ class NIHChestXray(XrayDataset):
             raise ValueError(f"NIH CSV {csv} lists no images (a header without rows)")
         self.view = view.upper() if view.upper() != "ALL" else "all"
         if self.view != "all":
+            unknown = ~meta["view"].isin(_VIEWS[:2])
+            if unknown.any():
+                values = sorted(set(meta.loc[unknown, "view"]))
+                warnings.warn(f"{csv}: left out {int(unknown.sum())} of {len(meta)} rows whose View Position is blank "
+                              f"or unknown ({values[:5]}; expected 'PA' or 'AP'), so not {self.view!r}; "
+                              "view='all' keeps them", DataWarning, stacklevel=2)
             meta = meta[meta["view"] == self.view].reset_index(drop=True)
             if meta.empty:
                 raise ValueError(f"{csv} lists no image with View Position {self.view!r}")
         relative = meta["image_index"].map(images)
-        meta = drop_missing_files(meta, relative.notna().to_numpy(), on_missing, source=str(csv))
+        hint = _case_hint(meta.loc[relative.isna(), "image_index"].tolist(), images)
+        meta = drop_missing_files(meta, relative.notna().to_numpy(), on_missing, source=str(csv), hint=hint)
         meta["path"] = relative.dropna().to_numpy(object)
         self.csv_path = csv
         super().__init__(meta, image_size=image_size, root=root_path, preprocess=preprocess)

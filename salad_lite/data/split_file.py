@@ -24,7 +24,8 @@ to the dataset root, e.g. ``images/00000001_000.png`` on NIH) when it is that
 path, that path under extra leading folders (``MURA-v1.1/train/...`` as MURA's
 own CSVs write it), or the file name alone when no two dataset images share it
 (``00000001_000.png``, as NIH's ``Image Index`` and the Tang et al. lists write it).
-Dataset images the file does not name are left out of every split.
+Dataset images the file does not name are left out of every split, with one
+:class:`~salad_lite.data.io.DataWarning` counting them and naming the first few.
 
 Checked, each failure a :class:`SplitFileError` (or :class:`~salad_lite.data.splits.PatientLeakError`)
 naming the file: the header, empty cells, unknown split names, duplicated
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -43,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.data.base import read_text_csv
+from salad_lite.data.io import DataWarning
 from salad_lite.data.splits import PatientLeakError, check_patient_disjoint
 
 __all__ = ["IMAGE_COLUMNS", "SPLIT_COLUMNS", "SPLIT_NAMES", "SplitFileError", "read_split_file", "split_from_file",
@@ -160,6 +163,8 @@ def split_positions(table: pd.DataFrame, metadata: pd.DataFrame, source: str = "
 
     Returns:
         ``{"train", "val", "test"}`` -> sorted ``np.int64`` row positions into ``metadata``.
+        Dataset images the file does not name are in no split; one
+        :class:`~salad_lite.data.io.DataWarning` counts them and names the first few.
 
     Raises:
         SplitFileError: an image the file names is not in the dataset (the first
@@ -178,6 +183,11 @@ def split_positions(table: pd.DataFrame, metadata: pd.DataFrame, source: str = "
         raise SplitFileError(f"{source}: lines {table['line'].to_numpy()[seen][:_SHOWN].tolist()} name the same "
                              f"dataset image(s) {_first(sorted(set(metadata['path'].to_numpy()[rows[seen]])))}")
     result = {name: np.sort(rows[(table["split"] == name).to_numpy()]) for name in ("train", "val", "test")}
+    unused = np.setdiff1d(np.arange(len(metadata)), rows)
+    if len(unused):
+        warnings.warn(f"{source}: {len(unused)} of the dataset's {len(metadata)} images are in no split (the file "
+                      f"names {len(table)}) and are left unused: "
+                      f"{_first(metadata['path'].astype(str).to_numpy()[unused].tolist())}", DataWarning, stacklevel=2)
     patients = metadata["patient_id"].astype(str).to_numpy()
     try:
         check_patient_disjoint({name: patients[positions] for name, positions in result.items()})
