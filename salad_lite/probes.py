@@ -43,6 +43,7 @@ from salad_lite.data.base import read_text_csv, text_to_numbers
 from salad_lite.data.findings import finding_column
 from salad_lite.knn import unit_rows
 from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, embedded_side_file
+from salad_lite.utils import is_finite_number
 
 __all__ = [
     "PROBE_KINDS",
@@ -83,6 +84,24 @@ def _is_categorical(column: pd.Series) -> bool:
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return True
     return column.nunique(dropna=True) == 2
+
+
+def _is_number_column(column: pd.Series) -> bool:
+    """A numeric (not bool) column: what a regression can fit."""
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _numeric_text(column: pd.Series) -> pd.Series:
+    """A text column whose every entry is a finite number written as text (``"58"``, ``" 2.5"``) as numbers
+    (:func:`~salad_lite.data.base.text_to_numbers`); any other column unchanged."""
+    if _is_number_column(column) or isinstance(column.dtype, pd.CategoricalDtype) or len(column) == 0:
+        return column
+    if all(isinstance(v, str) for v in column):
+        numbers, bad = text_to_numbers(column, required=True)
+        return column if len(bad) else numbers
+    if all(is_finite_number(v) for v in column):  # Python or NumPy numbers in an object column
+        return pd.to_numeric(column)
+    return column
 
 
 def _int_argument(name: str, value: Any, low: int, high: int, why: str = "") -> int:
@@ -134,7 +153,12 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
         latents: ``[N, d]`` tensor or array (need not be normalised; rows are
             divided by their L2 norm).
         targets: ``N`` rows aligned with ``latents`` (row i describes latent
-            i; the index is ignored), one column per target.
+            i), one column per target; its index must be ``0..N-1`` in order
+            (a shuffled or filtered frame is refused, not silently paired by
+            position: reorder it to the latents, then ``reset_index(drop=True)``).
+            A text column whose every entry is a finite number (``"58"``, as
+            :func:`~salad_lite.data.base.read_text_csv` keeps them) is probed
+            as numbers.
         k: neighbours per prediction, at most the size of the smallest
             training part (``N - ceil(N / folds)``).
         folds: number of cross-validation folds, at least 2.
@@ -154,12 +178,13 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
 
     Raises:
         TypeError: ``targets`` is not a DataFrame.
-        ValueError: ``latents`` is not ``[N, d]`` with finite, non-zero rows;
-            ``targets`` has not N rows, has no column, or repeats a column
-            name; ``folds`` not an int in 2..N; ``k`` not an int in 1..the
-            smallest training part; ``seed`` not an int in 0..2**32 - 1 (NumPy's
-            range); a bool for any of them; ``kinds`` names an unknown column
-            or kind; no column can be scored.
+        ValueError: ``latents`` is not ``[N, d]`` numbers with finite, non-zero rows;
+            ``targets`` has not N rows, an index other than ``0..N-1`` in order,
+            no column, or repeats a column name; ``folds`` not an int in 2..N;
+            ``k`` not an int in 1..the smallest training part; ``seed`` not an
+            int in 0..2**32 - 1 (NumPy's range); a bool for any of them;
+            ``kinds`` names an unknown column or kind, or asks ``"regression"``
+            of a column that is not numbers (the column named); no column can be scored.
     """
     from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
     from sklearn.model_selection import cross_val_predict
@@ -171,6 +196,11 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
         raise TypeError(f"targets must be a pandas DataFrame, got {type(targets).__name__}")
     if len(targets) != n:
         raise ValueError(f"targets has {len(targets)} rows for {n} latents; row i must describe latent i")
+    if not targets.index.equals(pd.RangeIndex(n)):
+        raise ValueError(f"targets' index must be 0..{n - 1} in order (row i describes latent i), got "
+                         f"{targets.index[:5].tolist()}{' ...' if n > 5 else ''}: a shuffled or filtered frame would "
+                         "pair targets with the wrong latents; reorder it to the latents, then "
+                         "reset_index(drop=True)")
     if targets.shape[1] == 0:
         raise ValueError("targets has no column to probe")
     if targets.columns.duplicated().any():
@@ -195,10 +225,15 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
             counts = [f"{missing} missing value(s)"] * bool(missing) + [f"{infinite} infinite value(s)"] * bool(infinite)
             skipped.append(f"{name!r} ({', '.join(counts)})")
             continue
+        column = _numeric_text(column)
         if column.nunique() < 2:
             skipped.append(f"{name!r} (a single value)")
             continue
         classify = kinds[name] == "classification" if name in kinds else _is_categorical(column)
+        if not classify and not _is_number_column(column):
+            shown = next(v for v in column if not is_finite_number(v))
+            raise ValueError(f"kinds[{name!r}] is 'regression' but column {name!r} is not numbers (e.g. {shown!r}); "
+                             "convert it or probe it as 'classification'")
         if not classify:
             y = column.to_numpy(np.float64)
             model = KNeighborsRegressor(n_neighbors=k, metric="cosine", algorithm="brute")
@@ -343,25 +378,50 @@ def _change(now: float, before: pd.DataFrame | None, target: str, kind: str, bef
     return f", {_signed(now - then, 2)} from {then:.2f} at {before_name}"
 
 
-def describe_probe(table: pd.DataFrame, label: str = "label", top: int = 3, before: pd.DataFrame | None = None,
-                   before_name: str = "pre-training") -> str:
+def _shown(value: Any) -> str:
+    """A value for a message: NumPy scalars as their Python value (``nan``, not ``np.float64(nan)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _check_probe_numbers(probe: pd.DataFrame, name: str) -> None:
+    """Refuse a probe table whose ``score`` or ``baseline`` is not a finite number, naming the row's target and kind."""
+    for column in ("score", "baseline"):
+        bad = [i for i, v in enumerate(probe[column].tolist()) if not is_finite_number(v)]
+        if bad:
+            row = probe.iloc[bad[0]]
+            raise ValueError(f"{name} holds {len(bad)} {column}(s) that are not finite numbers, first "
+                             f"{_shown(row[column])} of target {row['target']!r} ({row['kind']}); "
+                             "latent_predictability() never writes one")
+
+
+def describe_probe(table: pd.DataFrame, label: str | None = "label", top: int = 3,
+                   before: pd.DataFrame | None = None, before_name: str = "pre-training") -> str:
     """Sentences on a :func:`latent_predictability` table: the best-predicted continuous targets, then the label.
 
     Args:
         table: the probe of the stage described.
-        label: the target reported with accuracy, majority rate and AUC.
-        top: how many of the highest R² to name.
+        label: the target reported with accuracy, majority rate and AUC (a
+            target of ``table``); None reports no label.
+        top: how many of the highest R² to name, an int >= 1.
         before: the probe of an earlier stage (same targets): each number then
             also says how far it moved since ``before_name``.
 
     Raises:
-        ValueError: the table lacks :func:`latent_predictability`'s columns, or has neither an
-            R² row nor an accuracy row of ``label``.
+        ValueError: the table lacks :func:`latent_predictability`'s columns, or holds a
+            score or baseline that is not a finite number (NaN; target named); ``label`` is
+            not a target of ``table`` (the targets listed); ``top`` not an int >= 1; or the
+            table has neither an R² row nor an accuracy row of ``label``.
     """
     for name, probe in (("table", table), ("before", before)):
         missing = [] if probe is None else sorted({"target", "kind", "score", "baseline"} - set(probe.columns))
         if missing:
             raise ValueError(f"{name} lacks the columns {missing} of latent_predictability()'s table")
+        if probe is not None:
+            _check_probe_numbers(probe, name)
+    top = _int_argument("top", top, 1, 2**31 - 1, " (how many R² to name)")
+    if label is not None and label not in set(table["target"]):
+        raise ValueError(f"label={label!r} is not a target of the probe table (targets: "
+                         f"{sorted(map(str, set(table['target'])))}); pass label=None to report none")
     r2 = table[table["kind"] == "r2"].sort_values("score", ascending=False).head(top)
     lines = []
     if len(r2):
@@ -390,12 +450,16 @@ def describe_formation(formation: pd.DataFrame,
 
     Each line says whether the measure rose or fell (or is unchanged at three
     decimals), the change and both values; a change smaller than ``tolerance``
-    (absolute) is marked as negligible. The k-NN purity line also gives the
-    chance purity.
+    (absolute, a finite number >= 0) is marked as negligible. The k-NN purity
+    line also gives the chance purity.
 
     Raises:
-        ValueError: fewer than two rounds, or a column missing.
+        ValueError: fewer than two rounds, a column missing, a value of the
+            first or last round that is not a finite number (NaN: column and
+            round named), or ``tolerance`` not a finite number >= 0.
     """
+    if not is_finite_number(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     if len(formation) < 2:
         raise ValueError("describe_formation needs at least two rounds")
     missing = [c for c in columns if c not in formation.columns]
@@ -403,6 +467,13 @@ def describe_formation(formation: pd.DataFrame,
         raise ValueError(f"the formation table lacks {missing}; expected cluster_formation()'s columns")
     first, last = formation.iloc[0], formation.iloc[-1]
     r0, r1 = formation.index[0], formation.index[-1]
+    used = list(columns) + (["chance_purity"] if "knn_purity" in columns and "chance_purity" in formation.columns
+                            else [])
+    for name in used:
+        for r, row in ((r0, first), (r1, last)):
+            if not is_finite_number(row[name]):
+                raise ValueError(f"the formation table's {name!r} at round {r} is {_shown(row[name])}, not a finite "
+                                 "number; leave that column out (columns=...)")
     lines = []
     for name in columns:
         before, after = float(first[name]), float(last[name])

@@ -305,3 +305,64 @@ def test_probe_figure_has_one_panel_per_kind_and_one_bar_per_stage() -> None:
     assert [t.get_text() for t in one.axes[0].get_yticklabels()] == ["breast_mm"]
     with pytest.raises(ValueError, match="lacks"):
         viz.plot_latent_probe({"x": after.drop(columns="baseline")})
+
+
+# --------------------------------------------------------------------------- alignment, text columns, bad latents
+def _aligned_case(n: int = 60) -> tuple[np.ndarray, pd.DataFrame]:
+    rng = np.random.default_rng(3)
+    latents = rng.normal(size=(n, 6))
+    return latents, pd.DataFrame({"v": latents[:, 0] * 2 + 0.01 * rng.normal(size=n)})
+
+
+def test_targets_must_be_indexed_0_to_n_minus_1_in_order() -> None:
+    latents, targets = _aligned_case()
+    shuffled = targets.sample(frac=1.0, random_state=0)
+    with pytest.raises(ValueError, match=r"targets' index must be 0\.\.59 in order .*reset_index\(drop=True\)"):
+        probes.latent_predictability(latents, shuffled, k=5)
+    with pytest.raises(ValueError, match="index must be"):
+        probes.latent_predictability(latents, targets.set_axis(range(1, 61)), k=5)
+    assert len(probes.latent_predictability(latents, targets, k=5)) == 1  # a plain frame still passes
+
+
+def test_numbers_written_as_text_are_probed_as_numbers() -> None:
+    latents, targets = _aligned_case()
+    as_text = targets.assign(v=targets["v"].map(lambda v: f" {v:.6f}"), whole=[str(i % 40) for i in range(60)])
+    numbers = probes.latent_predictability(latents, targets.assign(whole=[i % 40 for i in range(60)]), k=5)
+    texts = probes.latent_predictability(latents, as_text, k=5)
+    assert texts["kind"].tolist() == ["r2", "r2"]  # not a 40-class classification
+    np.testing.assert_allclose(texts["score"], numbers["score"], atol=1e-6)
+    mixed = targets.assign(v=["a"] + [str(i % 3) for i in range(59)])
+    assert probes.latent_predictability(latents, mixed, k=5)["kind"].iloc[0] == "accuracy"  # text stays text
+    with pytest.raises(ValueError, match=r"kinds\['v'\] is 'regression' but column 'v' is not numbers \(e\.g\. 'a'\)"):
+        probes.latent_predictability(latents, mixed, k=5, kinds={"v": "regression"})
+
+
+def test_latents_that_are_not_numbers_are_refused_by_name() -> None:
+    _, targets = _aligned_case(4)
+    with pytest.raises(ValueError, match=r"latents must be numbers \[rows, d\].*got str"):
+        probes.latent_predictability(np.array([["a", "b"]] * 4), targets, k=1, folds=2)
+
+
+def test_sentences_refuse_nan_and_bad_arguments_by_name() -> None:
+    table = _probe_table(0.69, 0.53, 0.61)
+    with pytest.raises(ValueError, match=r"table holds 1 score\(s\) that are not finite numbers, first nan of target "
+                                         r"'breast_mm' \(r2\)"):
+        probes.describe_probe(table.assign(score=[0.53, 0.61, np.nan, 0.2, 0.9]))
+    with pytest.raises(ValueError, match="before holds 1 baseline"):
+        probes.describe_probe(table, before=table.assign(baseline=[np.nan, 0.5, 0, 0, 0.8]))
+    for top in (-1, 0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=r"top must (be an int|lie) in 1\.\."):
+            probes.describe_probe(table, top=top)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"label='lable' is not a target of the probe table \(targets: \['breast_mm'"):
+        probes.describe_probe(table, label="lable")
+    assert "The label" not in probes.describe_probe(table, label=None)
+    assert "The marker: k-NN accuracy 0.90" in probes.describe_probe(table, label="marker")
+    formation = pd.DataFrame({"neighbour_cosine": [0.80, 0.86], "knn_purity": [0.5, np.nan],
+                              "chance_purity": [0.5, 0.5], "silhouette": [0.010, 0.012]},
+                             index=pd.Index([0, 3], name="round"))
+    with pytest.raises(ValueError, match=r"'knn_purity' at round 3 is nan, not a finite number"):
+        probes.describe_formation(formation)
+    assert "knn_purity" not in probes.describe_formation(formation, columns=("neighbour_cosine", "silhouette"))
+    for tolerance in (-0.1, np.nan, np.inf, "0.1", True):
+        with pytest.raises(ValueError, match="tolerance must be a finite number >= 0"):
+            probes.describe_formation(formation, columns=("silhouette",), tolerance=tolerance)  # type: ignore[arg-type]
