@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from salad_lite.checkpoint import load_checkpoint
-from salad_lite.knn import cosine_topk
+from salad_lite.knn import check_latents, cosine_topk
+from salad_lite.metrics import binary_labels
 from salad_lite.utils import is_int
 
 __all__ = [
@@ -48,15 +49,12 @@ _ROUND_FILE = re.compile(r"^round(\d+)\.safetensors$")
 
 
 def _as_array(latents: Any, name: str = "latents") -> np.ndarray:
-    """float32 ``[M, d]`` numpy copy of a tensor or array, with finite values."""
+    """float32 ``[M, d]`` numpy copy of a tensor or array, through the package's latent gate
+    (:func:`salad_lite.knn.check_latents`: numbers, 2-D, at least one row, finite, no zero-norm row:
+    a zero latent has no cosine, for every measure alike)."""
     if hasattr(latents, "detach"):
-        latents = latents.detach().cpu().numpy()
-    arr = np.asarray(latents, dtype=np.float32)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [M, d], got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} holds {int((~np.isfinite(arr)).any(axis=1).sum())} row(s) with NaN or inf")
-    return arr
+        latents = latents.detach().cpu()
+    return np.array(check_latents(latents, name).numpy(), dtype=np.float32, copy=True)
 
 
 def load_round_snapshots(replicate_dir: str | Path) -> dict[int, dict[str, torch.Tensor]]:
@@ -132,6 +130,10 @@ def aligned_projections(latents_per_round: Sequence[Any], *, n_neighbors: int = 
 def _neighbours(latents: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-k of every row among the other rows: (similarities [M, k], indices [M, k])."""
     m = latents.shape[0]
+    if not is_int(k):
+        raise ValueError(f"k must be an int (neighbours per point), got {k!r} ({type(k).__name__})")
+    if m < 2:
+        raise ValueError(f"the k-NN measures need at least 2 points (each point's neighbours are the others), got {m}")
     if not 1 <= k <= m - 1:
         raise ValueError(f"k must lie in 1..{m - 1} for {m} points, got {k}")
     x = torch.from_numpy(latents)
@@ -159,7 +161,10 @@ def knn_purity(latents: Any, labels: Any, k: int = 10) -> float:
     about ``sum_c share_c ** 2``.
 
     Raises:
-        ValueError: ``labels`` not 1-D with one value per latent, or a missing (NaN/None) label.
+        ValueError: ``latents`` not numbers ``[M, d]`` with finite, non-zero rows
+            (:func:`salad_lite.knn.check_latents`); ``k`` not an int in 1..M-1 (fewer
+            than 2 points named as such); ``labels`` not 1-D with one value per
+            latent, or a missing (NaN/None) label.
     """
     arr = _as_array(latents)
     lab = _labels_of(labels, arr.shape[0])
@@ -173,7 +178,7 @@ def silhouette(latents: Any, labels: Any) -> float:
     High when points lie closer to their own label group than to the other group(s).
 
     Raises:
-        ValueError: as :func:`knn_purity`, or fewer than two label values.
+        ValueError: as :func:`knn_purity` (a zero-norm latent too), or fewer than two label values.
     """
     from sklearn.metrics import silhouette_score
 
@@ -194,8 +199,9 @@ def cluster_formation(latents_per_round: Mapping[int, Any], labels: Any, k: int 
     """Cluster-formation measures of the same points after each round.
 
     Args:
-        latents_per_round: round r -> latents ``[M, d]`` (e.g. the snapshots' ``val``).
-        labels: ``[M]`` labels of the points (0 normal, 1 abnormal).
+        latents_per_round: round r (an int) -> latents ``[M, d]`` (e.g. the snapshots' ``val``).
+        labels: ``[M]`` labels of the points, 0 (normal) and 1 (abnormal), both present (silhouette)
+            (:func:`salad_lite.metrics.binary_labels`: ``"0"``, ``"normal"`` or 2 are refused).
         k: neighbourhood size of the k-NN measures.
 
     Returns:
@@ -206,17 +212,25 @@ def cluster_formation(latents_per_round: Mapping[int, Any], labels: Any, k: int 
         ``neighbour_cosine``.
 
     Raises:
-        ValueError: no round, or a round's latents not ``[M, d]`` for the M labels
-            (:func:`knn_purity`'s label rules; the round named).
+        ValueError: no round, a round that is not an int (named), labels other than
+            0/1 or of one class, or a round's latents not ``[M, d]`` for the M labels
+            (:func:`knn_purity`'s rules; the round named).
     """
     if not isinstance(latents_per_round, Mapping) or not latents_per_round:
         raise ValueError("latents_per_round must map at least one round to its latents [M, d], got "
                          f"{latents_per_round!r:.80}")
+    not_rounds = [r for r in latents_per_round if not is_int(r)]
+    if not_rounds:
+        raise ValueError(f"latents_per_round's keys must be int rounds, got {not_rounds[:5]!r}")
+    raw = np.asarray(labels)
+    if raw.ndim == 1:
+        _labels_of(raw, raw.shape[0])  # a missing (NaN/None) label is named as such
+    binary = binary_labels(raw, "cluster_formation", need_both=False)  # one class: silhouette says so
     rows = []
     for r, latents in sorted(latents_per_round.items()):
         arr = _as_array(latents, f"round {r}")
         try:
-            lab = _labels_of(labels, arr.shape[0])
+            lab = _labels_of(binary, arr.shape[0])
         except ValueError as error:
             raise ValueError(f"round {r}: {error}") from None
         _, counts = np.unique(lab, return_counts=True)

@@ -105,3 +105,29 @@ def test_aligned_projections_shapes_and_structure() -> None:
     assert shift < 0.2 * extent
     with pytest.raises(ValueError, match="same 50 points"):
         ev.aligned_projections([clustered, clustered[:10]])
+
+
+def test_cluster_formation_labels_follow_the_package_label_check() -> None:
+    latents, labels = _clusters(10)
+    assert ev.cluster_formation({0: latents}, labels, k=3)["normal_knn_purity"].notna().all()
+    for bad in (labels.astype(str), np.where(labels == 1, "abnormal", "normal"), labels * 2):
+        with pytest.raises(ValueError, match=r"cluster_formation needs labels 0 \(normal\) and 1 \(abnormal\)"):
+            ev.cluster_formation({0: latents}, bad, k=3)
+    with pytest.raises(ValueError, match=r"keys must be int rounds, got \['1'\]"):
+        ev.cluster_formation({0: latents, "1": latents}, labels, k=3)
+
+
+def test_measures_refuse_bad_k_empty_input_and_zero_latents() -> None:
+    latents, labels = _clusters(10)
+    for k in ("5", 2.5, None):
+        with pytest.raises(ValueError, match="k must be an int"):
+            ev.knn_purity(latents, labels, k=k)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"at least one row"):
+        ev.knn_purity(np.zeros((0, 4)), [], k=1)
+    with pytest.raises(ValueError, match="need at least 2 points"):
+        ev.neighbour_similarity(latents[:1], k=1)
+    zero = latents.copy()
+    zero[3] = 0.0
+    for measure in (lambda: ev.silhouette(zero, labels), lambda: ev.knn_purity(zero, labels, k=3)):
+        with pytest.raises(ValueError, match="1 zero-norm row"):
+            measure()
