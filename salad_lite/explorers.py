@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
@@ -136,6 +137,17 @@ def _percentile(value: Any, name: str = "percentile") -> float:
     return number
 
 
+def _labels(labels: Any, what: str, need_both: bool = False) -> np.ndarray:
+    """:func:`salad_lite.metrics.binary_labels`, with the package's label policy on bools: ``True`` is
+    not a label (DESIGN "labels"), so a bool array is refused too."""
+    array = np.asarray(labels)
+    items = labels if isinstance(labels, (list, tuple)) else array.ravel() if array.dtype == object else ()
+    if array.dtype == np.bool_ or any(isinstance(v, (bool, np.bool_)) for v in items):  # [0, True] is ints to NumPy
+        raise ValueError(f"{what}: labels must be 0 (normal) / 1 (abnormal), got bools; a bool is not a label "
+                         "(convert with .astype(int) if True means abnormal)")
+    return binary_labels(array, what, need_both=need_both)
+
+
 def confusion_at(scores: Any, labels: Any, threshold: float) -> Confusion:
     """The confusion counts of flagging ``score >= threshold`` as abnormal.
 
@@ -146,11 +158,11 @@ def confusion_at(scores: Any, labels: Any, threshold: float) -> Confusion:
 
     Raises:
         ValueError: a NaN/inf or non-numeric threshold; NaN/inf scores; scores and
-            labels of different lengths; a label other than 0/1.
+            labels of different lengths; a label other than 0/1 (bools too).
     """
     t = _finite_number(threshold, "threshold")
     values = _scores(scores)
-    truth = binary_labels(np.asarray(labels), "confusion_at", need_both=False)
+    truth = _labels(labels, "confusion_at")
     if truth.shape[0] != values.shape[0]:
         raise ValueError(f"scores ({values.shape[0]}) and labels ({truth.shape[0]}) differ in length")
     flagged = values >= t
@@ -178,7 +190,7 @@ def threshold_at(scores: Any, value: float, mode: ThresholdMode = "percentile") 
 
 
 def _kept_rows(bank_labels: Any, n_bank: int, discard_anomalous: bool) -> np.ndarray:
-    labels = binary_labels(np.asarray(bank_labels), "the bank's training labels", need_both=False)
+    labels = _labels(bank_labels, "the bank's training labels")
     if labels.ndim != 1 or labels.shape[0] != n_bank:
         raise ValueError(f"bank_labels has {labels.shape[0]} entries but the bank has {n_bank} rows")
     return np.flatnonzero(labels == 0) if discard_anomalous else np.arange(n_bank)
@@ -265,15 +277,26 @@ class FilmGallery:
     bank_rows: int  # N': the rows Eq. 4 scored against
     scores: np.ndarray  # [M] every validation film's score
     films: tuple[GalleryFilm, ...]
+    bank_size: int | None = None  # N: the bank's rows before a discard (None: not recorded)
 
 
 def _text_column(values: Sequence[Any] | None, labels: np.ndarray, what: str) -> np.ndarray:
-    """Findings as strings [M]; ``None`` -> ``"abnormal"`` / ``"normal"`` from the labels."""
+    """Findings as strings [M]; ``None`` -> ``"abnormal"`` / ``"normal"`` from the labels.
+
+    Raises:
+        ValueError: a length other than the labels'; a missing entry (None, NaN: its
+            position named), as :func:`findings_of` refuses one.
+    """
     if values is None:
         return np.where(labels == 1, "abnormal", "normal").astype(object)
     column = np.asarray(list(values), dtype=object)
     if column.shape != labels.shape:
         raise ValueError(f"{what} has {column.shape[0]} entries for {labels.shape[0]} films")
+    missing = [i for i, v in enumerate(column) if v is None or (pd.api.types.is_scalar(v) and pd.isna(v))]
+    if missing:
+        raise ValueError(f"{what} has {len(missing)} missing entr{'y' if len(missing) == 1 else 'ies'} (None/NaN), "
+                         f"first at position {missing[0]} ({column[missing[0]]!r}); a film without its finding "
+                         f"would be shown as {str(column[missing[0]])!r}")
     return np.array([str(v) for v in column], dtype=object)
 
 
@@ -300,12 +323,12 @@ def film_gallery_data(query_z: Any, bank: Any, bank_labels: Any, *, k: int, disc
     """
     scores, rows, cosines = eq4_neighbours(query_z, bank, bank_labels, k, discard_anomalous, rule)
     m = scores.shape[0]
-    labels = binary_labels(np.asarray(query_labels), "query_labels", need_both=False)
+    labels = _labels(query_labels, "query_labels")
     if labels.shape[0] != m:
         raise ValueError(f"query_labels has {labels.shape[0]} entries but query_z has {m} rows")
     if not is_int(n) or not 1 <= n <= m // 2:
         raise ValueError(f"n (films at each end) must be an int in 1..{m // 2} for {m} films, got {n!r}")
-    bank_lab = binary_labels(np.asarray(bank_labels), "the bank's training labels", need_both=False)
+    bank_lab = _labels(bank_labels, "the bank's training labels")
     findings = _text_column(query_findings, labels, "query_findings")
     bank_text = _text_column(bank_findings, bank_lab, "bank_findings")
     order_most = np.argsort(-scores.astype(np.float64), kind="stable")
@@ -319,7 +342,7 @@ def film_gallery_data(query_z: Any, bank: Any, bank_labels: Any, *, k: int, disc
                 neighbour_labels=bank_lab[rows[row]], neighbour_findings=tuple(bank_text[rows[row]])))
     n_kept = int((bank_lab == 0).sum()) if discard_anomalous else bank_lab.shape[0]
     return FilmGallery(k=int(k), discard_anomalous=bool(discard_anomalous), rule=rule, bank_rows=n_kept,
-                       scores=scores, films=tuple(films))
+                       scores=scores, films=tuple(films), bank_size=int(bank_lab.shape[0]))
 
 
 def score_grid(query_z: Any, bank: Any, bank_labels: Any, k_grid: Iterable[int],
@@ -400,6 +423,36 @@ def _show_film(ax: Any, image: np.ndarray, title: str, colour: str, framed: bool
         spine.set_linewidth(2.5)
 
 
+def _check_gallery_sets(gallery: FilmGallery, query_set: Any, bank_set: Any) -> None:
+    """Refuse datasets that are not the gallery's: lengths (M query films, N bank rows), then the labels
+    of the films the gallery names (read from ``.labels`` when the dataset has them).
+
+    Raises:
+        ValueError: a length or a label that disagrees (dataset, sizes or row named).
+    """
+    expected = (("query_set", query_set, len(gallery.scores), "validation films scored"),
+                ("bank_set", bank_set, gallery.bank_size, "bank rows"))
+    for name, dataset, size, what in expected:
+        if size is not None and len(dataset) != size:
+            raise ValueError(f"{name} has {len(dataset)} films but the gallery has {size} {what}: pass the "
+                             "datasets the gallery was computed on (query_set = the validation split, bank_set = "
+                             "the training split)")
+    for name, dataset, pairs in (
+            ("query_set", query_set, [(f.row, f.label) for f in gallery.films]),
+            ("bank_set", bank_set, [(int(r), int(lab)) for f in gallery.films
+                                    for r, lab in zip(f.neighbours, f.neighbour_labels)])):
+        labels = getattr(dataset, "labels", None)
+        if labels is None or callable(labels):
+            continue
+        labels = np.asarray(labels)
+        for row, label in pairs:
+            if row >= len(labels):
+                raise ValueError(f"{name} has {len(labels)} films but the gallery names its row {row}")
+            if int(labels[row]) != label:
+                raise ValueError(f"{name} row {row} has label {int(labels[row])} but the gallery's film there has "
+                                 f"label {label}: pass the datasets the gallery was computed on")
+
+
 def film_gallery_figure(gallery: FilmGallery, query_set: Any, bank_set: Any, *, n_films: int = 3,
                         n_neighbours: int = 4, size: float = 1.45) -> Figure:
     """Static view of the film explorer: up to ``n_films`` films at each end, each with its nearest bank films.
@@ -408,11 +461,19 @@ def film_gallery_figure(gallery: FilmGallery, query_set: Any, bank_set: Any, *, 
     score and finding, then its ``n_neighbours`` nearest training films with their
     cosine and finding.
 
+    ``query_set`` and ``bank_set`` must be the datasets the gallery was computed
+    on: their lengths are checked against the gallery's M scores and N bank
+    rows, and the label of every film shown against the gallery's (swapped or
+    other datasets would show the wrong films).
+
     Raises:
-        ValueError: ``n_films`` or ``n_neighbours`` not an int >= 1 (named).
+        ValueError: ``n_films`` or ``n_neighbours`` not an int >= 1 (named); a
+            dataset whose length or labels do not match the gallery (the dataset,
+            the sizes or the first disagreeing row named).
     """
     n_films = _int_argument(n_films, "n_films")
     n_neighbours = _int_argument(n_neighbours, "n_neighbours")
+    _check_gallery_sets(gallery, query_set, bank_set)
     films = [f for f in gallery.films if f.rank <= n_films]
     shown = min(n_neighbours, gallery.k)
     fig = Figure(figsize=(max(size * (shown + 1) + 0.3, 5.0), size * 1.3 * len(films) + 0.8))
@@ -519,11 +580,13 @@ def film_explorer_widget(gallery: FilmGallery, query_set: Any, bank_set: Any, *,
 
     Raises:
         ImportError: ipywidgets is not installed.
-        ValueError: ``n_neighbours`` not an int >= 1.
+        ValueError: ``n_neighbours`` not an int >= 1; datasets that are not the gallery's
+            (as :func:`film_gallery_figure`).
     """
     import ipywidgets as widgets
 
     n_neighbours = _int_argument(n_neighbours, "n_neighbours")
+    _check_gallery_sets(gallery, query_set, bank_set)
     shown = min(n_neighbours, gallery.k)
     options = [(f"{f.title} (A = {f.score:.4g}, {f.finding})", i) for i, f in enumerate(gallery.films)]
     chooser = widgets.Dropdown(options=options, value=0, description="film",
@@ -588,7 +651,7 @@ def threshold_explorer_widget(grid: Mapping[tuple[int, bool], Any], labels: Any,
     percentile = _percentile(percentile)
     if not grid:
         raise ValueError("the score grid is empty")
-    truth = binary_labels(np.asarray(labels), "threshold explorer labels", need_both=False)
+    truth = _labels(labels, "threshold explorer labels")
     for key, scores in grid.items():
         if len(scores) != truth.shape[0]:
             raise ValueError(f"setting {key}: {len(scores)} scores for {truth.shape[0]} labels")

@@ -328,3 +328,35 @@ def test_without_ipywidgets_the_static_figure_alone_is_shown(tiny_trainer: Simpl
     assert set(shown[0]) == {"text/plain", "text/html"}
     bundle = explorers.explorer_bundle(None, Figure(), "x", "a <caption>")
     assert "a &lt;caption&gt;" in bundle["text/html"] and explorers.WIDGET_MIME not in bundle
+
+
+def test_confusion_refuses_bool_labels_as_the_label_policy_does() -> None:
+    with pytest.raises(ValueError, match="confusion_at: labels must be 0 .* got bools"):
+        explorers.confusion_at([0.1, 0.2], np.array([False, True]), 0.15)
+    with pytest.raises(ValueError, match="got bools"):
+        explorers.confusion_at([0.1, 0.2], [0, True], 0.15)
+
+
+def test_gallery_refuses_missing_findings(latents: dict[str, np.ndarray]) -> None:
+    args = (latents["queries"], latents["bank"], latents["bank_labels"])
+    ok = {"k": 3, "discard_anomalous": True, "query_labels": latents["query_labels"]}
+    for missing in (None, float("nan")):
+        findings = ["Mass"] * 12
+        findings[4] = missing  # type: ignore[call-overload]
+        with pytest.raises(ValueError, match=r"query_findings has 1 missing entry \(None/NaN\), first at position 4"):
+            explorers.film_gallery_data(*args, **ok, query_findings=findings)
+    with pytest.raises(ValueError, match="bank_findings has 1 missing entry"):
+        explorers.film_gallery_data(*args, **ok, bank_findings=[None] + ["Mass"] * 39)
+
+
+def test_gallery_figure_refuses_datasets_that_are_not_the_gallerys(tiny_trainer: SimpleNamespace) -> None:
+    t = tiny_trainer
+    gallery = explorers.film_explorer(t, 5, True, n=4, show=False)
+    with pytest.raises(ValueError, match="query_set has 40 films but the gallery has 12 validation films scored"):
+        explorers.film_gallery_figure(gallery, t.train_set, t.val_set)  # swapped
+    rng = np.random.default_rng(9)
+    other = ArrayDataset(rng.integers(0, 255, (12, 16, 16), dtype=np.uint8), 1 - t.val_labels, "o")
+    with pytest.raises(ValueError, match=r"query_set row \d+ has label \d but the gallery's film there has label"):
+        explorers.film_gallery_figure(gallery, other, t.train_set)  # same size, other films
+    with pytest.raises(ValueError, match="bank_set has 12 films but the gallery has 40 bank rows"):
+        explorers.film_gallery_figure(gallery, t.val_set, t.val_set)
