@@ -727,6 +727,10 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
+    ranks = os.environ.get("WORLD_SIZE", "").strip()
+    if args.command != "train" and ranks not in ("", "1"):
+        args.subparser.error(f"{args.command} runs in one process (WORLD_SIZE={ranks}): run it without torchrun; "
+                             "only train is data-parallel")
     shown_as = warnings.formatwarning  # only how a shown warning reads changes (filters and recorders stay)
     warnings.formatwarning = format_warning
     try:

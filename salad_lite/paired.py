@@ -24,6 +24,7 @@ Label 1 = abnormal, higher score = more abnormal, as everywhere in the package.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -165,7 +166,8 @@ def delong_test(labels: Any, scores_a: Any, scores_b: Any) -> dict[str, float]:
 
     Returns:
         ``{"auc_a", "auc_b", "difference", "se", "z", "p_value", "ci_low", "ci_high"}``;
-        the CI is ``difference ± 1.96 se``. Identical scorers give se 0, z 0 and p 1.
+        the CI is ``difference ± 1.96 se``. Identical scorers give se 0, z 0 and p 1; different
+        AUCs with se 0 (perfect or constant scores) give p 0 and a ``RuntimeWarning``.
 
     Raises:
         ValueError: ``labels`` is not 0/1 or has fewer than 2 images of a class;
@@ -188,6 +190,10 @@ def delong_test(labels: Any, scores_a: Any, scores_b: Any) -> dict[str, float]:
         z = diff / se
     else:  # both scorers' components have no spread in the difference: exact, or a degenerate data set
         z = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
+        if diff != 0:
+            warnings.warn(f"DeLong's variance is 0 although the AUCs differ ({auc_a:.4f} vs {auc_b:.4f}): "
+                          "perfect or constant scores make the test degenerate (p = 0, a zero-width CI); "
+                          "use paired_bootstrap_auc for these scores", RuntimeWarning, stacklevel=2)
     p_value = float(2.0 * norm.sf(abs(z)))
     return {"auc_a": auc_a, "auc_b": auc_b, "difference": diff, "se": se, "z": float(z), "p_value": p_value,
             "ci_low": diff - 1.96 * se, "ci_high": diff + 1.96 * se}
@@ -203,9 +209,9 @@ class Aligned(NamedTuple):
 
 
 def _id_list(ids: Any, name: str) -> list[str]:
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+    if isinstance(ids, (str, bytes)) or not (isinstance(ids, (Sequence, np.ndarray)) or hasattr(ids, "tolist")):
         raise ValueError(f"{name} must be a sequence of image ids, got {type(ids).__name__}")
-    out = [str(i) for i in ids]
+    out = [str(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]  # pandas and NumPy ids as Python values
     seen: set[str] = set()
     for i in out:
         if i in seen:
@@ -264,6 +270,8 @@ def align_on_ids(ids_a: Sequence[Any], scores_a: Any, ids_b: Sequence[Any], scor
     labels = y_a[ia]
     n1, n0 = int(labels.sum()), int((labels == 0).sum())
     if min(n1, n0) < MIN_PER_CLASS:
+        hint = (f" (ids are compared as text: e.g. {ids_a_list[0]!r} in ids_a, {ids_b_list[0]!r} in ids_b)"
+                if not keep_a and ids_a_list and ids_b_list else "")
         raise ValueError(f"the two cells share {len(keep_a)} test image(s), {n1} abnormal and {n0} normal; "
-                         f"a paired comparison needs at least {MIN_PER_CLASS} of each class")
+                         f"a paired comparison needs at least {MIN_PER_CLASS} of each class{hint}")
     return Aligned([ids_a_list[k] for k in keep_a], labels, s_a[ia], s_b[ib])

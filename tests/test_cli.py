@@ -553,3 +553,11 @@ def test_help_wording_and_post_parse_usage(capsys: pytest.CaptureFixture[str], t
     assert "the your" not in out and "Prepare your own images" in out
     _fails(capsys, ["train", "--profile", "smoke", "--run-dir", str(tmp_path)], "usage: salad-lite train",
            "argument --profile: needs --dataset")
+
+
+def test_commands_other_than_train_refuse_torchrun(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    _fails(capsys, ["evaluate", "--run-dir", str(tmp_path)], "usage: salad-lite evaluate",
+           "evaluate runs in one process (WORLD_SIZE=2): run it without torchrun")

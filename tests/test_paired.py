@@ -175,3 +175,17 @@ def test_align_on_ids_refuses_tables_it_would_flatten() -> None:
         paired.align_on_ids(ids, scores, ids, scores, labels, labels[:, None])
     with pytest.raises(ValueError, match="labels_a must be 0 .* got classes"):
         paired.align_on_ids(ids, scores, ids, scores, np.array([0, 1, 0, 1, "1", 0], dtype=object), labels)
+
+
+def test_a_degenerate_delong_warns_and_ids_of_another_type_are_hinted() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    with pytest.warns(RuntimeWarning, match="DeLong's variance is 0 although the AUCs differ"):
+        result = paired.delong_test(labels, labels.astype(float), np.zeros(6))
+    assert result["p_value"] == 0.0
+    ids_a, ids_b = list(range(6)), [float(i) for i in range(6)]
+    with pytest.raises(ValueError, match=r"share 0 test image\(s\).*compared as text: e.g. '0' in ids_a, '0.0' in ids_b"):
+        paired.align_on_ids(ids_a, labels, ids_b, labels, labels, labels)
+    import pandas as pd
+
+    aligned = paired.align_on_ids(pd.Index(ids_a), labels, pd.Series(ids_a), labels, labels, labels)
+    assert aligned.ids == [str(i) for i in ids_a]
