@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir
+from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir, count, number_type, \
+    positive_int, seed_option
 from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
     paper_config, parse_class_map, profile_config
 from salad_lite.data.registry import DATASETS
@@ -87,54 +88,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------- parser
-def _int_at_least(text: str, low: int) -> int:
-    """``text`` as an int >= ``low``; argparse puts the option's name before the message.
-
-    Raises:
-        argparse.ArgumentTypeError: not an integer, or below ``low`` (the text quoted).
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """An option value that is an int >= 1 (``argument --image-size: must be an int >= 1, got '0'``)."""
-    return _int_at_least(text, 1)
-
-
-def _count(text: str) -> int:
-    """An option value that is an int >= 0 (``argument --seed: must be an int >= 0, got '-1'``)."""
-    return _int_at_least(text, 0)
-
-
-def _seed(text: str) -> int:
-    """A ``--seed`` value: an int in NumPy's seed range [0, 2**32 - 1], as ``train.seed`` (parsed without torch)."""
-    from salad_lite.config import MAX_SEED
-
-    value = int(text) if text.strip().lstrip("+-").isdigit() else -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an int in [0, {MAX_SEED}], got {text!r}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    """An option value in [0, 1) (``argument --anomaly-ratio: must be a number in [0, 1), got '1.5'``).
-
-    Raises:
-        argparse.ArgumentTypeError: not a number, or outside [0, 1).
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
+# the shared argparse types (salad_lite.cli_errors), under this module's names
+_positive_int = positive_int
+_count = count
+_seed = seed_option
+#: ``--anomaly-ratio``: a number in [0, 1) (``argument --anomaly-ratio: must be a number in [0, 1), got '1.5'``).
+_ratio = number_type(0.0, 1.0, high_open=True)
 
 
 def _image_size_type(dataset: str) -> Any:

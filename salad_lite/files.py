@@ -25,6 +25,16 @@ from typing import Any
 TEMP_SUFFIX = ".partial"
 
 
+def blocking_file(path: str | os.PathLike[str]) -> Path | None:
+    """The file (not a folder) at ``path`` or at one of its parents, which stops ``path`` being a folder; else None.
+
+    A writer asks before any work: ``X/nih`` cannot be made into a folder when ``X/nih``
+    or ``X`` is a file (``~`` expanded).
+    """
+    folder = Path(path).expanduser()
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 class CorruptFileError(ValueError):
     """A file the package wrote earlier cannot be read back (truncated, edited, or not the expected format)."""
 
