@@ -41,11 +41,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir, count, number_type, \
-    positive_int, seed_option
+from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir, count, int_at_least, \
+    number_type, positive_int, seed_option
 from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
     paper_config, parse_class_map, profile_config
 from salad_lite.data.registry import DATASETS
+from salad_lite.synth import LIMB_MIN_PATIENTS
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -94,6 +95,18 @@ _count = count
 _seed = seed_option
 #: ``--anomaly-ratio``: a number in [0, 1) (``argument --anomaly-ratio: must be a number in [0, 1), got '1.5'``).
 _ratio = number_type(0.0, 1.0, high_open=True)
+
+
+def _synthetic_patients(text: str) -> int:
+    """A ``--synthetic`` value: 0 (render nothing) or at least the patients a loadable MURA set needs (2)."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return int_at_least(text, LIMB_MIN_PATIENTS)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (none) or an int >= {LIMB_MIN_PATIENTS} (one training and one validation patient), "
+            f"got {text!r}") from None
 
 
 def _image_size_type(dataset: str) -> Any:
@@ -181,8 +194,9 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
                              help="split groups: patient + body part (paper) or patient")
             sub.add_argument("--strict", action="store_true",
                              help="fail on listed images missing on disk (default: drop, warn)")
-            sub.add_argument("--synthetic", type=_count, default=0, metavar="N",
-                             help="first render a synthetic MURA-like set of N patients into --root")
+            sub.add_argument("--synthetic", type=_synthetic_patients, default=0, metavar="N",
+                             help=f"first render a synthetic MURA-like set of N (>= {LIMB_MIN_PATIENTS}) patients "
+                                  "into --root (0: none)")
 
 
 def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:

@@ -110,6 +110,8 @@ def test_wrong_arguments_exit_2_naming_them(capsys: pytest.CaptureFixture[str], 
                [*command, "--run-dir", run_dir, "--seed", "99999999999"], "argument --seed: must be an int in [0, ")
     _fails(capsys, ["prepare", "nih", "--root", run_dir, "--image-size", "0"], "argument --image-size")
     _fails(capsys, ["prepare", "xray", "--root", run_dir], "invalid choice: 'xray'")
+    _fails(capsys, ["prepare", "mura", "--root", run_dir, "--synthetic", "1"],  # the MURA loader needs a valid split
+           "argument --synthetic: must be 0 (none) or an int >= 2")
     _fails(capsys, ["evaluate"], "--run-dir")
     _fails(capsys, ["score", "--run-dir", run_dir], "argument IMAGES")
     _fails(capsys, ["score", "--run-dir", run_dir, "a.png", "--folder", run_dir], "argument IMAGES")

@@ -351,11 +351,11 @@ def test_interrupted_limb_render_is_redone(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(limb, "_render_and_save", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        limb.render_limb_set(tmp_path, n_patients=1, seed=1, progress=False, workers=1)
+        limb.render_limb_set(tmp_path, n_patients=2, seed=1, progress=False, workers=1)
     monkeypatch.undo()
     manifest = json.loads((tmp_path / limb.MANIFEST_NAME).read_text())
     assert manifest["complete"] is False  # ours, incomplete: redone, not refused
-    root = limb.render_limb_set(tmp_path, n_patients=1, seed=1, progress=False, workers=1)
+    root = limb.render_limb_set(tmp_path, n_patients=2, seed=1, progress=False, workers=1)
     listed = (root / "train_image_paths.csv").read_text().split()
     assert listed and all((tmp_path / line).is_file() for line in listed)
     assert json.loads((tmp_path / limb.MANIFEST_NAME).read_text())["complete"] is True
@@ -480,7 +480,7 @@ def test_prepare_mura_bad_label_subprocess(tmp_path: Path) -> None:
 def test_make_embedded_foreign_folder_subprocess(tmp_path: Path) -> None:
     (tmp_path / "mura" / "MURA-v1.1").mkdir(parents=True)
     result = _run_script("data_scripts/make_embedded.py", "--out", str(tmp_path), "--only", "mura",
-                         "--mura-patients", "1", "--no-progress")
+                         "--mura-patients", "2", "--no-progress")
     _assert_clean_failure(result, "not made by render_limb_set")
     assert (tmp_path / "mura" / "MURA-v1.1").is_dir()
 
@@ -523,11 +523,21 @@ def test_prepare_mura_data_problems(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_make_embedded_data_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "mura" / "MURA-v1.1").mkdir(parents=True)
     (tmp_path / "mura" / "synth_limb_manifest.json").write_text("")
-    args = ["--out", str(tmp_path), "--only", "mura", "--mura-patients", "1", "--no-progress"]
+    args = ["--out", str(tmp_path), "--only", "mura", "--mura-patients", "2", "--no-progress"]
     _assert_main_fails_cleanly(capsys, "make_embedded", args, "synth_limb_manifest.json", "empty")
     with pytest.raises(SystemExit) as caught:  # argparse: usage + "error: ...", status 2
         load_script("data_scripts/make_embedded.py").main([*args, "--cache-profile", "smoke"])
     assert caught.value.code == 2 and "--cache-profile works with the default" in capsys.readouterr().err
+
+
+def test_set_writer_names_a_set_folder_that_is_a_file(tmp_path: Path) -> None:
+    from salad_lite.synth import limb
+
+    (tmp_path / "nih").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"nih is a file, not a folder"):
+        limb.render_limb_set(tmp_path / "nih", n_patients=2, progress=False, workers=1)
+    with pytest.raises(NotADirectoryError, match=r"nih is a file, not a folder"):
+        limb.render_limb_set(tmp_path / "nih" / "sub", n_patients=2, progress=False, workers=1)
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,3 +181,39 @@ def test_lesion_gallery(renderer: sc.ChestRenderer) -> None:
             image = gallery["images"][finding][severity]
             assert image.shape == (48, 48) and not np.array_equal(image, gallery["normal"])
             assert np.abs(gallery["lesion_path_mm"][finding][severity]).max() > 1.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sc.plan_chest_set(5, 0.4, -1), r"seed must be an int in \[0, 4294967295\], got -1"),
+    (lambda: sc.plan_chest_set(5, 0.4, None), "seed must be an int.*got None"),
+    (lambda: sc.plan_chest_set(2.5, 0.4, 0), "n_images must be an int >= 1, got 2.5"),
+    (lambda: sc.plan_chest_set(True, 0.4, 0), "n_images must be an int >= 1, got True"),
+    (lambda: sc.plan_chest_set(float("inf"), 0.4, 0), "n_images must be an int >= 1, got inf"),
+    (lambda: sc.plan_chest_set(float("nan"), 0.4, 0), "n_images must be an int >= 1, got nan"),
+    (lambda: sc.plan_chest_set(5, "0.4", 0), r"abnormal_fraction must be a number in \[0, 1\], got '0.4'"),
+    (lambda: sc.plan_chest_set(5, float("nan"), 0), "abnormal_fraction must be a number"),
+    (lambda: sc.plan_chest_set(10, 0.04, 0), r"rounds to 0 abnormal films \(no abnormal film\)"),
+    (lambda: sc.plan_chest_set(10, 0.96, 0), r"rounds to 10 abnormal films \(no normal film\)"),
+    (lambda: sc.render_chest_set(Path("unused"), n_images=2.5), "n_images must be an int"),
+    (lambda: sc.render_chest_set(Path("unused"), n_images=4, seed=-1), "seed must be an int"),
+    (lambda: sc.render_chest_set(Path("unused"), n_images=4, image_size=8), "image_size must be an int >= 16"),
+    (lambda: sc.render_chest_set(Path("unused"), n_images=4, image_size=32.0), "image_size must be an int >= 16"),
+    (lambda: sc.render_chest_set(Path("unused"), n_images=4, workers=0), r"workers must be an int in \[1, "),
+    (lambda: sc.render_chest_set(Path("unused"), n_images=4, workers=10_000), "this machine's CPUs"),
+    (lambda: sc.render_lesion_gallery(seed=-1), "seed must be an int"),
+    (lambda: sc.render_lesion_gallery(view="LL"), "view must be 'PA' or 'AP'"),
+    (lambda: sc.render_lesion_gallery(severities=(0.5, 2)), r"severities must be numbers in \[0, 1\]"),
+    (lambda: sc.render_lesion_gallery(findings=("Tumour",)), "findings must be a sequence of"),
+])
+def test_bad_arguments_are_refused_by_name(call, message: str) -> None:  # noqa: ANN001
+    """Checked where they enter, before a folder is made or a cache is read; NumPy scalars still count."""
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert not Path("unused").exists()
+
+
+def test_fractions_that_leave_both_classes_and_numpy_scalars_are_accepted() -> None:
+    assert sum(bool(s.findings) for s in sc.plan_chest_set(10, 0.05 + 1e-9, 0)) == 1
+    assert not any(s.findings for s in sc.plan_chest_set(10, 0.0, 0))  # 0 and 1 are one class on purpose
+    assert all(s.findings for s in sc.plan_chest_set(10, 1.0, 0))
+    assert len(sc.plan_chest_set(np.int64(5), np.float32(0.4), np.uint32(3))) == 5

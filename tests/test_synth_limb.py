@@ -126,15 +126,15 @@ def test_deterministic_and_worker_independent(tmp_path: Path) -> None:
 
 
 def test_manifest_reuse_rerender_and_foreign_folder(tmp_path: Path) -> None:
-    root = render_limb_set(tmp_path / "s", n_patients=1, seed=1, progress=False)
+    root = render_limb_set(tmp_path / "s", n_patients=2, seed=1, progress=False)
     some_png = next(root.rglob("*.png"))
     stamp = some_png.stat().st_mtime_ns
-    assert render_limb_set(tmp_path / "s", n_patients=1, seed=1, progress=False) == root
+    assert render_limb_set(tmp_path / "s", n_patients=2, seed=1, progress=False) == root
     assert some_png.stat().st_mtime_ns == stamp  # complete set with the same parameters: not re-rendered
     some_png.unlink()  # incomplete: rendered again
-    render_limb_set(tmp_path / "s", n_patients=1, seed=1, progress=False)
+    render_limb_set(tmp_path / "s", n_patients=2, seed=1, progress=False)
     assert some_png.is_file()
-    render_limb_set(tmp_path / "s", n_patients=1, seed=2, progress=False)  # other parameters: replaced
+    render_limb_set(tmp_path / "s", n_patients=2, seed=2, progress=False)  # other parameters: replaced
     with open(tmp_path / "s" / "groundtruth" / "annotations.csv", newline="") as fh:
         listed = {row["path"] for row in csv.DictReader(fh)}
     on_disk = {str(p.relative_to(tmp_path / "s")) for p in root.rglob("*.png")}
@@ -146,3 +146,36 @@ def test_manifest_reuse_rerender_and_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not made by render_limb_set"):
         render_limb_set(tmp_path / "real", n_patients=2, progress=False)
     assert (foreign / "train_image_paths.csv").is_file()
+
+
+def test_the_smallest_set_is_one_the_mura_loader_reads(tmp_path: Path) -> None:
+    """Two patients (one training, one validation) is the least a loadable MURA layout holds; one is refused."""
+    from salad_lite.data.mura import read_mura_metadata
+    from salad_lite.synth import LIMB_MIN_PATIENTS
+
+    assert LIMB_MIN_PATIENTS == 2
+    with pytest.raises(ValueError, match=r"n_patients must be an int >= 2 \(.*validation patient"):
+        render_limb_set(tmp_path / "one", n_patients=1, progress=False, workers=1)
+    assert not (tmp_path / "one").exists()
+    root = render_limb_set(tmp_path / "two", n_patients=2, seed=0, progress=False, workers=1)
+    meta = read_mura_metadata(root)  # reads both official CSVs, each with rows
+    assert set(meta["source_split"]) == {"train", "valid"}
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: plan_limb_set(1), "n_patients must be an int >= 2"),
+    (lambda: plan_limb_set(2.5), "n_patients must be an int >= 2.*got 2.5"),
+    (lambda: plan_limb_set(True), "n_patients must be an int >= 2.*got True"),
+    (lambda: plan_limb_set(float("inf")), "n_patients must be an int >= 2.*got inf"),
+    (lambda: plan_limb_set(float("nan")), "n_patients must be an int >= 2.*got nan"),
+    (lambda: plan_limb_set(2, seed=-1), r"seed must be an int in \[0, 4294967295\], got -1"),
+    (lambda: plan_limb_set(2, seed=None), "seed must be an int.*got None"),
+    (lambda: render_limb_set(Path("unused"), n_patients=2, workers=0), r"workers must be an int in \[1, "),
+    (lambda: render_limb_set(Path("unused"), n_patients=2, workers=-4), r"workers must be an int in \[1, "),
+    (lambda: render_limb_set(Path("unused"), n_patients=2, workers=10_000), "this machine's CPUs"),
+    (lambda: render_limb_set(Path("unused"), n_patients=2.5), "n_patients must be an int"),
+])
+def test_bad_arguments_are_refused_by_name(call, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert not Path("unused").exists()

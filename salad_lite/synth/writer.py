@@ -6,8 +6,9 @@ write through a :class:`SetWriter`:
 1. :meth:`SetWriter.is_complete`: the folder holds a manifest of this
    generator, format and parameters marked complete, and every file it lists
    exists. Then nothing is rendered.
-2. :meth:`SetWriter.start`: refuses a folder whose outputs exist without our
-   manifest (a real download is never overwritten: :class:`FileExistsError`),
+2. :meth:`SetWriter.start`: refuses a folder that is a file, or under one
+   (:class:`NotADirectoryError`, the file named), and a folder whose outputs exist
+   without our manifest (a real download is never overwritten: :class:`FileExistsError`),
    deletes the outputs of an earlier set of ours, and writes the manifest
    marked incomplete, so that an interrupted render is recognised as ours and
    redone.
@@ -31,12 +32,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from salad_lite.files import CorruptFileError, atomic_write, read_json, write_json_atomic
+from salad_lite.files import CorruptFileError, atomic_write, blocking_file, read_json, write_json_atomic
+from salad_lite.utils import is_int
 
-__all__ = ["MANIFEST_FORMAT", "SetWriter"]
+__all__ = ["MANIFEST_FORMAT", "SetWriter", "check_workers"]
 
 #: Bump when the manifest layout changes (sets with another format are re-rendered).
 MANIFEST_FORMAT = 1
+
+
+def check_workers(workers: int, name: str = "workers") -> int:
+    """``workers`` if it is an int from 1 to this machine's CPU count (``os.cpu_count()``), else refused.
+
+    Raises:
+        ValueError: a bool, float or other type, below 1, or more processes than CPUs (``name`` and the value named).
+    """
+    cpus = os.cpu_count() or 1
+    if not is_int(workers) or not 1 <= workers <= cpus:
+        raise ValueError(f"{name} must be an int in [1, {cpus}] (this machine's CPUs), got {workers!r}")
+    return int(workers)
 
 
 class SetWriter:
@@ -108,10 +122,15 @@ class SetWriter:
         """Claim ``out_dir`` for a new render: check ownership, clear old outputs, write an incomplete manifest.
 
         Raises:
+            NotADirectoryError: ``out_dir`` or one of its parents is a file (named); nothing is touched.
             FileExistsError: an output exists but the folder has no manifest of
                 ours (for example a real download); nothing is touched.
             CorruptFileError: the manifest cannot be read.
         """
+        blocking = blocking_file(self.out_dir)
+        if blocking is not None:
+            raise NotADirectoryError(f"{self.maker} cannot write a set in {self.out_dir}: {blocking} is a file, "
+                                     "not a folder")
         present = [name for name in self.outputs if (self.out_dir / name).exists()]
         if present and self.read_manifest() is None:
             raise FileExistsError(
