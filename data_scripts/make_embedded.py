@@ -14,6 +14,11 @@ the default sizes are the ``default`` scale of :data:`salad_lite.synth.EMBEDDED_
 The chest renderer's caches (CT wheel, phantom, pose bank) go to
 ``<embedded root>/_cache`` whatever ``--out`` is.
 
+Every argument is checked before anything is rendered: a wrong value (an empty
+``--out``, which is not the default root; a seed outside NumPy's range; fewer than 2
+limb patients, the fewest the MURA loader reads; ``--workers`` outside 1 to the CPU
+count; an ``--abnormal-fraction`` that rounds to no abnormal or no normal film; an
+output folder that is a file) is an argparse error naming the option, status 2.
 A data problem (a folder the renderers refuse to overwrite, a corrupt manifest,
 the CT wheel unavailable) prints ``error: ...`` and exits with status 2
 (:func:`salad_lite.cli_errors.data_script`).
@@ -26,25 +31,42 @@ import os
 import time
 from pathlib import Path
 
-from salad_lite.cli_errors import data_script
+from salad_lite.cli_errors import data_script, folder_option, int_type, number_type, positive_int, seed_option
 from salad_lite.data.registry import embedded_cache_dir, embedded_root
-from salad_lite.synth import EMBEDDED_SCALES
+from salad_lite.files import blocking_file
+from salad_lite.synth import CHEST_MIN_SIZE, EMBEDDED_SCALES, LIMB_MIN_PATIENTS
 
 _DEFAULT = EMBEDDED_SCALES["default"]
 
 
+def _out_folder(text: str) -> str:
+    """An ``--out`` value: a folder that can be made (:func:`~salad_lite.cli_errors.folder_option`).
+
+    Blank is refused, not read as "no --out": it would re-render the default root, replacing the book's sets.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a folder (leave --out out for the default root, "
+                                          f"{embedded_root()}), got {text!r}")
+    return folder_option(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Render the synthetic chest (NIH layout) and limb (MURA layout) sets.")
-    parser.add_argument("--out", default=None, help="output root (default: $SALAD_LITE_DATA or <repo>/data/embedded)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of both renderers")
+    cpus = os.cpu_count() or 1
+    parser.add_argument("--out", type=_out_folder, default=None,
+                        help="output root (default: $SALAD_LITE_DATA or <repo>/data/embedded)")
+    parser.add_argument("--seed", type=seed_option, default=0, help="random seed of both renderers")
     parser.add_argument("--only", choices=["nih", "mura", "both"], default="both", help="which set to render")
-    parser.add_argument("--nih-images", type=int, default=_DEFAULT.nih_images, help="chest images to render")
-    parser.add_argument("--abnormal-fraction", type=float, default=_DEFAULT.nih_abnormal_fraction,
-                        help="share of abnormal chest images")
-    parser.add_argument("--nih-size", type=int, default=256, help="chest image side in pixels")
-    parser.add_argument("--mura-patients", type=int, default=_DEFAULT.mura_patients, help="limb patients to render")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="chest renderer worker processes (default: CPU count, at most 8)")
+    parser.add_argument("--nih-images", type=positive_int, default=_DEFAULT.nih_images, help="chest images to render")
+    parser.add_argument("--abnormal-fraction", type=number_type(0.0, 1.0), default=_DEFAULT.nih_abnormal_fraction,
+                        help="share of abnormal chest images, in [0, 1] (rounded: it must leave both classes "
+                             "unless 0 or 1)")
+    parser.add_argument("--nih-size", type=int_type(CHEST_MIN_SIZE), default=256, help="chest image side in pixels")
+    parser.add_argument("--mura-patients", type=int_type(LIMB_MIN_PATIENTS, why=" (a training and a validation "
+                                                                                "patient)"),
+                        default=_DEFAULT.mura_patients, help=f"limb patients to render (>= {LIMB_MIN_PATIENTS})")
+    parser.add_argument("--workers", type=int_type(1, cpus, " (this machine's CPUs)"), default=min(8, cpus),
+                        help=f"chest renderer worker processes, 1 to {cpus} (default: CPU count, at most 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--cache-profile", choices=["none", "smoke", "default", "full"], default="none",
                         help="also preprocess and cache the images at this book profile's resolution "
@@ -56,9 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.cache_profile != "none" and args.out:
+    if args.cache_profile != "none" and args.out is not None:
         parser.error("--cache-profile works with the default --out only (the book reads the default root)")
-    out = Path(args.out).expanduser() if args.out else embedded_root()
+    out = Path(args.out).expanduser() if args.out is not None else embedded_root()
+    sets = ("nih", "mura") if args.only == "both" else (args.only,)
+    for name in sets:  # every set's folder, before the first is rendered
+        blocking = blocking_file(out / name)
+        if blocking is not None:
+            parser.error(f"{'argument --out: ' if args.out is not None else ''}cannot write the {name} set in "
+                         f"{out / name}: {blocking} is a file, not a folder")
+    if "nih" in sets:
+        from salad_lite.synth.chest import check_plan_arguments
+
+        try:
+            check_plan_arguments(args.nih_images, args.abnormal_fraction, args.seed)
+        except ValueError as error:
+            parser.error(f"argument --abnormal-fraction: {error}")
     progress = not args.no_progress
     if args.only in ("nih", "both"):
         from salad_lite.synth.chest import render_chest_set

@@ -530,6 +530,54 @@ def test_make_embedded_data_problems(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert caught.value.code == 2 and "--cache-profile works with the default" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["--out", ""], "argument --out: must name a folder (leave --out out for the default root"),
+    (["--out", "  "], "argument --out: must name a folder"),
+    (["--nih-images", "3", "--nih-size", "16", "--mura-patients", "0"], "argument --mura-patients: must be an int >= 2"),
+    (["--mura-patients", "1"], "argument --mura-patients: must be an int >= 2"),
+    (["--seed", "-1"], "argument --seed: must be an int in [0, 4294967295], got '-1'"),
+    (["--workers", "0"], "argument --workers: must be an int in [1, "),
+    (["--workers", "-4"], "argument --workers: must be an int in [1, "),
+    (["--workers", "100000"], "(this machine's CPUs), got '100000'"),
+    (["--nih-size", "8"], "argument --nih-size: must be an int >= 16"),
+    (["--nih-images", "0"], "argument --nih-images: must be an int >= 1"),
+    (["--abnormal-fraction", "nan"], "argument --abnormal-fraction: must be a number in [0, 1], got 'nan'"),
+    (["--nih-images", "10", "--abnormal-fraction", "0.04"], "rounds to 0 abnormal films"),
+])
+def test_make_embedded_checks_every_argument_before_rendering(
+        argv: list[str], fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad option is an argparse error naming it, before anything is rendered; an empty --out is not the default."""
+    from salad_lite.synth import chest, limb
+
+    default_root = tmp_path / "default"
+    (default_root / "nih").mkdir(parents=True)
+    (default_root / "nih" / "keep.txt").write_text("the book's set")
+    monkeypatch.setenv("SALAD_LITE_DATA", str(default_root))
+
+    def no_rendering(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("rendered before the arguments were checked")
+
+    monkeypatch.setattr(chest, "render_chest_set", no_rendering)
+    monkeypatch.setattr(limb, "render_limb_set", no_rendering)
+    out = [] if argv[0] == "--out" else ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as caught:
+        load_script("data_scripts/make_embedded.py").main([*out, *argv, "--no-progress"])
+    assert caught.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert (default_root / "nih" / "keep.txt").is_file() and not (tmp_path / "out").exists()
+
+
+def test_make_embedded_names_a_set_folder_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mura").write_text("not a folder")  # the second set's folder: refused before the first is rendered
+    with pytest.raises(SystemExit) as caught:
+        load_script("data_scripts/make_embedded.py").main(["--out", str(tmp_path), "--nih-images", "4",
+                                                           "--mura-patients", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and f"{tmp_path / 'mura'} is a file, not a folder" in err, err
+    assert not (tmp_path / "nih").exists()
+
+
 def test_set_writer_names_a_set_folder_that_is_a_file(tmp_path: Path) -> None:
     from salad_lite.synth import limb
 
