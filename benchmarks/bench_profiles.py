@@ -43,6 +43,11 @@ Usage::
     .venv/bin/python benchmarks/bench_profiles.py --profiles default-nih --steps 10
     .venv/bin/python benchmarks/bench_profiles.py --profiles default-mura --variants compile --steps 3 --warmup 1
     .venv/bin/python benchmarks/bench_profiles.py --validation only --val-reps 5
+
+Options are checked before any work (an argparse error naming the option): ``--steps``,
+``--slow-steps``, ``--threads`` and ``--val-reps`` at least 1, ``--warmup`` at least 0,
+``--compile-timeout`` at least 0 (0: no limit), ``--train-images`` at least 3 (the trainer
+scores against at least 2 normal films) and ``--val-images`` at least 2 (both classes).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salad_lite.cli_errors import count, int_type, positive_int
 from salad_lite.config import SaladConfig, profile_config
 from salad_lite.trainer import SaladTrainer, epoch_batches
 
@@ -325,27 +331,32 @@ def measure_validation(args: argparse.Namespace) -> None:
           f"saves {(every_1 - every_3) * v:.0f} s ({100 * (every_1 - every_3) * v / run_1:.0f}%)")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", nargs="+", choices=list(PROFILES), default=list(PROFILES))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="variants beside the reference (default: all)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    parser.add_argument("--slow-steps", type=int, default=2, help="timed steps of the slow variants (bf16)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the reference")
-    parser.add_argument("--compile-timeout", type=int, default=300, help="seconds for torch.compile's first call")
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per variant (after warm-up)")
+    parser.add_argument("--warmup", type=count, default=2, help="untimed steps per variant first")
+    parser.add_argument("--slow-steps", type=positive_int, default=2, help="timed steps of the slow variants (bf16)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads of the reference")
+    parser.add_argument("--compile-timeout", type=count, default=300,
+                        help="seconds for torch.compile's first call (0: no limit)")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's usual cache (default: a cold one)")
     parser.add_argument("--validation", choices=("auto", "on", "off", "only"), default="auto",
                         help="the validation-share measurement (auto: when default-nih is measured; "
                              "only: no throughput tables)")
-    parser.add_argument("--val-reps", type=int, default=3, help="timed epoch/validate repetitions")
-    parser.add_argument("--train-images", type=int, default=DEFAULT_NIH_TRAIN)
-    parser.add_argument("--val-images", type=int, default=DEFAULT_NIH_VAL)
+    parser.add_argument("--val-reps", type=positive_int, default=3, help="timed epoch/validate repetitions")
+    parser.add_argument("--train-images", type=int_type(3, why=" (the trainer scores against 2 normal films)"),
+                        default=DEFAULT_NIH_TRAIN)
+    parser.add_argument("--val-images", type=int_type(2, why=" (both classes)"), default=DEFAULT_NIH_VAL)
     parser.add_argument("--verbose", action="store_true", help="print the tracebacks of failed variants")
-    args = parser.parse_args()
-    if args.steps < 1 or args.warmup < 0 or args.slow_steps < 1:
-        parser.error("--steps and --slow-steps must be >= 1, --warmup >= 0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
 
     cache = None
     if "compile" in args.variants and not args.warm_cache:

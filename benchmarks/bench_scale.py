@@ -17,6 +17,11 @@ minus the resident set before. A full N x N float32 matrix at 112k would be 50 G
     .venv/bin/python benchmarks/bench_scale.py                       # 10k .. 112,120, k = 20, 25,000 queries
     .venv/bin/python benchmarks/bench_scale.py --sizes 10000 20000 --queries 2000 --separate
     .venv/bin/python benchmarks/bench_scale.py --clusters 14          # banks with cluster structure
+
+Options are checked before any work (an argparse error naming the option): sizes,
+``--dim``, ``--k`` and ``--score-k`` at least 1 (``--queries`` 0 skips the scoring), every
+bank size and the 600-row warm-up bank at least ``--k``, ``--temperature`` > 0. A column
+not measured (``--no-floor``, no ``--separate``) is printed as ``-``, not NaN.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salad_lite.cli_errors import count, number_type, positive_int, seed_option
 from salad_lite.memory import MemoryBank
 from salad_lite.scorer import eq4_scores
 
@@ -101,27 +107,43 @@ def fitted_exponent(sizes: list[int], seconds: list[float]) -> float:
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
 
 
-def main() -> None:
+WARM_BANK = 600  # rows of the bank that compiles the kernels first
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 40_000, 80_000, NIH_SIZE])
-    parser.add_argument("--dim", type=int, default=200)
-    parser.add_argument("--k", type=int, default=20, help="neighbours per entry (the paper's range ends at 20)")
-    parser.add_argument("--temperature", type=float, default=0.1)
-    parser.add_argument("--clusters", type=int, default=0, help="0: uniform random unit rows")
-    parser.add_argument("--queries", type=int, default=25_000, help="queries scored against the largest bank")
-    parser.add_argument("--score-k", type=int, default=100, help="K of Eq. 4")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[10_000, 20_000, 40_000, 80_000, NIH_SIZE],
+                        help="bank sizes N (each >= --k)")
+    parser.add_argument("--dim", type=positive_int, default=200)
+    parser.add_argument("--k", type=positive_int, default=20,
+                        help=f"neighbours per entry (the paper's range ends at 20; at most {WARM_BANK})")
+    parser.add_argument("--temperature", type=number_type(0.0, low_open=True), default=0.1)
+    parser.add_argument("--clusters", type=count, default=0, help="0: uniform random unit rows")
+    parser.add_argument("--queries", type=count, default=25_000,
+                        help="queries scored against the largest bank (0: no Eq. 4 scoring)")
+    parser.add_argument("--score-k", type=positive_int, default=100, help="K of Eq. 4")
     parser.add_argument("--separate", action="store_true", help="also time the two separate passes (before issue 11)")
-    parser.add_argument("--separate-max", type=int, default=20_000)
+    parser.add_argument("--separate-max", type=count, default=20_000)
     parser.add_argument("--no-floor", action="store_true", help="skip the bare matmul floor")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=seed_option, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.k > WARM_BANK:
+        parser.error(f"argument --k: must be an int in [1, {WARM_BANK}] (the warm-up bank's rows), got {args.k}")
+    if min(args.sizes) < args.k:
+        parser.error(f"argument --sizes: every bank must hold at least --k = {args.k} entries (a round start takes "
+                     f"k neighbours of each), got {min(args.sizes)}")
 
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} "
           f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}, d = {args.dim}, k = {args.k}, "
           f"tau = {args.temperature}, clusters = {args.clusters}")
-    warm = MemoryBank(600, args.dim)
+    warm = MemoryBank(WARM_BANK, args.dim)
     warm.round_start(args.k, args.temperature)  # compile (or load) the kernels
-    eq4_scores(warm.bank[:10], warm.bank, min(args.score_k, 599))
+    eq4_scores(warm.bank[:10], warm.bank, min(args.score_k, WARM_BANK - 1))
     rows: list[dict[str, float]] = []
     for n in sorted(args.sizes):
         memory = MemoryBank(2, args.dim)
@@ -144,11 +166,11 @@ def main() -> None:
           "tracemalloc peak MB | peak RSS + MB | N k (12 B) MB | an N x N float32 GB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        floor = row.get("floor_s", float("nan"))
-        separate = row.get("separate_s", float("nan"))
-        print(f"| {row['n']:,} | {row['round_s']:.1f} | {floor:.1f} | {row['round_s'] / floor:.2f}x | {separate:.1f} "
-              f"| {separate / row['round_s']:.2f}x | {row['traced_mb']:.0f} | {row['rss_mb']:.0f} "
-              f"| {row['nk_mb']:.0f} | {row['nn_gb']:.1f} |")
+        floor = (f"{row['floor_s']:.1f} | {row['round_s'] / row['floor_s']:.2f}x" if "floor_s" in row else "- | -")
+        separate = (f"{row['separate_s']:.1f} | {row['separate_s'] / row['round_s']:.2f}x" if "separate_s" in row
+                    else "- | -")
+        print(f"| {row['n']:,} | {row['round_s']:.1f} | {floor} | {separate} | {row['traced_mb']:.0f} "
+              f"| {row['rss_mb']:.0f} | {row['nk_mb']:.0f} | {row['nn_gb']:.1f} |")
     if len(rows) >= 2:
         sizes = [row["n"] for row in rows]
         exponent = fitted_exponent(sizes, [row["round_s"] for row in rows])

@@ -27,6 +27,9 @@ Usage::
 
     .venv/bin/python benchmarks/bench_scorer.py
     .venv/bin/python benchmarks/bench_scorer.py --queries 1000 --bank 50000 --dim 200 --k 100 --repeats 15
+
+Options are checked before any work (an argparse error naming the option): sizes and
+``--repeats`` at least 1, ``--warmup`` and ``--threads`` at least 0, ``--k`` at most ``--bank``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salad_lite.cli_errors import count, positive_int, seed_option
 from salad_lite.knn import torch_block_search
 from salad_lite.scorer import eq4_scores, eq4_search
 
@@ -112,19 +116,27 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--bank", type=int, default=50_000)
-    parser.add_argument("--dim", type=int, default=200)
-    parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch and faiss threads (0: leave the defaults)")
+    parser.add_argument("--queries", type=positive_int, default=1000)
+    parser.add_argument("--bank", type=positive_int, default=50_000, help="bank rows (>= --k)")
+    parser.add_argument("--dim", type=positive_int, default=200)
+    parser.add_argument("--k", type=positive_int, default=100)
+    parser.add_argument("--repeats", type=positive_int, default=15)
+    parser.add_argument("--warmup", type=count, default=2)
+    parser.add_argument("--threads", type=count, default=0, help="torch and faiss threads (0: leave the defaults)")
     parser.add_argument("--torch-path", action="store_true",
                         help="also time the torch block path (used off the CPU; the previous CPU algorithm)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=seed_option, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.k > args.bank:
+        parser.error(f"argument --k: must be at most --bank ({args.bank}): Eq. 4 takes K neighbours in the bank, "
+                     f"got {args.k}")
 
     import faiss  # faiss-cpu, a dev dependency
 

@@ -26,6 +26,13 @@ Usage::
 
     .venv/bin/python benchmarks/bench_train_step.py            # CPU, 12 timed steps per variant
     .venv/bin/python benchmarks/bench_train_step.py --device cuda --steps 50
+
+Every option is checked before any work (an argparse error naming it, status 2):
+``--steps`` >= 1, ``--bank`` >= 2 (the trainer's least), ``--warmup`` and ``--threads`` >= 0,
+a batch of 1 to ``--bank`` images,
+``--round`` from 1 to ``TrainConfig.rounds`` (round 0, pretraining, is always timed),
+the conv AE's image sizes and a device of :data:`salad_lite.utils.DEVICE_FORMS` this
+machine has.
 """
 
 from __future__ import annotations
@@ -41,11 +48,14 @@ import numpy as np
 import torch
 
 from salad_lite.augment import augment_batch
-from salad_lite.config import LossConfig, ModelConfig, SaladConfig, TrainConfig
+from salad_lite.cli_errors import count, device_option, int_type, positive_int
+from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, LossConfig, ModelConfig, SaladConfig, \
+    TrainConfig, check_image_size
 from salad_lite.data.batches import gather_images
 from salad_lite.losses import reconstruction_loss, salad_loss
 from salad_lite.models import build_model
 from salad_lite.trainer import SaladTrainer
+from salad_lite.utils import resolve_device
 
 TARGET_RATIO = 1.15
 
@@ -180,23 +190,43 @@ def overhead_parts(trainer: SaladTrainer, round_index: int, batches: list[np.nda
             for name, values in parts.items()}
 
 
-def main() -> None:
+def conv_image_size(text: str) -> int:
+    """An ``--image-size`` of the conv AE (``config.check_image_size``: a power of two from 32 to 4096)."""
+    try:
+        value = int(text)
+        check_image_size("conv", value)
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"must be a power of two from {MIN_IMAGE_SIZE['conv']} to {MAX_IMAGE_SIZE} "
+                                         f"(the conv AE's sizes), got {text!r}") from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    rounds = TrainConfig().rounds
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per variant (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    parser.add_argument("--bank", type=int, default=4000, help="N, training images = memory entries")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--round", type=int, default=1, help="aggregation round to time (1..R)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
-    args = parser.parse_args()
+    parser.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--steps", type=positive_int, default=12, help="timed steps per variant (after warm-up)")
+    parser.add_argument("--warmup", type=count, default=2, help="untimed steps per variant first")
+    parser.add_argument("--bank", type=int_type(2, why=" (the trainer needs 2 images)"), default=4000,
+                        help="N, training images = memory entries")
+    parser.add_argument("--image-size", type=conv_image_size, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per step (<= --bank)")
+    parser.add_argument("--round", type=int_type(1, rounds, " (the aggregation rounds of TrainConfig)"), default=1,
+                        help=f"aggregation round to time (1..{rounds}; round 0, pretraining, is always timed)")
+    parser.add_argument("--threads", type=count, default=0, help="torch CPU threads (0: leave the default)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size > args.bank:
+        parser.error(f"argument --batch-size: must be <= --bank ({args.bank}): a batch draws distinct images, "
+                     f"got {args.batch_size}")
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    device = resolve_device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device: {device} ({device_name}); torch CPU threads: {torch.get_num_threads()}; "
           f"torch {torch.__version__}")

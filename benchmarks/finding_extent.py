@@ -15,7 +15,10 @@ and the smallest size at which most findings of each set span
 The specs come from the sets' manifests under the embedded root (``n_images``,
 ``abnormal_fraction``, ``image_size``, ``seed`` for the chest; ``n_patients``,
 ``seed`` for the limbs), or the ``default`` embedded scale when a set is not
-rendered; nothing is written. One process, one OpenCV thread: about 10 s of CPU
+rendered (a line says which); nothing is written but ``--csv``. Options are checked
+before any measurement (an argparse error naming the option): ``--root`` must be an
+existing folder, ``--csv`` a file that can be written (not a folder), sizes and
+``--per-finding`` at least 1, ``--contrast`` in (0, 1), ``--min-px`` > 0. One process, one OpenCV thread: about 10 s of CPU
 for the default 20 per finding (after the chest caches are built).
 
     python benchmarks/finding_extent.py
@@ -36,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from salad_lite.cli_errors import file_option, number_type, positive_int, seed_option
 from salad_lite.report import DEFAULT_SEVERITY_BINS, severity_bin_index, severity_bin_labels
 from salad_lite.synth import EMBEDDED_SCALES, embedded_root
 from salad_lite.synth import chest, limb
@@ -164,25 +168,41 @@ def print_tables(rows_by_set: dict[str, list[FindingExtent]], sizes: Sequence[in
               + ", ".join(f"{f} {s}" for f, s in per_finding.items()))
 
 
-def main() -> None:
+def existing_root(text: str) -> Path:
+    """A ``--root`` value: an existing folder (a typo would otherwise measure the default parameters silently)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r} (an embedded data root, e.g. {embedded_root()})")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-finding", type=int, default=20, help="abnormal images sampled per finding")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="training sizes (px)")
-    parser.add_argument("--contrast", type=float, default=DEFAULT_CONTRAST,
-                        help="visibility threshold, fraction of the image's dynamic range")
-    parser.add_argument("--min-px", type=float, default=3.0, help="'spans several pixels': diameter >= this")
+    parser.add_argument("--per-finding", type=positive_int, default=20, help="abnormal images sampled per finding")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=list(DEFAULT_SIZES),
+                        help="training sizes (px)")
+    parser.add_argument("--contrast", type=number_type(0.0, 1.0, low_open=True, high_open=True),
+                        default=DEFAULT_CONTRAST, help="visibility threshold, fraction of the image's dynamic range")
+    parser.add_argument("--min-px", type=number_type(0.0, low_open=True), default=3.0,
+                        help="'spans several pixels': diameter >= this")
     parser.add_argument("--sets", nargs="+", choices=("nih", "mura"), default=["nih", "mura"])
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    parser.add_argument("--root", type=Path, default=None, help="embedded data root (default: the package's)")
-    parser.add_argument("--csv", type=Path, default=None, help="also write every measurement to this CSV")
-    args = parser.parse_args()
-    if args.per_finding < 1:
-        parser.error(f"--per-finding must be >= 1, got {args.per_finding}")
+    parser.add_argument("--seed", type=seed_option, default=0, help="seed of the sample")
+    parser.add_argument("--root", type=existing_root, default=None,
+                        help="embedded data root, an existing folder (default: the package's)")
+    parser.add_argument("--csv", type=file_option, default=None, help="also write every measurement to this CSV")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     cv2.setNumThreads(1)
     root = args.root if args.root is not None else embedded_root()
     measure = {"nih": measure_chest, "mura": measure_limb}
     rows_by_set: dict[str, list[FindingExtent]] = {}
+    manifests = {"nih": root / "nih" / chest.MANIFEST_NAME, "mura": root / "mura" / limb.MANIFEST_NAME}
     for name in args.sets:
+        source = manifests[name] if manifests[name].is_file() else f"the default scale (no {manifests[name]})"
+        print(f"{name}: the set's parameters from {source}")
         start, cpu = time.perf_counter(), time.process_time()
         rows_by_set[name] = measure[name](root, args.per_finding, args.sizes, args.contrast, args.seed)
         print(f"{name}: {len(rows_by_set[name]) // len(args.sizes)} findings measured in "
@@ -192,7 +212,7 @@ def main() -> None:
     print_tables(rows_by_set, args.sizes, args.min_px)
     if args.csv is not None:
         fields = ["set"] + [f.name for f in dataclasses.fields(FindingExtent)]
-        with open(args.csv, "w", newline="") as handle:
+        with open(Path(args.csv).expanduser(), "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(fields)
             for name, rows in rows_by_set.items():

@@ -18,7 +18,9 @@ It measures, on ``--device`` (default ``cuda``):
 
 ``--device cpu --quick`` runs the same logic on the CPU at tiny sizes in seconds (the
 test suite does this: ``tests/test_gpu_check.py``). A check that fails records its error
-and the others still run; the exit status is 1 when any check failed.
+and the others still run; the exit status is 1 when any check failed. A wrong ``--device``
+(another form, or one this machine lacks) or an ``--out`` that is a file is an argparse
+error (status 2) before any check runs.
 
     .venv/bin/python benchmarks/gpu_check.py                      # on a GPU server: --device cuda
     .venv/bin/python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gpu_check
@@ -41,11 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from salad_lite.cli_errors import device_option, folder_option
 from salad_lite.config import SaladConfig, paper_config
 from salad_lite.knn import cpu_block_search, torch_block_search, unit_rows
 from salad_lite.models import build_model
 from salad_lite.scorer import eq4_scores
 from salad_lite.trainer import SaladTrainer
+from salad_lite.utils import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import RandomImages  # noqa: E402  (the benchmarks' in-memory dataset)
@@ -222,16 +226,24 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def gpu_check_device(text: str) -> str:
+    """A ``--device`` this machine has (:func:`salad_lite.cli_errors.device_option`), with the CPU-only hint."""
+    try:
+        return device_option(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error}; use --device cpu --quick for the CPU-only run") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1, cpu ...")
+    parser.add_argument("--device", type=gpu_check_device, default="cuda",
+                        help="cuda (default), cuda:1, cpu ... (checked before any check runs)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the script's own logic in seconds")
-    parser.add_argument("--out", default="gpu_check", help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--out", type=folder_option, default="gpu_check",
+                        help="folder for gpu_check.json and gpu_check.md (not a file; checked before any check runs)")
     parser.add_argument("--skip-ddp", action="store_true")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch sees no GPU; use --device cpu --quick for the CPU-only run")
+    device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 agreement means fp32
     torch.backends.cudnn.allow_tf32 = False
     started = time.perf_counter()

@@ -15,6 +15,9 @@ of ``--n`` images per set is compared on
 
     python benchmarks/normal_spread.py                         # embedded chest vs ../shared/data/nih_subset
     python benchmarks/normal_spread.py --real-root /data/nih --n 300
+
+``--n`` must be at least 2 (a nearest other image needs two); it is checked before any
+image is read (an argparse error naming it).
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from salad_lite.baselines import pixel_vectors
+from salad_lite.cli_errors import int_type
 from salad_lite.data.batches import dataset_labels
 from salad_lite.data.registry import load_splits
+from salad_lite.utils import is_int
+
+MIN_IMAGES = 2
 
 
 def normal_pixels(data_root: str, size: int) -> np.ndarray:
@@ -40,7 +47,15 @@ def normal_pixels(data_root: str, size: int) -> np.ndarray:
 
 
 def spread(pixels: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
-    """``k90``, ``k95``, ``top1`` and ``nn_ratio`` (module docstring) of ``n`` seeded rows of ``pixels`` [N, D]."""
+    """``k90``, ``k95``, ``top1`` and ``nn_ratio`` (module docstring) of ``n`` seeded rows of ``pixels`` [N, D].
+
+    Raises:
+        ValueError: ``n`` is not an int >= 2, or ``pixels`` has fewer than 2 rows (no nearest other image).
+    """
+    if not is_int(n) or n < MIN_IMAGES:
+        raise ValueError(f"n must be an int >= {MIN_IMAGES} (a nearest other image needs two), got {n!r}")
+    if len(pixels) < MIN_IMAGES:
+        raise ValueError(f"pixels holds {len(pixels)} image(s); the spread needs at least {MIN_IMAGES}")
     rng = np.random.default_rng(seed)
     x = pixels[rng.choice(len(pixels), size=min(n, len(pixels)), replace=False)].astype(np.float64)
     centred = x - x.mean(0)
@@ -53,13 +68,14 @@ def spread(pixels: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
             "top1": float(var[0] / var.sum()), "nn_ratio": float(np.median(off.min(1)) / np.median(off))}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_subset"  # ../shared beside the repository
     parser.add_argument("--real-root", default=str(shared))
-    parser.add_argument("--n", type=int, default=300, help="normal images per set (equal for a fair count)")
+    parser.add_argument("--n", type=int_type(MIN_IMAGES, why=" (a nearest other image needs two)"), default=300,
+                        help="normal images per set (equal for a fair count)")
     parser.add_argument("--size", type=int, default=64)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sets = {"embedded chest (one CT)": ""}
     if Path(args.real_root).is_dir():
         sets["real NIH films"] = args.real_root

@@ -41,3 +41,30 @@ def test_variants_flip_what_they_name(bench) -> None:
         (cfg.train.channels_last, 2, False, False)
     assert flipped.channels_last != cfg.train.channels_last
     assert one.threads == 1 and compiled.compile and bf16.bf16 and bf16.slow
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--val-reps", "0"], "argument --val-reps: must be an int >= 1, got '0'"),
+    (["--threads", "0"], "argument --threads: must be an int >= 1, got '0'"),
+    (["--train-images", "0"], "argument --train-images: must be an int >= 3"),
+    (["--val-images", "1"], "argument --val-images: must be an int >= 2"),
+    (["--compile-timeout", "-5"], "argument --compile-timeout: must be an int >= 0, got '-5'"),
+    (["--steps", "0"], "argument --steps: must be an int >= 1"),
+    (["--warmup", "-1"], "argument --warmup: must be an int >= 0"),
+])
+def test_bad_options_are_argparse_errors(bench, argv: list[str], fragment: str,  # noqa: ANN001
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and fragment in err, err
+
+
+def test_the_smallest_sets_the_options_allow_train_and_validate(bench) -> None:  # noqa: ANN001
+    """--train-images 3 and --val-images 2 are what the trainer accepts (2 normal films to score against, both classes)."""
+    cfg = profile_config("smoke", "nih").replace(train={"progress": False})
+    args = bench.build_parser().parse_args(["--train-images", "3", "--val-images", "2"])
+    train = bench.LabelledImages(args.train_images, 32, 0, cfg.data.anomaly_ratio, "t")
+    val = bench.LabelledImages(args.val_images, 32, 1, 0.5, "v")
+    trainer = SaladTrainer(cfg, train, val, run_dir=None, device="cpu")
+    assert 0.0 <= trainer.validate()["val_auc"] <= 1.0

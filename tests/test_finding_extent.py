@@ -154,3 +154,28 @@ def test_the_benchmark_bins_severity_as_the_evaluation_chapters() -> None:
     groups = bench.severity_groups(rows)
     assert [label for label, _ in groups] == report.severity_bin_labels(report.DEFAULT_SEVERITY_BINS)
     assert [[r.severity for r in part] for _, part in groups] == [[0.0, 0.2, 1 / 3], [0.5, 2 / 3], [1.0]]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--root", "/typo/no/such/root"], "argument --root: no such folder: '/typo/no/such/root'"),
+    (["--per-finding", "0"], "argument --per-finding: must be an int >= 1"),
+    (["--sizes", "0"], "argument --sizes: must be an int >= 1"),
+    (["--contrast", "1.5"], "argument --contrast: must be a number in (0, 1)"),
+    (["--min-px", "nan"], "argument --min-px: must be a number > 0"),
+])
+def test_the_benchmark_refuses_bad_options_before_measuring(argv: list[str], fragment: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        load_script("benchmarks/finding_extent.py").main(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and fragment in err, err
+
+
+def test_the_benchmark_refuses_a_csv_it_cannot_write_before_measuring(tmp_path, capsys) -> None:  # noqa: ANN001
+    (tmp_path / "a_file").write_text("")
+    for csv_path, fragment in ((tmp_path, "is a folder, not a file"),
+                               (tmp_path / "a_file" / "x.csv", "a_file is a file, not a folder")):
+        with pytest.raises(SystemExit) as caught:
+            load_script("benchmarks/finding_extent.py").main(["--csv", str(csv_path)])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and "argument --csv: " in err and fragment in err, err

@@ -48,3 +48,26 @@ def test_gpu_check_runs_on_the_cpu_and_writes_json_and_markdown(tmp_path):
     for heading in ("## forward agreement", "## training throughput", "## Eq. 4 scorer", "## DDP step"):
         assert heading in table
     assert "| network | image_size | max_abs_z | max_abs_x_hat |" in table and "failed" not in table
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--device", "foo"], "argument --device: device 'foo' is not a device salad_lite runs on"),
+    (["--device", "meta"], "argument --device: device 'meta'"),
+])
+def test_a_wrong_device_is_an_argparse_error_before_any_check(argv, fragment, capsys):  # noqa: ANN001
+    from conftest import load_script
+
+    with pytest.raises(SystemExit) as caught:
+        load_script("benchmarks/gpu_check.py").main(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and fragment in err and "--device cpu --quick" in err, err
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_check(tmp_path, capsys):  # noqa: ANN001
+    from conftest import load_script
+
+    (tmp_path / "report").write_text("")
+    with pytest.raises(SystemExit) as caught:
+        load_script("benchmarks/gpu_check.py").main(["--device", "cpu", "--quick", "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "argument --out: " in err and "report is a file" in err, err
