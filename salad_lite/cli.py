@@ -89,10 +89,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------- parser
-# the shared argparse types (salad_lite.cli_errors), under this module's names
-_positive_int = positive_int
-_count = count
-_seed = seed_option
 #: ``--anomaly-ratio``: a number in [0, 1) (``argument --anomaly-ratio: must be a number in [0, 1), got '1.5'``).
 _ratio = number_type(0.0, 1.0, high_open=True)
 
@@ -172,10 +168,10 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
                               "patient leaks and missing images; default: the seeded patient-wise split")
         sub.add_argument("--anomaly-ratio", type=_ratio, default=0.05,
                          help="share of abnormal training images (AR) of the seeded split")
-        sub.add_argument("--seed", type=_seed, default=0, help="seed of the split")
-        sub.add_argument("--max-train", type=_count, default=0, help="cap on training images (0 = none)")
+        sub.add_argument("--seed", type=seed_option, default=0, help="seed of the split")
+        sub.add_argument("--max-train", type=count, default=0, help="cap on training images (0 = none)")
         sub.add_argument("--cache-dir", default=None, help="cache folder (default <root>/_cache)")
-        sub.add_argument("--workers", type=_positive_int, default=None, help="image reading threads")
+        sub.add_argument("--workers", type=positive_int, default=None, help="image reading threads")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if name == "nih":
             sub.add_argument("--csv", default=None, help="CSV to use instead of the one in --root")
@@ -201,7 +197,7 @@ def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:
     sub.add_argument("--run-dir", required=True, help="the run folder (relative to the current directory)")
-    sub.add_argument("--seed", type=_seed, default=None, help=seed_help)
+    sub.add_argument("--seed", type=seed_option, default=None, help=seed_help)
     sub.set_defaults(subparser=sub)
     sub.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
