@@ -79,8 +79,16 @@ class ProbeWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- the probe
+#: A text column of numbers with more values than this is probed as classes with a warning (an age written as text).
+MAX_TEXT_CLASSES = 10
+
+
 def _is_categorical(column: pd.Series) -> bool:
-    """Text, category and bool columns, and numbers with exactly two values, are classified; other numbers regressed."""
+    """Text, category and bool columns, and numbers with exactly two values, are classified; other numbers regressed.
+
+    Text stays text even when it is all numbers (grades ``"0"``..``"4"`` are classes); ``kinds`` asks for a
+    regression of such a column.
+    """
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return True
     return column.nunique(dropna=True) == 2
@@ -156,9 +164,11 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
             i), one column per target; its index must be ``0..N-1`` in order
             (a shuffled or filtered frame is refused, not silently paired by
             position: reorder it to the latents, then ``reset_index(drop=True)``).
-            A text column whose every entry is a finite number (``"58"``, as
-            :func:`~salad_lite.data.base.read_text_csv` keeps them) is probed
-            as numbers.
+            Text is classified, also when it is all numbers (``"58"``, as
+            :func:`~salad_lite.data.base.read_text_csv` keeps them), with a
+            ``UserWarning`` when such a column has more than
+            :data:`MAX_TEXT_CLASSES` values; ``kinds={name: "regression"}``
+            regresses it as numbers.
         k: neighbours per prediction, at most the size of the smallest
             training part (``N - ceil(N / folds)``).
         folds: number of cross-validation folds, at least 2.
@@ -225,11 +235,17 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
             counts = [f"{missing} missing value(s)"] * bool(missing) + [f"{infinite} infinite value(s)"] * bool(infinite)
             skipped.append(f"{name!r} ({', '.join(counts)})")
             continue
-        column = _numeric_text(column)
         if column.nunique() < 2:
             skipped.append(f"{name!r} (a single value)")
             continue
         classify = kinds[name] == "classification" if name in kinds else _is_categorical(column)
+        as_numbers = _numeric_text(column)
+        if not classify:
+            column = as_numbers  # a regression asked of numbers written as text ("58")
+        elif name not in kinds and as_numbers is not column and column.nunique() > MAX_TEXT_CLASSES:
+            warnings.warn(f"column {name!r} holds numbers written as text with {column.nunique()} values: probed "
+                          f"as {column.nunique()} classes; pass kinds={{{name!r}: 'regression'}} to regress it",
+                          UserWarning, stacklevel=2)
         if not classify and not _is_number_column(column):
             shown = next(v for v in column if not is_finite_number(v))
             raise ValueError(f"kinds[{name!r}] is 'regression' but column {name!r} is not numbers (e.g. {shown!r}); "
@@ -400,8 +416,10 @@ def describe_probe(table: pd.DataFrame, label: str | None = "label", top: int = 
 
     Args:
         table: the probe of the stage described.
-        label: the target reported with accuracy, majority rate and AUC (a
-            target of ``table``); None reports no label.
+        label: the target reported with accuracy, majority rate and AUC; None
+            reports no label. The default ``"label"`` is left out when the table
+            has no such target (a one-class split skips it); any other name must
+            be a target of ``table``.
         top: how many of the highest R² to name, an int >= 1.
         before: the probe of an earlier stage (same targets): each number then
             also says how far it moved since ``before_name``.
@@ -419,7 +437,7 @@ def describe_probe(table: pd.DataFrame, label: str | None = "label", top: int = 
         if probe is not None:
             _check_probe_numbers(probe, name)
     top = _int_argument("top", top, 1, 2**31 - 1, " (how many R² to name)")
-    if label is not None and label not in set(table["target"]):
+    if label is not None and label != "label" and label not in set(table["target"]):
         raise ValueError(f"label={label!r} is not a target of the probe table (targets: "
                          f"{sorted(map(str, set(table['target'])))}); pass label=None to report none")
     r2 = table[table["kind"] == "r2"].sort_values("score", ascending=False).head(top)

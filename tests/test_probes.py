@@ -324,13 +324,17 @@ def test_targets_must_be_indexed_0_to_n_minus_1_in_order() -> None:
     assert len(probes.latent_predictability(latents, targets, k=5)) == 1  # a plain frame still passes
 
 
-def test_numbers_written_as_text_are_probed_as_numbers() -> None:
+def test_numbers_written_as_text_stay_classes_with_a_warning_unless_regressed() -> None:
     latents, targets = _aligned_case()
-    as_text = targets.assign(v=targets["v"].map(lambda v: f" {v:.6f}"), whole=[str(i % 40) for i in range(60)])
-    numbers = probes.latent_predictability(latents, targets.assign(whole=[i % 40 for i in range(60)]), k=5)
-    texts = probes.latent_predictability(latents, as_text, k=5)
-    assert texts["kind"].tolist() == ["r2", "r2"]  # not a 40-class classification
-    np.testing.assert_allclose(texts["score"], numbers["score"], atol=1e-6)
+    as_text = targets.assign(v=targets["v"].map(lambda v: f" {v:.6f}"), grade=[str(i % 5) for i in range(60)])
+    with pytest.warns(UserWarning, match=r"column 'v' holds numbers written as text with 60 values: probed as 60 "
+                                         r"classes; pass kinds=\{'v': 'regression'\}"):
+        texts = probes.latent_predictability(latents, as_text, k=5)
+    assert texts["kind"].tolist() == ["accuracy", "accuracy"]  # grades "0".."4" are classes, as before
+    numbers = probes.latent_predictability(latents, targets, k=5)
+    regressed = probes.latent_predictability(latents, as_text[["v"]], k=5, kinds={"v": "regression"})
+    assert regressed["kind"].tolist() == ["r2"]
+    np.testing.assert_allclose(regressed["score"], numbers["score"], atol=1e-6)
     mixed = targets.assign(v=["a"] + [str(i % 3) for i in range(59)])
     assert probes.latent_predictability(latents, mixed, k=5)["kind"].iloc[0] == "accuracy"  # text stays text
     with pytest.raises(ValueError, match=r"kinds\['v'\] is 'regression' but column 'v' is not numbers \(e\.g\. 'a'\)"):
@@ -355,6 +359,8 @@ def test_sentences_refuse_nan_and_bad_arguments_by_name() -> None:
             probes.describe_probe(table, top=top)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"label='lable' is not a target of the probe table \(targets: \['breast_mm'"):
         probes.describe_probe(table, label="lable")
+    no_label = table[table["target"] != "label"]  # a one-class split skips the label: the default then says nothing
+    assert "The label" not in probes.describe_probe(no_label) and "Best predicted" in probes.describe_probe(no_label)
     assert "The label" not in probes.describe_probe(table, label=None)
     assert "The marker: k-NN accuracy 0.90" in probes.describe_probe(table, label="marker")
     formation = pd.DataFrame({"neighbour_cosine": [0.80, 0.86], "knn_purity": [0.5, np.nan],

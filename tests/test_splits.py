@@ -184,6 +184,13 @@ def test_numeric_patient_ids_with_and_without_leading_zeros_are_one_patient() ->
         holding = [name for name, rows in splits.items() if set(rows) & set(range(12))]
         assert len(holding) == 1, (seed, holding)
         assert set(range(12)) <= set(splits[holding[0]])
+    # ids written one way split as they always did: the order of the patients is their written order
+    padded = _metadata(300, 150)
+    padded["patient_id"] = [f"{int(p[1:]):08d}" for p in padded["patient_id"]]  # "P00012" -> "00000012"
+    prefixed = padded.assign(patient_id=["p" + p for p in padded["patient_id"]])  # text: never merged
+    for seed in range(3):
+        assert {k: v.tolist() for k, v in one_class_split(padded, seed=seed).items()} == {
+            k: v.tolist() for k, v in one_class_split(prefixed, seed=seed).items()}
     # images without a patient id: stems that are one number take their paths
     assert image_ids(["normal/07.png", "abnormal/7.png", "normal/8.png"], taken={"009"}) == [
         "normal/07", "abnormal/7", "8"]

@@ -237,7 +237,8 @@ def one_class_split(
         ``metadata``.
 
     The rule, by patient (patients are grouped by :func:`patient_key`:
-    ``"03140"`` and ``"3140"`` are one patient; a patient with any abnormal image is an abnormal
+    ``"03140"`` and ``"3140"`` are one patient, ordered by their ids as written, so
+    a set whose ids are written one way splits as it always did; a patient with any abnormal image is an abnormal
     patient; all images of a patient go to one split; the two groups of
     patients are shuffled with ``seed``):
 
@@ -271,9 +272,13 @@ def one_class_split(
             raise ValueError(f"metadata lacks column {column!r}; it has {list(metadata.columns)}")
     from salad_lite.data.base import parse_binary_labels  # base imports this module
 
+    texts = _id_texts(metadata["patient_id"], "one_class_split metadata")
+    written: dict[str, str] = {}  # patient key -> the smallest spelling: consistently written ids split as before
+    for text in texts:
+        key = patient_key(text)
+        written[key] = min(written.get(key, text), text)
     meta = pd.DataFrame({"label": parse_binary_labels(metadata["label"].tolist(), "one_class_split metadata"),
-                         "patient_id": [patient_key(text) for text in
-                                        _id_texts(metadata["patient_id"], "one_class_split metadata")]})
+                         "patient_id": [written[patient_key(text)] for text in texts]})
     n_normal_images = int((meta["label"] == 0).sum())
     n_abnormal_images = int((meta["label"] == 1).sum())
     if n_normal_images == 0:
