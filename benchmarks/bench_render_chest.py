@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=positive_int, default=600, help="images per run (>= 2: both classes)")
     parser.add_argument("--size", type=int_type(CHEST_MIN_SIZE), default=256, help="image side in pixels")
-    parser.add_argument("--workers", type=int_type(1, cpus, " (this machine's CPUs)"), nargs="+", default=[1, 2],
+    parser.add_argument("--workers", type=int_type(1, cpus, " (this machine's CPUs)"), nargs="+",
+                        default=sorted({1, min(2, cpus)}),
                         help=f"worker counts to time (1..{cpus})")
     parser.add_argument("--seed", type=seed_option, default=0)
     return parser

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             check_plan_arguments(args.nih_images, args.abnormal_fraction, args.seed)
-        except ValueError as error:
-            parser.error(f"argument --abnormal-fraction: {error}")
+        except ValueError as error:  # the library's names -> the options'
+            message = str(error).replace("abnormal_fraction=", "").replace("n_images=", "--nih-images ")
+            parser.error(f"argument --abnormal-fraction: {message}")
     progress = not args.no_progress
     if args.only in ("nih", "both"):
         from salad_lite.synth.chest import render_chest_set

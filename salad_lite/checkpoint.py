@@ -266,6 +266,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_finite_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse loaded checkpoint tensors holding NaN or inf (a run that diverged, or damaged state), naming ``path``.
+
+    Raises:
+        CorruptFileError: names the file, how many tensors hold NaN/inf and the first.
+    """
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CorruptFileError(f"checkpoint {path} holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}): it "
+                               "cannot be resumed or scored; delete it to start over, or use an earlier run")
+
+
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 (hex) of CPU tensors: each name, dtype, shape and raw bytes, in name order (layout-independent)."""
     digest = hashlib.sha256()

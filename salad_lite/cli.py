@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir, count, int_at_least, \
-    number_type, positive_int, seed_option
+from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir, count, device_option, \
+    int_at_least, number_type, positive_int, seed_option
 from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
     paper_config, parse_class_map, profile_config
 from salad_lite.data.registry import DATASETS
@@ -131,19 +131,6 @@ def _class_map_entry(text: str) -> str:
     return text
 
 
-def _device(text: str) -> str:
-    """A ``--device`` value torch understands (``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...)."""
-    if text == "auto":
-        return text
-    import torch
-
-    try:
-        torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}") from None
-    return text
-
-
 def _add_prepare_parser(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser(
         "prepare", help="validate a dataset's layout, build its split and image cache",
@@ -199,7 +186,8 @@ def _add_run_arguments(sub: argparse.ArgumentParser, seed_help: str) -> None:
     sub.add_argument("--run-dir", required=True, help="the run folder (relative to the current directory)")
     sub.add_argument("--seed", type=seed_option, default=None, help=seed_help)
     sub.set_defaults(subparser=sub)
-    sub.add_argument("--device", type=_device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    sub.add_argument("--device", type=device_option, default="auto",
+                     help="auto (CUDA when available), cpu, mps, cuda, cuda:1 ... (checked on this machine)")
     sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -263,17 +251,6 @@ def _progress(args: argparse.Namespace) -> bool:
 def _absolute(path: str) -> str:
     """An absolute path (``""`` stays ``""``): the run folder records where the data are, wherever it is read."""
     return str(Path(path).expanduser().resolve()) if path else ""
-
-
-def _check_device(device: str) -> None:
-    """Refuse a CUDA or MPS device on a machine without it, before anything is read or written.
-
-    Raises:
-        ValueError: the device is not available (named).
-    """
-    from salad_lite.book import check_available_device
-
-    check_available_device("--device", device)
 
 
 #: Library advice naming Python arguments -> the command line's options (every printed error goes through it).
@@ -440,7 +417,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     check_run_dir(args.run_dir)
     cfg, split_file = _train_config(args, parser)
-    _check_device(args.device)
     distributed.init_from_environment(args.device)  # under torchrun (WORLD_SIZE > 1): join the process group
     main_process = distributed.is_main_process()
     from salad_lite.experiment import replicate_dir, save_run_description, splits_for
@@ -510,7 +486,6 @@ def _trained(args: argparse.Namespace) -> tuple[SaladConfig, dict[str, Any], Any
     from salad_lite.trainer import SaladTrainer
 
     check_run_dir(args.run_dir)
-    _check_device(args.device)
     cfg, split_file = load_run_description(args.run_dir)
     cfg = cfg.replace(train={"progress": False, **({"seed": args.seed} if args.seed is not None else {})})
     if not any((replicate_dir(args.run_dir, cfg) / name).is_file() for name in ("last.json", "last.safetensors")):
@@ -738,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         0 on success (also after ``--help``); 2 for a wrong argument (argparse's
-        message names it) or a data problem (``error: ...`` on stderr).
+        message names it) or a data problem (``error: ...`` on stderr); 1 for a rank
+        whose data-parallel collective failed; 130 after Ctrl-C in ``train``.
 
     Raises:
         Exceptions that are neither data problems nor argument errors (bugs keep their traceback).

@@ -137,17 +137,6 @@ def _percentile(value: Any, name: str = "percentile") -> float:
     return number
 
 
-def _labels(labels: Any, what: str, need_both: bool = False) -> np.ndarray:
-    """:func:`salad_lite.metrics.binary_labels`, with the package's label policy on bools: ``True`` is
-    not a label (DESIGN "labels"), so a bool array is refused too."""
-    array = np.asarray(labels)
-    items = labels if isinstance(labels, (list, tuple)) else array.ravel() if array.dtype == object else ()
-    if array.dtype == np.bool_ or any(isinstance(v, (bool, np.bool_)) for v in items):  # [0, True] is ints to NumPy
-        raise ValueError(f"{what}: labels must be 0 (normal) / 1 (abnormal), got bools; a bool is not a label "
-                         "(convert with .astype(int) if True means abnormal)")
-    return binary_labels(array, what, need_both=need_both)
-
-
 def confusion_at(scores: Any, labels: Any, threshold: float) -> Confusion:
     """The confusion counts of flagging ``score >= threshold`` as abnormal.
 
@@ -162,7 +151,7 @@ def confusion_at(scores: Any, labels: Any, threshold: float) -> Confusion:
     """
     t = _finite_number(threshold, "threshold")
     values = _scores(scores)
-    truth = _labels(labels, "confusion_at")
+    truth = binary_labels(labels, "confusion_at", need_both=False)
     if truth.shape[0] != values.shape[0]:
         raise ValueError(f"scores ({values.shape[0]}) and labels ({truth.shape[0]}) differ in length")
     flagged = values >= t
@@ -190,7 +179,7 @@ def threshold_at(scores: Any, value: float, mode: ThresholdMode = "percentile") 
 
 
 def _kept_rows(bank_labels: Any, n_bank: int, discard_anomalous: bool) -> np.ndarray:
-    labels = _labels(bank_labels, "the bank's training labels")
+    labels = binary_labels(bank_labels, "the bank's training labels", need_both=False)
     if labels.ndim != 1 or labels.shape[0] != n_bank:
         raise ValueError(f"bank_labels has {labels.shape[0]} entries but the bank has {n_bank} rows")
     return np.flatnonzero(labels == 0) if discard_anomalous else np.arange(n_bank)
@@ -323,12 +312,12 @@ def film_gallery_data(query_z: Any, bank: Any, bank_labels: Any, *, k: int, disc
     """
     scores, rows, cosines = eq4_neighbours(query_z, bank, bank_labels, k, discard_anomalous, rule)
     m = scores.shape[0]
-    labels = _labels(query_labels, "query_labels")
+    labels = binary_labels(query_labels, "query_labels", need_both=False)
     if labels.shape[0] != m:
         raise ValueError(f"query_labels has {labels.shape[0]} entries but query_z has {m} rows")
     if not is_int(n) or not 1 <= n <= m // 2:
         raise ValueError(f"n (films at each end) must be an int in 1..{m // 2} for {m} films, got {n!r}")
-    bank_lab = _labels(bank_labels, "the bank's training labels")
+    bank_lab = binary_labels(bank_labels, "the bank's training labels", need_both=False)
     findings = _text_column(query_findings, labels, "query_findings")
     bank_text = _text_column(bank_findings, bank_lab, "bank_findings")
     order_most = np.argsort(-scores.astype(np.float64), kind="stable")
@@ -651,7 +640,7 @@ def threshold_explorer_widget(grid: Mapping[tuple[int, bool], Any], labels: Any,
     percentile = _percentile(percentile)
     if not grid:
         raise ValueError("the score grid is empty")
-    truth = _labels(labels, "threshold explorer labels")
+    truth = binary_labels(labels, "threshold explorer labels", need_both=False)
     for key, scores in grid.items():
         if len(scores) != truth.shape[0]:
             raise ValueError(f"setting {key}: {len(scores)} scores for {truth.shape[0]} labels")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -673,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the grid from the command line; prints the summary table. Exit 2 on a bad argument or data problem."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    ranks = os.environ.get("WORLD_SIZE", "").strip()
+    if ranks not in ("", "1"):  # every rank would run the whole grid into one folder
+        parser.error(f"the Table 1 grid runs in one process (WORLD_SIZE={ranks}): run it without torchrun")
     if args.dataset == "folder" and not args.data_root.strip():
         parser.error("--dataset folder reads your own images: --data-root must name their folder or manifest CSV "
                      "(there is no embedded 'folder' set)")

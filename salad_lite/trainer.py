@@ -65,7 +65,7 @@ from torch.nn.parallel import DistributedDataParallel
 from salad_lite.augment import AugmentParams, apply_augment, augment_params
 from salad_lite.checkpoint import (
     checkpoint_exists, checkpoint_paths, load_checkpoint, load_optimizer, optimizer_meta, optimizer_tensors,
-    save_checkpoint, tensor_digest,
+    check_finite_tensors, save_checkpoint, tensor_digest,
 )
 from salad_lite.config import SaladConfig
 from salad_lite.data.batches import (
@@ -670,11 +670,7 @@ def _check_finite_state(tensors: dict[str, torch.Tensor], path: Path) -> None:
     Raises:
         CorruptFileError: names ``path``, the first bad tensor and the count.
     """
-    bad = [name for name, tensor in tensors.items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-    if bad:
-        raise CorruptFileError(f"checkpoint {path} holds NaN or inf in {len(bad)} tensor(s) (first: {bad[0]}): it "
-                               "cannot be resumed or scored; delete it to start over, or use an earlier run")
+    check_finite_tensors(tensors, path)
     try:
         check_unit_rows(tensors["memory.bank"], "memory.bank")
     except ValueError as error:

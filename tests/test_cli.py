@@ -381,7 +381,7 @@ def test_failed_train_writes_nothing(capsys: pytest.CaptureFixture[str], tmp_pat
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     for argv in ([*base, "--device", "cuda"], ["evaluate", "--run-dir", str(run_dir), "--device", "cuda"],
                  ["score", "--run-dir", str(run_dir), "--device", "cuda:1", "x.png"]):
-        err = _fails(capsys, argv, "error: --device cuda", "CUDA is not available")
+        err = _fails(capsys, argv, "argument --device: device 'cuda", "CUDA is not available")
         assert "Traceback" not in err
     rows = pd.read_csv(_split_csv(seeded_splits, tmp_path / "s.csv"), dtype=str)
     labels = {p: int(label) for ds in seeded_splits.values() for p, label in

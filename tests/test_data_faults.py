@@ -878,7 +878,7 @@ def test_nih_csv_rows_with_too_few_fields_are_refused_naming_the_line(tmp_path: 
     text = csv.read_text()
     csv.write_text(text + "00000004_000.png,Atelectasis|Pneumonia,3,1222")  # a truncated last line, no newline
     with pytest.raises(CorruptFileError, match=r"Data_Entry_2017\.csv: 1 line\(s\) \(5\) have fewer fields than "
-                                               r"the 11 columns"):
+                                               r"the 11 named columns"):
         NIHChestXray(root, view="all", image_size=8)
     lines = text.splitlines()
     lines[2] = lines[2].rsplit(",", 1)[0]  # one cell left out in the middle of the file
@@ -887,8 +887,10 @@ def test_nih_csv_rows_with_too_few_fields_are_refused_naming_the_line(tmp_path: 
         NIHChestXray(root, view="all", image_size=8)
     manifest = tmp_path / "m.csv"
     manifest.write_text("file,label,patient_id\na.png,0,p1\nb.png,1\n")
-    with pytest.raises(CorruptFileError, match=r"m\.csv: 1 line\(s\) \(3\) have fewer fields than the 3 columns"):
+    with pytest.raises(CorruptFileError, match=r"m\.csv: 1 line\(s\) \(3\) have fewer fields than the 3 named columns"):
         read_text_csv(manifest)
+    manifest.write_text("file,label,\na.png,0\nb.png,1,\n")  # a header ending in a comma: that cell is optional
+    assert read_text_csv(manifest)[["file", "label"]].values.tolist() == [["a.png", "0"], ["b.png", "1"]]
 
 
 def test_nih_csv_without_rows_is_refused(tmp_path: Path) -> None:

@@ -330,11 +330,11 @@ def test_without_ipywidgets_the_static_figure_alone_is_shown(tiny_trainer: Simpl
     assert "a &lt;caption&gt;" in bundle["text/html"] and explorers.WIDGET_MIME not in bundle
 
 
-def test_confusion_refuses_bool_labels_as_the_label_policy_does() -> None:
-    with pytest.raises(ValueError, match="confusion_at: labels must be 0 .* got bools"):
-        explorers.confusion_at([0.1, 0.2], np.array([False, True]), 0.15)
-    with pytest.raises(ValueError, match="got bools"):
-        explorers.confusion_at([0.1, 0.2], [0, True], 0.15)
+def test_confusion_reads_labels_as_the_metrics_do() -> None:
+    as_bools = explorers.confusion_at([0.1, 0.2], np.array([False, True]), 0.15)  # as metrics.auc reads them
+    assert as_bools == explorers.confusion_at([0.1, 0.2], [0, 1], 0.15)
+    with pytest.raises(ValueError, match=r"confusion_at needs labels 0 \(normal\) and 1 \(abnormal\); got classes \[0, 2\]"):
+        explorers.confusion_at([0.1, 0.2], [0, 2], 0.15)
 
 
 def test_gallery_refuses_missing_findings(latents: dict[str, np.ndarray]) -> None:

@@ -187,3 +187,18 @@ def test_a_finished_run_without_its_best_checkpoint_is_refused(planted_splits, t
         path.unlink()
     with pytest.raises(CorruptFileError, match=r"best\.safetensors is missing"):
         DeepAE(cfg, device="cpu").fit(train, val, tmp_path)
+
+
+def test_a_baseline_checkpoint_with_nan_weights_is_refused_naming_the_file(planted_splits, tmp_path) -> None:
+    from salad_lite.checkpoint import load_checkpoint, save_checkpoint
+    from salad_lite.files import CorruptFileError
+
+    train, val = planted_splits["train"], planted_splits["val"]
+    cfg = DeepAEConfig(epochs=2, **SMALL)
+    DeepAE(cfg, device="cpu").fit(train, val, tmp_path)
+    tensors, meta = load_checkpoint(tmp_path / "last")
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[name][0] = float("nan")  # a diverged run saved consistently (hashes and all)
+    save_checkpoint(tmp_path / "last", tensors, meta)
+    with pytest.raises(CorruptFileError, match=r"last\.safetensors holds NaN or inf in 1 tensor\(s\)"):
+        DeepAE(cfg, device="cpu").fit(train, val, tmp_path)

@@ -328,6 +328,11 @@ def test_the_command_line_refuses_an_empty_run_folder_name(tmp_path, capsys, mon
     assert table1.main(["--run-dir", " "]) == 2
     assert "error: --run-dir must name a folder" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every rank would run the whole grid into one folder
+    with pytest.raises(SystemExit):
+        table1.main(["--run-dir", "runs"])
+    assert "the Table 1 grid runs in one process (WORLD_SIZE=2)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("device, message", [

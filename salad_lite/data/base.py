@@ -181,6 +181,8 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
     index), and the message would blame a later column. A row with fewer
     fields than the header (a truncated last line, a cell forgotten) is an
     error naming its line too: pandas would fill the missing cells with ``""``.
+    Unnamed columns at the end of the header (a header line ending in a comma)
+    are optional: a row may leave them out.
     Blank lines are skipped, as pandas does.
 
     Raises:
@@ -210,12 +212,21 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
                                    f"columns {list(table.columns)} (an unquoted comma inside a cell? quote such cells)")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if n_columns > 1 and len(table) and "usecols" not in kwargs:
-        _, fewer = _field_count_lines(path, n_columns, kwargs)
+        names = [str(name) for name in table.columns]
+        unnamed = len(names) - len(_without_trailing_unnamed(names))  # a header ending in commas: optional cells
+        _, fewer = _field_count_lines(path, n_columns - unnamed, kwargs)
         if fewer:
-            raise CorruptFileError(f"{what} {path}: {_lines_text(fewer)} have fewer fields than the {n_columns} "
-                                   f"columns {list(table.columns)} (a truncated line, or a cell left out? "
-                                   "an empty cell still needs its comma)")
+            raise CorruptFileError(f"{what} {path}: {_lines_text(fewer)} have fewer fields than the "
+                                   f"{n_columns - unnamed} named columns {names[:n_columns - unnamed]} (a truncated "
+                                   "line, or a cell left out? an empty cell still needs its comma)")
     return table
+
+
+def _without_trailing_unnamed(names: list[str]) -> list[str]:
+    """``names`` without the unnamed columns pandas makes of a header's trailing commas (``Unnamed: 11``)."""
+    while names and names[-1].startswith("Unnamed: "):
+        names = names[:-1]
+    return names
 
 
 def _field_count_lines(path: Path, n_columns: int, kwargs: dict[str, Any]) -> tuple[list[int], list[int]]:

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from salad_lite.checkpoint import (
-    checkpoint_exists, checkpoint_paths, load_checkpoint, load_optimizer, optimizer_meta, optimizer_tensors,
-    save_checkpoint,
+    check_finite_tensors, checkpoint_exists, checkpoint_paths, load_checkpoint, load_optimizer, optimizer_meta,
+    optimizer_tensors, save_checkpoint,
 )
 from salad_lite.data.batches import (
     check_data_fingerprint, check_splits, dataset_labels, gather_images, image_batches, splits_fingerprint,
@@ -390,6 +390,7 @@ class DeepBaseline(abc.ABC):
             raise CorruptFileError(f"checkpoint {checkpoint_paths(stem)[0]} does not fit {self.name}: "
                                    f"{wrong[0]} is {list(found[wrong[0]]) if wrong[0] in found else 'missing'} "
                                    f"({len(wrong)} tensor(s) differ); delete the folder to start over")
+        check_finite_tensors(tensors, checkpoint_paths(stem)[0])
         self._load_state(tensors)
         return tensors, meta
 
