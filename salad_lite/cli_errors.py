@@ -142,7 +142,10 @@ def seed_option(text: str) -> int:
     """
     from salad_lite.config import MAX_SEED
 
-    value = int(text) if text.strip().lstrip("+-").isdigit() else -1
+    try:
+        value = int(text)
+    except ValueError:  # text, "1.5", "²" (a digit int() cannot read)
+        value = -1
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be an int in [0, {MAX_SEED}], got {text!r}")
     return value
