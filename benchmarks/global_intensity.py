@@ -46,6 +46,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
+from salad_lite.cli_errors import device_option, positive_int
 from salad_lite.config import profile_config
 from salad_lite.data.batches import check_splits, dataset_labels, image_batches
 from salad_lite.experiment import UNTRAINED_BANK, score_split, select_scoring, splits_for
@@ -293,15 +294,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=None,
                         help="an NIH-layout folder; empty: the embedded chest set "
                              "(default: the embedded chest set and ../shared/data/nih_subset)")
-    parser.add_argument("--seeds", type=int, default=3, help="networks to measure (seeds 0..N-1)")
-    parser.add_argument("--device", default="cpu", help="torch device for the networks")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="networks to measure (seeds 0..N-1)")
+    parser.add_argument("--device", type=device_option, default="cpu", help="torch device for the networks")
     parser.add_argument("--training", action="store_true",
                         help="also train each seed's network and report the two measures after every epoch, with "
                              f"BatchNorm momentum {USUAL_BN_MOMENTUM} and {SLOW_BN_MOMENTUM} (about 15 s per seed "
                              "and momentum on the real NIH subset, 60 s on the embedded chest set)")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.data_root is not None:
         sets = {args.data_root or "embedded chest": args.data_root}
     else:

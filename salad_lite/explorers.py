@@ -147,7 +147,7 @@ def confusion_at(scores: Any, labels: Any, threshold: float) -> Confusion:
 
     Raises:
         ValueError: a NaN/inf or non-numeric threshold; NaN/inf scores; scores and
-            labels of different lengths; a label other than 0/1 (bools too).
+            labels of different lengths; a label other than 0/1 (bool arrays are read as 0/1, as the metrics read them).
     """
     t = _finite_number(threshold, "threshold")
     values = _scores(scores)

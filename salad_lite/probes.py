@@ -243,7 +243,7 @@ def latent_predictability(latents: Any, targets: pd.DataFrame, k: int = 10, fold
         if not classify:
             column = as_numbers  # a regression asked of numbers written as text ("58")
         elif name not in kinds and as_numbers is not column and column.nunique() > MAX_TEXT_CLASSES:
-            warnings.warn(f"column {name!r} holds numbers written as text with {column.nunique()} values: probed "
+            warnings.warn(f"column {name!r} holds numbers stored as text or objects with {column.nunique()} values: probed "
                           f"as {column.nunique()} classes; pass kinds={{{name!r}: 'regression'}} to regress it",
                           UserWarning, stacklevel=2)
         if not classify and not _is_number_column(column):
@@ -417,9 +417,9 @@ def describe_probe(table: pd.DataFrame, label: str | None = "label", top: int = 
     Args:
         table: the probe of the stage described.
         label: the target reported with accuracy, majority rate and AUC; None
-            reports no label. The default ``"label"`` is left out when the table
-            has no such target (a one-class split skips it); any other name must
-            be a target of ``table``.
+            reports no label. ``"label"`` (the default, or given) is left out when
+            the table has no such target (a one-class split skips it); any other
+            name must be a target of ``table``.
         top: how many of the highest R² to name, an int >= 1.
         before: the probe of an earlier stage (same targets): each number then
             also says how far it moved since ``before_name``.

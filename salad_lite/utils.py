@@ -66,7 +66,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 #: The device texts every entry point accepts (torch's own forms), and their pattern.
-DEVICE_FORMS = "'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'"
+DEVICE_FORMS = "'auto', 'cpu', 'mps' (or 'mps:0'), 'cuda' or 'cuda:<index>' (no leading zero)"
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps(:0)?|cuda(:(0|[1-9]\d*))?")  # mps:0 is what an MPS tensor reports
 
 

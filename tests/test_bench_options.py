@@ -9,6 +9,8 @@ from conftest import load_script
 
 @pytest.mark.parametrize("script, argv, fragment", [
     ("bench_train_step", ["--round", "-2"], "argument --round: must be an int in [1, 10]"),
+    ("global_intensity", ["--device", "foo"], "argument --device: device 'foo' is not a device salad_lite runs on"),
+    ("global_intensity", ["--seeds", "0"], "argument --seeds: must be an int >= 1, got '0'"),
     ("bench_train_step", ["--round", "0"], "argument --round: must be an int in [1, 10]"),  # pretraining is timed anyway
     ("bench_train_step", ["--steps", "0"], "argument --steps: must be an int >= 1, got '0'"),
     ("bench_train_step", ["--warmup", "-1"], "argument --warmup: must be an int >= 0"),

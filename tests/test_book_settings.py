@@ -117,7 +117,7 @@ def test_paths_are_coerced_to_text(tmp_path: Path) -> None:
     ({"profile": "fast"}, r"profile must be one of 'smoke', 'default', 'full'; got 'fast' \(str\)"),
     ({"profile": 1}, r"profile must be one of .* got 1 \(int\)"),
     ({"dataset": "chest"}, r"dataset must be one of 'nih', 'mura', 'folder'; got 'chest'"),
-    ({"device": "gpu"}, r"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>'; got 'gpu'"),
+    ({"device": "gpu"}, r"device must be 'auto', 'cpu', 'mps' \(or 'mps:0'\), 'cuda' or 'cuda:<index>' \(no leading zero\); got 'gpu'"),
     ({"device": 0}, r"device must be .* got 0 \(int\)"),
     ({"device": "cuda:x"}, r"device must be"),
 ])

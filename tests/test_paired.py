@@ -189,3 +189,9 @@ def test_a_degenerate_delong_warns_and_ids_of_another_type_are_hinted() -> None:
 
     aligned = paired.align_on_ids(pd.Index(ids_a), labels, pd.Series(ids_a), labels, labels, labels)
     assert aligned.ids == [str(i) for i in ids_a]
+
+
+def test_scalar_ids_are_named() -> None:
+    for ids in (5, np.int64(5), np.array(5)):
+        with pytest.raises(ValueError, match="ids_a must be a sequence of image ids"):
+            paired.align_on_ids(ids, [0.1, 0.2], ["a", "b"], [0.1, 0.2], [0, 1], [0, 1])

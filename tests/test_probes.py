@@ -327,7 +327,7 @@ def test_targets_must_be_indexed_0_to_n_minus_1_in_order() -> None:
 def test_numbers_written_as_text_stay_classes_with_a_warning_unless_regressed() -> None:
     latents, targets = _aligned_case()
     as_text = targets.assign(v=targets["v"].map(lambda v: f" {v:.6f}"), grade=[str(i % 5) for i in range(60)])
-    with pytest.warns(UserWarning, match=r"column 'v' holds numbers written as text with 60 values: probed as 60 "
+    with pytest.warns(UserWarning, match=r"column 'v' holds numbers stored as text or objects with 60 values: probed as 60 "
                                          r"classes; pass kinds=\{'v': 'regression'\}"):
         texts = probes.latent_predictability(latents, as_text, k=5)
     assert texts["kind"].tolist() == ["accuracy", "accuracy"]  # grades "0".."4" are classes, as before
