@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from salad_lite.checkpoint import load_checkpoint
+from salad_lite.checkpoint import check_finite_tensors, load_checkpoint
 from salad_lite.knn import check_latents, cosine_topk
 from salad_lite.metrics import binary_labels
 from salad_lite.utils import is_int
@@ -61,7 +61,8 @@ def load_round_snapshots(replicate_dir: str | Path) -> dict[int, dict[str, torch
     """Every ``snapshots/round<r>.safetensors`` of a replicate folder, keyed by round r (ascending).
 
     Returns ``{r: {"memory": [N, d], "val": [M, d], ...}}`` (CPU float tensors).
-    Raises :class:`FileNotFoundError` naming the folder when it holds no snapshot.
+    Raises :class:`FileNotFoundError` naming the folder when it holds no snapshot, and
+    :class:`~salad_lite.files.CorruptFileError` naming a snapshot that holds NaN or inf.
     """
     folder = Path(replicate_dir) / "snapshots"
     found = {}
@@ -73,7 +74,11 @@ def load_round_snapshots(replicate_dir: str | Path) -> dict[int, dict[str, torch
     if not found:
         raise FileNotFoundError(f"no round<r>.safetensors snapshot in {folder}; train the run first "
                                 "(salad_lite.experiment.train_or_load)")
-    return {r: load_checkpoint(found[r].with_suffix(""))[0] for r in sorted(found)}
+    snapshots = {}
+    for r in sorted(found):
+        snapshots[r] = load_checkpoint(found[r].with_suffix(""))[0]
+        check_finite_tensors(snapshots[r], found[r])
+    return snapshots
 
 
 # --------------------------------------------------------------------------- 2-D projections

@@ -134,6 +134,7 @@ def test_split_file_header_variants_and_matching(tmp_path: Path) -> None:
         "path,fold,label\nimages/a.png,training,0\nMURA-v1.1/train/XR_HAND/p3/s1/image1.png,test,1\nb.png,valid,0\n":
             {"train": [0], "val": [1], "test": [2]},
         "a.png,train\nimages/b.png,dev\nd.png,testing\n": {"train": [0], "val": [1], "test": [3]},
+        "a.png,train,\nimages/b.png,dev,\nd.png,testing,\n": {"train": [0], "val": [1], "test": [3]},  # commas at ends
     }
     for i, (text, expected) in enumerate(variants.items()):
         path = tmp_path / f"s{i}.csv"

@@ -8,6 +8,7 @@ import torch
 
 from salad_lite import embedding_views as ev
 from salad_lite.checkpoint import save_checkpoint
+from salad_lite.files import CorruptFileError
 
 
 def _clusters(n_per: int = 30, d: int = 16, spread: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +90,9 @@ def test_load_round_snapshots_in_round_order(tmp_path) -> None:
     assert float(snaps[10]["memory"][0, 0]) == 10.0 and snaps[1]["val"].shape == (4, 2)
     with pytest.raises(FileNotFoundError, match="no round"):
         ev.load_round_snapshots(tmp_path / "empty")
+    save_checkpoint(tmp_path / "snapshots" / "round3", {"memory": torch.full((3, 2), float("nan"))}, {"round": 3})
+    with pytest.raises(CorruptFileError, match=r"round3\.safetensors holds NaN or inf in 1 tensor"):
+        ev.load_round_snapshots(tmp_path)
 
 
 def test_aligned_projections_shapes_and_structure() -> None:

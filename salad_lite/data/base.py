@@ -84,6 +84,7 @@ __all__ = [
     "cell_text",
     "refuse_duplicate_files",
     "read_text_csv",
+    "without_trailing_unnamed",
     "text_to_numbers",
     "CACHE_FORMAT_VERSION",
 ]
@@ -213,7 +214,7 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if n_columns > 1 and len(table) and "usecols" not in kwargs:
         names = [str(name) for name in table.columns]
-        unnamed = len(names) - len(_without_trailing_unnamed(names))  # a header ending in commas: optional cells
+        unnamed = len(names) - len(without_trailing_unnamed(names))  # a header ending in commas: optional cells
         _, fewer = _field_count_lines(path, n_columns - unnamed, kwargs)
         if fewer:
             raise CorruptFileError(f"{what} {path}: {_lines_text(fewer)} have fewer fields than the "
@@ -222,7 +223,7 @@ def read_text_csv(path: str | os.PathLike[str], what: str = "CSV file", **kwargs
     return table
 
 
-def _without_trailing_unnamed(names: list[str]) -> list[str]:
+def without_trailing_unnamed(names: list[str]) -> list[str]:
     """``names`` without the unnamed columns pandas makes of a header's trailing commas (``Unnamed: 11``)."""
     while names and names[-1].startswith("Unnamed: "):
         names = names[:-1]

@@ -44,7 +44,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from salad_lite.data.base import read_text_csv
+from salad_lite.data.base import read_text_csv, without_trailing_unnamed
 from salad_lite.data.io import DataWarning
 from salad_lite.data.splits import PatientLeakError, check_patient_disjoint
 
@@ -98,9 +98,11 @@ def read_split_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     table = read_text_csv(path, what="split file")
     first_line = 2
-    if table.shape[1] == 2 and _key(table.columns[0]) not in IMAGE_COLUMNS \
-            and str(table.columns[1]).strip().lower() in SPLIT_NAMES:  # no header: the first row is data
-        table = read_text_csv(path, what="split file", header=None, names=["image", "split"])
+    named = without_trailing_unnamed([str(c) for c in table.columns])  # lines ending in commas too
+    if len(named) == 2 and _key(named[0]) not in IMAGE_COLUMNS \
+            and named[1].strip().lower() in SPLIT_NAMES:  # no header: the first row is data
+        extra = [f"Unnamed: {i}" for i in range(2, table.shape[1])]
+        table = read_text_csv(path, what="split file", header=None, names=["image", "split", *extra])
         first_line = 1
     if table.empty:
         raise SplitFileError(f"split file {path} lists no image")
