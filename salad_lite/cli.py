@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.cli_errors import DATA_ERRORS, EXIT_DATA_ERROR, TRACEBACK_ENV, check_run_dir, count, device_option, \
-    int_at_least, number_type, positive_int, seed_option
+    int_at_least, number_type, positive_int, refuse_torchrun, seed_option
 from salad_lite.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, SaladConfig, check_image_size, \
     paper_config, parse_class_map, profile_config
 from salad_lite.data.registry import DATASETS
@@ -671,10 +671,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
-    ranks = os.environ.get("WORLD_SIZE", "").strip()
-    if args.command != "train" and ranks not in ("", "1"):
-        args.subparser.error(f"{args.command} runs in one process (WORLD_SIZE={ranks}): run it without torchrun; "
-                             "only train is data-parallel")
+    if args.command != "train":
+        refuse_torchrun(args.subparser, args.command, "; only train is data-parallel")
     shown_as = warnings.formatwarning  # only how a shown warning reads changes (filters and recorders stay)
     warnings.formatwarning = format_warning
     try:

@@ -39,7 +39,7 @@ from salad_lite.files import blocking_file
 
 __all__ = ["DATA_ERRORS", "EXIT_DATA_ERROR", "TRACEBACK_ENV", "check_run_dir", "count", "data_script",
            "device_option", "file_option", "folder_option", "int_at_least", "int_type", "number_type",
-           "positive_int", "seed_option"]
+           "positive_int", "refuse_torchrun", "seed_option"]
 
 #: Exception types that mean "the data (or a path given on the command line) is wrong".
 DATA_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError)
@@ -91,6 +91,17 @@ def check_run_dir(run_dir: str, option: str = "--run-dir") -> None:
         raise ValueError(f"{option} must name a folder (e.g. runs/default), got {run_dir!r}")
     if Path(run_dir).expanduser().is_file():
         raise NotADirectoryError(f"run folder {run_dir} is a file")
+
+
+def refuse_torchrun(parser: argparse.ArgumentParser, what: str, hint: str = "") -> None:
+    """A usage error (exit 2) when torchrun started this process among others (``WORLD_SIZE`` > 1).
+
+    ``what`` runs in one process: under torchrun every rank would run all of it and write the same files.
+    ``hint`` is added to the message (e.g. ``"; only train is data-parallel"``).
+    """
+    ranks = os.environ.get("WORLD_SIZE", "").strip()
+    if ranks not in ("", "1"):
+        parser.error(f"{what} runs in one process (WORLD_SIZE={ranks}): run it without torchrun{hint}")
 
 
 # ------------------------------------------------------------------------------------------ argparse types

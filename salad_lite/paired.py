@@ -209,7 +209,7 @@ class Aligned(NamedTuple):
 
 
 def _id_list(ids: Any, name: str) -> list[str]:
-    if isinstance(ids, (str, bytes)) or np.isscalar(ids) or np.ndim(ids) == 0 or not (isinstance(ids, (Sequence, np.ndarray))
+    if isinstance(ids, (str, bytes)) or np.ndim(ids) == 0 or not (isinstance(ids, (Sequence, np.ndarray))
                                                                 or hasattr(ids, "tolist")):
         raise ValueError(f"{name} must be a sequence of image ids, got {type(ids).__name__}")
     out = [str(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]  # pandas and NumPy ids as Python values

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from salad_lite.book import check_available_device
-from salad_lite.cli_errors import check_run_dir, data_script
+from salad_lite.cli_errors import check_run_dir, data_script, refuse_torchrun
 from salad_lite.config import SaladConfig, profile_config
 from salad_lite.data.batches import check_splits, dataset_labels, splits_fingerprint
 from salad_lite.experiment import check_stored_test_scores, evaluate_replicate, replicate_dir, splits_for
@@ -674,9 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the grid from the command line; prints the summary table. Exit 2 on a bad argument or data problem."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    ranks = os.environ.get("WORLD_SIZE", "").strip()
-    if ranks not in ("", "1"):  # every rank would run the whole grid into one folder
-        parser.error(f"the Table 1 grid runs in one process (WORLD_SIZE={ranks}): run it without torchrun")
+    refuse_torchrun(parser, "the Table 1 grid")
     if args.dataset == "folder" and not args.data_root.strip():
         parser.error("--dataset folder reads your own images: --data-root must name their folder or manifest CSV "
                      "(there is no embedded 'folder' set)")
